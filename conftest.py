@@ -1,0 +1,1 @@
+# Repo-root conftest: makes `models` and `utils` importable in tests.

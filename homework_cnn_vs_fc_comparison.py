@@ -1,0 +1,128 @@
+"""Task 1: fully-connected vs convolutional networks on MNIST and CIFAR-10.
+
+    python homework_cnn_vs_fc_comparison.py                      # standard profile, both data sets
+    python homework_cnn_vs_fc_comparison.py --only mnist --profile quick
+
+Experiments (``--only``):
+  mnist  FC (4 linear layers) vs simple CNN (2 conv) vs residual CNN, one ExperimentConfig.
+  cifar  deep FC (7 linear layers) vs residual CNN vs the same residual CNN regularised
+         (dropout, weight decay, crop+flip augmentation, label smoothing), one ExperimentConfig.
+
+Writes ``results/{mnist,cifar}_comparison/`` (a JSON per model, summary.csv/md) and
+``plots/cnn_vs_fc/*.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.cnn_models import SimpleCNN, ResNet, BasicBlock
+from models.fc_models import FullyConnectedNet
+from utils import visualization_utils as viz
+from utils.cli import (apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
+                       setup_logging)
+from utils.training_utils import ExperimentConfig, ModelSpec, resolve_runtime, run_experiment
+
+log = logging.getLogger("cnn_vs_fc")
+EXPERIMENTS = ("mnist", "cifar")
+
+
+@dataclass(frozen=True)
+class Profile:
+    mnist_epochs: int
+    cifar_epochs: int
+    train_subset: int | None = None
+    test_subset: int | None = None
+
+
+PROFILES = {
+    "quick": Profile(mnist_epochs=1, cifar_epochs=1, train_subset=2000, test_subset=500),
+    "standard": Profile(mnist_epochs=5, cifar_epochs=8),
+    "full": Profile(mnist_epochs=12, cifar_epochs=30),
+}
+
+# Hyper-parameters are fixed before looking at any test accuracy (SGD-Nesterov + one-cycle, the
+# usual strong default for both MLPs and ResNets at this batch size); every model of an
+# experiment shares them.
+MNIST_CONFIG = ExperimentConfig(batch_size=128, lr=0.05, optimizer="sgd", schedule="onecycle")
+CIFAR_CONFIG = ExperimentConfig(batch_size=256, lr=0.1, optimizer="sgd", schedule="onecycle", flip_tta=False)
+# What the regularised residual CNN adds on top of the shared config (and nothing else):
+CIFAR_REGULARISATION = {"weight_decay": 5e-4, "augment": True, "label_smoothing": 0.1, "dropout": 0.2}
+
+
+def mnist_specs(in_ch: int, size: int, classes: int) -> list[ModelSpec]:
+    return [
+        ModelSpec("fc", lambda c: FullyConnectedNet(in_ch * size * size, (512, 256, 128), classes),
+                  "MLP 784-512-256-128-10, ReLU (4 linear layers)"),
+        ModelSpec("simple_cnn", lambda c: SimpleCNN(in_ch, classes, (32, 64), image_size=size),
+                  "2 x (conv3x3-ReLU-maxpool) 32-64, FC 128"),
+        ModelSpec("residual_cnn", lambda c: ResNet(BasicBlock, (32, 64), (1, 1), in_channels=in_ch,
+                                                   num_classes=classes, stem_channels=16, stem_pool=True),
+                  "stem conv 16 + maxpool, BasicBlock 32, BasicBlock 64 (stride 2), GAP, linear"),
+    ]
+
+
+def cifar_specs(in_ch: int, size: int, classes: int) -> list[ModelSpec]:
+    def resnet(c: ExperimentConfig) -> ResNet:
+        # Widths 16-32-64-128 (0.31 M params): sized so that two ResNets x 8 epochs fit the 30-minute
+        # budget on 2 CPU cores (~800 training images/s here in fp32).
+        return ResNet(BasicBlock, (16, 32, 64, 128), (1, 1, 1, 1), in_channels=in_ch, num_classes=classes,
+                      dropout=c.dropout)
+
+    return [
+        ModelSpec("deep_fc", lambda c: FullyConnectedNet(in_ch * size * size, (1024, 512, 512, 256, 256, 128),
+                                                         classes, batch_norm=True),
+                  "MLP 3072-1024-512-512-256-256-128-10 with BatchNorm (7 linear layers)"),
+        ModelSpec("residual_cnn", resnet, "ResNet: stem 16 + 4 BasicBlocks 16-32-64-128, GAP, linear"),
+        ModelSpec("residual_cnn_regularised", resnet,
+                  "same ResNet + dropout 0.2 before the classifier, weight decay 5e-4, crop+flip "
+                  "augmentation, label smoothing 0.1", overrides=dict(CIFAR_REGULARISATION)),
+    ]
+
+
+def analyse(records: list[dict], plots_dir: Path, tag: str, title: str, cifar: bool) -> None:
+    viz.plot_learning_curves(records, plots_dir / f"{tag}_learning_curves.png", f"{title}: learning curves")
+    viz.plot_accuracy_vs_cost(records, plots_dir / f"{tag}_accuracy_vs_cost.png",
+                              f"{title}: test accuracy vs size and cost")
+    viz.plot_parameter_breakdown(records, plots_dir / f"{tag}_parameters.png", f"{title}: parameters per layer")
+    viz.plot_timing(records, plots_dir / f"{tag}_timing.png", f"{title}: training and inference time")
+    viz.plot_confusion_matrices(records, plots_dir / f"{tag}_confusion.png",
+                                f"{title}: confusion matrices (row-normalised, %)")
+    viz.plot_generalisation_gap(records, plots_dir / f"{tag}_overfitting.png",
+                                f"{title}: generalisation gap per epoch")
+    viz.plot_gradient_flow(records, plots_dir / f"{tag}_gradient_flow.png", f"{title}: gradient flow")
+    if cifar:
+        viz.plot_per_class_accuracy(records, plots_dir / f"{tag}_per_class.png", f"{title}: per-class test accuracy")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser(__doc__.splitlines()[0], EXPERIMENTS, default_plots="plots/cnn_vs_fc")
+    args = parser.parse_args(argv)
+    dirs = prepare_output_dirs(args)
+    setup_logging(dirs.results / "cnn_vs_fc_comparison.log", args.verbose)
+    runtime = resolve_runtime(args.device, args.precision)
+    profile = PROFILES[args.profile]
+    log.info("profile %s, runtime %s", args.profile, runtime.describe())
+    for name in args.only or EXPERIMENTS:
+        dataset = "mnist" if name == "mnist" else "cifar10"
+        data = load_data(args, dirs, dataset, profile.train_subset, profile.test_subset)
+        shape = (data.image_shape[0], data.image_shape[1], data.num_classes)
+        if name == "mnist":
+            cfg = apply_cli_overrides(MNIST_CONFIG.replace(epochs=profile.mnist_epochs), args)
+            specs, title = mnist_specs(*shape), "MNIST"
+        else:
+            cfg = apply_cli_overrides(CIFAR_CONFIG.replace(epochs=profile.cifar_epochs), args)
+            specs, title = cifar_specs(*shape), "CIFAR-10"
+        records = run_experiment(f"{name}_comparison", specs, data, cfg, runtime, dirs.results, force=args.force,
+                                 title=f"{title}: FC vs CNN ({data.source}, {len(data.train)} train / "
+                                       f"{len(data.test)} test)")
+        analyse(records, dirs.plots, name, title, cifar=name == "cifar")
+        log.info("%s done: results in %s, figures in %s", name, dirs.results / f"{name}_comparison", dirs.plots)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,301 @@
+"""Convolutional networks of the study: simple CNNs, residual blocks and the nets built from them.
+
+Every model maps ``(N, C, H, W)`` images to ``(N, num_classes)`` logits and works for any input
+size that survives its down-sampling (global average pooling before the classifier).
+
+Blocks (one class each, as in kuangliu/pytorch-cifar ``models/resnet.py``), written from scratch:
+  * :class:`BasicBlock`      3x3 -> 3x3, identity or 1x1 projection shortcut (He et al. 2016)
+  * :class:`BottleneckBlock` 1x1 reduce -> 3x3 -> 1x1 expand (x4), projection when shape changes
+  * :class:`WideBlock`       pre-activation 3x3 -> dropout -> 3x3, widened (Zagoruyko & Komodakis 2016)
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def conv_bn_act(in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, norm: bool = True,
+                act: bool = True) -> nn.Sequential:
+    """``Conv(k, 'same' padding) -> [BatchNorm] -> [ReLU]``; no conv bias when BN follows."""
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, bias=not norm)]
+    if norm:
+        layers.append(nn.BatchNorm2d(out_ch))
+    if act:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class SimpleCNN(nn.Module):
+    """2-3 conv layers, each ``conv3x3 -> ReLU -> maxpool2``, then a small MLP head.
+
+    The classic MNIST CNN (pytorch/examples ``mnist/main.py`` family). ``channels`` sets the number
+    and width of conv layers.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, channels: Sequence[int] = (32, 64),
+                 image_size: int = 28, hidden: int = 128, dropout: float = 0.0, norm: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c, size = in_channels, image_size
+        for out in channels:
+            layers += [*conv_bn_act(c, out, 3, norm=norm), nn.MaxPool2d(2)]
+            c, size = out, size // 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * size * size, hidden),
+                                        nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+# ------------------------------------------------------------------------------------- blocks
+class BasicBlock(nn.Module):
+    """``x -> conv3x3(stride) -> BN -> ReLU -> conv3x3 -> BN  (+ shortcut(x)) -> ReLU``.
+
+    ``(N, in_ch, H, W) -> (N, out_ch, H/stride, W/stride)``. The shortcut is the identity when the
+    shape is unchanged, else a 1x1 strided convolution (+BN): option B of the ResNet paper.
+    """
+
+    pre_activation = False
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, norm: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=not norm)
+        self.bn1 = nn.BatchNorm2d(out_ch) if norm else nn.Identity()
+        self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=not norm)
+        self.bn2 = nn.BatchNorm2d(out_ch) if norm else nn.Identity()
+        self.shortcut = _projection(in_ch, out_ch, stride, norm)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(self.drop(out)))
+        return self.relu(out + self.shortcut(x))
+
+
+class BottleneckBlock(nn.Module):
+    """``1x1 (out/4) -> 3x3 (out/4, stride) -> 1x1 (out)`` with BN+ReLU, plus shortcut, then ReLU.
+
+    ``(N, in_ch, H, W) -> (N, out_ch, H/stride, W/stride)``; the 3x3 works on ``out_ch // expansion``
+    channels, which is what makes the block cheap at a given output width (He et al. 2016, Fig. 5).
+    The stride sits on the 3x3 (torchvision's "ResNet v1.5").
+    """
+
+    pre_activation = False
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, norm: bool = True, dropout: float = 0.0,
+                 expansion: int = 4) -> None:
+        super().__init__()
+        mid = max(1, out_ch // expansion)
+        self.conv1 = nn.Conv2d(in_ch, mid, 1, bias=not norm)
+        self.bn1 = nn.BatchNorm2d(mid) if norm else nn.Identity()
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=not norm)
+        self.bn2 = nn.BatchNorm2d(mid) if norm else nn.Identity()
+        self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.conv3 = nn.Conv2d(mid, out_ch, 1, bias=not norm)
+        self.bn3 = nn.BatchNorm2d(out_ch) if norm else nn.Identity()
+        self.shortcut = _projection(in_ch, out_ch, stride, norm)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(self.drop(out)))
+        return self.relu(out + self.shortcut(x))
+
+
+class WideBlock(nn.Module):
+    """Pre-activation wide block: ``BN -> ReLU -> conv3x3(stride) -> BN -> ReLU -> Dropout -> conv3x3``.
+
+    ``(N, in_ch, H, W) -> (N, out_ch, H/stride, W/stride)``; the output is ``residual + shortcut``
+    with no ReLU after the addition (the next block's BN-ReLU comes first). The projection shortcut
+    is a bare 1x1 conv on the pre-activated input, as in the WRN reference code.
+    """
+
+    pre_activation = True
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, norm: bool = True, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_ch) if norm else nn.Identity()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=not norm)
+        self.bn2 = nn.BatchNorm2d(out_ch) if norm else nn.Identity()
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=True)
+        self.relu = nn.ReLU(inplace=False)
+        self.shortcut = (nn.Conv2d(in_ch, out_ch, 1, stride, bias=False)
+                         if stride != 1 or in_ch != out_ch else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = self.relu(self.bn1(x))
+        out = self.conv1(pre)
+        out = self.conv2(self.drop(self.relu(self.bn2(out))))
+        # The projection sees the pre-activated input: both paths start from the same normalised x.
+        return out + (self.shortcut(pre) if self.shortcut is not None else x)
+
+
+def _projection(in_ch: int, out_ch: int, stride: int, norm: bool) -> nn.Module:
+    if stride == 1 and in_ch == out_ch:
+        return nn.Identity()
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, 1, stride, bias=not norm)]
+    if norm:
+        layers.append(nn.BatchNorm2d(out_ch))
+    return nn.Sequential(*layers)
+
+
+BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": BottleneckBlock, "wide": WideBlock}
+
+
+# --------------------------------------------------------------------------------- networks
+class ResNet(nn.Module):
+    """Stem -> residual stages -> global average pool -> [Dropout] -> Linear.
+
+    ``stage_channels[i]`` is the output width of stage ``i``, ``blocks_per_stage[i]`` its number of
+    blocks; every stage after the first halves the resolution in its first block. For
+    pre-activation blocks a final BN-ReLU precedes the pooling. ``init`` is ``"kaiming"`` (He
+    normal + zero-init last BN) or ``"default"`` (PyTorch's layer defaults).
+    """
+
+    def __init__(self, block: type[nn.Module] = BasicBlock, stage_channels: Sequence[int] = (32, 64, 128),
+                 blocks_per_stage: Sequence[int] = (1, 1, 1), in_channels: int = 3, num_classes: int = 10,
+                 stem_channels: int | None = None, norm: bool = True, dropout: float = 0.0,
+                 block_dropout: float = 0.0, stem_pool: bool = False, init: str = "kaiming") -> None:
+        super().__init__()
+        if len(stage_channels) != len(blocks_per_stage):
+            raise ValueError("stage_channels and blocks_per_stage must have the same length")
+        stem_ch = stem_channels or stage_channels[0]
+        pre = getattr(block, "pre_activation", False)
+        stem: list[nn.Module] = [nn.Conv2d(in_channels, stem_ch, 3, 1, 1, bias=not norm or pre)]
+        if not pre:  # pre-activation blocks normalise their own input
+            stem += [nn.BatchNorm2d(stem_ch) if norm else nn.Identity(), nn.ReLU(inplace=True)]
+        if stem_pool:
+            stem.append(nn.MaxPool2d(2))
+        self.stem = nn.Sequential(*stem)
+        stages, c = [], stem_ch
+        for i, (width, n) in enumerate(zip(stage_channels, blocks_per_stage)):
+            blocks = []
+            for j in range(n):
+                blocks.append(block(c, width, stride=2 if (i > 0 and j == 0) else 1, norm=norm, dropout=block_dropout))
+                c = width
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.final_act = (nn.Sequential(nn.BatchNorm2d(c) if norm else nn.Identity(), nn.ReLU(inplace=True))
+                          if pre else nn.Identity())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c, num_classes))
+        if init == "kaiming":
+            _init_weights(self, zero_last_bn=not pre)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.final_act(self.stages(self.stem(x))))
+
+
+class PlainCNN(nn.Module):
+    """A chain of 3x3 convolutions (``conv -> [BN] -> ReLU``), no shortcuts, then GAP + Linear.
+
+    ``channels[i]`` is the width of conv ``i``; where the width grows the conv has stride 2, so the
+    resolution halves exactly where a :class:`ResNet` of the same widths would halve it. This is
+    the "plain" network of He et al. (2016), used to show what depth does without residuals.
+    ``init="default"`` keeps PyTorch's default conv init (variance ``1/(3 fan_in)``), under which
+    an unnormalised deep chain shrinks its signal and gradients layer by layer.
+    """
+
+    def __init__(self, channels: Sequence[int], in_channels: int = 3, num_classes: int = 10, norm: bool = True,
+                 kernel_size: int = 3, dropout: float = 0.0, init: str = "kaiming") -> None:
+        super().__init__()
+        layers, c = [], in_channels
+        for i, width in enumerate(channels):
+            stride = 2 if (i > 0 and width > c) else 1
+            layers.append(conv_bn_act(c, width, kernel_size, stride, norm=norm))
+            c = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c, num_classes))
+        if init == "kaiming":
+            _init_weights(self, zero_last_bn=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def resnet_like_plain(convs_per_stage: int, widths: Sequence[int] = (16, 32, 64)) -> list[int]:
+    """Widths of a plain net with the depth of a CIFAR ResNet-(6n+2): stem + 2n convs per stage."""
+    return [widths[0]] + [w for w in widths for _ in range(2 * convs_per_stage)]
+
+
+class KernelSizeCNN(nn.Module):
+    """Three stages of ``conv(k) -> BN -> ReLU -> maxpool2`` at widths ``(w, 2w, 4w)``, GAP, Linear.
+
+    ``kernel`` is ``"3x3"``, ``"5x5"``, ``"7x7"`` or ``"1x1+3x3"``; in the last each stage is a 1x1
+    conv to ``w_i // 2`` channels followed by a 3x3 conv to ``w_i`` (the Inception/bottleneck
+    reduction). The experiment picks ``width`` per kernel so all variants have the same number of
+    parameters (``utils.comparison_utils.solve_width_for_params``).
+    """
+
+    KERNELS = ("3x3", "5x5", "7x7", "1x1+3x3")
+
+    def __init__(self, kernel: str, width: int, in_channels: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        if kernel not in self.KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}; choose from {self.KERNELS}")
+        layers, c = [], in_channels
+        for w in (width, 2 * width, 4 * width):
+            if kernel == "1x1+3x3":
+                layers += [*conv_bn_act(c, max(1, w // 2), 1), *conv_bn_act(max(1, w // 2), w, 3)]
+            else:
+                layers += [*conv_bn_act(c, w, int(kernel[0]))]
+            layers.append(nn.MaxPool2d(2))
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
+        self.kernel, self.width = kernel, width
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+class SwappableCNN(nn.Module):
+    """A small CNN whose conv, activation, pooling, attention and head pooling are injected.
+
+    Three stages ``conv3x3 -> BN -> act -> [attention] -> pool`` at widths ``(w, 2w, 4w)``, then
+    ``head_pool -> Linear``. The custom-layer study swaps one factory at a time, so every
+    difference in the results is due to that one layer.
+    """
+
+    def __init__(self, width: int = 32, in_channels: int = 3, num_classes: int = 10,
+                 conv: Callable[..., nn.Module] = nn.Conv2d, act: Callable[[], nn.Module] = nn.ReLU,
+                 pool: Callable[[], nn.Module] = lambda: nn.MaxPool2d(2),
+                 attention: Callable[[int], nn.Module] | None = None,
+                 head_pool: Callable[[], nn.Module] = lambda: nn.AdaptiveAvgPool2d(1)) -> None:
+        super().__init__()
+        layers, c = [], in_channels
+        for w in (width, 2 * width, 4 * width):
+            layers += [conv(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), act()]
+            if attention is not None:
+                layers.append(attention(w))
+            layers.append(pool())
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(head_pool(), nn.Flatten(), nn.Linear(c, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def _init_weights(model: nn.Module, zero_last_bn: bool) -> None:
+    """Kaiming-normal (fan_out, ReLU) convs; optionally zero the last BN of each residual branch.
+
+    Zero-init of the last BN gamma makes every residual block start as the identity, which helps
+    short training runs (Goyal et al. 2017).
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    if zero_last_bn:
+        for m in model.modules():
+            last = getattr(m, "bn3", None) if isinstance(m, BottleneckBlock) else getattr(m, "bn2", None)
+            if isinstance(m, (BasicBlock, BottleneckBlock)) and isinstance(last, nn.BatchNorm2d):
+                nn.init.zeros_(last.weight)

@@ -1,0 +1,162 @@
+"""Command line shared by the three homework scripts: one parser, one error policy.
+
+Every user-facing failure (missing data, bad arguments, unwritable folders, no CUDA) ends in one
+line on stderr and exit code 2; Ctrl-C / SIGTERM ends with code 130 after the finished results and
+the checkpoint of the run in progress are on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from utils.data import DATA_DIR_ENV, DataError
+
+PROFILES = ("quick", "standard", "full")
+CACHE_DIR_ENV = "HOMEWORK_CACHE_DIR"
+log = logging.getLogger(__name__)
+
+
+class UsageError(RuntimeError):
+    """A problem with what the user asked for; reported in one line, exit code 2."""
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def build_parser(description: str, experiments: Sequence[str], default_plots: str) -> argparse.ArgumentParser:
+    """The arguments every script takes; ``experiments`` are the names ``--only`` accepts."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-dir", default=None,
+                   help=f"folder with the data sets (default: ${DATA_DIR_ENV}, else ./data; downloaded if absent)")
+    p.add_argument("--results-dir", default="results", help="where result JSON/CSV/MD files go")
+    p.add_argument("--plots-dir", default=default_plots, help="where figures (PNG) go")
+    p.add_argument("--cache-dir", default=None,
+                   help=f"cache for decoded image folders (default: ${CACHE_DIR_ENV}, else ./data/cache)")
+    p.add_argument("--profile", choices=PROFILES, default="standard",
+                   help="quick: every experiment end to end in ~2 min on tiny subsets; standard: the committed "
+                        "results; full: longer training")
+    p.add_argument("--epochs", type=positive_int, default=None, help="override the profile's epochs")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="override the profile's batch size")
+    p.add_argument("--lr", type=positive_float, default=None, help="override the profile's peak learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seed for data order, initialisation and augmentation")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto = bf16 autocast + channels_last where the hardware supports bf16")
+    p.add_argument("--train-subset", type=positive_int, default=None, help="stratified training subset size")
+    p.add_argument("--test-subset", type=positive_int, default=None, help="stratified test subset size")
+    p.add_argument("--only", nargs="+", metavar="NAME", choices=list(experiments), default=None,
+                   help=f"run only these experiments: {', '.join(experiments)}")
+    p.add_argument("--force", action="store_true", help="retrain models whose finished results exist")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+@dataclass(frozen=True)
+class OutputDirs:
+    results: Path
+    plots: Path
+    cache: Path
+
+
+def prepare_output_dirs(args: argparse.Namespace) -> OutputDirs:
+    """Create and check the output folders before any training starts."""
+    dirs = OutputDirs(Path(args.results_dir), Path(args.plots_dir),
+                      Path(args.cache_dir or os.environ.get(CACHE_DIR_ENV) or "data/cache"))
+    for label, path in (("results", dirs.results), ("plots", dirs.plots)):
+        _check_writable(label, path)
+    return dirs
+
+
+def _check_writable(label: str, path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"the {label} folder {path} is not writable ({exc.strerror or exc})") from None
+
+
+def setup_logging(log_file: Path | None, verbose: bool) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(fmt)
+    root.addHandler(console)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file, mode="a")
+        fh.setFormatter(fmt)
+        root.addHandler(fh)
+    for noisy in ("matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: finished work stays on disk
+    raise KeyboardInterrupt
+
+
+def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a script's ``main`` with the package's error policy; returns the exit code."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return main(argv)
+    except (DataError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if "CUDA is not available" in str(exc) or "bf16 support" in str(exc):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("interrupted: finished results are saved; the run in progress resumes from its last "
+              "checkpoint next time", file=sys.stderr)
+        return 130
+
+
+def load_data(args: argparse.Namespace, dirs: OutputDirs, name: str, train_subset: int | None = None,
+              test_subset: int | None = None):
+    """Load a data set the way every script does: ``--data-dir`` / env / ./data, then the
+    profile's (or ``--train-subset``/``--test-subset``) stratified subsets."""
+    from utils.data import load_dataset, resolve_data_dir
+
+    data = load_dataset(name, resolve_data_dir(args.data_dir), cache_dir=dirs.cache)
+    data = data.subsample(args.train_subset or train_subset, args.test_subset or test_subset, seed=args.seed)
+    log.info("%s: %s, %d train / %d test samples", name, data.source, len(data.train), len(data.test))
+    return data
+
+
+def apply_cli_overrides(cfg, args: argparse.Namespace):
+    """The profile's ExperimentConfig with ``--epochs/--batch-size/--lr/--seed/--device/--precision``."""
+    changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
+               if v is not None}
+    return cfg.replace(**changes, seed=args.seed, device=args.device, precision=args.precision)
