@@ -231,16 +231,25 @@ class KernelSizeCNN(nn.Module):
     conv to ``w_i // 2`` channels followed by a 3x3 conv to ``w_i`` (the Inception/bottleneck
     reduction). The experiment picks ``width`` per kernel so all variants have the same number of
     parameters (``utils.comparison_utils.solve_width_for_params``).
+
+    ``stage_widths`` (optional) replaces ``(w, 2w, 4w)`` by explicit per-stage widths. Why: for a
+    7x7 net the base width is ~21, where one width step changes the parameter count by ~10 %; the
+    last stage holds most parameters, so tuning its width alone gives ~1 % steps (see
+    ``homework_cnn_architecture_analysis.match_kernel_widths``).
     """
 
     KERNELS = ("3x3", "5x5", "7x7", "1x1+3x3")
 
-    def __init__(self, kernel: str, width: int, in_channels: int = 3, num_classes: int = 10) -> None:
+    def __init__(self, kernel: str, width: int, in_channels: int = 3, num_classes: int = 10,
+                 stage_widths: Sequence[int] | None = None) -> None:
         super().__init__()
         if kernel not in self.KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; choose from {self.KERNELS}")
+        widths = tuple(stage_widths) if stage_widths is not None else (width, 2 * width, 4 * width)
+        if len(widths) != 3 or min(widths) < 1:
+            raise ValueError(f"stage_widths must be 3 positive ints, got {widths}")
         layers, c = [], in_channels
-        for w in (width, 2 * width, 4 * width):
+        for w in widths:
             if kernel == "1x1+3x3":
                 layers += [*conv_bn_act(c, max(1, w // 2), 1), *conv_bn_act(max(1, w // 2), w, 3)]
             else:
@@ -249,7 +258,7 @@ class KernelSizeCNN(nn.Module):
             c = w
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
-        self.kernel, self.width = kernel, width
+        self.kernel, self.width, self.stage_widths = kernel, width, widths
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))

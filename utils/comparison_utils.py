@@ -14,6 +14,9 @@ Sections
    :func:`solve_width_for_params`, :func:`relative_param_gap`, :func:`within_tolerance`.
 4. FLOPs: :func:`count_flops`.
 5. Gradient flow: :func:`weight_tensor_names`, :func:`gradient_flow_summary`.
+6. Custom-layer study: :func:`time_forward_backward`, :func:`compare_forward_backward` (side-by-side
+   speed), :func:`seed_statistics`, :func:`curve_band`, :func:`total_grad_norm`,
+   :func:`relative_spread` (multi-seed aggregation).
 
 Coordinate convention (RF ``start``)
 ------------------------------------
@@ -28,6 +31,7 @@ paper's library is ``P = (size - 1) / 2 - start``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -50,6 +54,12 @@ __all__ = [
     "count_flops",
     "weight_tensor_names",
     "gradient_flow_summary",
+    "time_forward_backward",
+    "compare_forward_backward",
+    "seed_statistics",
+    "curve_band",
+    "total_grad_norm",
+    "relative_spread",
 ]
 
 
@@ -576,3 +586,265 @@ def gradient_flow_summary(layer_names: Sequence[str], norms: np.ndarray) -> dict
         "first_last_ratio": ratio,
         "median_first_last_ratio": float(np.nanmedian(ratio)) if np.isfinite(ratio).any() else math.nan,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Custom-layer study: side-by-side speed, multi-seed aggregation
+# ---------------------------------------------------------------------------------------------
+
+
+def time_forward_backward(
+    modules: "dict[str, nn.Module]",
+    x: Tensor,
+    repeats: int = 7,
+    warmup: int = 2,
+) -> dict:
+    """Median forward+backward wall time of several modules on the same input, measured side by side.
+
+    Every round runs each module once, in turn (the order rotates every round), so slow drifts of
+    the machine (another job, CPU frequency) hit all of them alike; the median over ``repeats``
+    rounds drops the occasional outlier. One call = ``y = m(x)``, then ``y.backward(g)`` with a
+    fixed random ``g`` (a plain ``sum()`` would give an all-ones gradient, which some kernels
+    special-case), computing the gradients w.r.t. ``x`` and every parameter.
+
+    Args:
+        modules: name -> module; all must accept ``x``. They are timed in their current mode.
+        x: the input (its dtype / memory format are kept; ``requires_grad`` is set on a copy).
+        repeats: timed rounds (>= 1).
+        warmup: untimed rounds first (allocator, oneDNN primitive caches).
+
+    Returns:
+        ``{name: {"median_ms", "min_ms", "times_ms"}}``.
+    """
+    import time
+
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    if not modules:
+        raise ValueError("modules is empty")
+    names = list(modules)
+    xin = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
+    gen = torch.Generator().manual_seed(0)
+    grads: dict[str, Tensor] = {}
+    with torch.no_grad():
+        for name in names:
+            out = modules[name](xin)
+            grads[name] = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
+
+    def one_call(name: str) -> float:
+        m = modules[name]
+        xin.grad = None
+        for p in m.parameters():
+            p.grad = None
+        t0 = time.perf_counter()
+        y = m(xin)
+        y.backward(grads[name])
+        if xin.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(warmup + repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            t = one_call(name)
+            if r >= warmup:
+                times[name].append(1000.0 * t)
+    return {n: {"median_ms": float(np.median(v)), "min_ms": float(np.min(v)), "times_ms": v}
+            for n, v in times.items()}
+
+
+def compare_forward_backward(custom: nn.Module, native: nn.Module, x: Tensor, repeats: int = 7,
+                             warmup: int = 2) -> dict:
+    """Forward+backward time of a custom layer vs its native counterpart on the same input.
+
+    Returns:
+        dict with ``custom_ms`` and ``native_ms`` (medians, timed side by side by
+        :func:`time_forward_backward`), ``ratio = custom_ms / native_ms`` (> 1: the custom layer is
+        slower), and ``max_abs_diff`` of the two forward outputs (``None`` when the shapes differ),
+        which is ~0 when the pair computes the same function with the same parameters.
+    """
+    t = time_forward_backward({"custom": custom, "native": native}, x, repeats, warmup)
+    with torch.no_grad():
+        yc, yn = custom(x), native(x)
+    diff = float((yc - yn).abs().max()) if yc.shape == yn.shape else None
+    c, n = t["custom"]["median_ms"], t["native"]["median_ms"]
+    return {"custom_ms": c, "native_ms": n, "ratio": c / n if n > 0 else math.nan, "max_abs_diff": diff}
+
+
+def seed_statistics(values: Sequence[float]) -> dict:
+    """Mean, sample std (ddof=1; 0 for a single value), min, max and n of per-seed values.
+
+    NaN entries (e.g. a diverged run without a final accuracy) are dropped and counted in
+    ``n_missing``.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    ok = arr[np.isfinite(arr)]
+    if ok.size == 0:
+        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": 0,
+                "n_missing": int(arr.size), "values": arr.tolist()}
+    return {"mean": float(ok.mean()), "std": float(ok.std(ddof=1)) if ok.size > 1 else 0.0,
+            "min": float(ok.min()), "max": float(ok.max()), "n": int(ok.size),
+            "n_missing": int(arr.size - ok.size), "values": arr.tolist()}
+
+
+def curve_band(curves: Sequence[Sequence[float]]) -> dict:
+    """Mean and min-max band, point by point, of several curves (e.g. one per seed).
+
+    Curves may have different lengths (a diverged run stops early): each point aggregates the
+    curves that reach it, and ``n`` says how many did.
+
+    Returns:
+        dict of equal-length lists ``mean``, ``min``, ``max``, ``n`` (length of the longest curve).
+    """
+    if not curves:
+        raise ValueError("curves is empty")
+    length = max(len(c) for c in curves)
+    arr = np.full((len(curves), length), np.nan)
+    for i, c in enumerate(curves):
+        arr[i, :len(c)] = np.asarray(c, dtype=np.float64)
+    n = np.isfinite(arr).sum(axis=0)
+    # Every column has >= 1 finite value when the inputs are finite; NaN inputs give NaN points.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice": NaN there, on purpose
+        mean, lo, hi = np.nanmean(arr, axis=0), np.nanmin(arr, axis=0), np.nanmax(arr, axis=0)
+    return {"mean": mean.tolist(), "min": lo.tolist(), "max": hi.tolist(), "n": n.astype(int).tolist()}
+
+
+def total_grad_norm(l2: Sequence[Sequence[float]]) -> np.ndarray:
+    """Global gradient L2 norm per recorded step from per-layer norms ``(samples, layers)``.
+
+    ``sqrt(sum_layers l2**2)``: the norm of all tracked weight gradients as one vector.
+    """
+    arr = np.asarray(l2, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"l2 must be (n_samples, n_layers), got shape {arr.shape}")
+    return np.sqrt((arr ** 2).sum(axis=1))
+
+
+def relative_spread(values: Sequence[float]) -> float:
+    """``(max - min) / mean`` of positive values: a scale-free spread (0 = identical)."""
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0 or arr.mean() == 0:
+        return math.nan
+    return float((arr.max() - arr.min()) / abs(arr.mean()))
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Architecture study: activations, per-layer conv costs, off-centre ERF extent
+# ---------------------------------------------------------------------------------------------
+
+
+def collect_activations(model: nn.Module, images: Tensor, layers: "dict[str, nn.Module]") -> "dict[str, Tensor]":
+    """Outputs of the given submodules for ``images``, captured with forward hooks.
+
+    Args:
+        model: the network; run once in eval mode under ``torch.no_grad()`` (training flags
+            restored afterwards), so BN uses its running statistics and images do not interact.
+        images: ``(N, C, H, W)`` normalised input on the model's device.
+        layers: label -> submodule of ``model``; each must return one tensor. A module called
+            several times keeps its first output.
+
+    Returns:
+        label -> detached float32 CPU tensor (contiguous, default memory format), e.g.
+        ``(N, K, h, w)`` for a conv block.
+    """
+    captured: dict[str, Tensor] = {}
+    handles = []
+
+    def make_hook(label: str):
+        def hook(_m: nn.Module, _inp: object, out: object) -> None:
+            if not isinstance(out, Tensor):
+                raise ValueError(f"layer {label!r} must return one Tensor, got {type(out).__name__}")
+            # clone: in-place ops later in the forward (ReLU(inplace=True)) must not change it
+            captured.setdefault(label, out.detach().float().cpu().contiguous().clone())
+        return hook
+
+    training_flags = [(m, m.training) for m in model.modules()]
+    try:
+        for label, module in layers.items():
+            handles.append(module.register_forward_hook(make_hook(label)))
+        model.eval()
+        with torch.no_grad():
+            model(images)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in training_flags:
+            m.training = flag
+    missing = set(layers) - set(captured)
+    if missing:
+        raise ValueError(f"layers never called during the forward pass: {sorted(missing)}")
+    return {label: captured[label] for label in layers}
+
+
+def conv_layer_costs(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
+    """Parameters and forward FLOPs of every ``nn.Conv2d``, with the resolution it runs at.
+
+    A conv's FLOPs are ``2 * weight.numel() * H_out * W_out`` (one multiply-add = 2, as in
+    :func:`count_flops`; bias ignored). So at equal parameters, FLOPs depend on *where* the
+    parameters sit: a weight at 32x32 costs 16x more per image than the same weight at 8x8.
+
+    Returns:
+        One dict per conv in forward order: ``name, kernel, in_ch, out_ch, params`` (weight +
+        bias), ``out_hw`` and ``flops``.
+    """
+    rows: list[dict] = []
+    handles = []
+
+    def make_hook(name: str, conv: nn.Conv2d):
+        def hook(_m: nn.Module, _inp: object, out: Tensor) -> None:
+            h, w = int(out.shape[-2]), int(out.shape[-1])
+            rows.append({"name": name, "kernel": _square(conv.kernel_size, "kernel_size", name),
+                         "in_ch": conv.in_channels, "out_ch": conv.out_channels,
+                         "params": sum(p.numel() for p in conv.parameters()),
+                         "out_hw": [h, w], "flops": 2 * conv.weight.numel() * h * w})
+        return hook
+
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    training_flags = [(m, m.training) for m in model.modules()]
+    try:
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Conv2d):
+                handles.append(m.register_forward_hook(make_hook(name, m)))
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in training_flags:
+            m.training = flag
+    return rows
+
+
+def erf_extent_at(erf: Tensor, center: tuple[float, float], mass: float = 0.95) -> int:
+    """Like :func:`erf_extent`, but for a square centred on an arbitrary (e.g. half-pixel) point.
+
+    Why: after 2x2 max-pools the RF centre of the middle unit is a half-pixel off the image centre
+    (e.g. 17.5 instead of 16 on a 32-pixel input, see ``ReceptiveFieldRow.center``); measuring
+    the ERF square around the wrong centre would inflate it by a few pixels.
+
+    Pixels are grouped by Chebyshev distance ``d = max(|i - cy|, |j - cx|)`` from ``center``
+    (pixel centres at integer coordinates); the smallest ``d`` whose square holds ``mass`` of the
+    total gives the side ``2 d + 1`` in pixels (odd for an integer centre, even for a half-pixel
+    one). For an integer centre at ``(H // 2, W // 2)`` this equals :func:`erf_extent`.
+    """
+    if erf.ndim != 2:
+        raise ValueError(f"erf must be (H, W), got shape {tuple(erf.shape)}")
+    if not 0.0 < mass <= 1.0:
+        raise ValueError(f"mass must be in (0, 1], got {mass}")
+    values = erf.detach().to("cpu", torch.float64).numpy()
+    if (values < 0).any():
+        raise ValueError("erf must be non-negative")
+    total = values.sum()
+    if total <= 0:
+        raise ValueError("erf sums to zero")
+    h, w = values.shape
+    dist = np.maximum(np.abs(np.arange(h) - center[0])[:, None], np.abs(np.arange(w) - center[1])[None, :])
+    levels, inverse = np.unique(np.round(dist, 6), return_inverse=True)
+    cumulative = np.cumsum(np.bincount(inverse.ravel(), weights=values.ravel()))
+    d = levels[int(np.argmax(cumulative >= mass * total - 1e-9 * total))]
+    return int(round(2 * d + 1))

@@ -323,7 +323,8 @@ class BatchLoader:
 
     def __len__(self) -> int:
         n = len(self.ds)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        # drop_last never drops everything: a split smaller than one batch is served whole
+        return n // self.batch_size if self.drop_last and n >= self.batch_size else -(-n // self.batch_size)
 
     def normalise(self, images: Tensor) -> Tensor:
         x = images.to(self.device, non_blocking=True).float()

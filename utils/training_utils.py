@@ -11,7 +11,6 @@ test-set predictions, run environment, and a ``config_hash`` that lets a re-run 
 
 from __future__ import annotations
 
-import copy
 import csv
 import dataclasses
 import hashlib
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from utils.comparison_utils import count_flops, count_parameters, weight_tensor_names
 from utils.data import BatchLoader, DatasetSplits, stratified_subset
 
 log = logging.getLogger(__name__)
@@ -142,31 +142,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-# ------------------------------------------------------------------------------- model facts
-def count_parameters(model: nn.Module) -> dict:
-    """Total / trainable parameter counts and a per-layer (leaf module) breakdown."""
-    per_layer = {name: sum(p.numel() for p in m.parameters(recurse=False))
-                 for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
-    return {"total": sum(p.numel() for p in model.parameters()),
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "per_layer": per_layer}
-
-
-def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Forward FLOPs for one image (``torch.utils.flop_counter``; a multiply-add counts as 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = copy.deepcopy(model).float().eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *input_shape))
-    return int(counter.get_total_flops())
-
-
-def gradient_param_names(model: nn.Module) -> list[str]:
-    """Parameters whose gradients we track: the weight matrices/kernels (ndim > 1), in order."""
-    return [n for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
-
-
 # --------------------------------------------------------------------------------- evaluation
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: BatchLoader, runtime: Runtime, flip_tta: bool = False,
@@ -274,7 +249,7 @@ def train_model(spec: ModelSpec, data: DatasetSplits, base_cfg: ExperimentConfig
     steps_per_epoch, total_steps = len(train_loader), len(train_loader) * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    grad_names = gradient_param_names(model)
+    grad_names = weight_tensor_names(model)
     named = dict(model.named_parameters())
     grad_params = [named[n] for n in grad_names]
 

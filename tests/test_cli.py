@@ -1,0 +1,85 @@
+"""The shared command line: argument validation, the error policy, and task 1 end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import homework_cnn_vs_fc_comparison as task1
+from utils.cli import build_parser, run_cli
+
+
+def _parse(*argv: str):
+    return build_parser("test", ("a", "b"), default_plots="plots/x").parse_args(list(argv))
+
+
+@pytest.mark.parametrize("argv", [
+    ("--epochs", "0"), ("--epochs", "-3"), ("--batch-size", "0"), ("--lr", "0"), ("--lr", "-0.1"),
+    ("--lr", "abc"), ("--only", "nope"), ("--device", "tpu"), ("--precision", "fp8"), ("--profile", "huge"),
+])
+def test_invalid_arguments_exit_with_code_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _parse(*argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_valid_arguments_parse():
+    args = _parse("--epochs", "3", "--lr", "0.01", "--only", "a", "b", "--precision", "fp32")
+    assert args.epochs == 3 and args.lr == 0.01 and args.only == ["a", "b"] and args.profile == "standard"
+
+
+def _run(tmp_path, data_dir, *extra: str) -> int:
+    return run_cli(task1.main, ["--data-dir", str(data_dir), "--results-dir", str(tmp_path / "results"),
+                                "--plots-dir", str(tmp_path / "plots"), "--cache-dir", str(tmp_path / "cache"),
+                                "--profile", "quick", *extra])
+
+
+def test_missing_data_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    # no network in CI: make the download fail fast and deterministically
+    from torchvision.datasets import MNIST
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    code = _run(tmp_path, tmp_path / "empty", "--only", "mnist")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 or all("Downloading" in line or "Failed" in line or line.startswith("error")
+                                 or "INFO" in line for line in err)
+    assert any(line.startswith("error: MNIST not found") for line in err)
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_unwritable_results_folder_is_refused_before_training(tmp_path, fake_data_dir, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    code = run_cli(task1.main, ["--data-dir", str(fake_data_dir), "--results-dir", str(blocker / "results"),
+                                "--profile", "quick", "--only", "mnist"])
+    assert code == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_request_without_cuda_exits_2(tmp_path, fake_data_dir, capsys):
+    code = _run(tmp_path, fake_data_dir, "--only", "mnist", "--device", "cuda")
+    assert code == 2 and "CUDA is not available" in capsys.readouterr().err
+
+
+def test_task1_quick_profile_end_to_end(tmp_path, fake_data_dir):
+    assert _run(tmp_path, fake_data_dir, "--precision", "fp32") == 0
+    for exp, models in (("mnist_comparison", ("fc", "simple_cnn", "residual_cnn")),
+                        ("cifar_comparison", ("deep_fc", "residual_cnn", "residual_cnn_regularised"))):
+        for m in models:
+            rec = json.loads((tmp_path / "results" / exp / f"{m}.json").read_text())
+            assert rec["status"] == "completed" and rec["data"]["source"]
+            assert rec["config"]["epochs"] == 1
+        assert (tmp_path / "results" / exp / "summary.csv").read_text().count("\n") == 4
+    reg = json.loads((tmp_path / "results" / "cifar_comparison" / "residual_cnn_regularised.json").read_text())
+    assert reg["config"]["augment"] and reg["config_overrides"]["weight_decay"] > 0
+    plots = {p.name for p in (tmp_path / "plots").glob("*.png")}
+    assert {"mnist_learning_curves.png", "cifar_confusion.png", "cifar_gradient_flow.png",
+            "cifar_overfitting.png", "cifar_per_class.png"} <= plots
+    # a second run finds every finished result and retrains nothing
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*.json")}
+    assert _run(tmp_path, fake_data_dir, "--precision", "fp32") == 0
+    assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*.json")}

@@ -1,0 +1,179 @@
+"""The training engine on a tiny synthetic problem: learning, records, reproducibility, resume,
+divergence, skipping finished runs and atomic result files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import class_pattern_images
+from utils.data import ArrayDataset, DatasetSplits
+from utils.training_utils import (ExperimentConfig, ModelSpec, lr_factor, read_json, resolve_runtime,
+                                  run_experiment, train_model, write_json)
+
+RECORD_KEYS = {"schema_version", "experiment", "model", "status", "config", "config_hash", "data", "runtime",
+               "params", "flops_per_image", "history", "train_time_s", "inference", "grad_stats", "predictions",
+               "labels", "class_names", "summary"}
+
+
+def _splits(n_train: int = 240, n_test: int = 80) -> DatasetSplits:
+    def split(n, seed):
+        images, labels = class_pattern_images(n, 4, (10, 10), seed)
+        return ArrayDataset(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long())
+    return DatasetSplits("toy", split(n_train, 0), split(n_test, 1), ("a", "b", "c", "d"), "generated", "mem")
+
+
+def _tiny_cnn(cfg: ExperimentConfig) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Dropout(cfg.dropout), nn.Linear(4 * 25, 4))
+
+
+CFG = ExperimentConfig(epochs=3, batch_size=32, lr=0.1, precision="fp32", grad_sample_every=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    return resolve_runtime("cpu", "fp32", threads=1)
+
+
+def test_engine_learns_and_returns_a_complete_record(runtime):
+    rec = train_model(ModelSpec("tiny", _tiny_cnn), _splits(), CFG, runtime, experiment="t")
+    model = rec.pop("_model")
+    assert isinstance(model, nn.Module)
+    assert RECORD_KEYS <= set(rec)
+    h = rec["history"]
+    assert h["epoch"] == [1, 2, 3]
+    assert h["train_loss"][-1] < h["train_loss"][0]
+    assert h["test_acc"][-1] > 0.6                      # chance is 0.25
+    assert rec["status"] == "completed"
+    assert rec["params"]["total"] == 4 * 9 + 4 + 100 * 4 + 4
+    assert rec["flops_per_image"] == 2 * (9 * 4 * 100 + 100 * 4)
+    assert len(rec["predictions"]) == 80 and rec["inference"]["latency_ms_batch1"] > 0
+    g = rec["grad_stats"]
+    assert g["names"] == ["0.weight", "5.weight"] and g["step"][0] == 0
+    assert len(g["l2"]) == len(g["step"]) and all(len(row) == 2 for row in g["l2"])
+    json.dumps(rec)                                      # the record is JSON-safe
+    assert rec["summary"]["final_test_acc"] == h["test_acc"][-1]
+
+
+def test_same_seed_gives_bit_identical_metrics_in_fp32(runtime):
+    spec = ModelSpec("tiny", _tiny_cnn)
+    cfg = CFG.replace(dropout=0.3, augment=False)
+    a = train_model(spec, _splits(), cfg, runtime, experiment="t")
+    b = train_model(spec, _splits(), cfg, runtime, experiment="t")
+    for key in ("train_loss", "test_loss", "test_acc", "train_eval_loss"):
+        assert a["history"][key] == b["history"][key]
+    assert a["predictions"] == b["predictions"] and a["grad_stats"]["l2"] == b["grad_stats"]["l2"]
+    c = train_model(spec, _splits(), cfg.replace(seed=1), runtime, experiment="t")
+    assert c["history"]["train_loss"] != a["history"]["train_loss"]
+
+
+class _ExplodesAtStep(nn.Module):
+    """Returns NaN logits from the given forward call on: a deterministic divergence."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(100, 4)
+        self.calls, self.at = 0, at
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+        out = self.lin(x.flatten(1))
+        return out * float("nan") if self.training and self.calls >= self.at else out
+
+
+def test_divergence_is_recorded_not_raised(runtime, tmp_path):
+    specs = [ModelSpec("bad", lambda c: _ExplodesAtStep(at=10)), ModelSpec("good", _tiny_cnn)]
+    recs = run_experiment("exp", specs, _splits(), CFG, runtime, tmp_path)
+    bad, good = recs
+    assert bad["status"] == "diverged" and bad["diverged_at"]["epoch"] == 2 and bad["diverged_at"]["step"] == 9
+    assert good["status"] == "completed"           # the script goes on with the other models
+    on_disk = read_json(tmp_path / "exp" / "bad.json")
+    assert on_disk["status"] == "diverged"
+    assert "diverged" in (tmp_path / "exp" / "summary.md").read_text()
+
+
+def test_finished_runs_are_skipped_and_corrupt_results_rerun(runtime, tmp_path, caplog):
+    spec = ModelSpec("tiny", _tiny_cnn)
+    first = run_experiment("exp", [spec], _splits(), CFG.replace(epochs=1), runtime, tmp_path)[0]
+    with caplog.at_level(logging.INFO):
+        again = run_experiment("exp", [spec], _splits(), CFG.replace(epochs=1), runtime, tmp_path)[0]
+    assert "skipping" in caplog.text
+    assert again["history"] == first["history"]
+    # a changed config is not skipped
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        run_experiment("exp", [spec], _splits(), CFG.replace(epochs=2), runtime, tmp_path)
+    assert "skipping" not in caplog.text
+    # a result file that does not parse is reported and re-run
+    (tmp_path / "exp" / "tiny.json").write_text("{ truncated")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        rec = run_experiment("exp", [spec], _splits(), CFG.replace(epochs=2), runtime, tmp_path)[0]
+    assert "does not parse" in caplog.text and rec["status"] == "completed"
+    assert read_json(tmp_path / "exp" / "tiny.json")["history"]["epoch"] == [1, 2]
+
+
+def test_interrupted_run_resumes_to_the_same_final_metrics(runtime, tmp_path):
+    cfg = CFG.replace(epochs=3, dropout=0.2)
+    reference = run_experiment("ref", [ModelSpec("tiny", _tiny_cnn)], _splits(), cfg, runtime, tmp_path)[0]
+
+    state = {"calls": 0, "interrupt_at": 17}   # 7 steps per epoch: interrupted inside epoch 3
+
+    class Interrupting(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.net = _tiny_cnn(cfg)
+
+        def forward(self, x):
+            if self.training:
+                state["calls"] += 1
+                if state["calls"] == state["interrupt_at"]:
+                    raise KeyboardInterrupt
+            return self.net(x)
+
+    spec = ModelSpec("tiny", Interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("ref2", [spec], _splits(), cfg, runtime, tmp_path)
+    ckpt = tmp_path / "ref2" / "checkpoints" / "tiny.pt"
+    assert ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] == 2
+    assert not (tmp_path / "ref2" / "tiny.json").exists()   # nothing half-written
+    resumed = run_experiment("ref2", [spec], _splits(), cfg, runtime, tmp_path)[0]
+    for key in ("train_loss", "test_loss", "test_acc"):
+        assert resumed["history"][key] == reference["history"][key]
+    assert resumed["predictions"] == reference["predictions"]
+    assert not ckpt.exists()
+
+
+def test_write_json_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "r.json"
+    write_json(path, {"a": 1})
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        write_json(path, {"a": 2})
+    monkeypatch.undo()
+    assert read_json(path) == {"a": 1}               # the old file is intact
+
+
+def test_config_validation_and_schedule():
+    with pytest.raises(ValueError):
+        ExperimentConfig(epochs=0)
+    with pytest.raises(ValueError):
+        ExperimentConfig(lr=-1.0)
+    with pytest.raises(ValueError):
+        ModelSpec("x", _tiny_cnn, overrides={"epochs": 9}).config_for(CFG)
+    cfg = CFG.replace(schedule="onecycle", warmup_fraction=0.25)
+    assert lr_factor(0, 100, cfg) == pytest.approx(0.1)
+    assert lr_factor(25, 100, cfg) == pytest.approx(1.0)
+    assert lr_factor(100, 100, cfg) == pytest.approx(0.0)
+    assert lr_factor(62, 100, cfg.replace(schedule="cosine")) == pytest.approx(0.5, abs=0.05)
