@@ -123,8 +123,11 @@ def stratified_subset(ds: ArrayDataset, n: int | None, seed: int) -> ArrayDatase
     n_classes = int(ds.labels.max()) + 1
     if n < n_classes:
         raise ValueError(f"a stratified subset needs at least {n_classes} samples, got {n}")
-    idx, _ = train_test_split(np.arange(len(ds)), train_size=n, stratify=ds.labels.numpy(),
-                              random_state=seed)
+    try:
+        idx, _ = train_test_split(np.arange(len(ds)), train_size=n, stratify=ds.labels.numpy(),
+                                  random_state=seed)
+    except ValueError:  # too few samples left out (or in a class) to stratify: plain seeded draw
+        idx = np.random.default_rng(seed).permutation(len(ds))[:n]
     return ds.subset(np.sort(idx))
 
 

@@ -1,0 +1,168 @@
+"""Training and inference throughput: the textbook PyTorch loop vs this package's engine.
+
+    python benchmarks/bench_training.py --data-dir ./data            # writes results/benchmarks/
+    python benchmarks/bench_training.py --smoke                      # tiny, for CI
+
+(a) textbook: a Dataset that, like torchvision's MNIST/CIFAR10 classes, keeps the uint8 arrays and
+    turns every sample into a PIL image, then ``ToTensor`` + ``Normalize``; ``DataLoader(shuffle=True)``
+    with ``num_workers`` 0 and 2 (the faster is reported); fp32, NCHW.
+(b) engine: ``utils.training_utils.train_model`` exactly as the scripts call it (in-memory uint8
+    batches, channels_last, precision ``auto``).
+Same model, optimizer (SGD-Nesterov), batch size and number of images; the two are run
+alternately, ``--repeats`` times, and medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs  # noqa: E402
+from utils.comparison_utils import count_flops  # noqa: E402
+from utils.data import DatasetSplits, load_dataset, resolve_data_dir  # noqa: E402
+from utils.training_utils import (ExperimentConfig, measure_inference, resolve_runtime, train_model,  # noqa: E402
+                                  write_json)
+from utils.data import BatchLoader  # noqa: E402
+
+log = logging.getLogger("bench")
+
+
+class TextbookDataset(Dataset):
+    """What torchvision's MNIST/CIFAR10 do per sample: uint8 array -> PIL image -> transform."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std) -> None:
+        from torchvision import transforms
+
+        self.images = images.permute(0, 2, 3, 1).squeeze(-1).numpy()  # HWC / HW, as torchvision stores it
+        self.labels = labels.tolist()
+        self.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+
+def textbook_train(build, data: DatasetSplits, cfg: ExperimentConfig, n_images: int, workers: int) -> float:
+    """Images/s of the plain loop over ``n_images`` training images (after one warm-up batch)."""
+    torch.manual_seed(cfg.seed)
+    model = build(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
+    ds = TextbookDataset(data.train.images[:n_images + cfg.batch_size], data.train.labels[:n_images + cfg.batch_size],
+                         data.mean, data.std)
+    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, drop_last=True,
+                        persistent_workers=False)
+    model.train()
+    seen, t0 = 0, None
+    for x, y in loader:
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if t0 is None:           # the first batch pays for worker start-up and allocator warm-up
+            t0 = time.perf_counter()
+            continue
+        seen += y.shape[0]
+        if seen >= n_images:
+            break
+    return seen / (time.perf_counter() - t0)
+
+
+@torch.inference_mode()
+def textbook_inference(model: nn.Module, data: DatasetSplits, batch: int = 512) -> float:
+    model.eval()
+    ds = TextbookDataset(data.test.images[:2 * batch], data.test.labels[:2 * batch], data.mean, data.std)
+    loader = DataLoader(ds, batch_size=batch, num_workers=0)
+    t0, seen = time.perf_counter(), 0
+    for x, _ in loader:
+        model(x)
+        seen += x.shape[0]
+    return seen / (time.perf_counter() - t0)
+
+
+def engine_train(spec, data: DatasetSplits, cfg: ExperimentConfig, runtime, n_images: int) -> tuple[float, dict]:
+    sub = DatasetSplits(data.name, data.train.subset(range(n_images)), data.test.subset(range(min(1000, len(data.test)))),
+                        data.class_names, data.source, data.root, data.mean, data.std)
+    rec = train_model(spec, sub, cfg.replace(epochs=1, train_eval_samples=100), runtime, experiment="bench")
+    return rec["history"]["epoch_time_s"][0], rec
+
+
+def bench_one(label: str, spec, data: DatasetSplits, cfg: ExperimentConfig, runtime, n_images: int,
+              repeats: int) -> dict:
+    flops = count_flops(spec.build(cfg), data.image_shape)
+    text = {0: [], 2: []}
+    eng = []
+    for r in range(repeats):                       # alternate, so drifts in machine load hit both
+        for w in text:
+            text[w].append(textbook_train(spec.build, data, cfg, n_images, w))
+        seconds, rec = engine_train(spec, data, cfg, runtime, n_images)
+        eng.append((n_images // cfg.batch_size) * cfg.batch_size / seconds)
+        log.info("%s repeat %d: textbook %.0f / %.0f img/s (workers 0 / 2), engine %.0f img/s", label, r + 1,
+                 text[0][-1], text[2][-1], eng[-1])
+    best_workers = max(text, key=lambda w: statistics.median(text[w]))
+    tb = statistics.median(text[best_workers])
+    en = statistics.median(eng)
+    model = rec["_model"]
+    loader = BatchLoader(data.test, 512, data.mean, data.std, device=runtime.device,
+                         channels_last=runtime.channels_last)
+    eng_inf = measure_inference(model, loader, runtime)["throughput_img_s"]
+    tb_inf = textbook_inference(spec.build(cfg).float(), data)
+    return {"model": label, "params": sum(p.numel() for p in model.parameters()), "forward_mflops": flops / 1e6,
+            "batch_size": cfg.batch_size, "images_per_repeat": n_images, "repeats": repeats,
+            "textbook_train_img_s": tb, "textbook_best_num_workers": best_workers,
+            "textbook_train_img_s_all": {str(k): v for k, v in text.items()},
+            "engine_train_img_s": en, "engine_train_img_s_all": eng, "train_speedup": en / tb,
+            "textbook_infer_img_s": tb_inf, "engine_infer_img_s": eng_inf, "infer_speedup": eng_inf / tb_inf,
+            # training costs ~3x the forward FLOPs (forward + two backward matmuls)
+            "engine_train_gflops_s": 3 * flops * en / 1e9, "textbook_train_gflops_s": 3 * flops * tb / 1e9}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--cache-dir", default="data/cache")
+    p.add_argument("--out", default="results/benchmarks")
+    p.add_argument("--images", type=int, default=6144, help="training images per timed repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (CI): checks the benchmark runs")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runtime = resolve_runtime()
+    n, repeats = (256, 1) if args.smoke else (args.images, args.repeats)
+    rows = []
+    for name, specs_fn, cfg, model_name in (
+            ("mnist", mnist_specs, ExperimentConfig(batch_size=128, lr=0.05), "simple_cnn"),
+            ("cifar10", cifar_specs, ExperimentConfig(batch_size=256, lr=0.1), "residual_cnn")):
+        cfg = cfg.replace(batch_size=16) if args.smoke else cfg
+        data = load_dataset(name, resolve_data_dir(args.data_dir), cache_dir=Path(args.cache_dir))
+        shape = (data.image_shape[0], data.image_shape[1], data.num_classes)
+        spec = next(s for s in specs_fn(*shape) if s.name == model_name)
+        rows.append(bench_one(f"{name}/{model_name}", spec, data, cfg, runtime, min(n, len(data.train) - cfg.batch_size),
+                              repeats))
+    result = {"runtime": runtime.describe(), "rows": rows}
+    print(f"\nruntime: {runtime.describe()}")
+    print(f"{'model':24s} {'textbook img/s':>15s} {'engine img/s':>13s} {'speed-up':>9s} {'engine GFLOP/s':>15s} "
+          f"{'infer speed-up':>15s}")
+    for r in rows:
+        print(f"{r['model']:24s} {r['textbook_train_img_s']:15.0f} {r['engine_train_img_s']:13.0f} "
+              f"{r['train_speedup']:8.2f}x {r['engine_train_gflops_s']:15.1f} {r['infer_speedup']:14.2f}x")
+    if not args.smoke:
+        write_json(Path(args.out) / "bench_training.json", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

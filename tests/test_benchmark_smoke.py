@@ -1,0 +1,9 @@
+"""The benchmark runs end to end on tiny generated data (its speed targets are not tested here)."""
+
+from benchmarks import bench_training
+
+
+def test_benchmark_smoke(fake_data_dir, tmp_path, capsys):
+    assert bench_training.main(["--smoke", "--data-dir", str(fake_data_dir), "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mnist/simple_cnn" in out and "cifar10/residual_cnn" in out and "speed-up" in out

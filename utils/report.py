@@ -1,0 +1,109 @@
+"""README.md is rendered from ``docs/README.template.md`` and the files in ``results/``.
+
+Every number the README quotes is a placeholder in the template, resolved from a results file, so
+README and results cannot drift apart (``tests/test_readme_consistency.py`` re-renders and diffs):
+
+* ``{{mnist_comparison/fc:summary.final_test_acc|pct}}`` -> value at key path ``summary.final_test_acc``
+  of ``results/mnist_comparison/fc.json``, formatted with ``pct``;
+* ``{{table:mnist_comparison}}`` -> the standard results table of every model JSON in that folder
+  (in the order of the folder's ``summary.csv``).
+
+Keys may index lists (``history.test_acc.-1``). Formats: see ``FORMATS``.
+
+    python -m utils.report            # rewrite README.md
+    python -m utils.report --check    # exit 1 if README.md is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from utils.training_utils import atomic_write_text, summary_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "docs" / "README.template.md"
+README = ROOT / "README.md"
+PLACEHOLDER = re.compile(r"\{\{\s*([^}|]+?)\s*(?:\|\s*(\w+)\s*)?\}\}")
+
+FORMATS: dict[str, Callable[[Any], str]] = {
+    "pct": lambda v: f"{100 * v:.2f} %",        # a fraction as a percentage
+    "pct1": lambda v: f"{100 * v:.1f} %",
+    "pp": lambda v: f"{100 * v:+.2f} pp",       # a difference of fractions, in percentage points
+    "int": lambda v: f"{int(round(v)):,}",
+    "f1": lambda v: f"{v:.1f}",
+    "f2": lambda v: f"{v:.2f}",
+    "f3": lambda v: f"{v:.3f}",
+    "g3": lambda v: f"{v:.3g}",
+    "s": lambda v: f"{v:.0f} s",
+    "min": lambda v: f"{v / 60:.1f} min",
+    "x": lambda v: f"{v:.2f}x",
+    "raw": str,
+}
+
+
+class ReportError(KeyError):
+    pass
+
+
+def lookup(results_dir: Path, ref: str) -> Any:
+    """The value ``ref`` = ``<file under results, no .json>:<dotted key path>`` points at."""
+    file_part, _, key_path = ref.partition(":")
+    path = results_dir / f"{file_part}.json"
+    try:
+        value: Any = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ReportError(f"{path} does not exist (placeholder {ref!r})") from None
+    for key in filter(None, key_path.split(".")):
+        try:
+            value = value[int(key)] if isinstance(value, list) else value[key]
+        except (KeyError, IndexError, ValueError):
+            raise ReportError(f"{path} has no key path {key_path!r} (placeholder {ref!r})") from None
+    return value
+
+
+def results_table(results_dir: Path, experiment: str) -> str:
+    folder = results_dir / experiment
+    with open(folder / "summary.csv", newline="") as fh:
+        names = [row["model"] for row in csv.DictReader(fh)]
+    records = [json.loads((folder / f"{n}.json").read_text()) for n in names]
+    return summary_markdown(records)
+
+
+def render(template: str, results_dir: Path) -> str:
+    def substitute(m: re.Match) -> str:
+        ref, fmt = m.group(1), m.group(2) or "raw"
+        if ref.startswith("table:"):
+            return results_table(results_dir, ref[len("table:"):])
+        if fmt not in FORMATS:
+            raise ReportError(f"unknown format {fmt!r} in {m.group(0)}")
+        return FORMATS[fmt](lookup(results_dir, ref))
+
+    return PLACEHOLDER.sub(substitute, template)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Render README.md from docs/README.template.md and results/")
+    p.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    args = p.parse_args(argv)
+    try:
+        text = render(TEMPLATE.read_text(), ROOT / "results")
+    except ReportError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    if args.check:
+        if README.read_text() != text:
+            print("README.md is stale: run `python -m utils.report`", file=sys.stderr)
+            return 1
+        return 0
+    atomic_write_text(README, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
