@@ -61,19 +61,21 @@ class Profile:
 
 PROFILES = {
     "quick": Profile(epochs=1, train_subset=1000, test_subset=300, kernel_width=16, analysis_images=16),
-    # 11 models in <= 25 min on 2 CPU cores: 10k stratified train images x 4 epochs (~40k image
-    # passes per model) + the full 10k test set after every epoch. Measured cost per training
-    # image (fp32, channels_last) is ~1 ms for the kernel models and 2-3 ms for the 20-layer ones.
-    "standard": Profile(epochs=4, train_subset=10000, test_subset=None, kernel_width=48, analysis_images=64),
+    # 11 models in <= 25 min on 2 CPU cores: 8k stratified train images x 4 epochs (250 SGD steps
+    # per model) + the full 10k test set after every epoch, which costs about as much as the
+    # training itself (the engine evaluates in batches of 1000, where a forward pass per image
+    # costs ~0.8x a training step at batch 128 on this CPU). Sum over the 11 models, 2 threads:
+    # ~20 ms per training image, ~16 ms per evaluated image -> ~22 min.
+    "standard": Profile(epochs=4, train_subset=8000, test_subset=None, kernel_width=48, analysis_images=64),
     "full": Profile(epochs=15, train_subset=None, test_subset=None, kernel_width=64, analysis_images=256),
 }
 
 # One config for both studies, fixed before any result was seen: SGD-Nesterov + one-cycle at the
 # usual batch-128 learning rate, light weight decay, no augmentation (4 epochs are too few for it
 # to pay off). No gradient clipping: exploding gradients must stay visible. Gradient statistics
-# every 10 steps give ~30 samples per run.
+# every 10 steps give ~25 samples per run; clean train accuracy on a fixed 1000-image subset.
 ARCH_CONFIG = ExperimentConfig(batch_size=128, lr=0.05, optimizer="sgd", schedule="onecycle", weight_decay=5e-4,
-                               grad_sample_every=10, train_eval_samples=2000)
+                               grad_sample_every=10, train_eval_samples=1000)
 
 KERNEL_NAMES = {"3x3": "conv3x3", "5x5": "conv5x5", "7x7": "conv7x7", "1x1+3x3": "conv1x1_3x3"}
 
@@ -166,6 +168,13 @@ def analyse_kernels(records: list[dict], specs: list[ModelSpec], matching: dict,
             init_layer = _erf_layer(net)[0]
             erfs[tag] = effective_receptive_field(net, x, layer=init_layer).float().cpu()
         extents = {tag: {str(m): erf_extent_at(e, center, m) for m in (0.5, 0.9, ERF_MASS)} for tag, e in erfs.items()}
+        # RMS distance of the gradient mass from the RF centre: unlike the 95 % square it is not
+        # capped by the image border, so it still orders ERFs larger than the image.
+        h_in, w_in = erfs["init"].shape
+        yy, xx = torch.meshgrid(torch.arange(h_in, dtype=torch.float64), torch.arange(w_in, dtype=torch.float64),
+                                indexing="ij")
+        rms = {tag: float(torch.sqrt((e.double() * ((yy - center[0]) ** 2 + (xx - center[1]) ** 2)).sum()))
+               for tag, e in erfs.items()}
         kernel = next(k for k, v in matching["variants"].items() if v["name"] == spec.name)
         costs = conv_layer_costs(model, data.image_shape)
         flops_by_res: dict[str, int] = {}
@@ -182,9 +191,11 @@ def analyse_kernels(records: list[dict], specs: list[ModelSpec], matching: dict,
             "final_train_acc": s.get("final_train_acc"), "train_time_s": s.get("train_time_s"),
             "epoch_time_s": s.get("epoch_time_s"), "throughput_img_s": s.get("throughput_img_s"),
             "rf_layers": [{"layer": r.name, "size": r.size, "jump": r.jump, "start": r.start} for r in rows],
-            "erf_layer": unit_row.name, "erf_map_size": [int(fmap.shape[-2]), int(fmap.shape[-1])],
+            "erf_layer": f"features.{unit_row.name} (last conv, before the last max-pool)",
+            "erf_map_size": [int(fmap.shape[-2]), int(fmap.shape[-1])], "input_size": h_in,
             "theoretical_rf": unit_row.size, "theoretical_rf_final": rows[-1].size, "erf_center": list(center),
             "erf_extent_init": extents["init"], "erf_extent_trained": extents["trained"],
+            "erf_rms_radius_init": rms["init"], "erf_rms_radius_trained": rms["trained"],
             "erf_center_share_trained": float(erfs["trained"][int(center[0]), int(center[1])]),
             "conv_costs": costs, "flops_by_resolution": flops_by_res, "params_by_resolution": params_by_res,
         }
@@ -224,15 +235,16 @@ def kernel_markdown(analysis: dict) -> str:
              f"{100 * analysis['erf_mass']:.0f} % of the mean |d unit / d input| over {analysis['analysis_images']} "
              f"test images.\n",
              "| model | stage widths | params | gap | MFLOPs/img | test acc | train time | theoretical RF | "
-             "ERF95 init | ERF95 trained |",
-             "|" + "|".join(["---"] * 10) + "|"]
+             "ERF95 init | ERF95 trained | ERF RMS radius init / trained |",
+             "|" + "|".join(["---"] * 11) + "|"]
     m95 = str(analysis["erf_mass"])
     for name, t in analysis["models"].items():
         acc = "–" if t["final_test_acc"] is None else f"{100 * t['final_test_acc']:.2f} %"
         tt = "–" if t["train_time_s"] is None else f"{t['train_time_s']:.0f} s"
         lines.append(f"| {name} | {'-'.join(map(str, t['stage_widths']))} | {t['params']:,} | "
                      f"{100 * t['param_gap']:+.2f} % | {t['mflops']:.1f} | {acc} | {tt} | {t['theoretical_rf']} px | "
-                     f"{t['erf_extent_init'][m95]} px | {t['erf_extent_trained'][m95]} px |")
+                     f"{t['erf_extent_init'][m95]} px | {t['erf_extent_trained'][m95]} px | "
+                     f"{t['erf_rms_radius_init']:.1f} / {t['erf_rms_radius_trained']:.1f} px |")
     lines += ["", "FLOPs by the resolution the convolutions run at (MFLOPs / parameters):", "",
               "| model | " + " | ".join(next(iter(analysis["models"].values()))["flops_by_resolution"]) + " |",
               "|---|" + "---|" * len(next(iter(analysis["models"].values()))["flops_by_resolution"])]
@@ -276,6 +288,16 @@ def _grad_view(record: dict) -> dict:
                           "l2": [[row[i] for i in keep] for row in g["l2"]],
                           "mean_abs": [[row[i] for i in keep] for row in g["mean_abs"]]}
     return view
+
+
+def _zeros_as_nan(view: dict) -> dict:
+    """For log-scale plots: an exactly-zero gradient (ResNet blocks start as the identity because
+    their last BN scale is zero-initialised, so their convs get no gradient at step 0) is drawn
+    as a gap, not as a line down to -inf."""
+    out = dict(view)
+    out["grad_stats"] = {**view["grad_stats"],
+                         "l2": [[v if v > 0 else float("nan") for v in row] for row in view["grad_stats"]["l2"]]}
+    return out
 
 
 def gradient_numbers(record: dict) -> dict:
@@ -347,7 +369,7 @@ def analyse_depth(records: list[dict], data: DatasetSplits, runtime: Runtime, ou
     grads = [_grad_view(r) for r in records]
     viz.plot_architecture_bars(records, plots / f"{prefix}comparison.png", f"Depth: size, cost and accuracy ({title})")
     viz.plot_learning_curves(records, plots / f"{prefix}learning_curves.png", f"Depth: learning curves ({title})")
-    viz.plot_gradient_norms_per_layer(grads, plots / f"{prefix}gradient_norms_per_layer.png",
+    viz.plot_gradient_norms_per_layer([_zeros_as_nan(g) for g in grads], plots / f"{prefix}gradient_norms_per_layer.png",
                                       "Gradient L2 norm per layer (main path; shortcut projections left out)")
     viz.plot_gradient_ratio(grads, plots / f"{prefix}gradient_ratio.png",
                             "Vanishing gradients: first-conv / last-layer gradient norm during training")

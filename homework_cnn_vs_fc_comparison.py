@@ -59,9 +59,9 @@ def mnist_specs(in_ch: int, size: int, classes: int) -> list[ModelSpec]:
                   "MLP 784-512-256-128-10, ReLU (4 linear layers)"),
         ModelSpec("simple_cnn", lambda c: SimpleCNN(in_ch, classes, (32, 64), image_size=size),
                   "2 x (conv3x3-ReLU-maxpool) 32-64, FC 128"),
-        ModelSpec("residual_cnn", lambda c: ResNet(BasicBlock, (32, 64), (1, 1), in_channels=in_ch,
-                                                   num_classes=classes, stem_channels=16, stem_pool=True),
-                  "stem conv 16 + maxpool, BasicBlock 32, BasicBlock 64 (stride 2), GAP, linear"),
+        ModelSpec("residual_cnn", lambda c: ResNet(BasicBlock, (32, 64, 128), (1, 1, 1), in_channels=in_ch,
+                                                   num_classes=classes, stem_channels=32, stem_pool=True),
+                  "stem conv 32 + maxpool, BasicBlocks 32-64-128 (stride 2 in the last two), GAP, linear"),
     ]
 
 

@@ -62,11 +62,13 @@ class Profile:
 
 
 PROFILES = {
-    "quick": Profile(layers_epochs=1, blocks_epochs=1, train_subset=1000, test_subset=300, block_seeds=2,
+    "quick": Profile(layers_epochs=1, blocks_epochs=1, train_subset=600, test_subset=200, block_seeds=2,
                      base_seeds=2, speed_batch=8, speed_repeats=2, grad_sample_every=2),
-    # Sized for <= 25 min on 2 CPU cores (fp32): 8000 stratified training images, the full 10k
-    # test set, 3 epochs; the 12 block runs (~14 min) dominate, see README for the estimate.
-    "standard": Profile(layers_epochs=3, blocks_epochs=3, train_subset=8000, test_subset=None, block_seeds=3,
+    # Sized for ~20 min on 2 CPU cores (fp32): 5000 stratified training images, the full 10k test
+    # set (evaluated every epoch), 3 epochs. Estimated from measured throughput (basic ~1000,
+    # bottleneck ~360, wide ~280 training images/s): the 12 block runs take ~15 min, the 11
+    # layer-swap runs ~5 min, the speed benchmark ~1 min.
+    "standard": Profile(layers_epochs=3, blocks_epochs=3, train_subset=5000, test_subset=None, block_seeds=3,
                         base_seeds=3, speed_batch=128, speed_repeats=7, grad_sample_every=4),
     "full": Profile(layers_epochs=15, blocks_epochs=15, train_subset=None, test_subset=None, block_seeds=5,
                     base_seeds=3, speed_batch=128, speed_repeats=15, grad_sample_every=20),
@@ -75,7 +77,7 @@ PROFILES = {
 # One config per study, fixed before any result was seen: SGD-Nesterov + one-cycle (as task 1),
 # weight decay 5e-4, no augmentation (3 epochs are too few for it to pay off).
 LAYERS_CONFIG = ExperimentConfig(batch_size=128, lr=0.1, optimizer="sgd", schedule="onecycle", weight_decay=5e-4,
-                                 train_eval_samples=2000)
+                                 train_eval_samples=1000)
 BLOCKS_CONFIG = LAYERS_CONFIG
 HIGH_LR_FACTOR = 8.0   # the stability probe: peak lr 8x the shared one (0.1 -> 0.8)
 WIDTH = 32             # SwappableCNN widths 32-64-128 (~95 k parameters, ~21 MFLOPs/image)
@@ -174,10 +176,27 @@ def run_speed(profile: Profile, runtime: Runtime, out_dir: Path, plots_dir: Path
                   "what": "median forward+backward wall time per call (ms), modules timed in rotation on the "
                           "same input; ratio = custom / other", "rows": rows}
         write_json(path, result)
+    (out_dir / "layer_speed.md").write_text(_speed_markdown(result) + "\n")
     viz.plot_layer_speed(result["rows"], plots_dir / "layer_speed.png",
                          f"Custom layers: forward + backward time per batch "
                          f"({settings['batch']}x{channels}x{size}x{size}, {settings['threads']} CPU threads)")
     return result
+
+
+def _speed_markdown(result: dict) -> str:
+    st = result["settings"]
+    lines = [f"Input {st['batch']}x{st['channels']}x{st['size']}x{st['size']} ({'channels_last, ' if st['channels_last'] else ''}"
+             f"{st['dtype']}, {st['threads']} threads, {st['device']}); median of {st['repeats']} side-by-side rounds.", "",
+             "| layer | variant | custom (ms) | autograd, same maths (ms) | custom / autograd | standard layer | "
+             "standard (ms) | custom / standard | max abs diff |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        ratio = lambda v: "-" if v is None else f"×{v:.2f}"  # noqa: E731
+        diff = "-" if r["max_abs_diff_vs_reference"] is None else f"{r['max_abs_diff_vs_reference']:.1e}"
+        lines.append(f"| {r['layer']} | {r['variant']} | {r['custom_ms']:.2f} | {_ms(r['autograd_ms'])} | "
+                     f"{ratio(r['ratio_vs_autograd'])} | {r['standard_layer'] or '-'} | {_ms(r['standard_ms'])} | "
+                     f"{ratio(r['ratio_vs_standard'])} | {diff} |")
+    return "\n".join(lines)
 
 
 def _ms(v: float | None) -> str:
@@ -281,7 +300,7 @@ def _layers_markdown(summary: dict) -> str:
              "| model | swapped | vs | test acc | Δ vs base mean | params (+extra) | MFLOPs | s/epoch | ×base time | learned |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
-        learned = "; ".join(f"{k} " + ", ".join(f"{v:.3g}" for v in vals) for k, vals in r["learned"].items())
+        learned = "; ".join(f"{k} " + ", ".join(f"{v:.3f}" for v in vals) for k, vals in r["learned"].items())
         lines.append(f"| {r['model']} | {r['swapped']} | {r['compared_with']} | {100 * r['test_acc']:.2f} % | "
                      f"{r['delta_vs_base_mean_pp']:+.2f} pp | {r['params']:,} ({r['extra_params_vs_base']:+,}) | "
                      f"{r['mflops']:.1f} | {r['epoch_time_s']:.1f} | {r['epoch_time_ratio_vs_base']:.2f} | {learned} |")
@@ -336,7 +355,7 @@ def analyse_blocks(records: list[dict], out_dir: Path, plots_dir: Path, base_lr:
         s0 = runs[0]["summary"]
         final = [r["summary"].get("final_test_acc", np.nan) for r in runs]
         grad_tot = [cu.total_grad_norm(r["grad_stats"]["l2"]) for r in runs if r["grad_stats"]["l2"]]
-        after_init = np.concatenate([g[1:] for g in grad_tot]) if grad_tot else np.array([np.nan])
+        after_init = np.concatenate([g[1:] for g in grad_tot] + [np.array([np.nan])])  # NaN: never empty
         blocks[name] = {
             "description": runs[0]["description"], "seeds": [r["config"]["seed"] for r in runs],
             "status": [r["status"] for r in runs],
@@ -355,8 +374,8 @@ def analyse_blocks(records: list[dict], out_dir: Path, plots_dir: Path, base_lr:
                                                               if r["history"]["test_loss"]]),
             "grad_norm": {
                 "at_init": cu.seed_statistics([g[0] for g in grad_tot]),
-                "median_after_init": float(np.nanmedian(after_init)),
-                "max_after_init": float(np.nanmax(after_init)),
+                "median_after_init": _nan_stat(np.nanmedian, after_init),
+                "max_after_init": _nan_stat(np.nanmax, after_init),
                 # variability of the global gradient norm along training (std/mean over recorded steps)
                 "cv_along_training": cu.seed_statistics([float(np.std(g[1:]) / np.mean(g[1:]))
                                                          for g in grad_tot if len(g) > 2]),
@@ -366,6 +385,7 @@ def analyse_blocks(records: list[dict], out_dir: Path, plots_dir: Path, base_lr:
         if h is not None:
             hs = h["summary"]
             hg = cu.total_grad_norm(h["grad_stats"]["l2"]) if h["grad_stats"]["l2"] else np.array([np.nan])
+            hg = np.append(hg, np.nan)  # so hg[1:] is never empty; NaN is ignored by the nan-reductions
             same_seed = next((r for r in runs if r["config"]["seed"] == h["config"]["seed"]), runs[0])
             blocks[name]["high_lr"] = {
                 "lr": h["config"]["lr"], "status": h["status"], "diverged_at": h["diverged_at"],
@@ -376,8 +396,8 @@ def analyse_blocks(records: list[dict], out_dir: Path, plots_dir: Path, base_lr:
                 "delta_vs_seed_mean_pp": (100 * (hs["final_test_acc"] - blocks[name]["test_acc"]["mean"])
                                           if "final_test_acc" in hs else None),
                 "test_loss": h["history"]["test_loss"], "train_loss": h["history"]["train_loss"],
-                "grad_norm_median_after_init": float(np.nanmedian(hg[1:])) if len(hg) > 1 else None,
-                "grad_norm_max_after_init": float(np.nanmax(hg[1:])) if len(hg) > 1 else None,
+                "grad_norm_median_after_init": _nan_stat(np.nanmedian, hg[1:]),
+                "grad_norm_max_after_init": _nan_stat(np.nanmax, hg[1:]),
             }
     summary = {"base_lr": base_lr, "high_lr": high_lr, "blocks": blocks, "data": records[0]["data"],
                "config": {k: v for k, v in records[0]["config"].items() if k != "seed"},
@@ -398,6 +418,11 @@ def analyse_blocks(records: list[dict], out_dir: Path, plots_dir: Path, base_lr:
     viz.plot_gradient_flow(seed0, plots_dir / "blocks_gradient_flow.png", "Residual blocks: gradient flow (seed 0)")
     viz.plot_learning_curves(seed0, plots_dir / "blocks_learning_curves.png", "Residual blocks: learning curves (seed 0)")
     return summary
+
+
+def _nan_stat(fn: Callable, values: np.ndarray) -> float:
+    """``fn`` (a NaN-ignoring numpy reduction) of ``values``, NaN when nothing finite is left."""
+    return float(fn(values)) if np.isfinite(values).any() else float("nan")
 
 
 def _pm(st: dict, scale: float = 100.0, unit: str = " %") -> str:

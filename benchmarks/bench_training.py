@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs  # noqa: E402
 from utils.comparison_utils import count_flops  # noqa: E402
 from utils.data import DatasetSplits, load_dataset, resolve_data_dir  # noqa: E402
-from utils.training_utils import (ExperimentConfig, measure_inference, resolve_runtime, train_model,  # noqa: E402
-                                  write_json)
+from utils.training_utils import (ExperimentConfig, evaluate, lr_factor, measure_inference,  # noqa: E402
+                                  resolve_runtime, train_model, write_json)
 from utils.data import BatchLoader  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -56,11 +56,15 @@ class TextbookDataset(Dataset):
         return self.transform(Image.fromarray(self.images[i])), self.labels[i]
 
 
-def textbook_train(build, data: DatasetSplits, cfg: ExperimentConfig, n_images: int, workers: int) -> float:
-    """Images/s of the plain loop over ``n_images`` training images (after one warm-up batch)."""
+def textbook_train(build, data: DatasetSplits, cfg: ExperimentConfig, n_images: int,
+                   workers: int) -> tuple[float, nn.Module]:
+    """Images/s of the plain loop over ``n_images`` training images (after one warm-up batch), and
+    the model it trained (same lr schedule as the engine, so accuracies are comparable)."""
     torch.manual_seed(cfg.seed)
     model = build(cfg)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
+    total_steps = n_images // cfg.batch_size + 1
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, cfg))
     ds = TextbookDataset(data.train.images[:n_images + cfg.batch_size], data.train.labels[:n_images + cfg.batch_size],
                          data.mean, data.std)
     loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, drop_last=True,
@@ -72,13 +76,14 @@ def textbook_train(build, data: DatasetSplits, cfg: ExperimentConfig, n_images: 
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
         if t0 is None:           # the first batch pays for worker start-up and allocator warm-up
             t0 = time.perf_counter()
             continue
         seen += y.shape[0]
         if seen >= n_images:
             break
-    return seen / (time.perf_counter() - t0)
+    return seen / (time.perf_counter() - t0), model
 
 
 @torch.inference_mode()
@@ -107,7 +112,7 @@ def bench_one(label: str, spec, data: DatasetSplits, cfg: ExperimentConfig, runt
     eng = []
     for r in range(repeats):                       # alternate, so drifts in machine load hit both
         for w in text:
-            text[w].append(textbook_train(spec.build, data, cfg, n_images, w))
+            text[w].append(textbook_train(spec.build, data, cfg, n_images, w)[0])
         seconds, rec = engine_train(spec, data, cfg, runtime, n_images)
         eng.append((n_images // cfg.batch_size) * cfg.batch_size / seconds)
         log.info("%s repeat %d: textbook %.0f / %.0f img/s (workers 0 / 2), engine %.0f img/s", label, r + 1,
@@ -130,6 +135,15 @@ def bench_one(label: str, spec, data: DatasetSplits, cfg: ExperimentConfig, runt
             "engine_train_gflops_s": 3 * flops * en / 1e9, "textbook_train_gflops_s": 3 * flops * tb / 1e9}
 
 
+def accuracy_check(spec, data: DatasetSplits, cfg: ExperimentConfig, runtime, n_images: int) -> dict:
+    """One epoch over the same ``n_images`` each way; both models scored by the same evaluator."""
+    _, textbook_model = textbook_train(spec.build, data, cfg, n_images, workers=0)
+    _, rec = engine_train(spec, data, cfg, runtime, n_images)
+    test = BatchLoader(data.test, 1000, data.mean, data.std, device=runtime.device)
+    return {"images": n_images, "textbook_test_acc": evaluate(textbook_model, test, runtime)["acc"],
+            "engine_test_acc": evaluate(rec["_model"], test, runtime)["acc"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
@@ -137,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/benchmarks")
     p.add_argument("--images", type=int, default=6144, help="training images per timed repeat")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--accuracy-images", type=int, default=20000,
+                   help="MNIST images for the one-epoch accuracy check of both loops")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (CI): checks the benchmark runs")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -152,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = next(s for s in specs_fn(*shape) if s.name == model_name)
         rows.append(bench_one(f"{name}/{model_name}", spec, data, cfg, runtime, min(n, len(data.train) - cfg.batch_size),
                               repeats))
+        if name == "mnist":
+            rows[-1]["accuracy_check"] = accuracy_check(spec, data, cfg, runtime,
+                                                        64 if args.smoke else args.accuracy_images)
+            log.info("accuracy check: %s", rows[-1]["accuracy_check"])
     result = {"runtime": runtime.describe(), "rows": rows}
     print(f"\nruntime: {runtime.describe()}")
     print(f"{'model':24s} {'textbook img/s':>15s} {'engine img/s':>13s} {'speed-up':>9s} {'engine GFLOP/s':>15s} "

@@ -210,7 +210,7 @@ def plot_gradient_norms_per_layer(records: Sequence[dict], path: Path, title: st
         norms = np.asarray(g["l2"], dtype=float)
         depth = np.arange(1, norms.shape[1] + 1)
         axes[0].plot(depth, norms[0], marker="o", ms=3, color=color, label=_label(r))
-        axes[1].plot(depth, np.median(norms, axis=0), marker="o", ms=3, color=color, label=_label(r))
+        axes[1].plot(depth, np.nanmedian(norms, axis=0), marker="o", ms=3, color=color, label=_label(r))
     axes[0].set(title="At initialisation (step 0)")
     axes[1].set(title="Median over training")
     for ax in axes:
@@ -230,7 +230,7 @@ def plot_architecture_bars(records: Sequence[dict], path: Path, title: str, targ
     colors = _palette(len(records))
     panels = (([x["params"] for x in s], "parameters", "{:,.0f}"),
               ([x["mflops"] for x in s], "forward MFLOPs per image", "{:.1f}"),
-              ([x.get("train_time_s", np.nan) for x in s], "training time (s)", "{:.0f}"),
+              ([x.get("train_time_s", np.nan) for x in s], "training time (s)", "{:.3g}"),
               ([100 * x.get("final_test_acc", np.nan) for x in s], "test accuracy (%)", "{:.2f}"))
     fig, axes = plt.subplots(1, 4, figsize=(17, 4.4))
     for ax, (vals, label, fmt) in zip(axes, panels):
@@ -247,6 +247,7 @@ def plot_architecture_bars(records: Sequence[dict], path: Path, title: str, targ
     if acc:  # zoom in: differences of a few points are the story, not the distance from 0
         axes[3].set_ylim(max(0, min(acc) - 8), min(100, max(acc) + 4))
     fig.suptitle(title)
+    fig.tight_layout()
     return save_figure(fig, path)
 
 
@@ -258,17 +259,15 @@ def plot_receptive_fields(variants: Sequence[dict], path: Path, title: str) -> P
     ``erf_init`` / ``erf_trained`` (``(H, W)`` arrays summing to 1) and ``extent_init`` /
     ``extent_trained`` (side of the square holding 95 % of the ERF). Rows: theoretical RF
     (the input pixels that can influence the unit), ERF at initialisation, ERF after training
-    (log colour scale, squares: dashed = theoretical RF, solid = 95 % ERF), and below all of
-    them the RF size layer by layer.
+    (one linear colour scale for all maps, so a concentrated ERF is visibly brighter; squares:
+    dashed = theoretical RF, solid = 95 % ERF), and below all of them the RF size layer by layer.
     """
-    from matplotlib.colors import LogNorm
     from matplotlib.patches import Rectangle
 
     n = len(variants)
-    fig = plt.figure(figsize=(3.6 * n + 1.2, 14))
-    grid = fig.add_gridspec(4, n, height_ratios=[1, 1, 1, 1.1], hspace=0.42)
+    fig = plt.figure(figsize=(3.6 * n + 1.2, 13.5))
+    grid = fig.add_gridspec(4, n, height_ratios=[1, 1, 1, 1.1], hspace=0.42, top=0.93)
     vmax = max(float(np.max(v[k])) for v in variants for k in ("erf_init", "erf_trained"))
-    norm = LogNorm(vmin=vmax * 1e-4, vmax=vmax)
 
     def square(ax, side, center, **kw):
         half = side / 2
@@ -286,15 +285,15 @@ def plot_receptive_fields(variants: Sequence[dict], path: Path, title: str) -> P
                      + (" (> image)" if v["rf"] > h else ""), fontsize=10)
         for row, key, ext in ((1, "erf_init", "extent_init"), (2, "erf_trained", "extent_trained")):
             ax = fig.add_subplot(grid[row, col])
-            im = ax.imshow(np.maximum(np.asarray(v[key]), vmax * 1e-4), cmap="inferno", norm=norm,
-                           interpolation="nearest")
+            im = ax.imshow(np.asarray(v[key]), cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
             square(ax, v["rf"], (cy, cx), edgecolor="cyan", ls="--", lw=1.2)
             square(ax, v[ext], (cy, cx), edgecolor="lime", lw=1.5)
             ax.set_title(f"ERF {'at init' if row == 1 else 'trained'}: 95 % in {v[ext]}×{v[ext]} px", fontsize=10)
         for ax in fig.axes[-3:]:
             ax.set(xlim=(-0.5, w - 0.5), ylim=(h - 0.5, -0.5), xlabel="x (px)", ylabel="y (px)")
+            ax.grid(False)
     fig.colorbar(im, ax=fig.axes, shrink=0.35, location="right", anchor=(0, 0.75),
-                 label="ERF: share of |∂unit/∂input| (log)")
+                 label="ERF: share of |∂unit/∂input| per pixel")
     ax = fig.add_subplot(grid[3, :])
     for color, v in zip(_palette(n), variants):
         sizes = [s for _, s in v["rf_layers"]]
@@ -304,7 +303,7 @@ def plot_receptive_fields(variants: Sequence[dict], path: Path, title: str) -> P
     ax.set(xlabel="conv / pool layer (input → output)", ylabel="theoretical RF side (px)",
            title="Theoretical receptive field layer by layer (dashed cyan squares above; solid green: 95 % ERF)")
     ax.legend(fontsize=8, ncol=2)
-    fig.suptitle(title, y=0.995)
+    fig.suptitle(title, y=0.975)
     return save_figure(fig, path)
 
 
@@ -340,6 +339,8 @@ def plot_first_layer_activations(images: np.ndarray, activations: dict, path: Pa
                 axes[r, j + 1].imshow(act[i, ch], cmap="viridis", interpolation="nearest")
                 if r == 0 or i == 0:
                     axes[r, j + 1].set_title(f"ch {ch}", fontsize=8)
+            for j in range(len(top), n_channels):   # a model with fewer channels: no empty frames
+                axes[r, j + 1].axis("off")
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
@@ -366,6 +367,8 @@ def plot_first_layer_filters(filters: dict, path: Path, title: str, n_filters: i
             ax.set_yticks([])
             if j < len(order):
                 ax.imshow(_image_for_display(w[order[j]]), cmap="gray", interpolation="nearest")
+            elif j > 0:
+                ax.axis("off")
         axes[r, 0].set_ylabel(f"{name}\n{w.shape[-1]}×{w.shape[-1]}", rotation=0, ha="right", va="center",
                               fontsize=9)
     fig.suptitle(title)
@@ -383,7 +386,8 @@ def plot_feature_maps_by_depth(image: np.ndarray, maps: dict, path: Path, title:
     names = list(maps)
     depths = max(len(v) for v in maps.values())
     fig = plt.figure(figsize=(2.1 * (depths + 1) + 0.5, 2.3 * len(names) + 0.6))
-    outer = fig.add_gridspec(len(names), depths + 1, wspace=0.12, hspace=0.35)
+    outer = fig.add_gridspec(len(names), depths + 1, wspace=0.12, hspace=0.35,
+                             top=1 - 0.9 / (2.3 * len(names) + 0.6))
     side = int(np.ceil(np.sqrt(n_channels)))
     for r, name in enumerate(names):
         ax = fig.add_subplot(outer[r, 0])
@@ -525,7 +529,7 @@ def plot_seed_bands(groups: dict, path: Path, title: str) -> Path:
     one colour per group (``groups``: label -> list of records)."""
     from utils.comparison_utils import curve_band
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6), gridspec_kw={"wspace": 0.3})
     keys = (("train_loss", "training loss (running mean over the epoch)", 1.0),
             ("test_loss", "test loss (cross-entropy)", 1.0), ("test_acc", "test accuracy (%)", 100.0))
     for color, (label, runs) in zip(_palette(len(groups)), groups.items()):
@@ -592,7 +596,7 @@ def plot_seed_accuracy(blocks: dict, path: Path, title: str) -> Path:
     ``blocks_stability.json``."""
     names = list(blocks)
     colors = _palette(len(names))
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4.4), gridspec_kw={"width_ratios": [1.6, 1, 1, 1]})
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.6), gridspec_kw={"width_ratios": [1.6, 1, 1, 1], "wspace": 0.4})
     x = np.arange(len(names))
     ax = axes[0]
     for i, (n, c) in enumerate(zip(names, colors)):

@@ -1,0 +1,237 @@
+"""Tests for task 3 (homework_custom_layers_experiments.py) and the helpers it added.
+
+Run from the repo root:  HOMEWORK_THREADS=1 python3 -m pytest tests/test_custom_layers_experiments.py -q
+
+What is checked
+  * the side-by-side speed functions return sane fields on a tiny input;
+  * the multi-seed aggregation helpers on synthetic numbers / records;
+  * the reference (autograd) layers compute exactly what the custom layers compute;
+  * output shape and a hand-computed parameter count of BasicBlock, BottleneckBlock and WideBlock,
+    with and without a projection shortcut;
+  * the script end to end (``--profile quick``) on a generated CIFAR-10 image folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from models.cnn_models import BasicBlock, BottleneckBlock, WideBlock
+from models.custom_layers import CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, Swish
+from models.reference_layers import (AutogradCBAM, AutogradChannelAttention, AutogradConv2d, AutogradGeMPool2d,
+                                     AutogradMixedPool2d, AutogradSwish)
+from utils import comparison_utils as cu
+
+
+# ----------------------------------------------------------------------------------- speed
+def test_time_forward_backward_fields():
+    x = torch.randn(2, 4, 8, 8)
+    t = cu.time_forward_backward({"a": nn.Conv2d(4, 4, 3, padding=1), "b": nn.ReLU()}, x, repeats=3, warmup=1)
+    assert set(t) == {"a", "b"}
+    for v in t.values():
+        assert len(v["times_ms"]) == 3
+        assert 0 < v["min_ms"] <= v["median_ms"] < 10_000
+    with pytest.raises(ValueError):
+        cu.time_forward_backward({}, x)
+
+
+def test_compare_forward_backward_same_function():
+    torch.manual_seed(0)
+    custom = CustomConv2d(3, 5, 3, padding=1, bias=False)
+    native = nn.Conv2d(3, 5, 3, padding=1, bias=False)
+    native.load_state_dict(custom.state_dict())
+    out = cu.compare_forward_backward(custom, native, torch.randn(2, 3, 8, 8), repeats=2, warmup=1)
+    assert set(out) == {"custom_ms", "native_ms", "ratio", "max_abs_diff"}
+    assert out["custom_ms"] > 0 and out["native_ms"] > 0
+    assert out["ratio"] == pytest.approx(out["custom_ms"] / out["native_ms"])
+    assert out["max_abs_diff"] < 1e-5
+    # different output shapes -> no diff, but still timed
+    out = cu.compare_forward_backward(MixedPool2d(2), nn.Identity(), torch.randn(1, 2, 4, 4), repeats=1, warmup=0)
+    assert out["max_abs_diff"] is None and out["ratio"] > 0
+
+
+@pytest.mark.parametrize("make,make_ref,channels,positive", [
+    (lambda: CustomConv2d(3, 4, 3, padding=1, weight_standardization=True, channel_gate=True),
+     lambda: AutogradConv2d(3, 4, 3, padding=1, weight_standardization=True, channel_gate=True), 3, False),
+    (lambda: ChannelAttention(8, 2), lambda: AutogradChannelAttention(8, 2), 8, False),
+    (lambda: CBAM(8, 2, kernel_size=3), lambda: AutogradCBAM(8, 2, kernel_size=3), 8, False),
+    (lambda: Swish(1.3), lambda: AutogradSwish(1.3), 3, False),
+    (lambda: GeMPool2d(p=2.5), lambda: AutogradGeMPool2d(p=2.5), 3, True),
+    (lambda: MixedPool2d(2, alpha_init=0.3), lambda: AutogradMixedPool2d(2, alpha_init=0.3), 3, False),
+])
+def test_reference_layers_match_custom(make, make_ref, channels, positive):
+    """Same parameters -> same output and same gradients (float64), so the speed study compares like with like."""
+    torch.manual_seed(0)
+    custom = make().double()
+    ref = make_ref().double()
+    ref.load_state_dict(custom.state_dict())
+    x = torch.randn(2, channels, 6, 6, dtype=torch.float64)
+    x = x.abs() + 0.1 if positive else x
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    ys = [m(xi) for m, xi in zip((custom, ref), xs)]
+    torch.testing.assert_close(ys[0], ys[1])
+    g = torch.randn_like(ys[0])
+    for y in ys:
+        y.backward(g)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad)
+    for (n, p), (_, q) in zip(custom.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=n)
+
+
+# ----------------------------------------------------------------------------- aggregation
+def test_seed_statistics():
+    st = cu.seed_statistics([0.5, 0.6, 0.7])
+    assert st["mean"] == pytest.approx(0.6)
+    assert st["std"] == pytest.approx(0.1)          # sample std (ddof=1)
+    assert (st["min"], st["max"], st["n"], st["n_missing"]) == (0.5, 0.7, 3, 0)
+    st = cu.seed_statistics([0.5, float("nan")])     # a diverged seed is counted as missing
+    assert (st["mean"], st["std"], st["n"], st["n_missing"]) == (0.5, 0.0, 1, 1)
+    assert math.isnan(cu.seed_statistics([float("nan")])["mean"])
+
+
+def test_curve_band_uneven_lengths():
+    band = cu.curve_band([[3.0, 2.0, 1.0], [5.0, 4.0], [4.0, 3.0, 2.0]])
+    assert band["mean"] == pytest.approx([4.0, 3.0, 1.5])
+    assert band["min"] == [3.0, 2.0, 1.0]
+    assert band["max"] == [5.0, 4.0, 2.0]
+    assert band["n"] == [3, 3, 2]
+    with pytest.raises(ValueError):
+        cu.curve_band([])
+
+
+def test_total_grad_norm_and_spread():
+    np.testing.assert_allclose(cu.total_grad_norm([[3.0, 4.0], [0.0, 1.0]]), [5.0, 1.0])
+    with pytest.raises(ValueError):
+        cu.total_grad_norm([1.0, 2.0])
+    assert cu.relative_spread([1.0, 2.0, 3.0]) == pytest.approx(1.0)
+    assert cu.relative_spread([2.0, 2.0]) == 0.0
+
+
+def test_analyse_blocks_on_synthetic_records(tmp_path):
+    """The blocks analysis aggregates seeds (mean ± std) and reads the high-lr run, incl. a diverged one."""
+    import homework_custom_layers_experiments as hw
+
+    def record(model, seed, acc, lr=0.1, status="completed"):
+        hist = {"epoch": [1, 2], "train_loss": [2.0, 1.5], "test_loss": [1.8, 1.4 + seed / 10],
+                "test_acc": [acc - 0.1, acc], "train_eval_acc": [0.5, 0.6], "train_eval_loss": [1.5, 1.2],
+                "epoch_time_s": [1.0, 1.0]}
+        summary = {"params": 10, "mflops": 1.0, "final_test_acc": acc, "best_test_acc": acc, "final_train_acc": 0.6,
+                   "final_test_loss": hist["test_loss"][-1], "train_time_s": 2.0, "epoch_time_s": 1.0,
+                   "throughput_img_s": 100.0}
+        if status != "completed":
+            hist = {k: v[:1] for k, v in hist.items()}
+            summary = {"params": 10, "mflops": 1.0}
+        return {"model": model, "description": model, "status": status, "history": hist, "summary": summary,
+                "config": {"seed": seed, "lr": lr}, "data": {}, "class_names": [], "labels": [],
+                "predictions": None, "diverged_at": None if status == "completed" else {"epoch": 2, "step": 9},
+                "grad_stats": {"names": ["a", "b"], "step": [0, 4, 8], "l2": [[3.0, 4.0], [1.0, 1.0], [2.0, 1.0]]}}
+
+    recs = [record(f"{b}_seed{s}", s, acc) for b in hw.BLOCK_ARCHS for s, acc in enumerate((0.5, 0.6, 0.7))]
+    recs += [record("basic_lr_high", 0, 0.55, lr=0.8), record("bottleneck_lr_high", 0, 0.0, lr=0.8, status="diverged")]
+    out = hw.analyse_blocks(recs, tmp_path, tmp_path, 0.1, 0.8)
+    basic = out["blocks"]["basic"]
+    assert basic["test_acc"]["mean"] == pytest.approx(0.6) and basic["test_acc"]["std"] == pytest.approx(0.1)
+    assert basic["grad_norm"]["at_init"]["mean"] == pytest.approx(5.0)
+    assert basic["high_lr"]["delta_vs_same_seed_pp"] == pytest.approx(5.0)
+    assert out["blocks"]["bottleneck"]["high_lr"]["status"] == "diverged"
+    assert "high_lr" not in out["blocks"]["wide"]
+    saved = json.loads((tmp_path / "blocks_stability.json").read_text())
+    assert saved["blocks"]["basic"]["test_acc"]["n"] == 3
+    assert (tmp_path / "blocks_loss_bands.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------- blocks
+def _params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("cin,cout,stride", [(16, 16, 1), (16, 32, 2), (16, 32, 1)])
+def test_basic_block_shape_and_params(cin, cout, stride):
+    blk = BasicBlock(cin, cout, stride)
+    y = blk(torch.randn(2, cin, 8, 8))
+    assert y.shape == (2, cout, 8 // stride, 8 // stride)
+    proj = stride != 1 or cin != cout
+    # conv3x3 (no bias) + BN(2c) + conv3x3 + BN, projection = conv1x1 + BN
+    expected = 9 * cin * cout + 2 * cout + 9 * cout * cout + 2 * cout + (cin * cout + 2 * cout if proj else 0)
+    assert _params(blk) == expected
+    assert isinstance(blk.shortcut, nn.Sequential) == proj
+
+
+@pytest.mark.parametrize("cin,cout,stride", [(64, 64, 1), (16, 64, 1), (64, 128, 2)])
+def test_bottleneck_block_shape_and_params(cin, cout, stride):
+    blk = BottleneckBlock(cin, cout, stride)
+    y = blk(torch.randn(2, cin, 8, 8))
+    assert y.shape == (2, cout, 8 // stride, 8 // stride)
+    mid = cout // 4
+    proj = stride != 1 or cin != cout
+    expected = (cin * mid + 2 * mid) + (9 * mid * mid + 2 * mid) + (mid * cout + 2 * cout) \
+        + (cin * cout + 2 * cout if proj else 0)
+    assert _params(blk) == expected
+
+
+@pytest.mark.parametrize("cin,cout,stride", [(32, 32, 1), (16, 32, 1), (32, 64, 2)])
+def test_wide_block_shape_and_params(cin, cout, stride):
+    blk = WideBlock(cin, cout, stride, dropout=0.3)
+    y = blk(torch.randn(2, cin, 8, 8))
+    assert y.shape == (2, cout, 8 // stride, 8 // stride)
+    proj = stride != 1 or cin != cout
+    # BN(in) + conv3x3 + BN(out) + conv3x3 with bias; projection = bare conv1x1 (no BN, no bias)
+    expected = 2 * cin + 9 * cin * cout + 2 * cout + 9 * cout * cout + cout + (cin * cout if proj else 0)
+    assert _params(blk) == expected
+    assert (blk.shortcut is not None) == proj
+    assert any(isinstance(m, nn.Dropout) and m.p == 0.3 for m in blk.modules())
+
+
+def test_block_nets_share_one_skeleton():
+    import homework_custom_layers_experiments as hw
+
+    nets = {n: hw.build_block_net(a, 10)(None) for n, a in hw.BLOCK_ARCHS.items()}
+    for n, net in nets.items():
+        assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+        assert net.stem[0].out_channels == hw.STEM
+        assert [len(s) for s in net.stages] == [1, 1, 1]
+    # bottleneck: outputs 4x basic, 3x3 inner width = basic width; wide: basic width x 2
+    basic_w = [s[0].conv1.out_channels for s in nets["basic"].stages]
+    assert [s[0].conv2.out_channels for s in nets["bottleneck"].stages] == basic_w
+    assert [s[0].conv3.out_channels for s in nets["bottleneck"].stages] == [4 * w for w in basic_w]
+    assert [s[0].conv1.out_channels for s in nets["wide"].stages] == [2 * w for w in basic_w]
+
+
+# ------------------------------------------------------------------------------------- CLI
+def test_cli_quick_end_to_end(fake_cifar_folder, tmp_path, monkeypatch):
+    import homework_custom_layers_experiments as hw
+
+    monkeypatch.setenv("HOMEWORK_THREADS", "1")
+    results, plots = tmp_path / "results", tmp_path / "plots"
+    args = ["--profile", "quick", "--data-dir", str(fake_cifar_folder), "--cache-dir", str(tmp_path / "cache"),
+            "--results-dir", str(results), "--plots-dir", str(plots),
+            "--batch-size", "32"]  # the fake folder has 120 training images; batches drop_last
+    assert hw.main(args) == 0
+    out = results / "custom_layers"
+    speed = json.loads((out / "layer_speed.json").read_text())
+    assert len(speed["rows"]) == len(hw.speed_cases(32))
+    for row in speed["rows"]:
+        assert row["custom_ms"] > 0
+        if row["max_abs_diff_vs_reference"] is not None:
+            assert row["max_abs_diff_vs_reference"] < 1e-4
+    layers = json.loads((out / "layers_comparison.json").read_text())
+    assert {r["model"] for r in layers["rows"]} >= {"base", "conv_ws", "attn_cbam", "act_swish", "pool_mixed",
+                                                    "head_gem"}
+    assert layers["base_test_acc"]["n"] == hw.PROFILES["quick"].base_seeds
+    blocks = json.loads((out / "blocks_stability.json").read_text())
+    assert set(blocks["blocks"]) == set(hw.BLOCK_ARCHS)
+    for b in blocks["blocks"].values():
+        assert b["test_acc"]["n"] == hw.PROFILES["quick"].block_seeds
+        assert "high_lr" in b
+    for name in ("layer_speed", "layers_swap_summary", "layers_learning_curves", "blocks_loss_bands",
+                 "blocks_grad_norms", "blocks_accuracy_cost", "blocks_high_lr", "blocks_gradient_flow"):
+        assert (plots / f"{name}.png").stat().st_size > 10_000, name
+    # a second run reuses every finished model and the speed measurements (no retraining)
+    before = {p: p.stat().st_mtime_ns for p in (out / "blocks").glob("*.json") if p.name != "summary.json"}
+    assert hw.main(args + ["--only", "speed", "blocks"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in before} == before
