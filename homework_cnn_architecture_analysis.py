@@ -20,6 +20,7 @@ Writes ``results/architecture_analysis/{kernel_size,depth}/`` (a JSON per model,
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import time
@@ -38,7 +39,7 @@ from utils.cli import (apply_cli_overrides, build_parser, load_data, prepare_out
 from utils.comparison_utils import (collect_activations, conv_layer_costs, count_parameters,
                                     effective_receptive_field, erf_extent_at, gradient_flow_summary,
                                     layer_specs_from_module, receptive_field, relative_param_gap,
-                                    solve_width_for_params, within_tolerance)
+                                    solve_width_for_params, time_forward_backward, within_tolerance)
 from utils.data import BatchLoader, DatasetSplits
 from utils.training_utils import (ExperimentConfig, ModelSpec, Runtime, resolve_runtime, run_experiment,
                                   seed_everything, write_json)
@@ -139,6 +140,25 @@ def _fixed_test_images(data: DatasetSplits, n: int, seed: int = 0) -> torch.Tens
     return data.test.images[idx]
 
 
+def side_by_side_step_times(models: dict[str, nn.Module], image_shape: tuple[int, ...], batch: int,
+                            runtime: Runtime, repeats: int = 5) -> dict:
+    """Forward+backward time of one training batch per model, measured round-robin.
+
+    Why next to the engine's training time: that one is wall time per model, measured at
+    different moments, so any other load on the machine lands on some models only. Here the
+    models take turns (``utils.comparison_utils.time_forward_backward`` rotates the order every
+    round), so a background load hits all of them alike and the ratios stay fair. Deep copies in
+    train mode: the BN running statistics of the trained models are not touched.
+    """
+    copies = {name: copy.deepcopy(m).train() for name, m in models.items()}
+    x = torch.randn((batch, *image_shape), generator=torch.Generator().manual_seed(0)).to(runtime.device)
+    if runtime.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    times = time_forward_backward(copies, x, repeats=repeats, warmup=2)
+    return {name: {"batch": batch, "median_ms_per_batch": t["median_ms"], "img_per_s": 1000.0 * batch / t["median_ms"]}
+            for name, t in times.items()}
+
+
 def _normaliser(data: DatasetSplits, runtime: Runtime) -> Callable[[torch.Tensor], torch.Tensor]:
     loader = BatchLoader(data.test, 1, data.mean, data.std, device=runtime.device, channels_last=runtime.channels_last)
     return loader.normalise
@@ -209,13 +229,17 @@ def analyse_kernels(records: list[dict], specs: list[ModelSpec], matching: dict,
         first_acts[f"{spec.name}"] = collect_activations(model, x[:3], {"a": first_relu})["a"].numpy()
         first_filters[f"{spec.name}"] = first_conv.weight.detach().float().cpu().numpy()
 
+    steps = side_by_side_step_times({r["model"]: r["_model"] for r in records}, data.image_shape, cfg.batch_size, runtime)
+    for name, t in steps.items():
+        table[name]["step_time"] = t
     analysis = {"param_matching": {k: v for k, v in matching.items() if k != "variants"}, "erf_mass": ERF_MASS,
                 "analysis_images": n_images, "models": table}
     write_json(out_dir / "analysis.json", analysis)
     atomic_write_text(out_dir / "analysis.md", kernel_markdown(analysis))
     title = _data_title(data)
     viz.plot_architecture_bars(records, plots / f"{prefix}comparison.png",
-                               f"Kernel size at equal parameters ({title})", matching["target_params"], PARAM_TOLERANCE)
+                               f"Kernel size at equal parameters ({title})", matching["target_params"], PARAM_TOLERANCE,
+                               step_ms={n: t["median_ms_per_batch"] for n, t in steps.items()})
     viz.plot_learning_curves(records, plots / f"{prefix}learning_curves.png", f"Kernel size: learning curves ({title})")
     viz.plot_receptive_fields(rf_variants, plots / f"{prefix}receptive_fields.png",
                               f"Receptive fields of the last conv layer: theoretical vs empirical ERF "
@@ -234,15 +258,16 @@ def kernel_markdown(analysis: dict) -> str:
              f"worst gap {100 * pm['max_relative_gap']:.2f} %. ERF extent = side of the centred square holding "
              f"{100 * analysis['erf_mass']:.0f} % of the mean |d unit / d input| over {analysis['analysis_images']} "
              f"test images.\n",
-             "| model | stage widths | params | gap | MFLOPs/img | test acc | train time | theoretical RF | "
-             "ERF95 init | ERF95 trained | ERF RMS radius init / trained |",
-             "|" + "|".join(["---"] * 11) + "|"]
+             "| model | stage widths | params | gap | MFLOPs/img | test acc | train time | fwd+bwd per batch "
+             "(side by side) | theoretical RF | ERF95 init | ERF95 trained | ERF RMS radius init / trained |",
+             "|" + "|".join(["---"] * 12) + "|"]
     m95 = str(analysis["erf_mass"])
     for name, t in analysis["models"].items():
         acc = "–" if t["final_test_acc"] is None else f"{100 * t['final_test_acc']:.2f} %"
         tt = "–" if t["train_time_s"] is None else f"{t['train_time_s']:.0f} s"
         lines.append(f"| {name} | {'-'.join(map(str, t['stage_widths']))} | {t['params']:,} | "
-                     f"{100 * t['param_gap']:+.2f} % | {t['mflops']:.1f} | {acc} | {tt} | {t['theoretical_rf']} px | "
+                     f"{100 * t['param_gap']:+.2f} % | {t['mflops']:.1f} | {acc} | {tt} | "
+                     f"{t['step_time']['median_ms_per_batch']:.0f} ms | {t['theoretical_rf']} px | "
                      f"{t['erf_extent_init'][m95]} px | {t['erf_extent_trained'][m95]} px | "
                      f"{t['erf_rms_radius_init']:.1f} / {t['erf_rms_radius_trained']:.1f} px |")
     lines += ["", "FLOPs by the resolution the convolutions run at (MFLOPs / parameters):", "",
@@ -335,7 +360,7 @@ def _probe_layers(model: nn.Module, n: int = 5) -> list[tuple[str, nn.Module]]:
 
 
 def analyse_depth(records: list[dict], data: DatasetSplits, runtime: Runtime, out_dir: Path, plots: Path,
-                  prefix: str) -> dict:
+                  prefix: str, batch: int) -> dict:
     """Gradient ratios, theoretical RFs and feature maps; writes ``analysis.json/md`` + figures."""
     image = _fixed_test_images(data, 1)
     x = _normaliser(data, runtime)(image)
@@ -360,6 +385,9 @@ def analyse_depth(records: list[dict], data: DatasetSplits, runtime: Runtime, ou
         else:
             log.warning("%s: non-finite activations (diverged weights); left out of the feature-map figure",
                         rec["model"])
+    steps = side_by_side_step_times({r["model"]: r["_model"] for r in records}, data.image_shape, batch, runtime)
+    for name, t in steps.items():
+        table[name]["step_time"] = t
     analysis = {"models": table}
     write_json(out_dir / "analysis.json", analysis)
     atomic_write_text(out_dir / "analysis.md", depth_markdown(analysis))
@@ -367,7 +395,8 @@ def analyse_depth(records: list[dict], data: DatasetSplits, runtime: Runtime, ou
     title = _data_title(data)
     by_name = {r["model"]: r for r in records}
     grads = [_grad_view(r) for r in records]
-    viz.plot_architecture_bars(records, plots / f"{prefix}comparison.png", f"Depth: size, cost and accuracy ({title})")
+    viz.plot_architecture_bars(records, plots / f"{prefix}comparison.png", f"Depth: size, cost and accuracy ({title})",
+                               step_ms={n: t["median_ms_per_batch"] for n, t in steps.items()})
     viz.plot_learning_curves(records, plots / f"{prefix}learning_curves.png", f"Depth: learning curves ({title})")
     viz.plot_gradient_norms_per_layer([_zeros_as_nan(g) for g in grads], plots / f"{prefix}gradient_norms_per_layer.png",
                                       "Gradient L2 norm per layer (main path; shortcut projections left out)")
@@ -400,8 +429,8 @@ def depth_markdown(analysis: dict) -> str:
              "Gradient ratio = ‖grad first conv weight‖ / ‖grad last (linear) layer weight‖; < 1: gradients "
              "shrink towards the input.\n",
              "| model | convs | params | MFLOPs/img | status | test acc | train loss (last epoch) | train time | "
-             "theoretical RF | grad ratio at init | grad ratio, median in training |",
-             "|" + "|".join(["---"] * 11) + "|"]
+             "fwd+bwd per batch (side by side) | theoretical RF | grad ratio at init | grad ratio, median in training |",
+             "|" + "|".join(["---"] * 12) + "|"]
     for name, t in analysis["models"].items():
         g = t["gradients"]
         acc = "–" if t["final_test_acc"] is None else f"{100 * t['final_test_acc']:.2f} %"
@@ -409,7 +438,8 @@ def depth_markdown(analysis: dict) -> str:
         tt = "–" if t["train_time_s"] is None else f"{t['train_time_s']:.0f} s"
         med = g.get("ratio_first_last_median_training")
         lines.append(f"| {name} | {t['conv_layers']} | {t['params']:,} | {t['mflops']:.1f} | {t['status']} | {acc} | "
-                     f"{loss} | {tt} | {t['theoretical_rf_final']} px | {g.get('ratio_first_last_init', float('nan')):.3g} | "
+                     f"{loss} | {tt} | {t['step_time']['median_ms_per_batch']:.0f} ms | {t['theoretical_rf_final']} px | "
+                     f"{g.get('ratio_first_last_init', float('nan')):.3g} | "
                      f"{'–' if med is None else f'{med:.3g}'} |")
     return "\n".join(lines) + "\n"
 
@@ -454,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             records = run_experiment(experiment, depth_specs(in_ch, classes), data, cfg, runtime, results,
                                      force=args.force, keep_models=True,
                                      title=f"Depth and residual connections ({_data_title(data)})")
-            analyse_depth(records, data, runtime, results / experiment, dirs.plots, f"{experiment}_")
+            analyse_depth(records, data, runtime, results / experiment, dirs.plots, f"{experiment}_", cfg.batch_size)
         log.info("%s done: results in %s, figures in %s", name, results / experiment, dirs.plots)
     log.info("total wall time %.0f s", time.perf_counter() - t0)
     return 0

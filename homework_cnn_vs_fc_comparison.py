@@ -21,10 +21,13 @@ from pathlib import Path
 
 from models.cnn_models import SimpleCNN, ResNet, BasicBlock
 from models.fc_models import FullyConnectedNet
+import numpy as np
+
 from utils import visualization_utils as viz
+from utils.comparison_utils import classification_summary, gradient_flow_summary
 from utils.cli import (apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
                        setup_logging)
-from utils.training_utils import ExperimentConfig, ModelSpec, resolve_runtime, run_experiment
+from utils.training_utils import ExperimentConfig, ModelSpec, resolve_runtime, run_experiment, write_json
 
 log = logging.getLogger("cnn_vs_fc")
 EXPERIMENTS = ("mnist", "cifar")
@@ -83,7 +86,37 @@ def cifar_specs(in_ch: int, size: int, classes: int) -> list[ModelSpec]:
     ]
 
 
-def analyse(records: list[dict], plots_dir: Path, tag: str, title: str, cifar: bool) -> None:
+def analysis_numbers(records: list[dict]) -> dict:
+    """What README's analysis quotes beyond the summary table: errors, confusions, overfitting and
+    gradient flow per model (pure function of the records)."""
+    out: dict = {}
+    for r in records:
+        if r["status"] != "completed":
+            out[r["model"]] = {"status": r["status"], "diverged_at": r["diverged_at"]}
+            continue
+        h, g = r["history"], r["grad_stats"]
+        gap = np.asarray(h["train_eval_acc"]) - np.asarray(h["test_acc"])
+        flow = gradient_flow_summary(g["names"], np.asarray(g["l2"]))
+        ratio = flow["first_last_ratio"]
+        out[r["model"]] = {
+            **classification_summary(r["labels"], r["predictions"], r["class_names"]),
+            "gap_per_epoch": gap.tolist(), "final_gap": float(gap[-1]), "max_gap": float(gap.max()),
+            "test_loss_min_epoch": int(np.argmin(h["test_loss"])) + 1,
+            "test_loss_rise_after_min": float(h["test_loss"][-1] - min(h["test_loss"])),
+            "grad_first_last_ratio_init": float(ratio[0]),
+            "grad_first_last_ratio_median": flow["median_first_last_ratio"],
+            "grad_layers": len(g["names"]),
+        }
+    fc = next((m for m in out if "fc" in m and "error_rate" in out[m]), None)
+    if fc is not None:
+        for m, v in out.items():
+            if m != fc and "error_rate" in v:
+                v["error_ratio_fc_over_this"] = out[fc]["error_rate"] / v["error_rate"]
+    return out
+
+
+def analyse(records: list[dict], plots_dir: Path, tag: str, title: str, cifar: bool, out_dir: Path) -> None:
+    write_json(out_dir / "analysis.json", analysis_numbers(records))
     viz.plot_learning_curves(records, plots_dir / f"{tag}_learning_curves.png", f"{title}: learning curves")
     viz.plot_accuracy_vs_cost(records, plots_dir / f"{tag}_accuracy_vs_cost.png",
                               f"{title}: test accuracy vs size and cost")
@@ -119,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         records = run_experiment(f"{name}_comparison", specs, data, cfg, runtime, dirs.results, force=args.force,
                                  title=f"{title}: FC vs CNN ({data.source}, {len(data.train)} train / "
                                        f"{len(data.test)} test)")
-        analyse(records, dirs.plots, name, title, cifar=name == "cifar")
+        analyse(records, dirs.plots, name, title, cifar=name == "cifar", out_dir=dirs.results / f"{name}_comparison")
         log.info("%s done: results in %s, figures in %s", name, dirs.results / f"{name}_comparison", dirs.plots)
     return 0
 

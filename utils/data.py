@@ -215,7 +215,8 @@ def _decode_image_folder(ds, cache_dir: Path | None, split: str) -> ArrayDataset
     manifest = hashlib.sha1()
     for path, label in ds.samples:
         st = os.stat(path)
-        manifest.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        # relative names: the same folder reached by another path reuses the same cache
+        manifest.update(f"{os.path.relpath(path, ds.root)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     key = manifest.hexdigest()[:16]
     cache_file = Path(cache_dir) / f"imagefolder_{split}_{key}.pt" if cache_dir else None
     if cache_file is not None and cache_file.is_file():

@@ -8,7 +8,7 @@ README and results cannot drift apart (``tests/test_readme_consistency.py`` re-r
 * ``{{table:mnist_comparison}}`` -> the standard results table of every model JSON in that folder
   (in the order of the folder's ``summary.csv``).
 
-Keys may index lists (``history.test_acc.-1``). Formats: see ``FORMATS``.
+Keys may index lists (``history.test_acc.-1``) and contain dots (``params.per_layer.net.1``). Formats: see ``FORMATS``.
 
     python -m utils.report            # rewrite README.md
     python -m utils.report --check    # exit 1 if README.md is stale
@@ -59,11 +59,22 @@ def lookup(results_dir: Path, ref: str) -> Any:
         value: Any = json.loads(path.read_text())
     except FileNotFoundError:
         raise ReportError(f"{path} does not exist (placeholder {ref!r})") from None
-    for key in filter(None, key_path.split(".")):
-        try:
-            value = value[int(key)] if isinstance(value, list) else value[key]
-        except (KeyError, IndexError, ValueError):
-            raise ReportError(f"{path} has no key path {key_path!r} (placeholder {ref!r})") from None
+    parts = [k for k in key_path.split(".") if k]
+    while parts:
+        if isinstance(value, list):
+            try:
+                value, parts = value[int(parts[0])], parts[1:]
+                continue
+            except (IndexError, ValueError):
+                raise ReportError(f"{path} has no key path {key_path!r} (placeholder {ref!r})") from None
+        # keys may contain dots themselves (module names such as "net.1"): longest match first
+        for n in range(len(parts), 0, -1):
+            key = ".".join(parts[:n])
+            if isinstance(value, dict) and key in value:
+                value, parts = value[key], parts[n:]
+                break
+        else:
+            raise ReportError(f"{path} has no key path {key_path!r} (placeholder {ref!r})")
     return value
 
 

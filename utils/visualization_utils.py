@@ -175,8 +175,8 @@ def plot_gradient_flow(records: Sequence[dict], path: Path, title: str) -> Path:
     """Per-layer gradient L2 norms over training: a layer x step heat map (log10) per model, and
     the first-layer / last-layer norm ratio over training for all models."""
     done = [r for r in records if r["grad_stats"]["l2"]]
-    fig = plt.figure(figsize=(6 * len(done), 9.5))
-    grid = fig.add_gridspec(2, len(done), height_ratios=[3, 1.4])
+    fig = plt.figure(figsize=(6.8 * len(done), 10))
+    grid = fig.add_gridspec(2, len(done), height_ratios=[3, 1.4], wspace=0.75, hspace=0.3)
     ax_ratio = fig.add_subplot(grid[1, :])
     for i, (color, r) in enumerate(zip(_palette(len(done)), done)):
         g = r["grad_stats"]
@@ -187,6 +187,7 @@ def plot_gradient_flow(records: Sequence[dict], path: Path, title: str) -> Path:
                        extent=(g["step"][0], max(g["step"][-1], g["step"][0] + 1), len(g["names"]) - 0.5, -0.5))
         ax.set_yticks(range(len(g["names"])), [_short(n) for n in g["names"]], fontsize=7)
         ax.set(xlabel="training step", title=f"{r['model']}: log10 ‖grad‖₂ per layer")
+        ax.grid(False)
         fig.colorbar(im, ax=ax, label="log10 gradient L2 norm")
         ratio = norms[:, 0] / np.maximum(norms[:, -1], 1e-12)
         ax_ratio.plot(g["step"], ratio, color=color, label=f"{r['model']} (median {np.median(ratio):.3g})")
@@ -222,17 +223,21 @@ def plot_gradient_norms_per_layer(records: Sequence[dict], path: Path, title: st
 
 # ------------------------------------------------------------------- architecture analysis
 def plot_architecture_bars(records: Sequence[dict], path: Path, title: str, target_params: int | None = None,
-                           tol: float = 0.02) -> Path:
+                           tol: float = 0.02, step_ms: dict | None = None) -> Path:
     """Parameters (with the ±tol band around ``target_params`` if given), forward MFLOPs, training
-    time and final test accuracy per model, as bars with their values written on them."""
+    time, [``step_ms``: model -> forward+backward ms per batch measured side by side] and final
+    test accuracy per model, as bars with their values written on them."""
     names = [_label(r) for r in records]
     s = [r["summary"] for r in records]
     colors = _palette(len(records))
     panels = (([x["params"] for x in s], "parameters", "{:,.0f}"),
               ([x["mflops"] for x in s], "forward MFLOPs per image", "{:.1f}"),
-              ([x.get("train_time_s", np.nan) for x in s], "training time (s)", "{:.3g}"),
-              ([100 * x.get("final_test_acc", np.nan) for x in s], "test accuracy (%)", "{:.2f}"))
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4.4))
+              ([x.get("train_time_s", np.nan) for x in s], "training time, all epochs (s)", "{:.3g}"))
+    if step_ms is not None:
+        panels += (([step_ms.get(r["model"], np.nan) for r in records],
+                    "fwd+bwd time per batch (ms),\nmodels timed in turns", "{:.0f}"),)
+    panels += (([100 * x.get("final_test_acc", np.nan) for x in s], "test accuracy (%)", "{:.2f}"),)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 4.4))
     for ax, (vals, label, fmt) in zip(axes, panels):
         ax.bar(names, vals, color=colors)
         for i, v in enumerate(vals):
@@ -243,9 +248,9 @@ def plot_architecture_bars(records: Sequence[dict], path: Path, title: str, targ
         axes[0].axhspan(target_params * (1 - tol), target_params * (1 + tol), color="grey", alpha=0.25,
                         label=f"target ±{100 * tol:.0f} %")
         axes[0].legend(loc="lower right")
-    acc = [v for v in panels[3][0] if np.isfinite(v)]
+    acc = [v for v in panels[-1][0] if np.isfinite(v)]
     if acc:  # zoom in: differences of a few points are the story, not the distance from 0
-        axes[3].set_ylim(max(0, min(acc) - 8), min(100, max(acc) + 4))
+        axes[-1].set_ylim(max(0, min(acc) - 8), min(100, max(acc) + 4))
     fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path)
