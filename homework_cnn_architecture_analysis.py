@@ -65,8 +65,10 @@ PROFILES = {
     # 11 models in <= 25 min on 2 CPU cores: 8k stratified train images x 4 epochs (250 SGD steps
     # per model) + the full 10k test set after every epoch, which costs about as much as the
     # training itself (the engine evaluates in batches of 1000, where a forward pass per image
-    # costs ~0.8x a training step at batch 128 on this CPU). Sum over the 11 models, 2 threads:
-    # ~20 ms per training image, ~16 ms per evaluated image -> ~22 min.
+    # costs ~0.8x a training step at batch 128 on this CPU). Estimate for 2 threads: ~20 ms per
+    # training image and ~16 ms per evaluated image summed over the 11 models -> ~22 min.
+    # Measured for the committed results: 2,678 s with 1 thread (HOMEWORK_THREADS=1) while another
+    # 1-thread training job shared the 2 cores.
     "standard": Profile(epochs=4, train_subset=8000, test_subset=None, kernel_width=48, analysis_images=64),
     "full": Profile(epochs=15, train_subset=None, test_subset=None, kernel_width=64, analysis_images=256),
 }
@@ -141,7 +143,7 @@ def _fixed_test_images(data: DatasetSplits, n: int, seed: int = 0) -> torch.Tens
 
 
 def side_by_side_step_times(models: dict[str, nn.Module], image_shape: tuple[int, ...], batch: int,
-                            runtime: Runtime, repeats: int = 5) -> dict:
+                            runtime: Runtime, repeats: int = 9) -> dict:
     """Forward+backward time of one training batch per model, measured round-robin.
 
     Why next to the engine's training time: that one is wall time per model, measured at
@@ -154,7 +156,7 @@ def side_by_side_step_times(models: dict[str, nn.Module], image_shape: tuple[int
     x = torch.randn((batch, *image_shape), generator=torch.Generator().manual_seed(0)).to(runtime.device)
     if runtime.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    times = time_forward_backward(copies, x, repeats=repeats, warmup=2)
+    times = time_forward_backward(copies, x, repeats=repeats, warmup=2)  # median of `repeats` rounds
     return {name: {"batch": batch, "median_ms_per_batch": t["median_ms"], "img_per_s": 1000.0 * batch / t["median_ms"]}
             for name, t in times.items()}
 
@@ -380,6 +382,8 @@ def analyse_depth(records: list[dict], data: DatasetSplits, runtime: Runtime, ou
             "gradients": gradient_numbers(rec),
         }
         acts = collect_activations(model, x, dict((label, m) for label, m in _probe_layers(model)))
+        # signal size along the depth (one test image): shrinks layer by layer when nothing keeps it up
+        table[rec["model"]]["feature_map_mean_activation"] = {label: float(a.mean()) for label, a in acts.items()}
         if all(torch.isfinite(a).all() for a in acts.values()):
             maps[rec["model"]] = [(f"{label}\nmean {a.mean():.2g}", a[0].numpy()) for label, a in acts.items()]
         else:

@@ -69,7 +69,7 @@ PROFILES = {
     # bottleneck ~360, wide ~280 training images/s): the 12 block runs take ~15 min, the 11
     # layer-swap runs ~5 min, the speed benchmark ~1 min.
     "standard": Profile(layers_epochs=3, blocks_epochs=3, train_subset=5000, test_subset=None, block_seeds=3,
-                        base_seeds=3, speed_batch=128, speed_repeats=7, grad_sample_every=4),
+                        base_seeds=3, speed_batch=128, speed_repeats=15, grad_sample_every=4),
     "full": Profile(layers_epochs=15, blocks_epochs=15, train_subset=None, test_subset=None, block_seeds=5,
                     base_seeds=3, speed_batch=128, speed_repeats=15, grad_sample_every=20),
 }

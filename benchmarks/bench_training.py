@@ -65,8 +65,7 @@ def textbook_train(build, data: DatasetSplits, cfg: ExperimentConfig, n_images: 
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
     total_steps = n_images // cfg.batch_size + 1
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, cfg))
-    ds = TextbookDataset(data.train.images[:n_images + cfg.batch_size], data.train.labels[:n_images + cfg.batch_size],
-                         data.mean, data.std)
+    ds = TextbookDataset(data.train.images, data.train.labels, data.mean, data.std)
     loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, drop_last=True,
                         persistent_workers=False)
     model.train()
@@ -89,7 +88,7 @@ def textbook_train(build, data: DatasetSplits, cfg: ExperimentConfig, n_images: 
 @torch.inference_mode()
 def textbook_inference(model: nn.Module, data: DatasetSplits, batch: int = 512) -> float:
     model.eval()
-    ds = TextbookDataset(data.test.images[:2 * batch], data.test.labels[:2 * batch], data.mean, data.std)
+    ds = TextbookDataset(data.test.images, data.test.labels, data.mean, data.std)
     loader = DataLoader(ds, batch_size=batch, num_workers=0)
     t0, seen = time.perf_counter(), 0
     for x, _ in loader:
@@ -99,9 +98,7 @@ def textbook_inference(model: nn.Module, data: DatasetSplits, batch: int = 512) 
 
 
 def engine_train(spec, data: DatasetSplits, cfg: ExperimentConfig, runtime, n_images: int) -> tuple[float, dict]:
-    sub = DatasetSplits(data.name, data.train.subset(range(n_images)), data.test.subset(range(min(1000, len(data.test)))),
-                        data.class_names, data.source, data.root, data.mean, data.std)
-    rec = train_model(spec, sub, cfg.replace(epochs=1, train_eval_samples=100), runtime, experiment="bench")
+    rec = train_model(spec, data, cfg.replace(epochs=1, train_eval_samples=100), runtime, experiment="bench")
     return rec["history"]["epoch_time_s"][0], rec
 
 
@@ -114,7 +111,7 @@ def bench_one(label: str, spec, data: DatasetSplits, cfg: ExperimentConfig, runt
         for w in text:
             text[w].append(textbook_train(spec.build, data, cfg, n_images, w)[0])
         seconds, rec = engine_train(spec, data, cfg, runtime, n_images)
-        eng.append((n_images // cfg.batch_size) * cfg.batch_size / seconds)
+        eng.append((len(data.train) // cfg.batch_size) * cfg.batch_size / seconds)
         log.info("%s repeat %d: textbook %.0f / %.0f img/s (workers 0 / 2), engine %.0f img/s", label, r + 1,
                  text[0][-1], text[2][-1], eng[-1])
     best_workers = max(text, key=lambda w: statistics.median(text[w]))
@@ -164,13 +161,17 @@ def main(argv: list[str] | None = None) -> int:
             ("cifar10", cifar_specs, ExperimentConfig(batch_size=256, lr=0.1), "residual_cnn")):
         cfg = cfg.replace(batch_size=16) if args.smoke else cfg
         data = load_dataset(name, resolve_data_dir(args.data_dir), cache_dir=Path(args.cache_dir))
+        # Both loops see the same class-balanced sample (the image-folder order is sorted by class).
+        n_train = min(n + cfg.batch_size, len(data.train))
+        data = data.subsample(n_train, min(2000, len(data.test)), seed=0)
         shape = (data.image_shape[0], data.image_shape[1], data.num_classes)
         spec = next(s for s in specs_fn(*shape) if s.name == model_name)
-        rows.append(bench_one(f"{name}/{model_name}", spec, data, cfg, runtime, min(n, len(data.train) - cfg.batch_size),
-                              repeats))
+        rows.append(bench_one(f"{name}/{model_name}", spec, data, cfg, runtime, n_train - cfg.batch_size, repeats))
         if name == "mnist":
-            rows[-1]["accuracy_check"] = accuracy_check(spec, data, cfg, runtime,
-                                                        64 if args.smoke else args.accuracy_images)
+            full = load_dataset(name, resolve_data_dir(args.data_dir), cache_dir=Path(args.cache_dir))
+            n_acc = 64 if args.smoke else args.accuracy_images
+            rows[-1]["accuracy_check"] = accuracy_check(spec, full.subsample(n_acc + cfg.batch_size, None, seed=0),
+                                                        cfg, runtime, n_acc)
             log.info("accuracy check: %s", rows[-1]["accuracy_check"])
     result = {"runtime": runtime.describe(), "rows": rows}
     print(f"\nruntime: {runtime.describe()}")

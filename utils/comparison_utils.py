@@ -361,23 +361,8 @@ def erf_extent(erf: Tensor, mass: float = 0.95) -> int:
     """
     if erf.ndim != 2:
         raise ValueError(f"erf must be (H, W), got shape {tuple(erf.shape)}")
-    if not 0.0 < mass <= 1.0:
-        raise ValueError(f"mass must be in (0, 1], got {mass}")
-    values = erf.detach().to("cpu", torch.float64).numpy()
-    if (values < 0).any():
-        raise ValueError("erf must be non-negative")
-    total = values.sum()
-    if total <= 0:
-        raise ValueError("erf sums to zero")
-    h, w = values.shape
-    ci, cj = h // 2, w // 2
-    rows = np.abs(np.arange(h) - ci)[:, None]
-    cols = np.abs(np.arange(w) - cj)[None, :]
-    ring = np.maximum(rows, cols)  # Chebyshev distance: square of half-width r = ring <= r
-    cumulative = np.cumsum(np.bincount(ring.ravel(), weights=values.ravel()))
-    # Small slack so mass=1.0 is reached despite float rounding in the cumulative sum.
-    r = int(np.argmax(cumulative >= mass * total - 1e-9 * total))
-    return 2 * r + 1
+    h, w = erf.shape
+    return erf_extent_at(erf, (h // 2, w // 2), mass)
 
 
 # ---------------------------------------------------------------------------------------------

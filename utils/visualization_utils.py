@@ -241,9 +241,11 @@ def plot_architecture_bars(records: Sequence[dict], path: Path, title: str, targ
     for ax, (vals, label, fmt) in zip(axes, panels):
         ax.bar(names, vals, color=colors)
         for i, v in enumerate(vals):
-            ax.annotate(fmt.format(v), (i, v), ha="center", va="bottom", fontsize=9)
+            ax.annotate(fmt.format(v), (i, v), ha="center", va="bottom", fontsize=9 if len(names) <= 4 else 7.5)
         ax.set(ylabel=label)
-        ax.tick_params(axis="x", rotation=15)
+        ax.tick_params(axis="x", rotation=15 if len(names) <= 4 else 40)
+        if len(names) > 4:
+            plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
     if target_params:
         axes[0].axhspan(target_params * (1 - tol), target_params * (1 + tol), color="grey", alpha=0.25,
                         label=f"target ±{100 * tol:.0f} %")
