@@ -271,6 +271,7 @@ def analyse_layers(records: list[dict], out_dir: Path, plots_dir: Path) -> dict:
             "status": r["status"], "test_acc": acc, "best_test_acc": s.get("best_test_acc", np.nan),
             "train_acc": s.get("final_train_acc", np.nan),
             "delta_vs_base_mean_pp": 100 * (acc - base_acc["mean"]),
+            "delta_vs_base_mean": acc - base_acc["mean"],   # the same as a fraction (README's "pp" format)
             "params": s["params"], "extra_params_vs_base": s["params"] - base[0]["summary"]["params"],
             "mflops": s["mflops"], "epoch_time_s": s.get("epoch_time_s", np.nan),
             "epoch_time_ratio_vs_base": s.get("epoch_time_s", np.nan) / base_epoch["mean"],
@@ -395,6 +396,12 @@ def analyse_blocks(records: list[dict], out_dir: Path, plots_dir: Path, base_lr:
                                           else None),
                 "delta_vs_seed_mean_pp": (100 * (hs["final_test_acc"] - blocks[name]["test_acc"]["mean"])
                                           if "final_test_acc" in hs else None),
+                # the two deltas as fractions, for the README's "pp" format
+                "delta_vs_same_seed": (hs["final_test_acc"] - same_seed["summary"]["final_test_acc"]
+                                       if "final_test_acc" in hs and "final_test_acc" in same_seed["summary"]
+                                       else None),
+                "delta_vs_seed_mean": (hs["final_test_acc"] - blocks[name]["test_acc"]["mean"]
+                                       if "final_test_acc" in hs else None),
                 "test_loss": h["history"]["test_loss"], "train_loss": h["history"]["train_loss"],
                 "grad_norm_median_after_init": _nan_stat(np.nanmedian, hg[1:]),
                 "grad_norm_max_after_init": _nan_stat(np.nanmax, hg[1:]),
