@@ -1,0 +1,26 @@
+"""README.md must be exactly what docs/README.template.md renders to from the committed results/:
+so every number README quotes equals the one in the results files."""
+
+import json
+
+import pytest
+
+from utils import report
+
+
+def test_readme_matches_results():
+    rendered = report.render(report.TEMPLATE.read_text(), report.ROOT / "results")
+    assert report.README.read_text() == rendered, "README.md is stale: run `python -m utils.report`"
+
+
+def test_placeholders_resolve_and_format(tmp_path):
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "m.json").write_text(json.dumps({"summary": {"acc": 0.98765, "n": 12345},
+                                                           "h": {"xs": [1.0, 2.5]}, "layers": {"net.1": 7}}))
+    text = "A {{exp/m:summary.acc|pct}} B {{exp/m:summary.n|int}} C {{exp/m:h.xs.-1|f1}}"
+    assert report.render(text, tmp_path) == "A 98.77 % B 12,345 C 2.5"
+    assert report.render("{{exp/m:layers.net.1|int}}", tmp_path) == "7"
+    with pytest.raises(report.ReportError):
+        report.render("{{exp/m:summary.missing|pct}}", tmp_path)
+    with pytest.raises(report.ReportError):
+        report.render("{{exp/nofile:x}}", tmp_path)
