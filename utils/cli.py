@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from utils.data import DATA_DIR_ENV, DataError
+from utils.training_utils import RuntimeUnavailable
 
 PROFILES = ("quick", "standard", "full")
 CACHE_DIR_ENV = "HOMEWORK_CACHE_DIR"
@@ -129,14 +130,9 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return main(argv)
-    except (DataError, UsageError) as exc:
+    except (DataError, UsageError, RuntimeUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
-        if "CUDA is not available" in str(exc) or "bf16 support" in str(exc):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
     except KeyboardInterrupt:
         print("interrupted: finished results are saved; the run in progress resumes from its last "
               "checkpoint next time", file=sys.stderr)

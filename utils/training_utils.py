@@ -113,6 +113,10 @@ class Runtime:
                 "cpu": platform.processor() or platform.machine()}
 
 
+class RuntimeUnavailable(RuntimeError):
+    """The requested device or precision does not exist on this machine (a user error)."""
+
+
 def cpu_supports_bf16() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -123,14 +127,14 @@ def cpu_supports_bf16() -> bool:
 def resolve_runtime(device: str = "auto", precision: str = "auto", threads: int | None = None) -> Runtime:
     """Pick device and precision. ``auto`` precision = bf16 autocast where the hardware has it."""
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but CUDA is not available on this machine")
+        raise RuntimeUnavailable("--device cuda was requested but CUDA is not available on this machine")
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
     if dev.type == "cpu":
         # HOMEWORK_THREADS lets a second job share the machine without oversubscribing it.
         torch.set_num_threads(threads or int(os.environ.get("HOMEWORK_THREADS", 0)) or os.cpu_count() or 1)
     bf16_ok = torch.cuda.is_bf16_supported() if dev.type == "cuda" else cpu_supports_bf16()
     if precision == "bf16" and not bf16_ok:
-        raise RuntimeError(f"--precision bf16 was requested but {dev.type} has no bf16 support")
+        raise RuntimeUnavailable(f"--precision bf16 was requested but {dev.type} has no bf16 support")
     prec = "bf16" if precision == "bf16" or (precision == "auto" and bf16_ok) else "fp32"
     # channels_last (NHWC) lets oneDNN / cuDNN pick their fastest conv kernels (a quick check on
     # a 2-core AVX2 CPU: ~1.5x for fp32 training of the CIFAR ResNet).
