@@ -55,8 +55,12 @@ def build_parser(description: str, experiments: Sequence[str], default_plots: st
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", default=None,
                    help=f"folder with the data sets (default: ${DATA_DIR_ENV}, else ./data; downloaded if absent)")
-    p.add_argument("--results-dir", default="results", help="where result JSON/CSV/MD files go")
-    p.add_argument("--plots-dir", default=default_plots, help="where figures (PNG) go")
+    # Other profiles write next to, never over, the committed standard results and figures.
+    p.add_argument("--results-dir", default=None,
+                   help="where result JSON/CSV/MD files go (default: results, or results/<profile> for quick/full)")
+    p.add_argument("--plots-dir", default=None,
+                   help=f"where figures (PNG) go (default: {default_plots}, or plots/<profile>/... for quick/full)")
+    p.set_defaults(default_plots=default_plots)
     p.add_argument("--cache-dir", default=None,
                    help=f"cache for decoded image folders (default: ${CACHE_DIR_ENV}, else ./data/cache)")
     p.add_argument("--profile", choices=PROFILES, default="standard",
@@ -87,7 +91,10 @@ class OutputDirs:
 
 def prepare_output_dirs(args: argparse.Namespace) -> OutputDirs:
     """Create and check the output folders before any training starts."""
-    dirs = OutputDirs(Path(args.results_dir), Path(args.plots_dir),
+    results, plots = Path("results"), Path(args.default_plots)
+    if args.profile != "standard":
+        results, plots = results / args.profile, Path(plots.parts[0], args.profile, *plots.parts[1:])
+    dirs = OutputDirs(Path(args.results_dir or results), Path(args.plots_dir or plots),
                       Path(args.cache_dir or os.environ.get(CACHE_DIR_ENV) or "data/cache"))
     for label, path in (("results", dirs.results), ("plots", dirs.plots)):
         _check_writable(label, path)
