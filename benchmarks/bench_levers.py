@@ -178,7 +178,7 @@ def bench_model(label: str, build: Callable[[], nn.Module], shape: tuple[int, ..
     xi = torch.randn(infer_batch, *shape).contiguous(memory_format=torch.channels_last)
     inference = {m: _infer(model, xi, m, max(3, repeats)) for m in ("inference_mode", "no_grad", "autograd_on")}
     return {"model": label, "batch_size": cfg.batch_size, "steps_per_repeat": steps, "repeats": repeats,
-            "variants": rows, "inference_batch": infer_batch, "inference_img_s": inference}
+            "variants": {r["variant"]: r for r in rows}, "inference_batch": infer_batch, "inference_img_s": inference}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nruntime: {runtime.describe()}")
     print(f"{'model':22s} {'variant':15s} {'train img/s':>12s} {'vs engine':>10s}  note")
     for r in rows:
-        for v in r["variants"]:
+        for v in r["variants"].values():
             if "unsupported" in v:
                 print(f"{r['model']:22s} {v['variant']:15s} {'-':>12s} {'-':>10s}  unsupported: {v['unsupported']}")
                 continue
