@@ -67,8 +67,7 @@ PROFILES = {
     # training itself (the engine evaluates in batches of 1000, where a forward pass per image
     # costs ~0.8x a training step at batch 128 on this CPU). Estimate for 2 threads: ~20 ms per
     # training image and ~16 ms per evaluated image summed over the 11 models -> ~22 min.
-    # Measured for the committed results: 2,678 s with 1 thread (HOMEWORK_THREADS=1) while another
-    # 1-thread training job shared the 2 cores.
+    # The measured wall time of the committed run is in results/study_run.json (scripts[1]).
     "standard": Profile(epochs=4, train_subset=8000, test_subset=None, kernel_width=48, analysis_images=64),
     "full": Profile(epochs=15, train_subset=None, test_subset=None, kernel_width=64, analysis_images=256),
 }

@@ -42,6 +42,7 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "g3": lambda v: f"{v:.3g}",
     "s": lambda v: f"{v:.0f} s",
     "min": lambda v: f"{v / 60:.1f} min",
+    "mega": lambda v: f"{v / 1e6:.1f}",          # FLOPs -> MFLOPs
     "x": lambda v: f"{v:.2f}x",
     "raw": str,
 }
