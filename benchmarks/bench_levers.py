@@ -7,15 +7,15 @@ The step is the engine's (forward, cross-entropy, ``loss.item()`` divergence gua
 SGD-Nesterov) on the project's MNIST CNN (batch 128) and CIFAR-10 ResNet (batch 256), on a fixed
 random batch so that only the step is timed (the data path is what ``bench_training.py`` measures).
 Variants change one thing each against the engine's setting (fp32, channels_last, ``foreach`` SGD,
-all cores, oneDNN on); they run in turns, ``--repeats`` times, medians reported:
+all cores, oneDNN on); they run in turns (order rotated each repeat), ``--repeats`` times, medians reported:
 
 * ``nchw``            — default contiguous layout instead of channels_last;
 * ``one_thread``      — ``torch.set_num_threads(1)`` (how well the step uses the second core);
 * ``mkldnn_off``      — ``torch.backends.mkldnn`` disabled (ATen's own convolution);
 * ``sgd_for_loop`` / ``sgd_fused`` — per-tensor SGD / the fused SGD kernel instead of ``foreach``;
 * ``no_item``         — no ``loss.item()`` per step (the host sync the divergence guard costs);
-* ``compile``         — ``torch.compile(model)``; its one-off compile time is reported separately
-  with the number of steps it takes to pay it back;
+* ``compile``         — ``torch.compile(model)``; its one-off (cold, caches disabled) compile time is
+  reported separately, with the number of steps it takes to pay it back where it is faster;
 * ``bf16_autocast``   — bf16 autocast (what ``--precision auto`` picks where the CPU has bf16).
 
 Inference: ``torch.inference_mode`` vs ``torch.no_grad`` vs autograd left on, batch 512.
@@ -83,6 +83,10 @@ class StepRunner:
         self.model = model.to(memory_format=fmt)
         self.x, self.y = x.contiguous(memory_format=fmt), y
         self.opt = _optimizer(self.model, cfg, variant.sgd_impl)
+        if variant.compile:
+            # a cold compile, as a user's first run pays it (no inductor/FX cache from earlier runs)
+            import torch._inductor.config as inductor_config
+            inductor_config.force_disable_caches = True
         self.forward = torch.compile(self.model) if variant.compile else self.model
         self.criterion = nn.CrossEntropyLoss()
         self.compile_s = None
@@ -155,8 +159,12 @@ def bench_model(label: str, build: Callable[[], nn.Module], shape: tuple[int, ..
             runners.pop(v.name, None)
             log.warning("%s/%s: not available (%s)", label, v.name, unsupported[v.name])
     times: dict[str, list[float]] = {n: [] for n in runners}
-    for r in range(repeats):                                 # in turns, so load drifts hit all variants
-        for name, runner in runners.items():
+    names = list(runners)
+    for r in range(repeats):
+        # in turns, the order rotated every repeat: load drifts and "first in the round" effects
+        # hit every variant alike
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            runner = runners[name]
             k = max(1, steps // 4) if runner.v.slow else steps
             times[name].append(k * cfg.batch_size / runner.steps(k))
         log.info("%s repeat %d: %s", label, r + 1, ", ".join(f"{n} {t[-1]:.0f}" for n, t in times.items()))
@@ -185,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="results/benchmarks")
     p.add_argument("--steps", type=int, default=8, help="training steps per variant per repeat")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, no compile/bf16 (CI): checks it runs")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
