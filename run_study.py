@@ -20,6 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from utils import report
+from utils.cli import PROFILES, profile_output_dir
+from utils.training_utils import resolve_runtime, write_json
+
 ROOT = Path(__file__).resolve().parent
 SCRIPTS = ("homework_cnn_vs_fc_comparison.py", "homework_cnn_architecture_analysis.py",
            "homework_custom_layers_experiments.py")
@@ -37,20 +43,15 @@ def git_commit() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None, help="passed to every script (default: $HOMEWORK_DATA_DIR, else ./data)")
-    p.add_argument("--profile", choices=("quick", "standard", "full"), default="standard")
+    p.add_argument("--profile", choices=PROFILES, default="standard")
     p.add_argument("--results-dir", default=None,
                    help="passed to every script (default: results, or results/<profile> for quick/full)")
     p.add_argument("--force", action="store_true", help="retrain models whose finished results exist")
     p.add_argument("--no-readme", action="store_true", help="do not re-render README.md at the end")
     args = p.parse_args(argv)
 
-    # imported here so that --help works before the requirements are installed
-    import torch
-
-    from utils.training_utils import resolve_runtime, write_json
-
     runtime = resolve_runtime()
-    results = Path(args.results_dir or ("results" if args.profile == "standard" else f"results/{args.profile}"))
+    results = Path(args.results_dir or profile_output_dir("results", args.profile))
     common = ["--profile", args.profile, "--results-dir", str(results)]
     if args.data_dir:
         common += ["--data-dir", args.data_dir]
@@ -82,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         return code
     if not args.no_readme and args.profile == "standard" and results.resolve() == (ROOT / "results").resolve():
-        from utils import report
         return report.main([])
     return 0
 

@@ -160,15 +160,14 @@ def main(argv: list[str] | None = None) -> int:
             ("mnist", mnist_specs, ExperimentConfig(batch_size=128, lr=0.05), "simple_cnn"),
             ("cifar10", cifar_specs, ExperimentConfig(batch_size=256, lr=0.1), "residual_cnn")):
         cfg = cfg.replace(batch_size=16) if args.smoke else cfg
-        data = load_dataset(name, resolve_data_dir(args.data_dir), cache_dir=Path(args.cache_dir))
+        full = load_dataset(name, resolve_data_dir(args.data_dir), cache_dir=Path(args.cache_dir))
         # Both loops see the same class-balanced sample (the image-folder order is sorted by class).
-        n_train = min(n + cfg.batch_size, len(data.train))
-        data = data.subsample(n_train, min(2000, len(data.test)), seed=0)
+        n_train = min(n + cfg.batch_size, len(full.train))
+        data = full.subsample(n_train, min(2000, len(full.test)), seed=0)
         shape = (data.image_shape[0], data.image_shape[1], data.num_classes)
         spec = next(s for s in specs_fn(*shape) if s.name == model_name)
         rows.append(bench_one(f"{name}/{model_name}", spec, data, cfg, runtime, n_train - cfg.batch_size, repeats))
         if name == "mnist":
-            full = load_dataset(name, resolve_data_dir(args.data_dir), cache_dir=Path(args.cache_dir))
             n_acc = 64 if args.smoke else args.accuracy_images
             rows[-1]["accuracy_check"] = accuracy_check(spec, full.subsample(n_acc + cfg.batch_size, None, seed=0),
                                                         cfg, runtime, n_acc)

@@ -89,12 +89,17 @@ class OutputDirs:
     cache: Path
 
 
+def profile_output_dir(standard: str | Path, profile: str) -> Path:
+    """Default output folder of ``profile``: ``standard`` itself for the standard profile, else the
+    profile's name inserted after its first part (``plots/x`` -> ``plots/quick/x``)."""
+    path = Path(standard)
+    return path if profile == "standard" else Path(path.parts[0], profile, *path.parts[1:])
+
+
 def prepare_output_dirs(args: argparse.Namespace) -> OutputDirs:
     """Create and check the output folders before any training starts."""
-    results, plots = Path("results"), Path(args.default_plots)
-    if args.profile != "standard":
-        results, plots = results / args.profile, Path(plots.parts[0], args.profile, *plots.parts[1:])
-    dirs = OutputDirs(Path(args.results_dir or results), Path(args.plots_dir or plots),
+    dirs = OutputDirs(Path(args.results_dir or profile_output_dir("results", args.profile)),
+                      Path(args.plots_dir or profile_output_dir(args.default_plots, args.profile)),
                       Path(args.cache_dir or os.environ.get(CACHE_DIR_ENV) or "data/cache"))
     for label, path in (("results", dirs.results), ("plots", dirs.plots)):
         _check_writable(label, path)

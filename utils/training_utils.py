@@ -136,8 +136,8 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", threads: int 
     if precision == "bf16" and not bf16_ok:
         raise RuntimeUnavailable(f"--precision bf16 was requested but {dev.type} has no bf16 support")
     prec = "bf16" if precision == "bf16" or (precision == "auto" and bf16_ok) else "fp32"
-    # channels_last (NHWC) lets oneDNN / cuDNN pick their fastest conv kernels (a quick check on
-    # a 2-core AVX2 CPU: ~1.5x for fp32 training of the CIFAR ResNet).
+    # channels_last (NHWC) lets oneDNN / cuDNN pick their fastest conv kernels (measured on the
+    # 2-core AVX2 CPU: results/benchmarks/levers.json, variant "nchw").
     return Runtime(dev, prec, channels_last=True, threads=torch.get_num_threads())
 
 
