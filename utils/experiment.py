@@ -1,0 +1,92 @@
+"""What an experiment is: one :class:`ExperimentConfig` shared by a list of :class:`ModelSpec`.
+
+"Same hyper-parameters" holds by construction: a spec may change only the regularisation fields
+(the regularisation studies) or, as a declared field, the learning rate (an lr study). Everything
+that says where a run belongs in a comparison (group, variant, seed) is a field of its spec, so no
+code ever parses it back out of a name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from torch import nn
+
+REGULARISATION_FIELDS = ("weight_decay", "label_smoothing", "augment", "dropout")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Hyper-parameters shared by every model of one experiment."""
+
+    epochs: int = 5
+    batch_size: int = 128
+    optimizer: str = "sgd"            # "sgd" (Nesterov momentum) | "adamw"
+    lr: float = 0.05                  # peak learning rate
+    momentum: float = 0.9
+    weight_decay: float = 0.0         # not applied to biases and norm layers
+    schedule: str = "onecycle"        # "onecycle" (linear up, linear down) | "cosine" | "constant"
+    warmup_fraction: float = 0.2
+    label_smoothing: float = 0.0
+    augment: bool = False             # random crop (pad 4) + horizontal flip, batch-level
+    dropout: float = 0.0              # read by model builders that take it
+    grad_clip: float | None = None    # max global grad norm; None = off
+    flip_tta: bool = False            # average logits of x and its mirror image at test time
+    seed: int = 0
+    device: str = "auto"              # "auto" | "cpu" | "cuda"
+    precision: str = "auto"           # "auto" | "fp32" | "bf16"
+    grad_sample_every: int = 25       # record per-layer gradient stats every k steps
+    train_eval_samples: int = 5000    # clean (eval-mode) train accuracy on a fixed subset per epoch
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0 or self.batch_size <= 0 or not self.lr > 0:
+            raise ValueError("epochs, batch size and lr must be positive")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}")
+        if self.schedule not in ("onecycle", "cosine", "constant"):
+            raise ValueError(f"unknown schedule {self.schedule!r}")
+
+    def replace(self, **changes: Any) -> "ExperimentConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One run of an experiment: what to build, and where it sits in the comparison.
+
+    ``name`` names the result file; ``group`` is the comparison the run belongs to, ``variant`` what
+    differs inside that group, ``seed`` is added to the experiment's base seed, ``lr`` (if set)
+    replaces the experiment's peak learning rate for a deliberate lr study.
+    """
+
+    name: str
+    build: Callable[[ExperimentConfig], nn.Module]
+    description: str = ""
+    group: str = ""
+    variant: str = ""
+    seed: int = 0
+    lr: float | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)   # regularisation fields only
+
+    def __post_init__(self) -> None:
+        bad = set(self.overrides) - set(REGULARISATION_FIELDS)
+        if bad:
+            raise ValueError(f"{self.name}: overrides may change only regularisation {REGULARISATION_FIELDS}; "
+                             f"got {sorted(bad)} (an lr study sets ModelSpec.lr)")
+
+    def config_for(self, base: ExperimentConfig) -> ExperimentConfig:
+        lr = {} if self.lr is None else {"lr": self.lr}
+        return base.replace(**self.overrides, **lr, seed=base.seed + self.seed)
+
+    def with_seed(self, seed: int) -> "ModelSpec":
+        """The same run under another seed; the file name says the seed, the fields say it too."""
+        return dataclasses.replace(self, name=f"{self.name}_seed{seed}", seed=seed)
+
+
+def with_seeds(specs: list[ModelSpec], seeds: int) -> list[ModelSpec]:
+    """Every spec for seeds ``0..seeds-1`` (one seed keeps the plain names)."""
+    if seeds <= 1:
+        return list(specs)
+    return [s.with_seed(k) for s in specs for k in range(seeds)]
