@@ -21,6 +21,7 @@ Writes ``results/architecture_analysis/{kernel_size,depth}/`` (a JSON per model,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import sys
 import time
@@ -41,9 +42,12 @@ from utils.comparison_utils import (collect_activations, conv_layer_costs, count
                                     layer_specs_from_module, receptive_field, relative_param_gap,
                                     solve_width_for_params, time_forward_backward, within_tolerance)
 from utils.data import BatchLoader, DatasetSplits
-from utils.training_utils import (ExperimentConfig, ModelSpec, Runtime, resolve_runtime, run_experiment,
-                                  seed_everything, write_json)
-from utils.training_utils import atomic_write_text
+from utils.experiment import ExperimentConfig, ModelSpec
+from utils.files import atomic_write_text, write_json
+from utils.records import GradStats, RunRecord
+from utils.runner import ExperimentRun, run_experiment
+from utils.runtime import Runtime, resolve_runtime
+from utils.training_utils import build_model
 
 log = logging.getLogger("architecture_analysis")
 EXPERIMENTS = ("kernel", "depth")
@@ -122,7 +126,8 @@ def kernel_specs(matching: dict, in_ch: int, classes: int) -> list[ModelSpec]:
 
         layout = "1x1 (w/2) + 3x3 (w)" if kernel == "1x1+3x3" else f"{kernel} conv"
         specs.append(ModelSpec(v["name"], build, f"3 stages of {layout}-BN-ReLU-maxpool, widths "
-                                                 f"{'-'.join(map(str, widths))}, GAP, linear"))
+                                                 f"{'-'.join(map(str, widths))}, GAP, linear",
+                               group="kernel_size", variant=kernel))
     return specs
 
 
@@ -165,18 +170,18 @@ def _normaliser(data: DatasetSplits, runtime: Runtime) -> Callable[[torch.Tensor
     return loader.normalise
 
 
-def analyse_kernels(records: list[dict], specs: list[ModelSpec], matching: dict, data: DatasetSplits,
+def analyse_kernels(run: ExperimentRun, specs: list[ModelSpec], matching: dict, data: DatasetSplits,
                     cfg: ExperimentConfig, runtime: Runtime, out_dir: Path, plots: Path, prefix: str,
                     n_images: int) -> dict:
     """Receptive fields (theoretical + ERF at init and trained), FLOP breakdown, first-layer
     activations and filters; writes ``analysis.json`` / ``analysis.md`` and the figures."""
     images = _fixed_test_images(data, n_images)
     x = _normaliser(data, runtime)(images)
+    records = run.records
     rf_variants, table, first_acts, first_filters = [], {}, {}, {}
     for spec, rec in zip(specs, records):
-        model = rec["_model"]
-        seed_everything(cfg.seed)   # the engine seeds the same way before building: same init weights
-        init_model = spec.build(spec.config_for(cfg)).to(runtime.device)
+        model = run.models[rec.model]
+        init_model = build_model(spec, spec.config_for(cfg)).to(runtime.device)   # as its run started
         layer, n_specs = _erf_layer(model)
         specs_all = layer_specs_from_module(model.features)
         rows = receptive_field(specs_all)
@@ -196,7 +201,7 @@ def analyse_kernels(records: list[dict], specs: list[ModelSpec], matching: dict,
                                 indexing="ij")
         rms = {tag: float(torch.sqrt((e.double() * ((yy - center[0]) ** 2 + (xx - center[1]) ** 2)).sum()))
                for tag, e in erfs.items()}
-        kernel = next(k for k, v in matching["variants"].items() if v["name"] == spec.name)
+        kernel = spec.variant
         costs = conv_layer_costs(model, data.image_shape)
         flops_by_res: dict[str, int] = {}
         params_by_res: dict[str, int] = {}
@@ -204,13 +209,13 @@ def analyse_kernels(records: list[dict], specs: list[ModelSpec], matching: dict,
             key = f"{c['out_hw'][0]}x{c['out_hw'][1]}"
             flops_by_res[key] = flops_by_res.get(key, 0) + c["flops"]
             params_by_res[key] = params_by_res.get(key, 0) + c["params"]
-        s = rec["summary"]
+        s = rec.summary
         table[spec.name] = {
             "kernel": kernel, "stage_widths": matching["variants"][kernel]["stage_widths"],
-            "params": s["params"], "param_gap": matching["variants"][kernel]["relative_gap"], "mflops": s["mflops"],
-            "status": s["status"], "final_test_acc": s.get("final_test_acc"), "best_test_acc": s.get("best_test_acc"),
-            "final_train_acc": s.get("final_train_acc"), "train_time_s": s.get("train_time_s"),
-            "epoch_time_s": s.get("epoch_time_s"), "throughput_img_s": s.get("throughput_img_s"),
+            "params": s.params, "param_gap": matching["variants"][kernel]["relative_gap"], "mflops": s.mflops,
+            "status": s.status, "final_test_acc": s.final_test_acc, "best_test_acc": s.best_test_acc,
+            "final_train_acc": s.final_train_acc, "train_time_s": s.train_time_s,
+            "epoch_time_s": s.epoch_time_s, "throughput_img_s": s.throughput_img_s,
             "rf_layers": [{"layer": r.name, "size": r.size, "jump": r.jump, "start": r.start} for r in rows],
             "erf_layer": f"features.{unit_row.name} (last conv, before the last max-pool)",
             "erf_map_size": [int(fmap.shape[-2]), int(fmap.shape[-1])], "input_size": h_in,
@@ -230,7 +235,7 @@ def analyse_kernels(records: list[dict], specs: list[ModelSpec], matching: dict,
         first_acts[f"{spec.name}"] = collect_activations(model, x[:3], {"a": first_relu})["a"].numpy()
         first_filters[f"{spec.name}"] = first_conv.weight.detach().float().cpu().numpy()
 
-    steps = side_by_side_step_times({r["model"]: r["_model"] for r in records}, data.image_shape, cfg.batch_size, runtime)
+    steps = side_by_side_step_times(run.models, data.image_shape, cfg.batch_size, runtime)
     for name, t in steps.items():
         table[name]["step_time"] = t
     analysis = {"param_matching": {k: v for k, v in matching.items() if k != "variants"}, "erf_mass": ERF_MASS,
@@ -291,52 +296,55 @@ def depth_specs(in_ch: int, classes: int) -> list[ModelSpec]:
 
     p20 = resnet_like_plain(3)
     return [
-        ModelSpec("depth_2", plain([32, 64]), "plain, 2 conv3x3 (32, 64 stride 2), BN, GAP, linear"),
-        ModelSpec("depth_4", plain([32, 32, 64, 64]), "plain, 4 conv3x3 (32-32-64-64), BN, GAP, linear"),
+        ModelSpec("depth_2", plain([32, 64]), "plain, 2 conv3x3 (32, 64 stride 2), BN, GAP, linear",
+                  group="depth_plain", variant="2"),
+        ModelSpec("depth_4", plain([32, 32, 64, 64]), "plain, 4 conv3x3 (32-32-64-64), BN, GAP, linear",
+                  group="depth_plain", variant="4"),
         ModelSpec("depth_8", plain([32, 32, 32, 64, 64, 64, 128, 128]),
-                  "plain, 8 conv3x3 (3x32, 3x64, 2x128), BN, GAP, linear"),
-        ModelSpec("plain20_bn", plain(p20), "plain, 19 conv3x3 on ResNet-20 widths (16/32/64), BN, Kaiming init"),
-        ModelSpec("resnet20_bn", resnet(), "ResNet-20: stem + 9 BasicBlocks (16/32/64), BN, Kaiming init"),
+                  "plain, 8 conv3x3 (3x32, 3x64, 2x128), BN, GAP, linear", group="depth_plain", variant="8"),
+        ModelSpec("plain20_bn", plain(p20), "plain, 19 conv3x3 on ResNet-20 widths (16/32/64), BN, Kaiming init",
+                  group="depth20", variant="plain_bn"),
+        ModelSpec("resnet20_bn", resnet(), "ResNet-20: stem + 9 BasicBlocks (16/32/64), BN, Kaiming init",
+                  group="depth20", variant="resnet_bn"),
         ModelSpec("plain20_nobn", plain(p20, norm=False, init="default"),
-                  "plain, 19 conv3x3 on ResNet-20 widths, NO normalisation, PyTorch default init"),
+                  "plain, 19 conv3x3 on ResNet-20 widths, NO normalisation, PyTorch default init",
+                  group="depth20", variant="plain_nobn"),
         ModelSpec("resnet20_nobn", resnet(norm=False, init="default"),
-                  "ResNet-20 without normalisation, PyTorch default init"),
+                  "ResNet-20 without normalisation, PyTorch default init", group="depth20",
+                  variant="resnet_nobn"),
     ]
 
 
-def _grad_view(record: dict) -> dict:
+def _grad_view(record: RunRecord) -> RunRecord:
     """The record with projection-shortcut weights left out of its gradient statistics, so layer
     index = position along the main path (same x axis for plain and residual nets)."""
-    g = record["grad_stats"]
-    keep = [i for i, n in enumerate(g["names"]) if "shortcut" not in n]
-    view = dict(record)
-    view["grad_stats"] = {"names": [g["names"][i] for i in keep], "step": g["step"],
-                          "l2": [[row[i] for i in keep] for row in g["l2"]],
-                          "mean_abs": [[row[i] for i in keep] for row in g["mean_abs"]]}
-    return view
+    g = record.grad_stats
+    keep = [i for i, n in enumerate(g.names) if "shortcut" not in n]
+    return dataclasses.replace(record, grad_stats=GradStats(
+        names=[g.names[i] for i in keep], step=g.step, l2=[[row[i] for i in keep] for row in g.l2],
+        mean_abs=[[row[i] for i in keep] for row in g.mean_abs]))
 
 
-def _zeros_as_nan(view: dict) -> dict:
+def _zeros_as_nan(view: RunRecord) -> RunRecord:
     """For log-scale plots: an exactly-zero gradient (ResNet blocks start as the identity because
     their last BN scale is zero-initialised, so their convs get no gradient at step 0) is drawn
     as a gap, not as a line down to -inf."""
-    out = dict(view)
-    out["grad_stats"] = {**view["grad_stats"],
-                         "l2": [[v if v > 0 else float("nan") for v in row] for row in view["grad_stats"]["l2"]]}
-    return out
+    g = view.grad_stats
+    return dataclasses.replace(view, grad_stats=dataclasses.replace(
+        g, l2=[[v if v > 0 else float("nan") for v in row] for row in g.l2]))
 
 
-def gradient_numbers(record: dict) -> dict:
+def gradient_numbers(record: RunRecord) -> dict:
     """First/last layer gradient ratio at initialisation and during training, per-layer norms."""
-    g = _grad_view(record)["grad_stats"]
-    if not g["l2"]:
+    g = _grad_view(record).grad_stats
+    if not g.l2:
         return {"samples": 0}
-    norms = np.asarray(g["l2"], dtype=float)
+    norms = np.asarray(g.l2, dtype=float)
     finite = np.all(np.isfinite(norms), axis=1)
-    summ = gradient_flow_summary(g["names"], np.where(np.isfinite(norms), norms, np.nan))
+    summ = gradient_flow_summary(g.names, np.where(np.isfinite(norms), norms, np.nan))
     ratio = summ["first_last_ratio"]
     later = ratio[1:][np.isfinite(ratio[1:])]
-    return {"samples": int(norms.shape[0]), "layers": g["names"], "steps": g["step"],
+    return {"samples": int(norms.shape[0]), "layers": g.names, "steps": g.step,
             "ratio_first_last_init": float(ratio[0]),
             "ratio_first_last_median_training": float(np.median(later)) if later.size else None,
             "ratio_first_last_final": float(ratio[-1]),
@@ -360,35 +368,36 @@ def _probe_layers(model: nn.Module, n: int = 5) -> list[tuple[str, nn.Module]]:
     return [points[i] for i in idx]
 
 
-def analyse_depth(records: list[dict], data: DatasetSplits, runtime: Runtime, out_dir: Path, plots: Path,
+def analyse_depth(run: ExperimentRun, data: DatasetSplits, runtime: Runtime, out_dir: Path, plots: Path,
                   prefix: str, batch: int) -> dict:
     """Gradient ratios, theoretical RFs and feature maps; writes ``analysis.json/md`` + figures."""
     image = _fixed_test_images(data, 1)
     x = _normaliser(data, runtime)(image)
+    records = run.records
     table, maps = {}, {}
     for rec in records:
-        model, s = rec["_model"], rec["summary"]
+        model, s = run.models[rec.model], rec.summary
         rf = receptive_field(layer_specs_from_module(model))
         n_convs = sum(isinstance(m, nn.Conv2d) for n, m in model.named_modules() if "shortcut" not in n)
-        table[rec["model"]] = {
-            "description": rec["description"], "status": s["status"], "diverged_at": rec.get("diverged_at"),
-            "conv_layers": n_convs, "params": s["params"], "mflops": s["mflops"],
-            "final_test_acc": s.get("final_test_acc"), "best_test_acc": s.get("best_test_acc"),
-            "final_train_acc": s.get("final_train_acc"),
-            "final_train_loss": rec["history"]["train_loss"][-1] if rec["history"]["train_loss"] else None,
-            "train_time_s": s.get("train_time_s"), "epoch_time_s": s.get("epoch_time_s"),
+        table[rec.model] = {
+            "description": rec.description, "status": s.status, "diverged_at": rec.diverged_at,
+            "conv_layers": n_convs, "params": s.params, "mflops": s.mflops,
+            "final_test_acc": s.final_test_acc, "best_test_acc": s.best_test_acc,
+            "final_train_acc": s.final_train_acc,
+            "final_train_loss": rec.history.train_loss[-1] if rec.history.train_loss else None,
+            "train_time_s": s.train_time_s, "epoch_time_s": s.epoch_time_s,
             "theoretical_rf_final": rf[-1].size if rf else None,
             "gradients": gradient_numbers(rec),
         }
         acts = collect_activations(model, x, dict((label, m) for label, m in _probe_layers(model)))
         # signal size along the depth (one test image): shrinks layer by layer when nothing keeps it up
-        table[rec["model"]]["feature_map_mean_activation"] = {label: float(a.mean()) for label, a in acts.items()}
+        table[rec.model]["feature_map_mean_activation"] = {label: float(a.mean()) for label, a in acts.items()}
         if all(torch.isfinite(a).all() for a in acts.values()):
-            maps[rec["model"]] = [(f"{label}\nmean {a.mean():.2g}", a[0].numpy()) for label, a in acts.items()]
+            maps[rec.model] = [(f"{label}\nmean {a.mean():.2g}", a[0].numpy()) for label, a in acts.items()]
         else:
             log.warning("%s: non-finite activations (diverged weights); left out of the feature-map figure",
-                        rec["model"])
-    steps = side_by_side_step_times({r["model"]: r["_model"] for r in records}, data.image_shape, batch, runtime)
+                        rec.model)
+    steps = side_by_side_step_times(run.models, data.image_shape, batch, runtime)
     for name, t in steps.items():
         table[name]["step_time"] = t
     analysis = {"models": table}
@@ -396,7 +405,7 @@ def analyse_depth(records: list[dict], data: DatasetSplits, runtime: Runtime, ou
     atomic_write_text(out_dir / "analysis.md", depth_markdown(analysis))
 
     title = _data_title(data)
-    by_name = {r["model"]: r for r in records}
+    by_name = {r.model: r for r in records}
     grads = [_grad_view(r) for r in records]
     viz.plot_architecture_bars(records, plots / f"{prefix}comparison.png", f"Depth: size, cost and accuracy ({title})",
                                step_ms={n: t["median_ms_per_batch"] for n, t in steps.items()})
@@ -405,8 +414,8 @@ def analyse_depth(records: list[dict], data: DatasetSplits, runtime: Runtime, ou
                                       "Gradient L2 norm per layer (main path; shortcut projections left out)")
     viz.plot_gradient_ratio(grads, plots / f"{prefix}gradient_ratio.png",
                             "Vanishing gradients: first-conv / last-layer gradient norm during training")
-    family = [g for g in grads if "20" in g["model"]]
-    shallow = [g for g in grads if "20" not in g["model"]]
+    family = [g for g in grads if g.group == "depth20"]
+    shallow = [g for g in grads if g.group == "depth_plain"]
     if family:
         viz.plot_gradient_flow(family, plots / f"{prefix}gradient_flow_20_layers.png",
                                "Gradient flow over training, 20-layer networks")
@@ -478,16 +487,16 @@ def main(argv: list[str] | None = None) -> int:
                          "-".join(map(str, v["stage_widths"])), f"{v['params']:,}", 100 * v["relative_gap"],
                          f"{matching['target_params']:,}")
             specs = kernel_specs(matching, in_ch, classes)
-            records = run_experiment(experiment, specs, data, cfg, runtime, results, force=args.force,
-                                     keep_models=True, title=f"Kernel size at equal parameters ({_data_title(data)})")
-            analyse_kernels(records, specs, matching, data, cfg, runtime, results / experiment, dirs.plots,
+            run = run_experiment(experiment, specs, data, cfg, runtime, results, force=args.force,
+                                 keep_models=True, title=f"Kernel size at equal parameters ({_data_title(data)})")
+            analyse_kernels(run, specs, matching, data, cfg, runtime, results / experiment, dirs.plots,
                             f"{experiment}_", profile.analysis_images)
         else:
             experiment = f"depth{suffix}"
-            records = run_experiment(experiment, depth_specs(in_ch, classes), data, cfg, runtime, results,
-                                     force=args.force, keep_models=True,
-                                     title=f"Depth and residual connections ({_data_title(data)})")
-            analyse_depth(records, data, runtime, results / experiment, dirs.plots, f"{experiment}_", cfg.batch_size)
+            run = run_experiment(experiment, depth_specs(in_ch, classes), data, cfg, runtime, results,
+                                 force=args.force, keep_models=True,
+                                 title=f"Depth and residual connections ({_data_title(data)})")
+            analyse_depth(run, data, runtime, results / experiment, dirs.plots, f"{experiment}_", cfg.batch_size)
         log.info("%s done: results in %s, figures in %s", name, results / experiment, dirs.plots)
     log.info("total wall time %.0f s", time.perf_counter() - t0)
     return 0

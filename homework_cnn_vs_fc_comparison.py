@@ -27,7 +27,11 @@ from utils import visualization_utils as viz
 from utils.comparison_utils import classification_summary, gradient_flow_summary
 from utils.cli import (apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
                        setup_logging)
-from utils.training_utils import ExperimentConfig, ModelSpec, resolve_runtime, run_experiment, write_json
+from utils.experiment import ExperimentConfig, ModelSpec
+from utils.files import write_json
+from utils.records import RunRecord
+from utils.runner import run_experiment
+from utils.runtime import resolve_runtime
 
 log = logging.getLogger("cnn_vs_fc")
 EXPERIMENTS = ("mnist", "cifar")
@@ -59,12 +63,13 @@ CIFAR_REGULARISATION = {"weight_decay": 5e-4, "augment": True, "label_smoothing"
 def mnist_specs(in_ch: int, size: int, classes: int) -> list[ModelSpec]:
     return [
         ModelSpec("fc", lambda c: FullyConnectedNet(in_ch * size * size, (512, 256, 128), classes),
-                  "MLP 784-512-256-128-10, ReLU (4 linear layers)"),
+                  "MLP 784-512-256-128-10, ReLU (4 linear layers)", group="mnist", variant="fc"),
         ModelSpec("simple_cnn", lambda c: SimpleCNN(in_ch, classes, (32, 64), image_size=size),
-                  "2 x (conv3x3-ReLU-maxpool) 32-64, FC 128"),
+                  "2 x (conv3x3-ReLU-maxpool) 32-64, FC 128", group="mnist", variant="simple_cnn"),
         ModelSpec("residual_cnn", lambda c: ResNet(BasicBlock, (32, 64, 128), (1, 1, 1), in_channels=in_ch,
                                                    num_classes=classes, stem_channels=32, stem_pool=True),
-                  "stem conv 32 + maxpool, BasicBlocks 32-64-128 (stride 2 in the last two), GAP, linear"),
+                  "stem conv 32 + maxpool, BasicBlocks 32-64-128 (stride 2 in the last two), GAP, linear",
+                  group="mnist", variant="residual_cnn"),
     ]
 
 
@@ -78,45 +83,49 @@ def cifar_specs(in_ch: int, size: int, classes: int) -> list[ModelSpec]:
     return [
         ModelSpec("deep_fc", lambda c: FullyConnectedNet(in_ch * size * size, (1024, 512, 512, 256, 256, 128),
                                                          classes, batch_norm=True),
-                  "MLP 3072-1024-512-512-256-256-128-10 with BatchNorm (7 linear layers)"),
-        ModelSpec("residual_cnn", resnet, "ResNet: stem 16 + 4 BasicBlocks 16-32-64-128, GAP, linear"),
+                  "MLP 3072-1024-512-512-256-256-128-10 with BatchNorm (7 linear layers)", group="cifar",
+                  variant="deep_fc"),
+        ModelSpec("residual_cnn", resnet, "ResNet: stem 16 + 4 BasicBlocks 16-32-64-128, GAP, linear",
+                  group="cifar", variant="residual_cnn"),
         ModelSpec("residual_cnn_regularised", resnet,
                   "same ResNet + dropout 0.2 before the classifier, weight decay 5e-4, crop+flip "
-                  "augmentation, label smoothing 0.1", overrides=dict(CIFAR_REGULARISATION)),
+                  "augmentation, label smoothing 0.1", group="cifar", variant="residual_cnn_regularised",
+                  overrides=dict(CIFAR_REGULARISATION)),
     ]
 
 
-def analysis_numbers(records: list[dict]) -> dict:
+def analysis_numbers(records: list[RunRecord], baseline: str) -> dict:
     """What README's analysis quotes beyond the summary table: errors, confusions, overfitting and
-    gradient flow per model (pure function of the records)."""
+    gradient flow per model, and each model's error relative to the ``baseline`` variant (pure
+    function of the records)."""
     out: dict = {}
     for r in records:
-        if r["status"] != "completed":
-            out[r["model"]] = {"status": r["status"], "diverged_at": r["diverged_at"]}
+        if not r.completed:
+            out[r.model] = {"status": r.status, "diverged_at": r.diverged_at}
             continue
-        h, g = r["history"], r["grad_stats"]
-        gap = np.asarray(h["train_eval_acc"]) - np.asarray(h["test_acc"])
-        flow = gradient_flow_summary(g["names"], np.asarray(g["l2"]))
+        h, g = r.history, r.grad_stats
+        gap = np.asarray(h.train_eval_acc) - np.asarray(h.test_acc)
+        flow = gradient_flow_summary(g.names, np.asarray(g.l2))
         ratio = flow["first_last_ratio"]
-        out[r["model"]] = {
-            **classification_summary(r["labels"], r["predictions"], r["class_names"]),
+        out[r.model] = {
+            **classification_summary(r.labels, r.predictions, r.class_names),
             "gap_per_epoch": gap.tolist(), "final_gap": float(gap[-1]), "max_gap": float(gap.max()),
-            "test_loss_min_epoch": int(np.argmin(h["test_loss"])) + 1,
-            "test_loss_rise_after_min": float(h["test_loss"][-1] - min(h["test_loss"])),
+            "test_loss_min_epoch": int(np.argmin(h.test_loss)) + 1,
+            "test_loss_rise_after_min": float(h.test_loss[-1] - min(h.test_loss)),
             "grad_first_last_ratio_init": float(ratio[0]),
             "grad_first_last_ratio_median": flow["median_first_last_ratio"],
-            "grad_layers": len(g["names"]),
+            "grad_layers": len(g.names),
         }
-    fc = next((m for m in out if "fc" in m and "error_rate" in out[m]), None)
-    if fc is not None:
+    base = next((r.model for r in records if r.variant == baseline and "error_rate" in out[r.model]), None)
+    if base is not None:
         for m, v in out.items():
-            if m != fc and "error_rate" in v:
-                v["error_ratio_fc_over_this"] = out[fc]["error_rate"] / v["error_rate"]
+            if m != base and "error_rate" in v:
+                v["error_ratio_fc_over_this"] = out[base]["error_rate"] / v["error_rate"]
     return out
 
 
-def analyse(records: list[dict], plots_dir: Path, tag: str, title: str, cifar: bool, out_dir: Path) -> None:
-    write_json(out_dir / "analysis.json", analysis_numbers(records))
+def analyse(records: list[RunRecord], plots_dir: Path, tag: str, title: str, cifar: bool, out_dir: Path) -> None:
+    write_json(out_dir / "analysis.json", analysis_numbers(records, baseline="deep_fc" if cifar else "fc"))
     viz.plot_learning_curves(records, plots_dir / f"{tag}_learning_curves.png", f"{title}: learning curves")
     viz.plot_accuracy_vs_cost(records, plots_dir / f"{tag}_accuracy_vs_cost.png",
                               f"{title}: test accuracy vs size and cost")
@@ -151,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             specs, title = cifar_specs(*shape), "CIFAR-10"
         records = run_experiment(f"{name}_comparison", specs, data, cfg, runtime, dirs.results, force=args.force,
                                  title=f"{title}: FC vs CNN ({data.source}, {len(data.train)} train / "
-                                       f"{len(data.test)} test)")
+                                       f"{len(data.test)} test)").records
         analyse(records, dirs.plots, name, title, cifar=name == "cifar", out_dir=dirs.results / f"{name}_comparison")
         log.info("%s done: results in %s, figures in %s", name, dirs.results / f"{name}_comparison", dirs.plots)
     return 0

@@ -40,8 +40,11 @@ from utils import comparison_utils as cu
 from utils import visualization_utils as viz
 from utils.cli import (apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
                        setup_logging)
-from utils.training_utils import (ExperimentConfig, ModelSpec, Runtime, read_json, resolve_runtime, run_experiment,
-                                  write_json)
+from utils.experiment import ExperimentConfig, ModelSpec
+from utils.files import atomic_write_text, read_json, write_json
+from utils.records import RunRecord
+from utils.runner import ExperimentRun, run_experiment
+from utils.runtime import Runtime, resolve_runtime
 
 log = logging.getLogger("custom_layers")
 EXPERIMENTS = ("speed", "layers", "blocks")
@@ -176,7 +179,7 @@ def run_speed(profile: Profile, runtime: Runtime, out_dir: Path, plots_dir: Path
                   "what": "median forward+backward wall time per call (ms), modules timed in rotation on the "
                           "same input; ratio = custom / other", "rows": rows}
         write_json(path, result)
-    (out_dir / "layer_speed.md").write_text(_speed_markdown(result) + "\n")
+    atomic_write_text(out_dir / "layer_speed.md", _speed_markdown(result) + "\n")
     viz.plot_layer_speed(result["rows"], plots_dir / "layer_speed.png",
                          f"Custom layers: forward + backward time per batch "
                          f"({settings['batch']}x{channels}x{size}x{size}, {settings['threads']} CPU threads)")
@@ -211,30 +214,34 @@ def layer_specs(classes: int, base_seeds: int) -> list[ModelSpec]:
 
     base_desc = f"SwappableCNN {WIDTH}-{2 * WIDTH}-{4 * WIDTH}: Conv2d, BN, ReLU, MaxPool2d(2); avg-pool head"
     specs = [ModelSpec("base" if s == 0 else f"base_seed{s}", cnn(), base_desc + (f" (seed +{s})" if s else ""),
-                       seed_offset=s) for s in range(base_seeds)]
+                       group="base", variant="base", seed=s) for s in range(base_seeds)]
+    # group = the layer swapped; variant = what it is compared against (the base CNN's layer, or
+    # the native op with the same maths)
     specs += [
         ModelSpec("conv_ws", cnn(conv=functools.partial(CustomConv2d, weight_standardization=True)),
-                  "conv -> CustomConv2d with weight standardisation"),
+                  "conv -> CustomConv2d with weight standardisation", group="conv", variant="nn.Conv2d"),
         ModelSpec("attn_se", cnn(attention=lambda ch: ChannelAttention(ch, SE_REDUCTION)),
-                  f"+ ChannelAttention (SE, reduction {SE_REDUCTION}) after each activation"),
+                  f"+ ChannelAttention (SE, reduction {SE_REDUCTION}) after each activation", group="attention",
+                  variant="no attention"),
         ModelSpec("attn_cbam", cnn(attention=lambda ch: CBAM(ch, SE_REDUCTION, kernel_size=7)),
-                  f"+ CBAM (SE r={SE_REDUCTION} + 7x7 spatial attention) after each activation"),
-        ModelSpec("act_swish", cnn(act=lambda: Swish(1.0, learnable=True)), "ReLU -> Swish, beta learnable (init 1)"),
-        ModelSpec("act_silu_native", cnn(act=nn.SiLU), "ReLU -> nn.SiLU (native Swish with beta = 1)"),
-        ModelSpec("pool_mixed", cnn(pool=lambda: MixedPool2d(2)), "MaxPool2d -> MixedPool2d (alpha learnable, init 0.5)"),
-        ModelSpec("pool_avg_native", cnn(pool=lambda: nn.AvgPool2d(2)), "MaxPool2d -> nn.AvgPool2d (native)"),
-        ModelSpec("head_gem", cnn(head_pool=lambda: GeMPool2d(p=3.0)), "avg-pool head -> GeMPool2d (p learnable, init 3)"),
+                  f"+ CBAM (SE r={SE_REDUCTION} + 7x7 spatial attention) after each activation", group="attention",
+                  variant="no attention"),
+        ModelSpec("act_swish", cnn(act=lambda: Swish(1.0, learnable=True)), "ReLU -> Swish, beta learnable (init 1)",
+                  group="activation", variant="nn.ReLU"),
+        ModelSpec("act_silu_native", cnn(act=nn.SiLU), "ReLU -> nn.SiLU (native Swish with beta = 1)",
+                  group="activation", variant="nn.ReLU"),
+        ModelSpec("pool_mixed", cnn(pool=lambda: MixedPool2d(2)), "MaxPool2d -> MixedPool2d (alpha learnable, init 0.5)",
+                  group="pooling", variant="nn.MaxPool2d"),
+        ModelSpec("pool_avg_native", cnn(pool=lambda: nn.AvgPool2d(2)), "MaxPool2d -> nn.AvgPool2d (native)",
+                  group="pooling", variant="nn.MaxPool2d"),
+        ModelSpec("head_gem", cnn(head_pool=lambda: GeMPool2d(p=3.0)), "avg-pool head -> GeMPool2d (p learnable, init 3)",
+                  group="head pooling", variant="nn.AdaptiveAvgPool2d"),
     ]
     return specs
 
 
-# What each swap is compared against (the base CNN's layer, or the native op with the same maths).
-SWAP_INFO = {
-    "conv_ws": ("conv", "nn.Conv2d"), "attn_se": ("attention", "no attention"),
-    "attn_cbam": ("attention", "no attention"), "act_swish": ("activation", "nn.ReLU"),
-    "act_silu_native": ("activation", "nn.ReLU"), "pool_mixed": ("pooling", "nn.MaxPool2d"),
-    "pool_avg_native": ("pooling", "nn.MaxPool2d"), "head_gem": ("head pooling", "nn.AdaptiveAvgPool2d"),
-}
+def _nan(v: float | None) -> float:
+    return np.nan if v is None else v
 
 
 def learned_scalars(model: nn.Module | None) -> dict:
@@ -254,42 +261,40 @@ def learned_scalars(model: nn.Module | None) -> dict:
     return out
 
 
-def analyse_layers(records: list[dict], out_dir: Path, plots_dir: Path) -> dict:
+def analyse_layers(run: ExperimentRun, out_dir: Path, plots_dir: Path) -> dict:
     """Compare every swap with the base CNN; write ``layers_comparison.{json,md}`` and the figures."""
-    base_names = {r["model"] for r in records if r["model"] == "base" or r["model"].startswith("base_seed")}
-    base = [r for r in records if r["model"] in base_names]
-    base_acc = cu.seed_statistics([r["summary"].get("final_test_acc", np.nan) for r in base])
-    base_epoch = cu.seed_statistics([r["summary"].get("epoch_time_s", np.nan) for r in base])
+    records = run.records
+    base = [r for r in records if r.group == "base"]
+    base_acc = cu.seed_statistics([_nan(r.summary.final_test_acc) for r in base])
+    base_epoch = cu.seed_statistics([_nan(r.summary.epoch_time_s) for r in base])
     rows = []
     for r in records:
-        s = r["summary"]
-        is_base = r["model"] in base_names
-        kind, vs = ("base", "-") if is_base else SWAP_INFO.get(r["model"], ("?", "?"))
-        acc = s.get("final_test_acc", np.nan)
+        s = r.summary
+        kind, vs = ("base", "-") if r.group == "base" else (r.group, r.variant)
+        acc = _nan(s.final_test_acc)
         rows.append({
-            "model": r["model"], "swapped": kind, "compared_with": vs, "description": r["description"],
-            "status": r["status"], "test_acc": acc, "best_test_acc": s.get("best_test_acc", np.nan),
-            "train_acc": s.get("final_train_acc", np.nan),
+            "model": r.model, "swapped": kind, "compared_with": vs, "description": r.description,
+            "status": r.status, "test_acc": acc, "best_test_acc": _nan(s.best_test_acc),
+            "train_acc": _nan(s.final_train_acc),
             "delta_vs_base_mean_pp": 100 * (acc - base_acc["mean"]),
             "delta_vs_base_mean": acc - base_acc["mean"],   # the same as a fraction (README's "pp" format)
-            "params": s["params"], "extra_params_vs_base": s["params"] - base[0]["summary"]["params"],
-            "mflops": s["mflops"], "epoch_time_s": s.get("epoch_time_s", np.nan),
-            "epoch_time_ratio_vs_base": s.get("epoch_time_s", np.nan) / base_epoch["mean"],
-            "throughput_img_s": s.get("throughput_img_s", np.nan),
-            "learned": learned_scalars(r.get("_model")),
+            "params": s.params, "extra_params_vs_base": s.params - base[0].summary.params,
+            "mflops": s.mflops, "epoch_time_s": _nan(s.epoch_time_s),
+            "epoch_time_ratio_vs_base": _nan(s.epoch_time_s) / base_epoch["mean"],
+            "throughput_img_s": _nan(s.throughput_img_s),
+            "learned": learned_scalars(run.models.get(r.model)),
         })
     summary = {"base_test_acc": base_acc, "base_epoch_time_s": base_epoch, "rows": rows,
-               "data": records[0]["data"], "config": records[0]["config"],
+               "data": records[0].data, "config": records[0].config,
                "note": "delta_vs_base_mean_pp = test accuracy minus the mean over the base CNN's seeds, in "
                        "percentage points; compare it with base_test_acc.std (seed noise)."}
     write_json(out_dir / "layers_comparison.json", summary)
-    (out_dir / "layers_comparison.md").write_text(_layers_markdown(summary) + "\n")
-    plain = [{k: v for k, v in r.items() if k != "_model"} for r in records]
+    atomic_write_text(out_dir / "layers_comparison.md", _layers_markdown(summary) + "\n")
     viz.plot_layer_swap(rows, base_acc, plots_dir / "layers_swap_summary.png",
                         "CIFAR-10, one layer swapped at a time: test accuracy and training cost vs the base CNN")
-    viz.plot_learning_curves([r for r in plain if not r["model"].startswith("base_seed")],
+    viz.plot_learning_curves([r for r in records if r.group != "base" or r.seed == 0],
                              plots_dir / "layers_learning_curves.png", "Layer swaps: learning curves")
-    viz.plot_accuracy_vs_cost(plain, plots_dir / "layers_accuracy_vs_cost.png",
+    viz.plot_accuracy_vs_cost(records, plots_dir / "layers_accuracy_vs_cost.png",
                               "Layer swaps: test accuracy vs size and cost")
     return summary
 
@@ -338,41 +343,42 @@ def build_block_net(arch: BlockArch, classes: int) -> Callable[[ExperimentConfig
 def block_specs(classes: int, seeds: int, high_lr: float) -> list[ModelSpec]:
     """``<block>_seed<k>`` for every seed (seed-major order, so a partial run covers all blocks),
     then ``<block>_lr_high`` (seed 0, peak lr ``high_lr``)."""
-    specs = [ModelSpec(f"{name}_seed{s}", build_block_net(a, classes), a.description, seed_offset=s)
-             for s in range(seeds) for name, a in BLOCK_ARCHS.items()]
+    specs = [ModelSpec(f"{name}_seed{s}", build_block_net(a, classes), a.description, group="seeds", variant=name,
+                       seed=s) for s in range(seeds) for name, a in BLOCK_ARCHS.items()]
     specs += [ModelSpec(f"{name}_lr_high", build_block_net(a, classes), f"{a.description}; peak lr {high_lr:g}",
-                        overrides={"lr": high_lr}) for name, a in BLOCK_ARCHS.items()]
+                        group="high_lr", variant=name, lr=high_lr) for name, a in BLOCK_ARCHS.items()]
     return specs
 
 
-def analyse_blocks(records: list[dict], out_dir: Path, plots_dir: Path, base_lr: float, high_lr: float) -> dict:
+def analyse_blocks(records: list[RunRecord], out_dir: Path, plots_dir: Path, base_lr: float, high_lr: float) -> dict:
     """Per block: accuracy mean ± std over seeds, costs, loss spread, gradient norms, high-lr behaviour."""
-    groups = {name: [r for r in records if r["model"].startswith(f"{name}_seed")] for name in BLOCK_ARCHS}
-    high = {name: next((r for r in records if r["model"] == f"{name}_lr_high"), None) for name in BLOCK_ARCHS}
+    groups = {name: [r for r in records if r.group == "seeds" and r.variant == name] for name in BLOCK_ARCHS}
+    high = {name: next((r for r in records if r.group == "high_lr" and r.variant == name), None)
+            for name in BLOCK_ARCHS}
     blocks = {}
     for name, runs in groups.items():
         if not runs:
             continue
-        s0 = runs[0]["summary"]
-        final = [r["summary"].get("final_test_acc", np.nan) for r in runs]
-        grad_tot = [cu.total_grad_norm(r["grad_stats"]["l2"]) for r in runs if r["grad_stats"]["l2"]]
+        s0 = runs[0].summary
+        final = [_nan(r.summary.final_test_acc) for r in runs]
+        grad_tot = [cu.total_grad_norm(r.grad_stats.l2) for r in runs if r.grad_stats.l2]
         after_init = np.concatenate([g[1:] for g in grad_tot] + [np.array([np.nan])])  # NaN: never empty
         blocks[name] = {
-            "description": runs[0]["description"], "seeds": [r["config"]["seed"] for r in runs],
-            "status": [r["status"] for r in runs],
+            "description": runs[0].description, "seeds": [r.seed for r in runs],
+            "status": [r.status for r in runs],
             "test_acc": cu.seed_statistics(final),
-            "best_test_acc": cu.seed_statistics([r["summary"].get("best_test_acc", np.nan) for r in runs]),
-            "train_acc": cu.seed_statistics([r["summary"].get("final_train_acc", np.nan) for r in runs]),
-            "final_test_loss": cu.seed_statistics([r["summary"].get("final_test_loss", np.nan) for r in runs]),
-            "params": s0["params"], "mflops": s0["mflops"],
-            "train_time_s": cu.seed_statistics([r["summary"].get("train_time_s", np.nan) for r in runs]),
-            "epoch_time_s": cu.seed_statistics([r["summary"].get("epoch_time_s", np.nan) for r in runs]),
-            "throughput_img_s": cu.seed_statistics([r["summary"].get("throughput_img_s", np.nan) for r in runs]),
-            "test_loss_band": cu.curve_band([r["history"]["test_loss"] for r in runs]),
-            "train_loss_band": cu.curve_band([r["history"]["train_loss"] for r in runs]),
-            "test_acc_band": cu.curve_band([r["history"]["test_acc"] for r in runs]),
-            "final_test_loss_rel_spread": cu.relative_spread([r["history"]["test_loss"][-1] for r in runs
-                                                              if r["history"]["test_loss"]]),
+            "best_test_acc": cu.seed_statistics([_nan(r.summary.best_test_acc) for r in runs]),
+            "train_acc": cu.seed_statistics([_nan(r.summary.final_train_acc) for r in runs]),
+            "final_test_loss": cu.seed_statistics([_nan(r.summary.final_test_loss) for r in runs]),
+            "params": s0.params, "mflops": s0.mflops,
+            "train_time_s": cu.seed_statistics([_nan(r.summary.train_time_s) for r in runs]),
+            "epoch_time_s": cu.seed_statistics([_nan(r.summary.epoch_time_s) for r in runs]),
+            "throughput_img_s": cu.seed_statistics([_nan(r.summary.throughput_img_s) for r in runs]),
+            "test_loss_band": cu.curve_band([r.history.test_loss for r in runs]),
+            "train_loss_band": cu.curve_band([r.history.train_loss for r in runs]),
+            "test_acc_band": cu.curve_band([r.history.test_acc for r in runs]),
+            "final_test_loss_rel_spread": cu.relative_spread([r.history.test_loss[-1] for r in runs
+                                                              if r.history.test_loss]),
             "grad_norm": {
                 "at_init": cu.seed_statistics([g[0] for g in grad_tot]),
                 "median_after_init": _nan_stat(np.nanmedian, after_init),
@@ -384,34 +390,31 @@ def analyse_blocks(records: list[dict], out_dir: Path, plots_dir: Path, base_lr:
         }
         h = high[name]
         if h is not None:
-            hs = h["summary"]
-            hg = cu.total_grad_norm(h["grad_stats"]["l2"]) if h["grad_stats"]["l2"] else np.array([np.nan])
+            hs = h.summary
+            hg = cu.total_grad_norm(h.grad_stats.l2) if h.grad_stats.l2 else np.array([np.nan])
             hg = np.append(hg, np.nan)  # so hg[1:] is never empty; NaN is ignored by the nan-reductions
-            same_seed = next((r for r in runs if r["config"]["seed"] == h["config"]["seed"]), runs[0])
+            same_seed = next((r for r in runs if r.seed == h.seed), runs[0]).summary
+            both = hs.final_test_acc is not None and same_seed.final_test_acc is not None
             blocks[name]["high_lr"] = {
-                "lr": h["config"]["lr"], "status": h["status"], "diverged_at": h["diverged_at"],
-                "test_acc": hs.get("final_test_acc"), "best_test_acc": hs.get("best_test_acc"),
-                "delta_vs_same_seed_pp": (100 * (hs["final_test_acc"] - same_seed["summary"]["final_test_acc"])
-                                          if "final_test_acc" in hs and "final_test_acc" in same_seed["summary"]
-                                          else None),
-                "delta_vs_seed_mean_pp": (100 * (hs["final_test_acc"] - blocks[name]["test_acc"]["mean"])
-                                          if "final_test_acc" in hs else None),
+                "lr": h.config["lr"], "status": h.status, "diverged_at": h.diverged_at,
+                "test_acc": hs.final_test_acc, "best_test_acc": hs.best_test_acc,
+                "delta_vs_same_seed_pp": 100 * (hs.final_test_acc - same_seed.final_test_acc) if both else None,
+                "delta_vs_seed_mean_pp": (100 * (hs.final_test_acc - blocks[name]["test_acc"]["mean"])
+                                          if hs.final_test_acc is not None else None),
                 # the two deltas as fractions, for the README's "pp" format
-                "delta_vs_same_seed": (hs["final_test_acc"] - same_seed["summary"]["final_test_acc"]
-                                       if "final_test_acc" in hs and "final_test_acc" in same_seed["summary"]
-                                       else None),
-                "delta_vs_seed_mean": (hs["final_test_acc"] - blocks[name]["test_acc"]["mean"]
-                                       if "final_test_acc" in hs else None),
-                "test_loss": h["history"]["test_loss"], "train_loss": h["history"]["train_loss"],
+                "delta_vs_same_seed": hs.final_test_acc - same_seed.final_test_acc if both else None,
+                "delta_vs_seed_mean": (hs.final_test_acc - blocks[name]["test_acc"]["mean"]
+                                       if hs.final_test_acc is not None else None),
+                "test_loss": h.history.test_loss, "train_loss": h.history.train_loss,
                 "grad_norm_median_after_init": _nan_stat(np.nanmedian, hg[1:]),
                 "grad_norm_max_after_init": _nan_stat(np.nanmax, hg[1:]),
             }
-    summary = {"base_lr": base_lr, "high_lr": high_lr, "blocks": blocks, "data": records[0]["data"],
-               "config": {k: v for k, v in records[0]["config"].items() if k != "seed"},
+    summary = {"base_lr": base_lr, "high_lr": high_lr, "blocks": blocks, "data": records[0].data,
+               "config": {k: v for k, v in records[0].config.items() if k != "seed"},
                "note": "test_acc etc.: mean / sample std (ddof=1) / min / max over seeds at the base lr; "
                        "grad norms: global L2 norm of all conv/linear weight gradients, step 0 = initialisation."}
     write_json(out_dir / "blocks_stability.json", summary)
-    (out_dir / "blocks_stability.md").write_text(_blocks_markdown(summary) + "\n")
+    atomic_write_text(out_dir / "blocks_stability.md", _blocks_markdown(summary) + "\n")
 
     seed0 = [runs[0] for runs in groups.values() if runs]
     viz.plot_seed_bands(groups, plots_dir / "blocks_loss_bands.png",
@@ -479,10 +482,10 @@ def main(argv: list[str] | None = None) -> int:
     if "layers" in todo:
         cfg = apply_cli_overrides(LAYERS_CONFIG.replace(epochs=profile.layers_epochs,
                                                         grad_sample_every=profile.grad_sample_every), args)
-        records = run_experiment(f"{SUBDIR}/layers", layer_specs(classes, profile.base_seeds), data, cfg, runtime,
-                                 dirs.results, force=args.force, keep_models=True,
-                                 title=f"CIFAR-10 layer swaps ({source})")
-        analyse_layers(records, out_dir, dirs.plots)
+        run = run_experiment(f"{SUBDIR}/layers", layer_specs(classes, profile.base_seeds), data, cfg, runtime,
+                             dirs.results, force=args.force, keep_models=True,
+                             title=f"CIFAR-10 layer swaps ({source})")
+        analyse_layers(run, out_dir, dirs.plots)
         log.info("layers done: %s", out_dir / "layers_comparison.md")
     if "blocks" in todo:
         cfg = apply_cli_overrides(BLOCKS_CONFIG.replace(epochs=profile.blocks_epochs,
@@ -490,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         high_lr = HIGH_LR_FACTOR * cfg.lr
         records = run_experiment(f"{SUBDIR}/blocks", block_specs(classes, profile.block_seeds, high_lr), data,
                                  cfg, runtime, dirs.results, force=args.force,
-                                 title=f"CIFAR-10 residual blocks ({source})")
+                                 title=f"CIFAR-10 residual blocks ({source})").records
         analyse_blocks(records, out_dir, dirs.plots, cfg.lr, high_lr)
         log.info("blocks done: %s", out_dir / "blocks_stability.md")
     return 0

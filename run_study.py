@@ -24,7 +24,8 @@ import torch
 
 from utils import report
 from utils.cli import PROFILES, profile_output_dir
-from utils.training_utils import resolve_runtime, write_json
+from utils.files import write_json
+from utils.runtime import resolve_runtime
 
 ROOT = Path(__file__).resolve().parent
 SCRIPTS = ("homework_cnn_vs_fc_comparison.py", "homework_cnn_architecture_analysis.py",

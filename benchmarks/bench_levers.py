@@ -39,7 +39,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs  # noqa: E402
-from utils.training_utils import ExperimentConfig, make_optimizer, resolve_runtime, write_json  # noqa: E402
+from utils.experiment import ExperimentConfig  # noqa: E402
+from utils.files import write_json  # noqa: E402
+from utils.runtime import resolve_runtime  # noqa: E402
+from utils.training_utils import make_optimizer  # noqa: E402
 
 log = logging.getLogger("bench_levers")
 

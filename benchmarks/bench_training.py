@@ -30,8 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs  # noqa: E402
 from utils.comparison_utils import count_flops  # noqa: E402
 from utils.data import DatasetSplits, load_dataset, resolve_data_dir  # noqa: E402
-from utils.training_utils import (ExperimentConfig, evaluate, lr_factor, measure_inference,  # noqa: E402
-                                  resolve_runtime, train_model, write_json)
+from utils.experiment import ExperimentConfig  # noqa: E402
+from utils.files import write_json  # noqa: E402
+from utils.runtime import resolve_runtime  # noqa: E402
+from utils.training_utils import evaluate, lr_factor, measure_inference, train_model  # noqa: E402
 from utils.data import BatchLoader  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -97,9 +99,9 @@ def textbook_inference(model: nn.Module, data: DatasetSplits, batch: int = 512) 
     return seen / (time.perf_counter() - t0)
 
 
-def engine_train(spec, data: DatasetSplits, cfg: ExperimentConfig, runtime, n_images: int) -> tuple[float, dict]:
-    rec = train_model(spec, data, cfg.replace(epochs=1, train_eval_samples=100), runtime, experiment="bench")
-    return rec["history"]["epoch_time_s"][0], rec
+def engine_train(spec, data: DatasetSplits, cfg: ExperimentConfig, runtime, n_images: int) -> tuple[float, nn.Module]:
+    rec, model = train_model(spec, data, cfg.replace(epochs=1, train_eval_samples=100), runtime, experiment="bench")
+    return rec.history.epoch_time_s[0], model
 
 
 def bench_one(label: str, spec, data: DatasetSplits, cfg: ExperimentConfig, runtime, n_images: int,
@@ -110,14 +112,13 @@ def bench_one(label: str, spec, data: DatasetSplits, cfg: ExperimentConfig, runt
     for r in range(repeats):                       # alternate, so drifts in machine load hit both
         for w in text:
             text[w].append(textbook_train(spec.build, data, cfg, n_images, w)[0])
-        seconds, rec = engine_train(spec, data, cfg, runtime, n_images)
+        seconds, model = engine_train(spec, data, cfg, runtime, n_images)
         eng.append((len(data.train) // cfg.batch_size) * cfg.batch_size / seconds)
         log.info("%s repeat %d: textbook %.0f / %.0f img/s (workers 0 / 2), engine %.0f img/s", label, r + 1,
                  text[0][-1], text[2][-1], eng[-1])
     best_workers = max(text, key=lambda w: statistics.median(text[w]))
     tb = statistics.median(text[best_workers])
     en = statistics.median(eng)
-    model = rec["_model"]
     loader = BatchLoader(data.test, 512, data.mean, data.std, device=runtime.device,
                          channels_last=runtime.channels_last)
     eng_inf = measure_inference(model, loader, runtime)["throughput_img_s"]
@@ -135,10 +136,10 @@ def bench_one(label: str, spec, data: DatasetSplits, cfg: ExperimentConfig, runt
 def accuracy_check(spec, data: DatasetSplits, cfg: ExperimentConfig, runtime, n_images: int) -> dict:
     """One epoch over the same ``n_images`` each way; both models scored by the same evaluator."""
     _, textbook_model = textbook_train(spec.build, data, cfg, n_images, workers=0)
-    _, rec = engine_train(spec, data, cfg, runtime, n_images)
+    _, engine_model = engine_train(spec, data, cfg, runtime, n_images)
     test = BatchLoader(data.test, 1000, data.mean, data.std, device=runtime.device)
-    return {"images": n_images, "textbook_test_acc": evaluate(textbook_model, test, runtime)["acc"],
-            "engine_test_acc": evaluate(rec["_model"], test, runtime)["acc"]}
+    return {"images": n_images, "textbook_test_acc": evaluate(textbook_model, test, runtime).acc,
+            "engine_test_acc": evaluate(engine_model, test, runtime).acc}
 
 
 def main(argv: list[str] | None = None) -> int:

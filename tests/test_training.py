@@ -13,8 +13,12 @@ from torch import nn
 
 from tests.conftest import class_pattern_images
 from utils.data import ArrayDataset, DatasetSplits
-from utils.training_utils import (ExperimentConfig, ModelSpec, lr_factor, read_json, resolve_runtime,
-                                  run_experiment, train_model, write_json)
+from utils.experiment import ExperimentConfig, ModelSpec
+from utils.files import read_json, write_json
+from utils.records import RunRecord
+from utils.runner import run_experiment
+from utils.runtime import resolve_runtime
+from utils.training_utils import lr_factor, train_model
 
 RECORD_KEYS = {"schema_version", "experiment", "model", "status", "config", "config_hash", "data", "runtime",
                "params", "flops_per_image", "history", "train_time_s", "inference", "grad_stats", "predictions",
@@ -42,35 +46,37 @@ def runtime():
 
 
 def test_engine_learns_and_returns_a_complete_record(runtime):
-    rec = train_model(ModelSpec("tiny", _tiny_cnn), _splits(), CFG, runtime, experiment="t")
-    model = rec.pop("_model")
+    rec, model = train_model(ModelSpec("tiny", _tiny_cnn, group="g", variant="v"), _splits(), CFG, runtime,
+                             experiment="t")
     assert isinstance(model, nn.Module)
-    assert RECORD_KEYS <= set(rec)
-    h = rec["history"]
-    assert h["epoch"] == [1, 2, 3]
-    assert h["train_loss"][-1] < h["train_loss"][0]
-    assert h["test_acc"][-1] > 0.6                      # chance is 0.25
-    assert rec["status"] == "completed"
-    assert rec["params"]["total"] == 4 * 9 + 4 + 100 * 4 + 4
-    assert rec["flops_per_image"] == 2 * (9 * 4 * 100 + 100 * 4)
-    assert len(rec["predictions"]) == 80 and rec["inference"]["latency_ms_batch1"] > 0
-    g = rec["grad_stats"]
-    assert g["names"] == ["0.weight", "5.weight"] and g["step"][0] == 0
-    assert len(g["l2"]) == len(g["step"]) and all(len(row) == 2 for row in g["l2"])
-    json.dumps(rec)                                      # the record is JSON-safe
-    assert rec["summary"]["final_test_acc"] == h["test_acc"][-1]
+    assert RECORD_KEYS <= set(rec.to_dict())
+    assert (rec.group, rec.variant, rec.seed) == ("g", "v", CFG.seed)
+    h = rec.history
+    assert h.epoch == [1, 2, 3]
+    assert h.train_loss[-1] < h.train_loss[0]
+    assert h.test_acc[-1] > 0.6                      # chance is 0.25
+    assert rec.status == "completed"
+    assert rec.params["total"] == 4 * 9 + 4 + 100 * 4 + 4
+    assert rec.flops_per_image == 2 * (9 * 4 * 100 + 100 * 4)
+    assert len(rec.predictions) == 80 and rec.inference["latency_ms_batch1"] > 0
+    g = rec.grad_stats
+    assert g.names == ["0.weight", "5.weight"] and g.step[0] == 0
+    assert len(g.l2) == len(g.step) and all(len(row) == 2 for row in g.l2)
+    d = json.loads(json.dumps(rec.to_dict()))           # the record is JSON-safe and reads back equal
+    assert RunRecord.from_dict(d) == rec
+    assert rec.summary.final_test_acc == h.test_acc[-1]
 
 
 def test_same_seed_gives_bit_identical_metrics_in_fp32(runtime):
     spec = ModelSpec("tiny", _tiny_cnn)
     cfg = CFG.replace(dropout=0.3, augment=False)
-    a = train_model(spec, _splits(), cfg, runtime, experiment="t")
-    b = train_model(spec, _splits(), cfg, runtime, experiment="t")
+    a, _ = train_model(spec, _splits(), cfg, runtime, experiment="t")
+    b, _ = train_model(spec, _splits(), cfg, runtime, experiment="t")
     for key in ("train_loss", "test_loss", "test_acc", "train_eval_loss"):
-        assert a["history"][key] == b["history"][key]
-    assert a["predictions"] == b["predictions"] and a["grad_stats"]["l2"] == b["grad_stats"]["l2"]
-    c = train_model(spec, _splits(), cfg.replace(seed=1), runtime, experiment="t")
-    assert c["history"]["train_loss"] != a["history"]["train_loss"]
+        assert getattr(a.history, key) == getattr(b.history, key)
+    assert a.predictions == b.predictions and a.grad_stats.l2 == b.grad_stats.l2
+    c, _ = train_model(spec, _splits(), cfg.replace(seed=1), runtime, experiment="t")
+    assert c.history.train_loss != a.history.train_loss
 
 
 class _ExplodesAtStep(nn.Module):
@@ -90,10 +96,9 @@ class _ExplodesAtStep(nn.Module):
 
 def test_divergence_is_recorded_not_raised(runtime, tmp_path):
     specs = [ModelSpec("bad", lambda c: _ExplodesAtStep(at=10)), ModelSpec("good", _tiny_cnn)]
-    recs = run_experiment("exp", specs, _splits(), CFG, runtime, tmp_path)
-    bad, good = recs
-    assert bad["status"] == "diverged" and bad["diverged_at"]["epoch"] == 2 and bad["diverged_at"]["step"] == 9
-    assert good["status"] == "completed"           # the script goes on with the other models
+    bad, good = run_experiment("exp", specs, _splits(), CFG, runtime, tmp_path).records
+    assert bad.status == "diverged" and bad.diverged_at["epoch"] == 2 and bad.diverged_at["step"] == 9
+    assert good.status == "completed"           # the script goes on with the other models
     on_disk = read_json(tmp_path / "exp" / "bad.json")
     assert on_disk["status"] == "diverged"
     assert "diverged" in (tmp_path / "exp" / "summary.md").read_text()
@@ -101,11 +106,11 @@ def test_divergence_is_recorded_not_raised(runtime, tmp_path):
 
 def test_finished_runs_are_skipped_and_corrupt_results_rerun(runtime, tmp_path, caplog):
     spec = ModelSpec("tiny", _tiny_cnn)
-    first = run_experiment("exp", [spec], _splits(), CFG.replace(epochs=1), runtime, tmp_path)[0]
+    first = run_experiment("exp", [spec], _splits(), CFG.replace(epochs=1), runtime, tmp_path).records[0]
     with caplog.at_level(logging.INFO):
-        again = run_experiment("exp", [spec], _splits(), CFG.replace(epochs=1), runtime, tmp_path)[0]
+        again = run_experiment("exp", [spec], _splits(), CFG.replace(epochs=1), runtime, tmp_path).records[0]
     assert "skipping" in caplog.text
-    assert again["history"] == first["history"]
+    assert again.history == first.history
     # a changed config is not skipped
     caplog.clear()
     with caplog.at_level(logging.INFO):
@@ -115,14 +120,14 @@ def test_finished_runs_are_skipped_and_corrupt_results_rerun(runtime, tmp_path, 
     (tmp_path / "exp" / "tiny.json").write_text("{ truncated")
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        rec = run_experiment("exp", [spec], _splits(), CFG.replace(epochs=2), runtime, tmp_path)[0]
-    assert "does not parse" in caplog.text and rec["status"] == "completed"
+        rec = run_experiment("exp", [spec], _splits(), CFG.replace(epochs=2), runtime, tmp_path).records[0]
+    assert "does not parse" in caplog.text and rec.status == "completed"
     assert read_json(tmp_path / "exp" / "tiny.json")["history"]["epoch"] == [1, 2]
 
 
 def test_interrupted_run_resumes_to_the_same_final_metrics(runtime, tmp_path):
     cfg = CFG.replace(epochs=3, dropout=0.2)
-    reference = run_experiment("ref", [ModelSpec("tiny", _tiny_cnn)], _splits(), cfg, runtime, tmp_path)[0]
+    reference = run_experiment("ref", [ModelSpec("tiny", _tiny_cnn)], _splits(), cfg, runtime, tmp_path).records[0]
 
     state = {"calls": 0, "interrupt_at": 17}   # 7 steps per epoch: interrupted inside epoch 3
 
@@ -144,10 +149,10 @@ def test_interrupted_run_resumes_to_the_same_final_metrics(runtime, tmp_path):
     ckpt = tmp_path / "ref2" / "checkpoints" / "tiny.pt"
     assert ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] == 2
     assert not (tmp_path / "ref2" / "tiny.json").exists()   # nothing half-written
-    resumed = run_experiment("ref2", [spec], _splits(), cfg, runtime, tmp_path)[0]
+    resumed = run_experiment("ref2", [spec], _splits(), cfg, runtime, tmp_path).records[0]
     for key in ("train_loss", "test_loss", "test_acc"):
-        assert resumed["history"][key] == reference["history"][key]
-    assert resumed["predictions"] == reference["predictions"]
+        assert getattr(resumed.history, key) == getattr(reference.history, key)
+    assert resumed.predictions == reference.predictions
     assert not ckpt.exists()
 
 
@@ -171,7 +176,11 @@ def test_config_validation_and_schedule():
     with pytest.raises(ValueError):
         ExperimentConfig(lr=-1.0)
     with pytest.raises(ValueError):
-        ModelSpec("x", _tiny_cnn, overrides={"epochs": 9}).config_for(CFG)
+        ModelSpec("x", _tiny_cnn, overrides={"epochs": 9})
+    with pytest.raises(ValueError):
+        ModelSpec("x", _tiny_cnn, overrides={"lr": 1.0})     # an lr study declares ModelSpec.lr
+    assert ModelSpec("x", _tiny_cnn, lr=0.5, seed=2).config_for(CFG).lr == 0.5
+    assert ModelSpec("x", _tiny_cnn, lr=0.5, seed=2).config_for(CFG).seed == CFG.seed + 2
     cfg = CFG.replace(schedule="onecycle", warmup_fraction=0.25)
     assert lr_factor(0, 100, cfg) == pytest.approx(0.1)
     assert lr_factor(25, 100, cfg) == pytest.approx(1.0)

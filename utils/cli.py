@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from utils.data import DATA_DIR_ENV, DataError
-from utils.training_utils import RuntimeUnavailable
+from utils.runtime import RuntimeUnavailable
 
 PROFILES = ("quick", "standard", "full")
 CACHE_DIR_ENV = "HOMEWORK_CACHE_DIR"

@@ -158,20 +158,20 @@ def write_summary(records: Sequence[RunRecord], out_dir: Path, title: str) -> No
     for r in rows:
         writer.writerow({k: _fmt_csv(r.get(k)) for k in columns})
     atomic_write_text(Path(out_dir) / "summary.csv", buf.getvalue())
-    atomic_write_text(Path(out_dir) / "summary.md", f"# {title}\n\n" + summary_markdown(records) + "\n")
+    atomic_write_text(Path(out_dir) / "summary.md",
+                      f"# {title}\n\n" + summary_markdown([r.summary for r in records]) + "\n")
 
 
 def _fmt_csv(v: Any) -> Any:
     return f"{v:.6g}" if isinstance(v, float) else v
 
 
-def summary_markdown(records: Sequence[RunRecord]) -> str:
-    """The standard results table (also embedded in README by ``utils.report``)."""
+def summary_markdown(summaries: Sequence[Summary]) -> str:
+    """The standard results table of runs' summaries (also embedded in README by ``utils.report``)."""
     head = ("| model | params | MFLOPs/img | train acc | test acc (final) | test acc (best @ep) | gap | "
             "train time | s/epoch | latency b=1 | throughput |")
     lines = [head, "|" + "|".join(["---"] * 11) + "|"]
-    for r in records:
-        s = r.summary
+    for s in summaries:
         if s.final_test_acc is None:
             lines.append(f"| {s.model} | {s.params:,} | {s.mflops:.1f} | {s.status} | | | | | | | |")
             continue

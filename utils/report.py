@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from utils.training_utils import atomic_write_text, summary_markdown
+from utils.files import atomic_write_text
+from utils.records import Summary, summary_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "docs" / "README.template.md"
@@ -83,8 +84,7 @@ def results_table(results_dir: Path, experiment: str) -> str:
     folder = results_dir / experiment
     with open(folder / "summary.csv", newline="") as fh:
         names = [row["model"] for row in csv.DictReader(fh)]
-    records = [json.loads((folder / f"{n}.json").read_text()) for n in names]
-    return summary_markdown(records)
+    return summary_markdown([Summary(**json.loads((folder / f"{n}.json").read_text())["summary"]) for n in names])
 
 
 def render(template: str, results_dir: Path) -> str:

@@ -192,13 +192,19 @@ def _loaders(data: DatasetSplits, cfg: ExperimentConfig, runtime: Runtime) -> tu
     return train, test, train_eval
 
 
+def build_model(spec: ModelSpec, cfg: ExperimentConfig) -> nn.Module:
+    """The model of ``spec`` exactly as its run starts: seeded, built (``cfg`` = the run's config).
+    Analyses that need the untrained network (e.g. the ERF at initialisation) call this too."""
+    seed_everything(cfg.seed)
+    return spec.build(cfg)
+
+
 def train_model(spec: ModelSpec, data: DatasetSplits, base_cfg: ExperimentConfig, runtime: Runtime, *,
                 experiment: str, checkpoint_path: Path | None = None,
                 config_hash: str = "") -> tuple[RunRecord, nn.Module]:
     """Train one model; return its result record and the trained model."""
     cfg = spec.config_for(base_cfg)
-    seed_everything(cfg.seed)
-    model = spec.build(cfg)
+    model = build_model(spec, cfg)
     params = count_parameters(model)
     flops = count_flops(model, data.image_shape)
     model = model.to(runtime.device)

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from utils.training_utils import atomic_write_bytes  # noqa: E402
+from utils.files import atomic_write_bytes  # noqa: E402
 
 sns.set_theme(context="notebook", style="whitegrid", font_scale=1.0)
 plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 110, "axes.titlesize": 12, "axes.labelsize": 11,
