@@ -39,6 +39,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs  # noqa: E402
+from utils.timing import rotated  # noqa: E402
 from utils.training_utils import ExperimentConfig, make_optimizer, resolve_runtime, write_json  # noqa: E402
 
 log = logging.getLogger("bench_levers")
@@ -163,7 +164,7 @@ def bench_model(label: str, build: Callable[[], nn.Module], shape: tuple[int, ..
     for r in range(repeats):
         # in turns, the order rotated every repeat: load drifts and "first in the round" effects
         # hit every variant alike
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in rotated(names, r):
             runner = runners[name]
             k = max(1, steps // 4) if runner.v.slow else steps
             times[name].append(k * cfg.batch_size / runner.steps(k))

@@ -3,8 +3,7 @@
 Run from the repo root:  HOMEWORK_THREADS=1 python3 -m pytest tests/test_custom_layers_experiments.py -q
 
 What is checked
-  * the side-by-side speed functions return sane fields on a tiny input;
-  * the multi-seed aggregation helpers on synthetic numbers / records;
+  * the blocks analysis on synthetic records (the helpers have their own test files);
   * the reference (autograd) layers compute exactly what the custom layers compute;
   * output shape and a hand-computed parameter count of BasicBlock, BottleneckBlock and WideBlock,
     with and without a projection shortcut;
@@ -14,9 +13,7 @@ What is checked
 from __future__ import annotations
 
 import json
-import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -25,34 +22,6 @@ from models.cnn_models import BasicBlock, BottleneckBlock, WideBlock
 from models.custom_layers import CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, Swish
 from models.reference_layers import (AutogradCBAM, AutogradChannelAttention, AutogradConv2d, AutogradGeMPool2d,
                                      AutogradMixedPool2d, AutogradSwish)
-from utils import comparison_utils as cu
-
-
-# ----------------------------------------------------------------------------------- speed
-def test_time_forward_backward_fields():
-    x = torch.randn(2, 4, 8, 8)
-    t = cu.time_forward_backward({"a": nn.Conv2d(4, 4, 3, padding=1), "b": nn.ReLU()}, x, repeats=3, warmup=1)
-    assert set(t) == {"a", "b"}
-    for v in t.values():
-        assert len(v["times_ms"]) == 3
-        assert 0 < v["min_ms"] <= v["median_ms"] < 10_000
-    with pytest.raises(ValueError):
-        cu.time_forward_backward({}, x)
-
-
-def test_compare_forward_backward_same_function():
-    torch.manual_seed(0)
-    custom = CustomConv2d(3, 5, 3, padding=1, bias=False)
-    native = nn.Conv2d(3, 5, 3, padding=1, bias=False)
-    native.load_state_dict(custom.state_dict())
-    out = cu.compare_forward_backward(custom, native, torch.randn(2, 3, 8, 8), repeats=2, warmup=1)
-    assert set(out) == {"custom_ms", "native_ms", "ratio", "max_abs_diff"}
-    assert out["custom_ms"] > 0 and out["native_ms"] > 0
-    assert out["ratio"] == pytest.approx(out["custom_ms"] / out["native_ms"])
-    assert out["max_abs_diff"] < 1e-5
-    # different output shapes -> no diff, but still timed
-    out = cu.compare_forward_backward(MixedPool2d(2), nn.Identity(), torch.randn(1, 2, 4, 4), repeats=1, warmup=0)
-    assert out["max_abs_diff"] is None and out["ratio"] > 0
 
 
 @pytest.mark.parametrize("make,make_ref,channels,positive", [
@@ -84,34 +53,6 @@ def test_reference_layers_match_custom(make, make_ref, channels, positive):
 
 
 # ----------------------------------------------------------------------------- aggregation
-def test_seed_statistics():
-    st = cu.seed_statistics([0.5, 0.6, 0.7])
-    assert st["mean"] == pytest.approx(0.6)
-    assert st["std"] == pytest.approx(0.1)          # sample std (ddof=1)
-    assert (st["min"], st["max"], st["n"], st["n_missing"]) == (0.5, 0.7, 3, 0)
-    st = cu.seed_statistics([0.5, float("nan")])     # a diverged seed is counted as missing
-    assert (st["mean"], st["std"], st["n"], st["n_missing"]) == (0.5, 0.0, 1, 1)
-    assert math.isnan(cu.seed_statistics([float("nan")])["mean"])
-
-
-def test_curve_band_uneven_lengths():
-    band = cu.curve_band([[3.0, 2.0, 1.0], [5.0, 4.0], [4.0, 3.0, 2.0]])
-    assert band["mean"] == pytest.approx([4.0, 3.0, 1.5])
-    assert band["min"] == [3.0, 2.0, 1.0]
-    assert band["max"] == [5.0, 4.0, 2.0]
-    assert band["n"] == [3, 3, 2]
-    with pytest.raises(ValueError):
-        cu.curve_band([])
-
-
-def test_total_grad_norm_and_spread():
-    np.testing.assert_allclose(cu.total_grad_norm([[3.0, 4.0], [0.0, 1.0]]), [5.0, 1.0])
-    with pytest.raises(ValueError):
-        cu.total_grad_norm([1.0, 2.0])
-    assert cu.relative_spread([1.0, 2.0, 3.0]) == pytest.approx(1.0)
-    assert cu.relative_spread([2.0, 2.0]) == 0.0
-
-
 def test_analyse_blocks_on_synthetic_records(tmp_path):
     """The blocks analysis aggregates seeds (mean ± std) and reads the high-lr run, incl. a diverged one."""
     import homework_custom_layers_experiments as hw

@@ -23,7 +23,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from utils.comparison_utils import count_flops, count_parameters, weight_tensor_names
+from utils.gradient_stats import weight_tensor_names
+from utils.model_stats import count_flops, count_parameters
 from utils.data import BatchLoader, DatasetSplits, stratified_subset
 
 log = logging.getLogger(__name__)
