@@ -37,10 +37,13 @@ from models.cnn_models import BasicBlock, KernelSizeCNN, PlainCNN, ResNet, resne
 from utils import visualization_utils as viz
 from utils.cli import (apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
                        setup_logging)
-from utils.comparison_utils import (collect_activations, conv_layer_costs, count_parameters,
-                                    effective_receptive_field, erf_extent_at, gradient_flow_summary,
-                                    layer_specs_from_module, receptive_field, relative_param_gap,
-                                    solve_width_for_params, time_forward_backward, within_tolerance)
+from utils.activations import collect_activations
+from utils.gradient_stats import gradient_flow_summary
+from utils.markdown import markdown_table
+from utils.model_stats import (conv_layer_costs, count_parameters, relative_param_gap, solve_width_for_params,
+                               within_tolerance)
+from utils.receptive_field import effective_receptive_field, erf_extent_at, layer_specs_from_module, receptive_field
+from utils.timing import time_forward_backward
 from utils.data import BatchLoader, DatasetSplits
 from utils.experiment import ExperimentConfig, ModelSpec
 from utils.files import atomic_write_text, write_json
@@ -152,7 +155,7 @@ def side_by_side_step_times(models: dict[str, nn.Module], image_shape: tuple[int
 
     Why next to the engine's training time: that one is wall time per model, measured at
     different moments, so any other load on the machine lands on some models only. Here the
-    models take turns (``utils.comparison_utils.time_forward_backward`` rotates the order every
+    models take turns (``utils.timing.time_forward_backward`` rotates the order every
     round), so a background load hits all of them alike and the ratios stay fair. Deep copies in
     train mode: the BN running statistics of the trained models are not touched.
     """
@@ -259,30 +262,28 @@ def analyse_kernels(run: ExperimentRun, specs: list[ModelSpec], matching: dict, 
 
 def kernel_markdown(analysis: dict) -> str:
     pm = analysis["param_matching"]
-    lines = [f"# Kernel size at equal parameters\n",
+    lines = ["# Kernel size at equal parameters\n",
              f"Target: {pm['target_params']:,} parameters ({pm['reference']}), tolerance ±{100 * pm['tolerance']:.0f} %, "
              f"worst gap {100 * pm['max_relative_gap']:.2f} %. ERF extent = side of the centred square holding "
              f"{100 * analysis['erf_mass']:.0f} % of the mean |d unit / d input| over {analysis['analysis_images']} "
-             f"test images.\n",
-             "| model | stage widths | params | gap | MFLOPs/img | test acc | train time | fwd+bwd per batch "
-             "(side by side) | theoretical RF | ERF95 init | ERF95 trained | ERF RMS radius init / trained |",
-             "|" + "|".join(["---"] * 12) + "|"]
+             f"test images.\n"]
     m95 = str(analysis["erf_mass"])
+    rows = []
     for name, t in analysis["models"].items():
         acc = "–" if t["final_test_acc"] is None else f"{100 * t['final_test_acc']:.2f} %"
         tt = "–" if t["train_time_s"] is None else f"{t['train_time_s']:.0f} s"
-        lines.append(f"| {name} | {'-'.join(map(str, t['stage_widths']))} | {t['params']:,} | "
-                     f"{100 * t['param_gap']:+.2f} % | {t['mflops']:.1f} | {acc} | {tt} | "
-                     f"{t['step_time']['median_ms_per_batch']:.0f} ms | {t['theoretical_rf']} px | "
-                     f"{t['erf_extent_init'][m95]} px | {t['erf_extent_trained'][m95]} px | "
-                     f"{t['erf_rms_radius_init']:.1f} / {t['erf_rms_radius_trained']:.1f} px |")
+        rows.append([name, "-".join(map(str, t["stage_widths"])), f"{t['params']:,}", f"{100 * t['param_gap']:+.2f} %",
+                     f"{t['mflops']:.1f}", acc, tt, f"{t['step_time']['median_ms_per_batch']:.0f} ms",
+                     f"{t['theoretical_rf']} px", f"{t['erf_extent_init'][m95]} px", f"{t['erf_extent_trained'][m95]} px",
+                     f"{t['erf_rms_radius_init']:.1f} / {t['erf_rms_radius_trained']:.1f} px"])
+    lines.append(markdown_table(["model", "stage widths", "params", "gap", "MFLOPs/img", "test acc", "train time",
+                                 "fwd+bwd per batch (side by side)", "theoretical RF", "ERF95 init", "ERF95 trained",
+                                 "ERF RMS radius init / trained"], rows))
+    resolutions = list(next(iter(analysis["models"].values()))["flops_by_resolution"])
+    rows = [[name] + [f"{t['flops_by_resolution'][k] / 1e6:.1f} / {t['params_by_resolution'][k]:,}"
+                      for k in t["flops_by_resolution"]] for name, t in analysis["models"].items()]
     lines += ["", "FLOPs by the resolution the convolutions run at (MFLOPs / parameters):", "",
-              "| model | " + " | ".join(next(iter(analysis["models"].values()))["flops_by_resolution"]) + " |",
-              "|---|" + "---|" * len(next(iter(analysis["models"].values()))["flops_by_resolution"])]
-    for name, t in analysis["models"].items():
-        cells = [f"{t['flops_by_resolution'][k] / 1e6:.1f} / {t['params_by_resolution'][k]:,}"
-                 for k in t["flops_by_resolution"]]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+              markdown_table(["model", *resolutions], rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -437,23 +438,22 @@ def analyse_depth(run: ExperimentRun, data: DatasetSplits, runtime: Runtime, out
 
 
 def depth_markdown(analysis: dict) -> str:
-    lines = ["# Depth and residual connections\n",
-             "Gradient ratio = ‖grad first conv weight‖ / ‖grad last (linear) layer weight‖; < 1: gradients "
-             "shrink towards the input.\n",
-             "| model | convs | params | MFLOPs/img | status | test acc | train loss (last epoch) | train time | "
-             "fwd+bwd per batch (side by side) | theoretical RF | grad ratio at init | grad ratio, median in training |",
-             "|" + "|".join(["---"] * 12) + "|"]
+    rows = []
     for name, t in analysis["models"].items():
         g = t["gradients"]
         acc = "–" if t["final_test_acc"] is None else f"{100 * t['final_test_acc']:.2f} %"
         loss = "–" if t["final_train_loss"] is None else f"{t['final_train_loss']:.3f}"
         tt = "–" if t["train_time_s"] is None else f"{t['train_time_s']:.0f} s"
         med = g.get("ratio_first_last_median_training")
-        lines.append(f"| {name} | {t['conv_layers']} | {t['params']:,} | {t['mflops']:.1f} | {t['status']} | {acc} | "
-                     f"{loss} | {tt} | {t['step_time']['median_ms_per_batch']:.0f} ms | {t['theoretical_rf_final']} px | "
-                     f"{g.get('ratio_first_last_init', float('nan')):.3g} | "
-                     f"{'–' if med is None else f'{med:.3g}'} |")
-    return "\n".join(lines) + "\n"
+        rows.append([name, t["conv_layers"], f"{t['params']:,}", f"{t['mflops']:.1f}", t["status"], acc, loss, tt,
+                     f"{t['step_time']['median_ms_per_batch']:.0f} ms", f"{t['theoretical_rf_final']} px",
+                     f"{g.get('ratio_first_last_init', float('nan')):.3g}", "–" if med is None else f"{med:.3g}"])
+    table = markdown_table(["model", "convs", "params", "MFLOPs/img", "status", "test acc", "train loss (last epoch)",
+                            "train time", "fwd+bwd per batch (side by side)", "theoretical RF", "grad ratio at init",
+                            "grad ratio, median in training"], rows)
+    return "\n".join(["# Depth and residual connections\n",
+                      "Gradient ratio = ‖grad first conv weight‖ / ‖grad last (linear) layer weight‖; < 1: gradients "
+                      "shrink towards the input.\n", table]) + "\n"
 
 
 # ------------------------------------------------------------------------------------- main

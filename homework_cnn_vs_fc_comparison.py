@@ -24,7 +24,8 @@ from models.fc_models import FullyConnectedNet
 import numpy as np
 
 from utils import visualization_utils as viz
-from utils.comparison_utils import classification_summary, gradient_flow_summary
+from utils.classification import classification_summary
+from utils.gradient_stats import gradient_flow_summary
 from utils.cli import (apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
                        setup_logging)
 from utils.experiment import ExperimentConfig, ModelSpec

@@ -36,7 +36,6 @@ from models.cnn_models import BasicBlock, BottleneckBlock, ResNet, SwappableCNN,
 from models.custom_layers import CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, Swish
 from models.reference_layers import (AutogradCBAM, AutogradChannelAttention, AutogradConv2d, AutogradGeMPool2d,
                                      AutogradMixedPool2d, AutogradSwish)
-from utils import comparison_utils as cu
 from utils import visualization_utils as viz
 from utils.cli import (apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
                        setup_logging)
@@ -45,6 +44,10 @@ from utils.files import atomic_write_text, read_json, write_json
 from utils.records import RunRecord
 from utils.runner import ExperimentRun, run_experiment
 from utils.runtime import Runtime, resolve_runtime
+from utils.gradient_stats import total_grad_norm
+from utils.markdown import markdown_table
+from utils.statistics import curve_band, relative_spread, seed_statistics
+from utils.timing import time_forward_backward
 
 log = logging.getLogger("custom_layers")
 EXPERIMENTS = ("speed", "layers", "blocks")
@@ -159,7 +162,7 @@ def run_speed(profile: Profile, runtime: Runtime, out_dir: Path, plots_dir: Path
             for m in mods.values():
                 m.to(runtime.device, memory_format=fmt)
             xin = x.relu() + 1e-3 if case.positive_input else x
-            t = cu.time_forward_backward(mods, xin, repeats=profile.speed_repeats, warmup=2)
+            t = time_forward_backward(mods, xin, repeats=profile.speed_repeats, warmup=2)
             with torch.no_grad():
                 y = mods["custom"](xin)
                 ref = mods.get("autograd") or (mods["standard"] if case.same_as_standard else None)
@@ -188,18 +191,19 @@ def run_speed(profile: Profile, runtime: Runtime, out_dir: Path, plots_dir: Path
 
 def _speed_markdown(result: dict) -> str:
     st = result["settings"]
-    lines = [f"Input {st['batch']}x{st['channels']}x{st['size']}x{st['size']} ({'channels_last, ' if st['channels_last'] else ''}"
-             f"{st['dtype']}, {st['threads']} threads, {st['device']}); median of {st['repeats']} side-by-side rounds.", "",
-             "| layer | variant | custom (ms) | autograd, same maths (ms) | custom / autograd | standard layer | "
-             "standard (ms) | custom / standard | max abs diff |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        ratio = lambda v: "-" if v is None else f"×{v:.2f}"  # noqa: E731
-        diff = "-" if r["max_abs_diff_vs_reference"] is None else f"{r['max_abs_diff_vs_reference']:.1e}"
-        lines.append(f"| {r['layer']} | {r['variant']} | {r['custom_ms']:.2f} | {_ms(r['autograd_ms'])} | "
-                     f"{ratio(r['ratio_vs_autograd'])} | {r['standard_layer'] or '-'} | {_ms(r['standard_ms'])} | "
-                     f"{ratio(r['ratio_vs_standard'])} | {diff} |")
-    return "\n".join(lines)
+
+    def ratio(v: float | None) -> str:
+        return "-" if v is None else f"×{v:.2f}"
+
+    rows = [[r["layer"], r["variant"], f"{r['custom_ms']:.2f}", _ms(r["autograd_ms"]), ratio(r["ratio_vs_autograd"]),
+             r["standard_layer"] or "-", _ms(r["standard_ms"]), ratio(r["ratio_vs_standard"]),
+             "-" if r["max_abs_diff_vs_reference"] is None else f"{r['max_abs_diff_vs_reference']:.1e}"]
+            for r in result["rows"]]
+    table = markdown_table(["layer", "variant", "custom (ms)", "autograd, same maths (ms)", "custom / autograd",
+                            "standard layer", "standard (ms)", "custom / standard", "max abs diff"], rows)
+    return "\n".join([f"Input {st['batch']}x{st['channels']}x{st['size']}x{st['size']} "
+                      f"({'channels_last, ' if st['channels_last'] else ''}{st['dtype']}, {st['threads']} threads, "
+                      f"{st['device']}); median of {st['repeats']} side-by-side rounds.", "", table])
 
 
 def _ms(v: float | None) -> str:
@@ -265,8 +269,8 @@ def analyse_layers(run: ExperimentRun, out_dir: Path, plots_dir: Path) -> dict:
     """Compare every swap with the base CNN; write ``layers_comparison.{json,md}`` and the figures."""
     records = run.records
     base = [r for r in records if r.group == "base"]
-    base_acc = cu.seed_statistics([_nan(r.summary.final_test_acc) for r in base])
-    base_epoch = cu.seed_statistics([_nan(r.summary.epoch_time_s) for r in base])
+    base_acc = seed_statistics([_nan(r.summary.final_test_acc) for r in base])
+    base_epoch = seed_statistics([_nan(r.summary.epoch_time_s) for r in base])
     rows = []
     for r in records:
         s = r.summary
@@ -301,16 +305,16 @@ def analyse_layers(run: ExperimentRun, out_dir: Path, plots_dir: Path) -> dict:
 
 def _layers_markdown(summary: dict) -> str:
     b = summary["base_test_acc"]
-    lines = [f"Base CNN over {b['n']} seeds: test accuracy {100 * b['mean']:.2f} ± {100 * b['std']:.2f} % "
-             f"(mean ± std).", "",
-             "| model | swapped | vs | test acc | Δ vs base mean | params (+extra) | MFLOPs | s/epoch | ×base time | learned |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for r in summary["rows"]:
         learned = "; ".join(f"{k} " + ", ".join(f"{v:.3f}" for v in vals) for k, vals in r["learned"].items())
-        lines.append(f"| {r['model']} | {r['swapped']} | {r['compared_with']} | {100 * r['test_acc']:.2f} % | "
-                     f"{r['delta_vs_base_mean_pp']:+.2f} pp | {r['params']:,} ({r['extra_params_vs_base']:+,}) | "
-                     f"{r['mflops']:.1f} | {r['epoch_time_s']:.1f} | {r['epoch_time_ratio_vs_base']:.2f} | {learned} |")
-    return "\n".join(lines)
+        rows.append([r["model"], r["swapped"], r["compared_with"], f"{100 * r['test_acc']:.2f} %",
+                     f"{r['delta_vs_base_mean_pp']:+.2f} pp", f"{r['params']:,} ({r['extra_params_vs_base']:+,})",
+                     f"{r['mflops']:.1f}", f"{r['epoch_time_s']:.1f}", f"{r['epoch_time_ratio_vs_base']:.2f}", learned])
+    table = markdown_table(["model", "swapped", "vs", "test acc", "Δ vs base mean", "params (+extra)", "MFLOPs",
+                            "s/epoch", "×base time", "learned"], rows)
+    return "\n".join([f"Base CNN over {b['n']} seeds: test accuracy {100 * b['mean']:.2f} ± {100 * b['std']:.2f} % "
+                      f"(mean ± std).", "", table])
 
 
 # ------------------------------------------------------------------------------------ blocks
@@ -361,37 +365,37 @@ def analyse_blocks(records: list[RunRecord], out_dir: Path, plots_dir: Path, bas
             continue
         s0 = runs[0].summary
         final = [_nan(r.summary.final_test_acc) for r in runs]
-        grad_tot = [cu.total_grad_norm(r.grad_stats.l2) for r in runs if r.grad_stats.l2]
+        grad_tot = [total_grad_norm(r.grad_stats.l2) for r in runs if r.grad_stats.l2]
         after_init = np.concatenate([g[1:] for g in grad_tot] + [np.array([np.nan])])  # NaN: never empty
         blocks[name] = {
             "description": runs[0].description, "seeds": [r.seed for r in runs],
             "status": [r.status for r in runs],
-            "test_acc": cu.seed_statistics(final),
-            "best_test_acc": cu.seed_statistics([_nan(r.summary.best_test_acc) for r in runs]),
-            "train_acc": cu.seed_statistics([_nan(r.summary.final_train_acc) for r in runs]),
-            "final_test_loss": cu.seed_statistics([_nan(r.summary.final_test_loss) for r in runs]),
+            "test_acc": seed_statistics(final),
+            "best_test_acc": seed_statistics([_nan(r.summary.best_test_acc) for r in runs]),
+            "train_acc": seed_statistics([_nan(r.summary.final_train_acc) for r in runs]),
+            "final_test_loss": seed_statistics([_nan(r.summary.final_test_loss) for r in runs]),
             "params": s0.params, "mflops": s0.mflops,
-            "train_time_s": cu.seed_statistics([_nan(r.summary.train_time_s) for r in runs]),
-            "epoch_time_s": cu.seed_statistics([_nan(r.summary.epoch_time_s) for r in runs]),
-            "throughput_img_s": cu.seed_statistics([_nan(r.summary.throughput_img_s) for r in runs]),
-            "test_loss_band": cu.curve_band([r.history.test_loss for r in runs]),
-            "train_loss_band": cu.curve_band([r.history.train_loss for r in runs]),
-            "test_acc_band": cu.curve_band([r.history.test_acc for r in runs]),
-            "final_test_loss_rel_spread": cu.relative_spread([r.history.test_loss[-1] for r in runs
+            "train_time_s": seed_statistics([_nan(r.summary.train_time_s) for r in runs]),
+            "epoch_time_s": seed_statistics([_nan(r.summary.epoch_time_s) for r in runs]),
+            "throughput_img_s": seed_statistics([_nan(r.summary.throughput_img_s) for r in runs]),
+            "test_loss_band": curve_band([r.history.test_loss for r in runs]),
+            "train_loss_band": curve_band([r.history.train_loss for r in runs]),
+            "test_acc_band": curve_band([r.history.test_acc for r in runs]),
+            "final_test_loss_rel_spread": relative_spread([r.history.test_loss[-1] for r in runs
                                                               if r.history.test_loss]),
             "grad_norm": {
-                "at_init": cu.seed_statistics([g[0] for g in grad_tot]),
+                "at_init": seed_statistics([g[0] for g in grad_tot]),
                 "median_after_init": _nan_stat(np.nanmedian, after_init),
                 "max_after_init": _nan_stat(np.nanmax, after_init),
                 # variability of the global gradient norm along training (std/mean over recorded steps)
-                "cv_along_training": cu.seed_statistics([float(np.std(g[1:]) / np.mean(g[1:]))
+                "cv_along_training": seed_statistics([float(np.std(g[1:]) / np.mean(g[1:]))
                                                          for g in grad_tot if len(g) > 2]),
             },
         }
         h = high[name]
         if h is not None:
             hs = h.summary
-            hg = cu.total_grad_norm(h.grad_stats.l2) if h.grad_stats.l2 else np.array([np.nan])
+            hg = total_grad_norm(h.grad_stats.l2) if h.grad_stats.l2 else np.array([np.nan])
             hg = np.append(hg, np.nan)  # so hg[1:] is never empty; NaN is ignored by the nan-reductions
             same_seed = next((r for r in runs if r.seed == h.seed), runs[0]).summary
             both = hs.final_test_acc is not None and same_seed.final_test_acc is not None
@@ -440,9 +444,7 @@ def _pm(st: dict, scale: float = 100.0, unit: str = " %") -> str:
 
 
 def _blocks_markdown(summary: dict) -> str:
-    lines = ["| block | params | MFLOPs/img | test acc (mean ± std) | min-max | train acc | s/epoch | "
-             "grad norm at init | grad-norm CV | lr " + f"{summary['high_lr']:g}: test acc (Δ same seed) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for name, b in summary["blocks"].items():
         hl = b.get("high_lr")
         if hl is None:
@@ -451,12 +453,13 @@ def _blocks_markdown(summary: dict) -> str:
             high = f"{hl['status']} at epoch {hl['diverged_at']['epoch']}"
         else:
             high = f"{100 * hl['test_acc']:.2f} % ({hl['delta_vs_same_seed_pp']:+.2f} pp)"
-        lines.append(
-            f"| {name} | {b['params']:,} | {b['mflops']:.1f} | {_pm(b['test_acc'])} (n={b['test_acc']['n']}) | "
-            f"{100 * b['test_acc']['min']:.2f}–{100 * b['test_acc']['max']:.2f} % | {_pm(b['train_acc'])} | "
-            f"{b['epoch_time_s']['mean']:.1f} | {b['grad_norm']['at_init']['mean']:.3g} | "
-            f"{b['grad_norm']['cv_along_training']['mean']:.2f} | {high} |")
-    return "\n".join(lines)
+        rows.append([name, f"{b['params']:,}", f"{b['mflops']:.1f}", f"{_pm(b['test_acc'])} (n={b['test_acc']['n']})",
+                     f"{100 * b['test_acc']['min']:.2f}–{100 * b['test_acc']['max']:.2f} %", _pm(b["train_acc"]),
+                     f"{b['epoch_time_s']['mean']:.1f}", f"{b['grad_norm']['at_init']['mean']:.3g}",
+                     f"{b['grad_norm']['cv_along_training']['mean']:.2f}", high])
+    return markdown_table(["block", "params", "MFLOPs/img", "test acc (mean ± std)", "min-max", "train acc", "s/epoch",
+                           "grad norm at init", "grad-norm CV", f"lr {summary['high_lr']:g}: test acc (Δ same seed)"],
+                          rows)
 
 
 # -------------------------------------------------------------------------------------- main

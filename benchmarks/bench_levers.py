@@ -43,6 +43,7 @@ from utils.experiment import ExperimentConfig  # noqa: E402
 from utils.files import write_json  # noqa: E402
 from utils.runtime import resolve_runtime  # noqa: E402
 from utils.training_utils import make_optimizer  # noqa: E402
+from utils.timing import rotated  # noqa: E402
 
 log = logging.getLogger("bench_levers")
 
@@ -166,7 +167,7 @@ def bench_model(label: str, build: Callable[[], nn.Module], shape: tuple[int, ..
     for r in range(repeats):
         # in turns, the order rotated every repeat: load drifts and "first in the round" effects
         # hit every variant alike
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in rotated(names, r):
             runner = runners[name]
             k = max(1, steps // 4) if runner.v.slow else steps
             times[name].append(k * cfg.batch_size / runner.steps(k))

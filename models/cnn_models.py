@@ -230,7 +230,7 @@ class KernelSizeCNN(nn.Module):
     ``kernel`` is ``"3x3"``, ``"5x5"``, ``"7x7"`` or ``"1x1+3x3"``; in the last each stage is a 1x1
     conv to ``w_i // 2`` channels followed by a 3x3 conv to ``w_i`` (the Inception/bottleneck
     reduction). The experiment picks ``width`` per kernel so all variants have the same number of
-    parameters (``utils.comparison_utils.solve_width_for_params``).
+    parameters (``utils.model_stats.solve_width_for_params``).
 
     ``stage_widths`` (optional) replaces ``(w, 2w, 4w)`` by explicit per-stage widths. Why: for a
     7x7 net the base width is ~21, where one width step changes the parameter count by ~10 %; the

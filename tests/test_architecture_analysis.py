@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import homework_cnn_architecture_analysis as arch
 from models.cnn_models import KernelSizeCNN
-from utils.comparison_utils import (collect_activations, conv_layer_costs, count_flops, count_parameters,
-                                    erf_extent, erf_extent_at)
+from utils.model_stats import count_parameters
+from utils.receptive_field import effective_receptive_field, layer_specs_from_module, receptive_field
 
 
 @pytest.mark.parametrize("reference_width", [16, 48, 64])
@@ -45,24 +44,8 @@ def test_stage_widths_default_is_unchanged():
     assert count_parameters(a)["total"] == count_parameters(b)["total"]
 
 
-def test_erf_extent_at_matches_erf_extent_on_the_integer_centre():
-    gen = torch.Generator().manual_seed(0)
-    erf = torch.rand(32, 32, generator=gen)
-    for mass in (0.3, 0.9, 1.0):
-        assert erf_extent_at(erf, (16, 16), mass) == erf_extent(erf, mass)
-
-
-def test_erf_extent_at_half_pixel_centre():
-    erf = torch.zeros(32, 32)
-    erf[17:19, 17:19] = 1.0                      # a 2x2 blob around (17.5, 17.5)
-    assert erf_extent_at(erf, (17.5, 17.5), 0.95) == 2
-    assert erf_extent(erf, 0.95) == 5            # the integer-centre version over-estimates it
-
-
 def test_erf_centre_of_kernel_model_is_its_rf_centre():
     """The analysed unit's RF centre (from receptive_field) is where the gradient mass is centred."""
-    from utils.comparison_utils import effective_receptive_field, layer_specs_from_module, receptive_field
-
     torch.manual_seed(0)
     model = KernelSizeCNN("3x3", 8)
     layer, n_specs = arch._erf_layer(model)
@@ -74,23 +57,6 @@ def test_erf_centre_of_kernel_model_is_its_rf_centre():
     assert abs(float((erf * torch.as_tensor(ys)).sum()) - centre) < 1.5
     assert abs(float((erf * torch.as_tensor(xs)).sum()) - centre) < 1.5
     assert float(erf[:, :9].sum()) == 0 and float(erf[:9, :].sum()) == 0   # nothing outside the RF
-
-
-def test_conv_layer_costs_sum_to_count_flops():
-    model = KernelSizeCNN("1x1+3x3", 12)
-    costs = conv_layer_costs(model, (3, 32, 32))
-    linear = 2 * 48 * 10
-    assert sum(c["flops"] for c in costs) + linear == count_flops(model, (3, 32, 32))
-    assert [c["out_hw"] for c in costs][:2] == [[32, 32], [32, 32]]
-
-
-def test_collect_activations_is_unaffected_by_inplace_relu():
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(inplace=True), nn.Conv2d(2, 1, 1))
-    model.train()
-    acts = collect_activations(model, torch.randn(3, 1, 8, 8), {"conv": model[0], "relu": model[2]})
-    assert acts["conv"].shape == (3, 2, 8, 8) and (acts["conv"] < 0).any()   # pre-ReLU values kept
-    assert (acts["relu"] >= 0).all()
-    assert model.training                                                   # mode restored
 
 
 @pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning")

@@ -3,8 +3,7 @@
 Run from the repo root:  HOMEWORK_THREADS=1 python3 -m pytest tests/test_custom_layers_experiments.py -q
 
 What is checked
-  * the side-by-side speed functions return sane fields on a tiny input;
-  * the multi-seed aggregation helpers on synthetic numbers / records;
+  * the blocks analysis on synthetic records (the helpers have their own test files);
   * the reference (autograd) layers compute exactly what the custom layers compute;
   * output shape and a hand-computed parameter count of BasicBlock, BottleneckBlock and WideBlock,
     with and without a projection shortcut;
@@ -14,10 +13,10 @@ What is checked
 from __future__ import annotations
 
 import json
-import math
 
-import numpy as np
 import pytest
+
+from tests.fakes import fake_record
 import torch
 from torch import nn
 
@@ -25,34 +24,6 @@ from models.cnn_models import BasicBlock, BottleneckBlock, WideBlock
 from models.custom_layers import CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, Swish
 from models.reference_layers import (AutogradCBAM, AutogradChannelAttention, AutogradConv2d, AutogradGeMPool2d,
                                      AutogradMixedPool2d, AutogradSwish)
-from utils import comparison_utils as cu
-
-
-# ----------------------------------------------------------------------------------- speed
-def test_time_forward_backward_fields():
-    x = torch.randn(2, 4, 8, 8)
-    t = cu.time_forward_backward({"a": nn.Conv2d(4, 4, 3, padding=1), "b": nn.ReLU()}, x, repeats=3, warmup=1)
-    assert set(t) == {"a", "b"}
-    for v in t.values():
-        assert len(v["times_ms"]) == 3
-        assert 0 < v["min_ms"] <= v["median_ms"] < 10_000
-    with pytest.raises(ValueError):
-        cu.time_forward_backward({}, x)
-
-
-def test_compare_forward_backward_same_function():
-    torch.manual_seed(0)
-    custom = CustomConv2d(3, 5, 3, padding=1, bias=False)
-    native = nn.Conv2d(3, 5, 3, padding=1, bias=False)
-    native.load_state_dict(custom.state_dict())
-    out = cu.compare_forward_backward(custom, native, torch.randn(2, 3, 8, 8), repeats=2, warmup=1)
-    assert set(out) == {"custom_ms", "native_ms", "ratio", "max_abs_diff"}
-    assert out["custom_ms"] > 0 and out["native_ms"] > 0
-    assert out["ratio"] == pytest.approx(out["custom_ms"] / out["native_ms"])
-    assert out["max_abs_diff"] < 1e-5
-    # different output shapes -> no diff, but still timed
-    out = cu.compare_forward_backward(MixedPool2d(2), nn.Identity(), torch.randn(1, 2, 4, 4), repeats=1, warmup=0)
-    assert out["max_abs_diff"] is None and out["ratio"] > 0
 
 
 @pytest.mark.parametrize("make,make_ref,channels,positive", [
@@ -84,55 +55,17 @@ def test_reference_layers_match_custom(make, make_ref, channels, positive):
 
 
 # ----------------------------------------------------------------------------- aggregation
-def test_seed_statistics():
-    st = cu.seed_statistics([0.5, 0.6, 0.7])
-    assert st["mean"] == pytest.approx(0.6)
-    assert st["std"] == pytest.approx(0.1)          # sample std (ddof=1)
-    assert (st["min"], st["max"], st["n"], st["n_missing"]) == (0.5, 0.7, 3, 0)
-    st = cu.seed_statistics([0.5, float("nan")])     # a diverged seed is counted as missing
-    assert (st["mean"], st["std"], st["n"], st["n_missing"]) == (0.5, 0.0, 1, 1)
-    assert math.isnan(cu.seed_statistics([float("nan")])["mean"])
-
-
-def test_curve_band_uneven_lengths():
-    band = cu.curve_band([[3.0, 2.0, 1.0], [5.0, 4.0], [4.0, 3.0, 2.0]])
-    assert band["mean"] == pytest.approx([4.0, 3.0, 1.5])
-    assert band["min"] == [3.0, 2.0, 1.0]
-    assert band["max"] == [5.0, 4.0, 2.0]
-    assert band["n"] == [3, 3, 2]
-    with pytest.raises(ValueError):
-        cu.curve_band([])
-
-
-def test_total_grad_norm_and_spread():
-    np.testing.assert_allclose(cu.total_grad_norm([[3.0, 4.0], [0.0, 1.0]]), [5.0, 1.0])
-    with pytest.raises(ValueError):
-        cu.total_grad_norm([1.0, 2.0])
-    assert cu.relative_spread([1.0, 2.0, 3.0]) == pytest.approx(1.0)
-    assert cu.relative_spread([2.0, 2.0]) == 0.0
-
-
 def test_analyse_blocks_on_synthetic_records(tmp_path):
     """The blocks analysis aggregates seeds (mean ± std) and reads the high-lr run, incl. a diverged one."""
     import homework_custom_layers_experiments as hw
 
-    def record(model, seed, acc, lr=0.1, status="completed"):
-        hist = {"epoch": [1, 2], "train_loss": [2.0, 1.5], "test_loss": [1.8, 1.4 + seed / 10],
-                "test_acc": [acc - 0.1, acc], "train_eval_acc": [0.5, 0.6], "train_eval_loss": [1.5, 1.2],
-                "epoch_time_s": [1.0, 1.0]}
-        summary = {"params": 10, "mflops": 1.0, "final_test_acc": acc, "best_test_acc": acc, "final_train_acc": 0.6,
-                   "final_test_loss": hist["test_loss"][-1], "train_time_s": 2.0, "epoch_time_s": 1.0,
-                   "throughput_img_s": 100.0}
-        if status != "completed":
-            hist = {k: v[:1] for k, v in hist.items()}
-            summary = {"params": 10, "mflops": 1.0}
-        return {"model": model, "description": model, "status": status, "history": hist, "summary": summary,
-                "config": {"seed": seed, "lr": lr}, "data": {}, "class_names": [], "labels": [],
-                "predictions": None, "diverged_at": None if status == "completed" else {"epoch": 2, "step": 9},
-                "grad_stats": {"names": ["a", "b"], "step": [0, 4, 8], "l2": [[3.0, 4.0], [1.0, 1.0], [2.0, 1.0]]}}
+    def record(model, group, variant, seed, acc, lr=0.1, status="completed"):
+        return fake_record(model, group=group, variant=variant, seed=seed, test_acc=(acc - 0.1, acc), lr=lr,
+                           test_loss=(1.8, 1.4 + seed / 10), status=status)
 
-    recs = [record(f"{b}_seed{s}", s, acc) for b in hw.BLOCK_ARCHS for s, acc in enumerate((0.5, 0.6, 0.7))]
-    recs += [record("basic_lr_high", 0, 0.55, lr=0.8), record("bottleneck_lr_high", 0, 0.0, lr=0.8, status="diverged")]
+    recs = [record(f"{b}_seed{s}", "seeds", b, s, acc) for b in hw.BLOCK_ARCHS for s, acc in enumerate((0.5, 0.6, 0.7))]
+    recs += [record("basic_lr_high", "high_lr", "basic", 0, 0.55, lr=0.8),
+             record("bottleneck_lr_high", "high_lr", "bottleneck", 0, 0.0, lr=0.8, status="diverged")]
     out = hw.analyse_blocks(recs, tmp_path, tmp_path, 0.1, 0.8)
     basic = out["blocks"]["basic"]
     assert basic["test_acc"]["mean"] == pytest.approx(0.6) and basic["test_acc"]["std"] == pytest.approx(0.1)

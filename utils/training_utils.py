@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from utils.checkpoints import load_checkpoint, save_checkpoint
-from utils.comparison_utils import count_flops, count_parameters, weight_tensor_names
+from utils.gradient_stats import weight_tensor_names
+from utils.model_stats import count_flops, count_parameters
 from utils.data import BatchLoader, DatasetSplits, stratified_subset
 from utils.experiment import ExperimentConfig, ModelSpec
 from utils.records import GradStats, History, RunRecord, summarise

@@ -534,7 +534,7 @@ def _band(ax, x, band: dict, color, label: str, scale: float = 1.0) -> None:
 def plot_seed_bands(groups: dict, path: Path, title: str) -> Path:
     """Train loss, test loss and test accuracy per epoch: mean line and min-max band over seeds,
     one colour per group (``groups``: label -> list of records)."""
-    from utils.comparison_utils import curve_band
+    from utils.statistics import curve_band
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.6), gridspec_kw={"wspace": 0.3})
     keys = (("train_loss", "training loss (running mean over the epoch)", 1.0),
@@ -558,7 +558,8 @@ def plot_seed_bands(groups: dict, path: Path, title: str) -> Path:
 
 
 def _grad_band(runs: Sequence[dict]) -> tuple[np.ndarray, dict] | None:
-    from utils.comparison_utils import curve_band, total_grad_norm
+    from utils.gradient_stats import total_grad_norm
+    from utils.statistics import curve_band
 
     runs = [r for r in runs if r["grad_stats"]["l2"]]
     if not runs:
@@ -571,7 +572,7 @@ def _grad_band(runs: Sequence[dict]) -> tuple[np.ndarray, dict] | None:
 def plot_grad_norm_traces(groups: dict, high: dict, path: Path, title: str) -> Path:
     """Global gradient L2 norm vs optimisation step. Left: base lr, mean and min-max over seeds.
     Right: the same mean (thin) against the single higher-lr run of each group (thick)."""
-    from utils.comparison_utils import total_grad_norm
+    from utils.gradient_stats import total_grad_norm
 
     fig, (ax, ax_hi) = plt.subplots(1, 2, figsize=(15, 4.8), sharey=True)
     for color, (label, runs) in zip(_palette(len(groups)), groups.items()):
@@ -640,7 +641,7 @@ def plot_seed_accuracy(blocks: dict, path: Path, title: str) -> Path:
 def plot_high_lr(groups: dict, high: dict, path: Path, title: str) -> Path:
     """Per block (one column): test loss and test accuracy per epoch at the base lr (mean and
     min-max over seeds) and at the higher lr (one seed, dashed)."""
-    from utils.comparison_utils import curve_band
+    from utils.statistics import curve_band
 
     names = [n for n, runs in groups.items() if runs]
     fig, axes = plt.subplots(2, len(names), figsize=(5.2 * len(names), 7.5), squeeze=False)

@@ -1,33 +1,31 @@
-"""Tests for utils/comparison_utils.py (all CPU, small: the whole file runs in seconds)."""
+"""Tests for utils/receptive_field.py: theoretical RF (hand-computed, published values, autograd
+support) and the empirical ERF."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from utils.comparison_utils import (
+from utils.receptive_field import (
     LayerSpec,
     ReceptiveFieldRow,
-    count_flops,
-    count_parameters,
     effective_receptive_field,
-    erf_extent,
-    gradient_flow_summary,
+    erf_extent_at,
     layer_specs_from_module,
     receptive_field,
-    relative_param_gap,
-    solve_width_for_params,
-    weight_tensor_names,
-    within_tolerance,
 )
 
 
+def erf_extent(erf: torch.Tensor, mass: float = 0.95) -> int:
+    """The extent around the centre unit ``effective_receptive_field`` back-propagates from."""
+    h, w = erf.shape
+    return erf_extent_at(erf, (h // 2, w // 2), mass)
+
+
 # ---------------------------------------------------------------------------------------------
-# 1. Theoretical receptive field: hand-computed cases
+# Theoretical receptive field: hand-computed cases
 # ---------------------------------------------------------------------------------------------
 
 
@@ -113,7 +111,7 @@ def test_rf_position_matches_autograd(layers):
 
 
 # ---------------------------------------------------------------------------------------------
-# 1b. Published values.
+# Published values.
 # Source: Araujo, Norris & Sim, "Computing Receptive Fields of Convolutional Neural Networks",
 # Distill 2019 (doi:10.23915/distill.00021), whose library's summary table (README of
 # github.com/google-research/receptive_field) gives alexnet_v2 195/32/64, vgg_16 212/32/90,
@@ -256,7 +254,7 @@ def test_layer_specs_from_module_args():
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Effective receptive field
+# Effective receptive field
 # ---------------------------------------------------------------------------------------------
 
 
@@ -383,127 +381,17 @@ def test_erf_extent_uniform_and_gaussian():
         erf_extent(erf, 0.0)
 
 
-# ---------------------------------------------------------------------------------------------
-# 3. Parameter matching
-# ---------------------------------------------------------------------------------------------
+def test_erf_extent_at_half_pixel_centre():
+    erf = torch.zeros(32, 32)
+    erf[17:19, 17:19] = 1.0                      # a 2x2 blob around (17.5, 17.5)
+    assert erf_extent_at(erf, (17.5, 17.5), 0.95) == 2
+    assert erf_extent_at(erf, (16, 16), 0.95) == 5   # measured around the wrong centre it looks larger
 
 
-def _two_convs(k: int):
-    return lambda w: nn.Sequential(nn.Conv2d(3, w, k), nn.Conv2d(w, w, k))
-
-
-def _combo(w: int) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, w, 1), nn.Conv2d(w, w, 3))
-
-
-def test_count_parameters():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Linear(4, 2))
-    model[3].bias.requires_grad_(False)
-    counts = count_parameters(model)
-    assert list(counts["per_layer"].items()) == [("0", 3 * 8 * 9 + 8), ("1", 16), ("3", 10)]
-    assert counts["total"] == 224 + 16 + 10 == sum(counts["per_layer"].values())
-    assert counts["trainable"] == 250 - 2
-
-
-def test_count_parameters_shared_and_root():
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.token = nn.Parameter(torch.zeros(5))
-            self.a = nn.Linear(4, 4, bias=False)
-            self.b = nn.Linear(4, 4, bias=False)
-            self.b.weight = self.a.weight
-
-    counts = count_parameters(Tied())
-    assert counts["total"] == 5 + 16
-    assert dict(counts["per_layer"]) == {"<root>": 5, "a": 16}
-
-
-def test_param_formula_by_hand():
-    # Conv2d(3, w, k) + Conv2d(w, w, k): 3*w*k^2 + w + w*w*k^2 + w
-    assert count_parameters(_two_convs(3)(64))["total"] == 3 * 64 * 9 + 64 + 64 * 64 * 9 + 64 == 38720
-
-
-def test_solve_width_matches_common_target():
-    target = count_parameters(_two_convs(3)(128))["total"]  # 151168
-    assert target == 151168
-    assert solve_width_for_params(_two_convs(3), target) == (128, target)
-    results = {
-        "5x5": solve_width_for_params(_two_convs(5), target),
-        "7x7": solve_width_for_params(_two_convs(7), target),
-        "1x1+3x3": solve_width_for_params(_combo, target),
-    }
-    # 5x5: width 77 is the first >= target (154154, +1.98 %) but 76 (150252, -0.61 %) is closer
-    assert results == {"5x5": (76, 150252), "7x7": (54, 150930), "1x1+3x3": (129, 150414)}
-    params = [target] + [p for _, p in results.values()]
-    assert within_tolerance(params, target, tol=0.02)
-    assert relative_param_gap(params, target) == pytest.approx((151168 - 150252) / 151168)
-    assert relative_param_gap([90, 110]) == pytest.approx(0.2)
-    # results agree with a real (non-meta) build
-    assert count_parameters(_two_convs(7)(54))["total"] == 150930
-
-
-def test_solve_width_granularity_limits_small_models():
-    # At the 3x3/width-64 target the 7x7 model is only ~27 wide: one width step is ~7 % of its
-    # parameters, so no width lands within 2 % (27 -> +2.6 %, 26 -> -4.4 %).
-    target = 38720
-    width, params = solve_width_for_params(_two_convs(7), target)
-    assert (width, params) == (27, 39744)
-    assert not within_tolerance([params], target)
-
-
-def test_solve_width_bounds():
-    assert solve_width_for_params(_two_convs(3), 10**9, lo=1, hi=16) == (16, 16 * 16 * 9 + 29 * 16)
-    assert solve_width_for_params(_two_convs(3), 1, lo=4, hi=16) == (4, 4 * 4 * 9 + 29 * 4)
-    with pytest.raises(ValueError):
-        solve_width_for_params(_two_convs(3), 100, lo=5, hi=4)
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. FLOPs
-# ---------------------------------------------------------------------------------------------
-
-
-def test_count_flops_linear_and_conv():
-    assert count_flops(nn.Linear(100, 10), (100,)) == 2 * 100 * 10
-    assert count_flops(nn.Conv2d(3, 8, 3, padding=1), (3, 8, 8)) == 2 * 3 * 9 * 8 * 64
-
-
-def test_count_flops_sequential_restores_mode():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
-    model.train()
-    assert count_flops(model, (3, 8, 8)) == 2 * 3 * 9 * 8 * 64 + 2 * 512 * 10
-    assert model.training and model[1].training
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. Gradient flow
-# ---------------------------------------------------------------------------------------------
-
-
-def test_gradient_flow_summary():
-    norms = np.array([[4.0, 2.0, 1.0], [8.0, 4.0, 2.0], [1.0, 1.0, 4.0]])
-    out = gradient_flow_summary(["l0.weight", "l1.weight", "l2.weight"], norms)
-    assert out["layer_names"] == ["l0.weight", "l1.weight", "l2.weight"]
-    np.testing.assert_allclose(out["median_norm"], [4.0, 2.0, 2.0])
-    np.testing.assert_allclose(out["first_last_ratio"], [4.0, 4.0, 0.25])
-    assert out["median_first_last_ratio"] == 4.0
-
-
-def test_gradient_flow_summary_zero_nan_and_errors():
-    norms = np.array([[1.0, 0.0], [3.0, 1.0], [np.nan, 1.0], [2.0, 1.0]])
-    out = gradient_flow_summary(["a", "b"], norms)
-    assert np.isnan(out["first_last_ratio"][0]) and np.isnan(out["first_last_ratio"][2])
-    assert out["median_first_last_ratio"] == 2.5  # median of [3, 2]
-    np.testing.assert_allclose(out["median_norm"], [2.0, 1.0])
-    with pytest.raises(ValueError):
-        gradient_flow_summary(["a"], norms)
-    with pytest.raises(ValueError):
-        gradient_flow_summary(["a", "b"], -norms[1:2])
-    assert math.isnan(gradient_flow_summary(["a", "b"], np.array([[1.0, 0.0]]))["median_first_last_ratio"])
-
-
-def test_weight_tensor_names():
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 2))
-    assert weight_tensor_names(model) == ["0.weight", "3.weight"]
+def test_erf_extent_at_errors():
+    with pytest.raises(ValueError, match="non-negative"):
+        erf_extent_at(-torch.ones(3, 3), (1, 1))
+    with pytest.raises(ValueError, match="zero"):
+        erf_extent_at(torch.zeros(3, 3), (1, 1))
+    with pytest.raises(ValueError, match="H, W"):
+        erf_extent_at(torch.ones(1, 3, 3), (1, 1))
