@@ -7,8 +7,12 @@ import json
 import pytest
 import torch
 
+import homework_cnn_architecture_analysis as task2
 import homework_cnn_vs_fc_comparison as task1
-from utils.cli import build_parser, run_cli
+import homework_custom_layers_experiments as task3
+from utils.cli import UsageError, build_parser, run_cli, threads_from_env
+
+SCRIPTS = {"task1": task1, "task2": task2, "task3": task3}
 
 
 def _parse(*argv: str):
@@ -29,6 +33,57 @@ def test_invalid_arguments_exit_with_code_2(argv, capsys):
 def test_valid_arguments_parse():
     args = _parse("--epochs", "3", "--lr", "0.01", "--only", "a", "b", "--precision", "fp32")
     assert args.epochs == 3 and args.lr == 0.01 and args.only == ["a", "b"] and args.profile == "standard"
+
+
+def _single_error_line(capsys) -> str:
+    """The user-facing contract: exactly one line on stderr, starting with "error:", no traceback."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+# ------------------------------------------------------------------------- environment variables
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5", "99999999"])
+def test_bad_thread_count_in_env_is_one_line_before_any_work(value, tmp_path, fake_data_dir, capsys, monkeypatch):
+    monkeypatch.setenv("HOMEWORK_THREADS", value)
+    code = run_cli(task1.main, ["--data-dir", str(fake_data_dir), "--results-dir", str(tmp_path / "r"),
+                                "--profile", "quick", "--only", "mnist"])
+    assert code == 2
+    line = _single_error_line(capsys)
+    assert f"HOMEWORK_THREADS={value!r}" in line and "unset it" in line
+    assert not (tmp_path / "r").exists()          # refused before anything was written
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_every_script_validates_the_environment(script, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HOMEWORK_THREADS", "two")
+    code = run_cli(SCRIPTS[script].main, ["--results-dir", str(tmp_path / "r"), "--profile", "quick"])
+    assert code == 2 and "HOMEWORK_THREADS" in _single_error_line(capsys)
+
+
+def test_thread_count_from_env(monkeypatch):
+    monkeypatch.setenv("HOMEWORK_THREADS", " 3 ")
+    assert threads_from_env() == 3
+    monkeypatch.setenv("HOMEWORK_THREADS", "")
+    assert threads_from_env() is None
+    monkeypatch.delenv("HOMEWORK_THREADS")
+    assert threads_from_env() is None
+    monkeypatch.setenv("HOMEWORK_THREADS", "-1")
+    with pytest.raises(UsageError):
+        threads_from_env()
+
+
+@pytest.mark.parametrize("variable", ["HOMEWORK_DATA_DIR", "HOMEWORK_CACHE_DIR"])
+def test_folder_env_var_pointing_at_a_file_is_refused(variable, tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    monkeypatch.setenv(variable, str(a_file))
+    code = run_cli(task1.main, ["--results-dir", str(tmp_path / "r"), "--profile", "quick", "--only", "mnist"])
+    assert code == 2
+    line = _single_error_line(capsys)
+    assert f"${variable} {a_file} is a file" in line
+    assert not (tmp_path / "r").exists()
 
 
 def _run(tmp_path, data_dir, *extra: str) -> int:

@@ -17,16 +17,49 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from utils.data import DATA_DIR_ENV, DataError
-from utils.training_utils import RuntimeUnavailable
+from utils.data import DATA_DIR_ENV, DataError, load_dataset, resolve_data_dir
 
 PROFILES = ("quick", "standard", "full")
 CACHE_DIR_ENV = "HOMEWORK_CACHE_DIR"
+THREADS_ENV = "HOMEWORK_THREADS"
+MAX_THREADS = 1024      # far above any machine this runs on; beyond it torch/OpenMP fail obscurely
+DEFAULT_CACHE_DIR = "data/cache"
 log = logging.getLogger(__name__)
 
 
 class UsageError(RuntimeError):
     """A problem with what the user asked for; reported in one line, exit code 2."""
+
+
+# ----------------------------------------------------------------------- environment variables
+def threads_from_env() -> int | None:
+    """``$HOMEWORK_THREADS`` as a thread count, ``None`` when unset or empty (= all cores).
+
+    Raises :class:`UsageError` for anything but a whole number in 1..MAX_THREADS, so a typo is
+    reported before any work starts instead of surfacing as a traceback inside torch.
+    """
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_THREADS:
+        raise UsageError(f"{THREADS_ENV}={text!r} is not a number of CPU threads between 1 and {MAX_THREADS}; "
+                         f"set e.g. {THREADS_ENV}=2, or unset it to use all cores")
+    return value
+
+
+def cache_dir_from(cli_value: str | None) -> Path:
+    """``--cache-dir``, else ``$HOMEWORK_CACHE_DIR``, else ./data/cache; it may be absent (it is created
+    when first written) but must not be an existing file."""
+    env = os.environ.get(CACHE_DIR_ENV, "").strip()
+    origin = "--cache-dir" if cli_value else f"${CACHE_DIR_ENV}" if env else "the default cache folder"
+    path = Path(cli_value or env or DEFAULT_CACHE_DIR).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{origin} {path} is a file, not a folder; point it at a folder (or remove the file)")
+    return path
 
 
 def positive_int(text: str) -> int:
@@ -87,6 +120,7 @@ class OutputDirs:
     results: Path
     plots: Path
     cache: Path
+    data: Path
 
 
 def profile_output_dir(standard: str | Path, profile: str) -> Path:
@@ -97,16 +131,20 @@ def profile_output_dir(standard: str | Path, profile: str) -> Path:
 
 
 def prepare_output_dirs(args: argparse.Namespace) -> OutputDirs:
-    """Create and check the output folders before any training starts."""
+    """The first step of every script, before any work: check the environment variables and the
+    data and cache folders, then create and check the output folders. Bad input raises
+    :class:`UsageError` / :class:`DataError` (one line, exit code 2 under :func:`run_cli`)."""
+    threads_from_env()
     dirs = OutputDirs(Path(args.results_dir or profile_output_dir("results", args.profile)),
                       Path(args.plots_dir or profile_output_dir(args.default_plots, args.profile)),
-                      Path(args.cache_dir or os.environ.get(CACHE_DIR_ENV) or "data/cache"))
+                      cache_dir_from(args.cache_dir), resolve_data_dir(args.data_dir))
     for label, path in (("results", dirs.results), ("plots", dirs.plots)):
-        _check_writable(label, path)
+        check_writable(label, path)
     return dirs
 
 
-def _check_writable(label: str, path: Path) -> None:
+def check_writable(label: str, path: Path) -> None:
+    """Create ``path`` (and parents) and make sure a file can be written there."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
@@ -139,6 +177,9 @@ def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: finished wo
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run a script's ``main`` with the package's error policy; returns the exit code."""
+    # imported here: training_utils may itself use this module's validated readers (threads_from_env)
+    from utils.training_utils import RuntimeUnavailable
+
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return main(argv)
@@ -155,9 +196,7 @@ def load_data(args: argparse.Namespace, dirs: OutputDirs, name: str, train_subse
               test_subset: int | None = None):
     """Load a data set the way every script does: ``--data-dir`` / env / ./data, then the
     profile's (or ``--train-subset``/``--test-subset``) stratified subsets."""
-    from utils.data import load_dataset, resolve_data_dir
-
-    data = load_dataset(name, resolve_data_dir(args.data_dir), cache_dir=dirs.cache)
+    data = load_dataset(name, dirs.data, cache_dir=dirs.cache)
     data = data.subsample(args.train_subset or train_subset, args.test_subset or test_subset, seed=args.seed)
     log.info("%s: %s, %d train / %d test samples", name, data.source, len(data.train), len(data.test))
     return data

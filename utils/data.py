@@ -132,8 +132,13 @@ def stratified_subset(ds: ArrayDataset, n: int | None, seed: int) -> ArrayDatase
 
 
 def resolve_data_dir(cli_value: str | None) -> Path:
-    """``--data-dir``, else ``$HOMEWORK_DATA_DIR``, else ``./data``."""
-    return Path(cli_value or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
+    """``--data-dir``, else ``$HOMEWORK_DATA_DIR``, else ``./data``; a file there is refused."""
+    env = os.environ.get(DATA_DIR_ENV, "").strip()
+    origin = "--data-dir" if cli_value else f"${DATA_DIR_ENV}" if env else "the default data folder"
+    path = Path(cli_value or env or DEFAULT_DATA_DIR).expanduser()
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{origin} {path} is a file, not a folder; point it at the folder holding the data sets")
+    return path
 
 
 # --------------------------------------------------------------------------------------- MNIST
