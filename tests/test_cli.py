@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ def _parse(*argv: str):
 @pytest.mark.parametrize("argv", [
     ("--epochs", "0"), ("--epochs", "-3"), ("--batch-size", "0"), ("--lr", "0"), ("--lr", "-0.1"),
     ("--lr", "abc"), ("--only", "nope"), ("--device", "tpu"), ("--precision", "fp8"), ("--profile", "huge"),
+    ("--seed", "-1"), ("--seed", "2147483648"), ("--seed", "1e3"), ("--batch-size", "1"),
 ])
 def test_invalid_arguments_exit_with_code_2(argv, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -33,12 +35,21 @@ def test_invalid_arguments_exit_with_code_2(argv, capsys):
 def test_valid_arguments_parse():
     args = _parse("--epochs", "3", "--lr", "0.01", "--only", "a", "b", "--precision", "fp32")
     assert args.epochs == 3 and args.lr == 0.01 and args.only == ["a", "b"] and args.profile == "standard"
+    assert _parse("--seed", "2147483647").seed == 2**31 - 1 and _parse("--batch-size", "2").batch_size == 2
+
+
+def test_repeated_experiment_names_run_once():
+    assert _parse("--only", "b", "a", "b").only == ["b", "a"]
+
+
+LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING) ")
 
 
 def _single_error_line(capsys) -> str:
-    """The user-facing contract: exactly one line on stderr, starting with "error:", no traceback."""
+    """The user-facing contract: one line on stderr, starting with "error:", no traceback (the
+    progress log, which also goes to stderr, is not part of it)."""
     err = capsys.readouterr().err
-    lines = err.strip().splitlines()
+    lines = [line for line in err.strip().splitlines() if not LOG_LINE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]
 
@@ -84,6 +95,20 @@ def test_folder_env_var_pointing_at_a_file_is_refused(variable, tmp_path, capsys
     line = _single_error_line(capsys)
     assert f"${variable} {a_file} is a file" in line
     assert not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------- arguments that are valid only for the data
+@pytest.mark.parametrize("argv, expected", [
+    (("--train-subset", "5"), "--train-subset 5 is smaller than the 10 classes of MNIST"),
+    (("--test-subset", "9"), "--test-subset 9 is smaller than the 10 classes of MNIST"),
+    (("--train-subset", "100000"), "--train-subset 100000 is larger than the 200 training images of MNIST"),
+    (("--test-subset", "61"), "--test-subset 61 is larger than the 60 test images of MNIST"),
+])
+def test_subset_sizes_are_checked_against_the_data(argv, expected, tmp_path, fake_data_dir, capsys):
+    code = _run(tmp_path, fake_data_dir, "--only", "mnist", *argv)
+    assert code == 2
+    assert expected in _single_error_line(capsys)
+    assert not (tmp_path / "results" / "mnist_comparison").exists()   # no model was trained
 
 
 def _run(tmp_path, data_dir, *extra: str) -> int:

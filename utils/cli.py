@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from utils.data import DATA_DIR_ENV, DataError, load_dataset, resolve_data_dir
+from utils.data import DATA_DIR_ENV, MAX_SEED, DataError, DatasetSplits, load_dataset, resolve_data_dir
 
 PROFILES = ("quick", "standard", "full")
 CACHE_DIR_ENV = "HOMEWORK_CACHE_DIR"
@@ -82,6 +82,30 @@ def positive_float(text: str) -> float:
     return value
 
 
+def batch_size(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:  # batch normalisation in training mode needs two values per channel
+        raise argparse.ArgumentTypeError("expected at least 2 (batch normalisation needs 2 images per batch)")
+    return value
+
+
+def seed_value(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_SEED} (2**31 - 1), got {text!r}")
+    return value
+
+
+class _StoreUnique(argparse.Action):
+    """``nargs="+"`` without repeats: ``--only a a`` runs ``a`` once."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, list(dict.fromkeys(values)))
+
+
 def build_parser(description: str, experiments: Sequence[str], default_plots: str) -> argparse.ArgumentParser:
     """The arguments every script takes; ``experiments`` are the names ``--only`` accepts."""
     p = argparse.ArgumentParser(description=description,
@@ -100,15 +124,16 @@ def build_parser(description: str, experiments: Sequence[str], default_plots: st
                    help="quick: every experiment end to end in ~2 min on tiny subsets; standard: the committed "
                         "results; full: longer training")
     p.add_argument("--epochs", type=positive_int, default=None, help="override the profile's epochs")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="override the profile's batch size")
+    p.add_argument("--batch-size", type=batch_size, default=None, help="override the profile's batch size (>= 2)")
     p.add_argument("--lr", type=positive_float, default=None, help="override the profile's peak learning rate")
-    p.add_argument("--seed", type=int, default=0, help="seed for data order, initialisation and augmentation")
+    p.add_argument("--seed", type=seed_value, default=0,
+                   help=f"seed for data subsets and order, initialisation and augmentation (0 .. {MAX_SEED})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto = bf16 autocast + channels_last where the hardware supports bf16")
     p.add_argument("--train-subset", type=positive_int, default=None, help="stratified training subset size")
     p.add_argument("--test-subset", type=positive_int, default=None, help="stratified test subset size")
-    p.add_argument("--only", nargs="+", metavar="NAME", choices=list(experiments), default=None,
+    p.add_argument("--only", nargs="+", metavar="NAME", choices=list(experiments), default=None, action=_StoreUnique,
                    help=f"run only these experiments: {', '.join(experiments)}")
     p.add_argument("--force", action="store_true", help="retrain models whose finished results exist")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -197,9 +222,23 @@ def load_data(args: argparse.Namespace, dirs: OutputDirs, name: str, train_subse
     """Load a data set the way every script does: ``--data-dir`` / env / ./data, then the
     profile's (or ``--train-subset``/``--test-subset``) stratified subsets."""
     data = load_dataset(name, dirs.data, cache_dir=dirs.cache)
+    # The sizes are known only now; the profile's own subsets may exceed a small copy (kept whole).
+    _check_subset_size("--train-subset", args.train_subset, data, len(data.train), "training")
+    _check_subset_size("--test-subset", args.test_subset, data, len(data.test), "test")
     data = data.subsample(args.train_subset or train_subset, args.test_subset or test_subset, seed=args.seed)
     log.info("%s: %s, %d train / %d test samples", name, data.source, len(data.train), len(data.test))
     return data
+
+
+def _check_subset_size(option: str, size: int | None, data: DatasetSplits, available: int, split: str) -> None:
+    if size is None:
+        return
+    if size < data.num_classes:
+        raise UsageError(f"{option} {size} is smaller than the {data.num_classes} classes of {data.display_name}: "
+                         f"a class-balanced subset needs at least one image per class; use {data.num_classes} or more")
+    if size > available:
+        raise UsageError(f"{option} {size} is larger than the {available} {split} images of {data.display_name} "
+                         f"in {data.root}; use at most {available}, or leave it out to use them all")
 
 
 def apply_cli_overrides(cfg, args: argparse.Namespace):

@@ -36,6 +36,11 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 DATASETS = ("mnist", "cifar10")
+DISPLAY_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
+# Seeds are 0 .. 2**31 - 1: with the small offsets of multi-seed studies they stay inside what every
+# consumer accepts (numpy's legacy seed and sklearn's random_state take < 2**32; BatchLoader's
+# seed * 100_003 + epoch stays far below torch's 2**64).
+MAX_SEED = 2**31 - 1
 
 
 class DataError(RuntimeError):
@@ -91,6 +96,10 @@ class DatasetSplits:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def display_name(self) -> str:
+        return DISPLAY_NAMES.get(self.name, self.name)
 
     def describe(self) -> dict:
         """What every result JSON records about its data."""
