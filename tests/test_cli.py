@@ -11,6 +11,7 @@ import torch
 import homework_cnn_architecture_analysis as task2
 import homework_cnn_vs_fc_comparison as task1
 import homework_custom_layers_experiments as task3
+from tests.conftest import write_fake_cifar_folder, write_fake_mnist
 from utils.cli import UsageError, build_parser, run_cli, threads_from_env
 
 SCRIPTS = {"task1": task1, "task2": task2, "task3": task3}
@@ -109,6 +110,23 @@ def test_subset_sizes_are_checked_against_the_data(argv, expected, tmp_path, fak
     assert code == 2
     assert expected in _single_error_line(capsys)
     assert not (tmp_path / "results" / "mnist_comparison").exists()   # no model was trained
+
+
+# ------------------------------------------------------------------- data errors from torchvision
+def test_garbage_idx_header_is_one_line_and_exit_2(tmp_path, capsys):
+    root = write_fake_mnist(tmp_path / "data", n_train=30, n_test=10)
+    bad = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    bad.write_bytes(b"\xff" * 64)                    # torchvision: AssertionError
+    assert _run(tmp_path, root, "--only", "mnist") == 2
+    assert f"{bad} is not an MNIST IDX file" in _single_error_line(capsys)
+
+
+def test_empty_class_folder_is_one_line_and_exit_2(tmp_path, capsys):
+    root = write_fake_cifar_folder(tmp_path / "data", n_train_per_class=2, n_test_per_class=1)
+    for image in (root / "CIFAR-10-images" / "train" / "frog").iterdir():
+        image.unlink()                               # torchvision: FileNotFoundError
+    assert _run(tmp_path, root, "--only", "cifar") == 2
+    assert "train/frog holds no images" in _single_error_line(capsys)
 
 
 def _run(tmp_path, data_dir, *extra: str) -> int:
