@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 
 import pytest
 import torch
@@ -53,6 +54,17 @@ def _single_error_line(capsys) -> str:
     lines = [line for line in err.strip().splitlines() if not LOG_LINE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]
+
+
+def test_interrupt_exits_130_and_restores_the_signal_handlers(capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert run_cli(interrupted, [], interrupted_message="interrupted: test") == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted: test"
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
 
 
 # ------------------------------------------------------------------------- environment variables

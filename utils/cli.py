@@ -200,11 +200,21 @@ def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: finished wo
     raise KeyboardInterrupt
 
 
-def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run a script's ``main`` with the package's error policy; returns the exit code."""
+INTERRUPTED = ("interrupted: finished results are saved; the run in progress resumes from its last checkpoint "
+               "next time")
+
+
+def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None,
+            interrupted_message: str = INTERRUPTED) -> int:
+    """Run a script's ``main`` with the package's error policy; returns the exit code.
+
+    UsageError / DataError / RuntimeUnavailable -> ``error: <message>`` on stderr, 2;
+    Ctrl-C or SIGTERM -> ``interrupted_message``, 130. The signal handlers are restored afterwards.
+    """
     # imported here: training_utils may itself use this module's validated readers (threads_from_env)
     from utils.training_utils import RuntimeUnavailable
 
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return main(argv)
@@ -212,9 +222,18 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished results are saved; the run in progress resumes from its last "
-              "checkpoint next time", file=sys.stderr)
+        ignore_interrupts()   # a second Ctrl-C must not turn the report into a traceback
+        print(interrupted_message, file=sys.stderr)
         return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def ignore_interrupts() -> None:
+    """Ignore further Ctrl-C / SIGTERM (while the last words of an interrupted run are written)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def load_data(args: argparse.Namespace, dirs: OutputDirs, name: str, train_subset: int | None = None,
