@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs  # noqa: E402
 from utils.comparison_utils import count_flops  # noqa: E402
-from utils.data import DatasetSplits, load_dataset, resolve_data_dir  # noqa: E402
+from utils.data import DatasetSplits  # noqa: E402
+from utils.data_files import load_dataset, resolve_data_dir  # noqa: E402
 from utils.training_utils import (ExperimentConfig, evaluate, lr_factor, measure_inference,  # noqa: E402
                                   resolve_runtime, train_model, write_json)
 from utils.data import BatchLoader  # noqa: E402

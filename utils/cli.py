@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from utils.data import DATA_DIR_ENV, MAX_SEED, DataError, DatasetSplits, load_dataset, resolve_data_dir
+from utils.data import MAX_SEED, DataError, DatasetSplits
+from utils.data_files import DATA_DIR_ENV, load_dataset, resolve_data_dir
 
 PROFILES = ("quick", "standard", "full")
 CACHE_DIR_ENV = "HOMEWORK_CACHE_DIR"
