@@ -151,6 +151,7 @@ def test_missing_data_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     # no network in CI: make the download fail fast and deterministically
     from torchvision.datasets import MNIST
     monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    (tmp_path / "empty").mkdir()                    # an existing folder: the data sets are downloaded into it
     code = _run(tmp_path, tmp_path / "empty", "--only", "mnist")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
@@ -158,6 +159,13 @@ def test_missing_data_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
                                  or "INFO" in line for line in err)
     assert any(line.startswith("error: MNIST not found") for line in err)
     assert "Traceback" not in "\n".join(err)
+
+
+def test_mistyped_data_dir_is_refused_and_not_created(tmp_path, capsys):
+    code = _run(tmp_path, tmp_path / "dtaa", "--only", "mnist")
+    assert code == 2
+    assert f"--data-dir {tmp_path / 'dtaa'} does not exist" in _single_error_line(capsys)
+    assert not (tmp_path / "dtaa").exists() and not (tmp_path / "results").exists()
 
 
 def test_unwritable_results_folder_is_refused_before_training(tmp_path, fake_data_dir, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -172,12 +173,24 @@ def test_wrong_class_folders_are_rejected(tmp_path):
         load_cifar10(root, download=False)
 
 
-def test_data_dir_resolution(monkeypatch):
+def test_data_dir_resolution(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                     # ./data absent: the default may be created by a download
     monkeypatch.delenv("HOMEWORK_DATA_DIR", raising=False)
     assert resolve_data_dir(None) == Path("data")
-    monkeypatch.setenv("HOMEWORK_DATA_DIR", "/somewhere")
-    assert resolve_data_dir(None) == Path("/somewhere")
+    (tmp_path / "env").mkdir()
+    (tmp_path / "given").mkdir()
+    monkeypatch.setenv("HOMEWORK_DATA_DIR", str(tmp_path / "env"))
+    assert resolve_data_dir(None) == tmp_path / "env"
     assert resolve_data_dir("given") == Path("given")
+
+
+@pytest.mark.parametrize("source", ["--data-dir", "$HOMEWORK_DATA_DIR"])
+def test_a_data_dir_named_explicitly_must_exist(source, tmp_path, monkeypatch):
+    typo = tmp_path / "dta"
+    monkeypatch.setenv("HOMEWORK_DATA_DIR", str(typo) if source.startswith("$") else "")
+    with pytest.raises(DataError, match=f"{re.escape(source)} {typo} does not exist; check the path, or create"):
+        resolve_data_dir(str(typo) if source == "--data-dir" else None)
+    assert not typo.exists()
 
 
 def test_stratified_subset_is_balanced_and_seeded():

@@ -35,12 +35,19 @@ DEFAULT_DATA_DIR = "data"
 
 
 def resolve_data_dir(cli_value: str | None) -> Path:
-    """``--data-dir``, else ``$HOMEWORK_DATA_DIR``, else ``./data``; a file there is refused."""
+    """``--data-dir``, else ``$HOMEWORK_DATA_DIR``, else ``./data``.
+
+    A folder named explicitly must exist: a mistyped path is reported instead of being created
+    and filled by a download. Only the default ./data is created when the data sets are downloaded.
+    """
     env = os.environ.get(DATA_DIR_ENV, "").strip()
     origin = "--data-dir" if cli_value else f"${DATA_DIR_ENV}" if env else "the default data folder"
     path = Path(cli_value or env or DEFAULT_DATA_DIR).expanduser()
     if path.exists() and not path.is_dir():
         raise DataError(f"{origin} {path} is a file, not a folder; point it at the folder holding the data sets")
+    if not path.exists() and (cli_value or env):
+        raise DataError(f"{origin} {path} does not exist; check the path, or create the folder (mkdir -p {path}) "
+                        f"to have the data sets downloaded into it")
     return path
 
 
