@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import homework_cnn_architecture_analysis as task2
 import homework_cnn_vs_fc_comparison as task1
 import homework_custom_layers_experiments as task3
 from tests.conftest import write_fake_cifar_folder, write_fake_mnist
-from utils.cli import UsageError, build_parser, run_cli, threads_from_env
+from utils.cli import UsageError, build_parser, prepare_output_dirs, run_cli, threads_from_env
 
 SCRIPTS = {"task1": task1, "task2": task2, "task3": task3}
 
@@ -166,6 +167,22 @@ def test_mistyped_data_dir_is_refused_and_not_created(tmp_path, capsys):
     assert code == 2
     assert f"--data-dir {tmp_path / 'dtaa'} does not exist" in _single_error_line(capsys)
     assert not (tmp_path / "dtaa").exists() and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("argv, results, plots", [
+    ((), "results", "plots/x"),
+    (("--profile", "quick"), "results/quick", "plots/quick/x"),
+    (("--results-dir", "results"), "results", "plots/x"),                  # the default, named explicitly
+    (("--results-dir", "results/quick", "--profile", "quick"), "results/quick", "plots/quick/x"),
+    (("--results-dir", "mine"), "mine", "mine/plots/x"),                   # figures follow the results
+    (("--results-dir", "mine", "--profile", "full"), "mine", "mine/plots/x"),
+    (("--results-dir", "mine", "--plots-dir", "figs"), "mine", "figs"),
+])
+def test_figures_follow_a_results_dir_of_your_own(argv, results, plots, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HOMEWORK_DATA_DIR", raising=False)
+    dirs = prepare_output_dirs(_parse(*argv))
+    assert (dirs.results, dirs.plots) == (Path(results), Path(plots))
 
 
 def test_unwritable_results_folder_is_refused_before_training(tmp_path, fake_data_dir, capsys):

@@ -117,7 +117,8 @@ def build_parser(description: str, experiments: Sequence[str], default_plots: st
     p.add_argument("--results-dir", default=None,
                    help="where result JSON/CSV/MD files go (default: results, or results/<profile> for quick/full)")
     p.add_argument("--plots-dir", default=None,
-                   help=f"where figures (PNG) go (default: {default_plots}, or plots/<profile>/... for quick/full)")
+                   help=f"where figures (PNG) go (default: {default_plots}, or plots/<profile>/... for quick/full; "
+                        f"with a --results-dir of your own: <results-dir>/{default_plots})")
     p.set_defaults(default_plots=default_plots)
     p.add_argument("--cache-dir", default=None,
                    help=f"cache for decoded image folders (default: ${CACHE_DIR_ENV}, else ./data/cache)")
@@ -161,12 +162,21 @@ def prepare_output_dirs(args: argparse.Namespace) -> OutputDirs:
     data and cache folders, then create and check the output folders. Bad input raises
     :class:`UsageError` / :class:`DataError` (one line, exit code 2 under :func:`run_cli`)."""
     threads_from_env()
-    dirs = OutputDirs(Path(args.results_dir or profile_output_dir("results", args.profile)),
-                      Path(args.plots_dir or profile_output_dir(args.default_plots, args.profile)),
+    results = Path(args.results_dir or profile_output_dir("results", args.profile))
+    dirs = OutputDirs(results, Path(args.plots_dir) if args.plots_dir else default_plots_dir(results, args),
                       cache_dir_from(args.cache_dir), resolve_data_dir(args.data_dir))
     for label, path in (("results", dirs.results), ("plots", dirs.plots)):
         check_writable(label, path)
     return dirs
+
+
+def default_plots_dir(results: Path, args: argparse.Namespace) -> Path:
+    """Figures go with their results: the profile's plots folder beside the profile's results
+    folder, else ``<results>/plots/...``, so a run with its own --results-dir never overwrites the
+    figures of another run."""
+    if results.resolve() == profile_output_dir("results", args.profile).resolve():
+        return profile_output_dir(args.default_plots, args.profile)
+    return results / args.default_plots
 
 
 def check_writable(label: str, path: Path) -> None:
