@@ -8,6 +8,9 @@ Each script runs in its own process (its own log, its own exit code). The wall t
 script and of the whole study is written to ``results/study_run.json`` (with the machine it ran on
 and whether finished models were skipped), then README.md is re-rendered from ``results/``.
 A failing script stops the study with its exit code; the timings so far are still written.
+Ctrl-C or SIGTERM stops it too: the script in progress saves its finished models and exits, the
+record is written with ``"status": "interrupted"``, and the exit code is 130; running the same
+command again skips the finished models and resumes the rest.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,13 +27,23 @@ from pathlib import Path
 import torch
 
 from utils import report
-from utils.cli import PROFILES, profile_output_dir
+from utils.cli import PROFILES, ignore_interrupts, profile_output_dir, run_cli
 from utils.files import write_json
 from utils.runtime import resolve_runtime
 
 ROOT = Path(__file__).resolve().parent
 SCRIPTS = ("homework_cnn_vs_fc_comparison.py", "homework_cnn_architecture_analysis.py",
            "homework_custom_layers_experiments.py")
+SIGINT_GRACE_S = 10     # a script that did not get the Ctrl-C itself (sent to run_study alone) gets it then
+STOP_TIMEOUT_S = 120    # an interrupted script still running after this is killed
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C. Unlike a terminal's Ctrl-C it reached this process only."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
 
 
 def git_commit() -> str | None:
@@ -39,6 +53,33 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def run_script(path: Path, args: list[str]) -> tuple[int, bool]:
+    """Run one script to its end: ``(exit code, whether it was interrupted)``."""
+    child = subprocess.Popen([sys.executable, str(path), *args])
+    try:
+        return child.wait(), False
+    except KeyboardInterrupt as exc:
+        return _stop(child, terminated=isinstance(exc, Terminated)), True
+
+
+def _stop(child: subprocess.Popen, terminated: bool) -> int:
+    """Let an interrupted script save its finished work and exit (it ends with 130); kill it if it
+    does not within STOP_TIMEOUT_S, or at a second Ctrl-C."""
+    try:
+        if terminated:
+            child.send_signal(signal.SIGTERM)
+        else:
+            try:   # a terminal's Ctrl-C reaches the whole process group, the script included
+                return child.wait(SIGINT_GRACE_S)
+            except subprocess.TimeoutExpired:
+                child.send_signal(signal.SIGINT)
+        return child.wait(STOP_TIMEOUT_S)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        ignore_interrupts()
+        child.kill()
+        return child.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,26 +102,29 @@ def main(argv: list[str] | None = None) -> int:
     record = {"profile": args.profile, "force": args.force, "started": dt.datetime.now().isoformat(timespec="seconds"),
               "git_commit": git_commit(), "runtime": runtime.describe(), "cpu_count": os.cpu_count(),
               "torch_threads": torch.get_num_threads(), "scripts": [], "total_wall_s": None, "status": "running"}
-    t_start = time.perf_counter()
-    code = 0
-    for script in SCRIPTS:
-        t0 = time.perf_counter()
-        print(f"== {script} ({args.profile})", flush=True)
-        code = subprocess.call([sys.executable, str(ROOT / script), *common])
-        record["scripts"].append({"script": script, "wall_s": time.perf_counter() - t0, "exit_code": code})
-        record["total_wall_s"] = time.perf_counter() - t_start
-        if code != 0:
-            record["status"] = f"stopped: {script} exited with {code}"
-            break
-    else:
-        record["status"] = "completed"
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _run_study(args, common, record, results)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_study(args: argparse.Namespace, common: list[str], record: dict, results: Path) -> int:
+    code, interrupted = _run_scripts(common, record, args.profile)
     try:
         write_json(results / "study_run.json", record)
     except OSError as exc:
         print(f"error: could not write {results / 'study_run.json'} ({exc.strerror or exc})", file=sys.stderr)
-        return 2
+        return 130 if interrupted else 2
     per_script = ", ".join(f"{s['script']}: {s['wall_s'] / 60:.1f} min" for s in record["scripts"])
     print(f"== study {record['status']} in {record['total_wall_s'] / 60:.1f} min ({per_script})", flush=True)
+    if interrupted:
+        done = sum(1 for s in record["scripts"] if s["exit_code"] == 0)
+        print(f"interrupted: {results / 'study_run.json'} records the {done} script(s) finished so far; the "
+              f"finished models are saved, and the same command resumes the rest", file=sys.stderr)
+        return 130
     if code != 0:
         return code
     if not args.no_readme and args.profile == "standard" and results.resolve() == (ROOT / "results").resolve():
@@ -88,5 +132,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _run_scripts(common: list[str], record: dict, profile: str) -> tuple[int, bool]:
+    """Run the scripts in turn, filling ``record``; ``(last exit code, whether interrupted)``."""
+    t_start = time.perf_counter()
+    code, interrupted = 0, False
+    try:
+        for script in SCRIPTS:
+            t0 = time.perf_counter()
+            print(f"== {script} ({profile})", flush=True)
+            code, interrupted = run_script(ROOT / script, common)
+            interrupted = interrupted or code == 130      # the script alone was interrupted
+            entry = {"script": script, "wall_s": time.perf_counter() - t0, "exit_code": code}
+            record["scripts"].append({**entry, "interrupted": True} if interrupted else entry)
+            if interrupted or code != 0:
+                break
+    except KeyboardInterrupt:      # between two scripts
+        interrupted = True
+    if interrupted:
+        ignore_interrupts()        # the record must now be written whole
+    record["total_wall_s"] = time.perf_counter() - t_start
+    record["status"] = ("interrupted" if interrupted else f"stopped: {script} exited with {code}" if code != 0
+                        else "completed")
+    return code, interrupted
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs  # noqa: E402
 from utils.model_stats import count_flops  # noqa: E402
-from utils.data import DatasetSplits, load_dataset, resolve_data_dir  # noqa: E402
+from utils.data import DatasetSplits  # noqa: E402
+from utils.data_files import load_dataset, resolve_data_dir  # noqa: E402
 from utils.experiment import ExperimentConfig  # noqa: E402
 from utils.files import write_json  # noqa: E402
 from utils.runtime import resolve_runtime  # noqa: E402

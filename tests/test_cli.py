@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+from pathlib import Path
 
 import pytest
 import torch
 
+import homework_cnn_architecture_analysis as task2
 import homework_cnn_vs_fc_comparison as task1
-from utils.cli import build_parser, run_cli
+import homework_custom_layers_experiments as task3
+from tests.conftest import write_fake_cifar_folder, write_fake_mnist
+from utils.cli import UsageError, build_parser, prepare_output_dirs, run_cli, threads_from_env
+
+SCRIPTS = {"task1": task1, "task2": task2, "task3": task3}
 
 
 def _parse(*argv: str):
@@ -18,6 +26,7 @@ def _parse(*argv: str):
 @pytest.mark.parametrize("argv", [
     ("--epochs", "0"), ("--epochs", "-3"), ("--batch-size", "0"), ("--lr", "0"), ("--lr", "-0.1"),
     ("--lr", "abc"), ("--only", "nope"), ("--device", "tpu"), ("--precision", "fp8"), ("--profile", "huge"),
+    ("--seed", "-1"), ("--seed", "2147483648"), ("--seed", "1e3"), ("--batch-size", "1"),
 ])
 def test_invalid_arguments_exit_with_code_2(argv, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -29,6 +38,108 @@ def test_invalid_arguments_exit_with_code_2(argv, capsys):
 def test_valid_arguments_parse():
     args = _parse("--epochs", "3", "--lr", "0.01", "--only", "a", "b", "--precision", "fp32")
     assert args.epochs == 3 and args.lr == 0.01 and args.only == ["a", "b"] and args.profile == "standard"
+    assert _parse("--seed", "2147483647").seed == 2**31 - 1 and _parse("--batch-size", "2").batch_size == 2
+
+
+def test_repeated_experiment_names_run_once():
+    assert _parse("--only", "b", "a", "b").only == ["b", "a"]
+
+
+LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING) ")
+
+
+def _single_error_line(capsys) -> str:
+    """The user-facing contract: one line on stderr, starting with "error:", no traceback (the
+    progress log, which also goes to stderr, is not part of it)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if not LOG_LINE.match(line)]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_interrupt_exits_130_and_restores_the_signal_handlers(capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert run_cli(interrupted, [], interrupted_message="interrupted: test") == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted: test"
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+
+
+# ------------------------------------------------------------------------- environment variables
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5", "99999999"])
+def test_bad_thread_count_in_env_is_one_line_before_any_work(value, tmp_path, fake_data_dir, capsys, monkeypatch):
+    monkeypatch.setenv("HOMEWORK_THREADS", value)
+    code = run_cli(task1.main, ["--data-dir", str(fake_data_dir), "--results-dir", str(tmp_path / "r"),
+                                "--profile", "quick", "--only", "mnist"])
+    assert code == 2
+    line = _single_error_line(capsys)
+    assert f"HOMEWORK_THREADS={value!r}" in line and "unset it" in line
+    assert not (tmp_path / "r").exists()          # refused before anything was written
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_every_script_validates_the_environment(script, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HOMEWORK_THREADS", "two")
+    code = run_cli(SCRIPTS[script].main, ["--results-dir", str(tmp_path / "r"), "--profile", "quick"])
+    assert code == 2 and "HOMEWORK_THREADS" in _single_error_line(capsys)
+
+
+def test_thread_count_from_env(monkeypatch):
+    monkeypatch.setenv("HOMEWORK_THREADS", " 3 ")
+    assert threads_from_env() == 3
+    monkeypatch.setenv("HOMEWORK_THREADS", "")
+    assert threads_from_env() is None
+    monkeypatch.delenv("HOMEWORK_THREADS")
+    assert threads_from_env() is None
+    monkeypatch.setenv("HOMEWORK_THREADS", "-1")
+    with pytest.raises(UsageError):
+        threads_from_env()
+
+
+@pytest.mark.parametrize("variable", ["HOMEWORK_DATA_DIR", "HOMEWORK_CACHE_DIR"])
+def test_folder_env_var_pointing_at_a_file_is_refused(variable, tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    monkeypatch.setenv(variable, str(a_file))
+    code = run_cli(task1.main, ["--results-dir", str(tmp_path / "r"), "--profile", "quick", "--only", "mnist"])
+    assert code == 2
+    line = _single_error_line(capsys)
+    assert f"${variable} {a_file} is a file" in line
+    assert not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------- arguments that are valid only for the data
+@pytest.mark.parametrize("argv, expected", [
+    (("--train-subset", "5"), "--train-subset 5 is smaller than the 10 classes of MNIST"),
+    (("--test-subset", "9"), "--test-subset 9 is smaller than the 10 classes of MNIST"),
+    (("--train-subset", "100000"), "--train-subset 100000 is larger than the 200 training images of MNIST"),
+    (("--test-subset", "61"), "--test-subset 61 is larger than the 60 test images of MNIST"),
+])
+def test_subset_sizes_are_checked_against_the_data(argv, expected, tmp_path, fake_data_dir, capsys):
+    code = _run(tmp_path, fake_data_dir, "--only", "mnist", *argv)
+    assert code == 2
+    assert expected in _single_error_line(capsys)
+    assert not (tmp_path / "results" / "mnist_comparison").exists()   # no model was trained
+
+
+# ------------------------------------------------------------------- data errors from torchvision
+def test_garbage_idx_header_is_one_line_and_exit_2(tmp_path, capsys):
+    root = write_fake_mnist(tmp_path / "data", n_train=30, n_test=10)
+    bad = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    bad.write_bytes(b"\xff" * 64)                    # torchvision: AssertionError
+    assert _run(tmp_path, root, "--only", "mnist") == 2
+    assert f"{bad} is not an MNIST IDX file" in _single_error_line(capsys)
+
+
+def test_empty_class_folder_is_one_line_and_exit_2(tmp_path, capsys):
+    root = write_fake_cifar_folder(tmp_path / "data", n_train_per_class=2, n_test_per_class=1)
+    for image in (root / "CIFAR-10-images" / "train" / "frog").iterdir():
+        image.unlink()                               # torchvision: FileNotFoundError
+    assert _run(tmp_path, root, "--only", "cifar") == 2
+    assert "train/frog holds no images" in _single_error_line(capsys)
 
 
 def _run(tmp_path, data_dir, *extra: str) -> int:
@@ -41,6 +152,7 @@ def test_missing_data_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     # no network in CI: make the download fail fast and deterministically
     from torchvision.datasets import MNIST
     monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    (tmp_path / "empty").mkdir()                    # an existing folder: the data sets are downloaded into it
     code = _run(tmp_path, tmp_path / "empty", "--only", "mnist")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
@@ -48,6 +160,29 @@ def test_missing_data_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
                                  or "INFO" in line for line in err)
     assert any(line.startswith("error: MNIST not found") for line in err)
     assert "Traceback" not in "\n".join(err)
+
+
+def test_mistyped_data_dir_is_refused_and_not_created(tmp_path, capsys):
+    code = _run(tmp_path, tmp_path / "dtaa", "--only", "mnist")
+    assert code == 2
+    assert f"--data-dir {tmp_path / 'dtaa'} does not exist" in _single_error_line(capsys)
+    assert not (tmp_path / "dtaa").exists() and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("argv, results, plots", [
+    ((), "results", "plots/x"),
+    (("--profile", "quick"), "results/quick", "plots/quick/x"),
+    (("--results-dir", "results"), "results", "plots/x"),                  # the default, named explicitly
+    (("--results-dir", "results/quick", "--profile", "quick"), "results/quick", "plots/quick/x"),
+    (("--results-dir", "mine"), "mine", "mine/plots/x"),                   # figures follow the results
+    (("--results-dir", "mine", "--profile", "full"), "mine", "mine/plots/x"),
+    (("--results-dir", "mine", "--plots-dir", "figs"), "mine", "figs"),
+])
+def test_figures_follow_a_results_dir_of_your_own(argv, results, plots, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HOMEWORK_DATA_DIR", raising=False)
+    dirs = prepare_output_dirs(_parse(*argv))
+    assert (dirs.results, dirs.plots) == (Path(results), Path(plots))
 
 
 def test_unwritable_results_folder_is_refused_before_training(tmp_path, fake_data_dir, capsys):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +12,8 @@ import pytest
 import torch
 
 from tests.conftest import CIFAR_CLASSES, write_fake_cifar_batches, write_fake_cifar_folder, write_fake_mnist
-from utils.data import (ArrayDataset, BatchLoader, DataError, load_cifar10, load_mnist, random_crop_flip,
-                        resolve_data_dir, stratified_subset)
+from utils.data import ArrayDataset, BatchLoader, random_crop_flip, stratified_subset
+from utils.data_files import DataError, load_cifar10, load_mnist, resolve_data_dir
 
 
 def test_mnist_idx_files_load_as_uint8_tensors(fake_mnist):
@@ -74,19 +76,94 @@ def test_missing_data_offline_gives_one_clear_error(tmp_path):
         load_cifar10(tmp_path / "nothing", download=False)
 
 
-def test_truncated_mnist_file_is_reported_as_corrupt(tmp_path):
+def _idx(ndim_magic: int, dims: tuple[int, ...], payload: bytes) -> bytes:
+    return struct.pack(">HBB", 0, 0x08, ndim_magic) + struct.pack(f">{len(dims)}I", *dims) + payload
+
+
+# Each defect is written in the real IDX format; torchvision itself raises AssertionError,
+# RuntimeError or ValueError for them (or loads garbage), never a message naming the file.
+MNIST_DEFECTS = {
+    "garbage header": ("train-images-idx3-ubyte", lambda b: b"\xde\xad\xbe\xef" * 300, "is not an MNIST IDX file"),
+    "empty file": ("t10k-images-idx3-ubyte", lambda b: b"", "is not an MNIST IDX file"),
+    "labels header on images": ("train-images-idx3-ubyte", lambda b: _idx(1, (30,), bytes(30)), "not an MNIST IDX"),
+    "truncated images": ("train-images-idx3-ubyte", lambda b: b[:1000], "is truncated or has extra bytes"),
+    "truncated labels": ("t10k-labels-idx1-ubyte", lambda b: b[:-3], "is truncated or has extra bytes"),
+    "wrong image size": ("t10k-images-idx3-ubyte", lambda b: _idx(3, (10, 32, 32), bytes(10 * 32 * 32)),
+                         "shape [32, 32], expected [28, 28]"),
+    "fewer labels than images": ("t10k-labels-idx1-ubyte", lambda b: _idx(1, (9,), bytes(9)),
+                                 "holds 10 images but"),
+    "label out of range": ("train-labels-idx1-ubyte", lambda b: _idx(1, (30,), bytes([12] * 30)),
+                           "labels outside 0..9"),
+}
+
+
+@pytest.mark.parametrize("defect", sorted(MNIST_DEFECTS))
+def test_bad_mnist_file_is_one_line_naming_the_file(defect, tmp_path):
+    name, corrupt, expected = MNIST_DEFECTS[defect]
     root = write_fake_mnist(tmp_path, n_train=30, n_test=10)
-    f = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
-    f.write_bytes(f.read_bytes()[:1000])
-    with pytest.raises(DataError, match="corrupt or truncated"):
+    f = root / "MNIST" / "raw" / name
+    f.write_bytes(corrupt(f.read_bytes()))
+    with pytest.raises(DataError) as err:
         load_mnist(root, download=False)
+    msg = str(err.value)
+    assert expected in msg and str(root / "MNIST" / "raw") in msg and "\n" not in msg
+    assert "download a fresh copy" in msg or "download fresh copies" in msg
 
 
-def test_corrupt_image_in_folder_is_reported(tmp_path):
+def _png_of_size(h: int, w: int) -> bytes:
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+IMAGE_DEFECTS = {
+    "not an image": (lambda b: b"not a png", "cannot decode the image"),
+    "truncated png": (lambda b: b[:100], "cannot decode the image"),
+    "wrong size": (lambda b: _png_of_size(28, 28), "is 28x28 pixels; CIFAR-10 images are 32x32"),
+}
+
+
+@pytest.mark.parametrize("defect", sorted(IMAGE_DEFECTS))
+def test_bad_image_in_folder_is_one_line_naming_the_file(defect, tmp_path):
+    corrupt, expected = IMAGE_DEFECTS[defect]
     root = write_fake_cifar_folder(tmp_path, n_train_per_class=2, n_test_per_class=1)
-    (root / "CIFAR-10-images" / "train" / "dog" / "0000.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match="cannot decode"):
+    bad = root / "CIFAR-10-images" / "train" / "dog" / "0001.png"
+    bad.write_bytes(corrupt(bad.read_bytes()))
+    with pytest.raises(DataError) as err:
         load_cifar10(root, download=False, cache_dir=None)
+    msg = str(err.value)
+    assert expected in msg and str(bad) in msg and "\n" not in msg
+
+
+def test_files_that_are_not_images_are_ignored_in_class_folders(tmp_path):
+    root = write_fake_cifar_folder(tmp_path, n_train_per_class=2, n_test_per_class=1)
+    (root / "CIFAR-10-images" / "train" / "dog" / "notes.txt").write_text("a note")
+    assert len(load_cifar10(root, download=False).train) == 20
+
+
+def test_empty_class_folder_is_named(tmp_path):
+    root = write_fake_cifar_folder(tmp_path, n_train_per_class=2, n_test_per_class=1)
+    cat = root / "CIFAR-10-images" / "test" / "cat"
+    shutil.rmtree(cat)
+    cat.mkdir()
+    with pytest.raises(DataError, match=f"class folder {cat} holds no images"):
+        load_cifar10(root, download=False)
+
+
+def test_corrupt_pickle_batch_is_one_line(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+    import torchvision.datasets.cifar as tv_cifar
+
+    root = write_fake_cifar_batches(tmp_path, n_per_batch=20)
+    (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"\x80\x04garbage")
+    # past the md5 check (our files cannot match it), torchvision's unpickling raises UnpicklingError
+    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
+    with pytest.raises(DataError, match="cifar-10-batches-py are corrupt or incomplete") as err:
+        load_cifar10(root, download=False)
+    assert "\n" not in str(err.value)
 
 
 def test_wrong_class_folders_are_rejected(tmp_path):
@@ -96,12 +173,24 @@ def test_wrong_class_folders_are_rejected(tmp_path):
         load_cifar10(root, download=False)
 
 
-def test_data_dir_resolution(monkeypatch):
+def test_data_dir_resolution(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                     # ./data absent: the default may be created by a download
     monkeypatch.delenv("HOMEWORK_DATA_DIR", raising=False)
     assert resolve_data_dir(None) == Path("data")
-    monkeypatch.setenv("HOMEWORK_DATA_DIR", "/somewhere")
-    assert resolve_data_dir(None) == Path("/somewhere")
+    (tmp_path / "env").mkdir()
+    (tmp_path / "given").mkdir()
+    monkeypatch.setenv("HOMEWORK_DATA_DIR", str(tmp_path / "env"))
+    assert resolve_data_dir(None) == tmp_path / "env"
     assert resolve_data_dir("given") == Path("given")
+
+
+@pytest.mark.parametrize("source", ["--data-dir", "$HOMEWORK_DATA_DIR"])
+def test_a_data_dir_named_explicitly_must_exist(source, tmp_path, monkeypatch):
+    typo = tmp_path / "dta"
+    monkeypatch.setenv("HOMEWORK_DATA_DIR", str(typo) if source.startswith("$") else "")
+    with pytest.raises(DataError, match=f"{re.escape(source)} {typo} does not exist; check the path, or create"):
+        resolve_data_dir(str(typo) if source == "--data-dir" else None)
+    assert not typo.exists()
 
 
 def test_stratified_subset_is_balanced_and_seeded():

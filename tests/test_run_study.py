@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import run_study
 from tests.conftest import write_fake_mnist
+from utils.cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +46,79 @@ def test_study_stops_at_the_first_failing_script(tmp_path):
     images.write_bytes(images.read_bytes()[:1000])
     out = _run_study(tmp_path, "--data-dir", str(root), "--profile", "quick", "--results-dir", str(tmp_path / "r"))
     assert out.returncode == 2
-    assert "Traceback" not in out.stderr and "corrupt" in out.stderr
+    assert "Traceback" not in out.stderr and "is truncated" in out.stderr
     record = json.loads((tmp_path / "r" / "study_run.json").read_text())
     assert len(record["scripts"]) == 1 and record["scripts"][0]["exit_code"] == 2
     assert record["status"].startswith("stopped")
+
+
+# ------------------------------------------------------------------------------- interruptions
+# run_study.py copied next to three stand-in scripts (named like the real ones): the real signal
+# handling is exercised in a process of its own, without any training.
+FINISHES = "import sys\nsys.exit(0)\n"
+MUST_NOT_RUN = "from pathlib import Path\nPath('third_script_ran').touch()\n"
+CTRL_C = """import os, signal, sys, time
+try:
+    os.killpg(0, signal.SIGINT)          # a terminal's Ctrl-C: the whole process group gets it
+    time.sleep(60)
+except KeyboardInterrupt:
+    sys.exit(130)                        # what run_cli does once the finished work is saved
+sys.exit(99)
+"""
+SIGTERM_TO_RUN_STUDY_ONLY = """import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(130))
+os.kill(os.getppid(), signal.SIGTERM)    # e.g. `kill <run_study pid>`: this script is not told
+time.sleep(60)
+sys.exit(99)                             # reached only if run_study did not pass the SIGTERM on
+"""
+
+
+def _study_with_stand_ins(tmp_path: Path, second_script: str) -> subprocess.CompletedProcess:
+    study = tmp_path / "study"
+    study.mkdir()
+    shutil.copy(ROOT / "run_study.py", study)
+    for name, text in zip(run_study.SCRIPTS, (FINISHES, second_script, MUST_NOT_RUN)):
+        (study / name).write_text(text)
+    env = {**os.environ, "HOMEWORK_THREADS": "1", "HOMEWORK_DATA_DIR": "", "PYTHONPATH": str(ROOT)}
+    # a session of its own: the stand-in's Ctrl-C must not reach pytest
+    return subprocess.run([sys.executable, str(study / "run_study.py"), "--profile", "quick", "--results-dir",
+                           str(tmp_path / "r"), "--no-readme"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120, start_new_session=True)
+
+
+def _assert_interrupted_after_first_script(tmp_path: Path, out: subprocess.CompletedProcess) -> None:
+    assert out.returncode == 130, out.stderr
+    assert "Traceback" not in out.stderr
+    assert [line for line in out.stderr.splitlines() if line.startswith("interrupted:")]
+    record = json.loads((tmp_path / "r" / "study_run.json").read_text())
+    assert record["status"] == "interrupted" and record["total_wall_s"] > 0
+    first, second = record["scripts"]
+    assert first["exit_code"] == 0 and "interrupted" not in first
+    assert second["exit_code"] == 130 and second["interrupted"] is True   # the script saved and exited itself
+    assert not (tmp_path / "third_script_ran").exists()
+
+
+def test_ctrl_c_writes_the_record_of_the_scripts_so_far(tmp_path):
+    _assert_interrupted_after_first_script(tmp_path, _study_with_stand_ins(tmp_path, CTRL_C))
+
+
+def test_sigterm_is_passed_on_to_the_running_script_and_recorded(tmp_path):
+    _assert_interrupted_after_first_script(tmp_path, _study_with_stand_ins(tmp_path, SIGTERM_TO_RUN_STUDY_ONLY))
+
+
+def test_interrupt_between_scripts_is_recorded(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_run_script(path, args):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return 0, False
+
+    monkeypatch.setattr(run_study, "run_script", fake_run_script)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert run_cli(run_study.main, ["--results-dir", str(tmp_path / "r"), "--no-readme"]) == 130
+    record = json.loads((tmp_path / "r" / "study_run.json").read_text())
+    assert record["status"] == "interrupted" and [s["script"] for s in record["scripts"]] == [calls[0]]
+    assert "Traceback" not in capsys.readouterr().err
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers   # restored

@@ -17,16 +17,50 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from utils.data import DATA_DIR_ENV, DataError
-from utils.runtime import RuntimeUnavailable
+from utils.data import MAX_SEED, DataError, DatasetSplits
+from utils.data_files import DATA_DIR_ENV, load_dataset, resolve_data_dir
 
 PROFILES = ("quick", "standard", "full")
 CACHE_DIR_ENV = "HOMEWORK_CACHE_DIR"
+THREADS_ENV = "HOMEWORK_THREADS"
+MAX_THREADS = 1024      # far above any machine this runs on; beyond it torch/OpenMP fail obscurely
+DEFAULT_CACHE_DIR = "data/cache"
 log = logging.getLogger(__name__)
 
 
 class UsageError(RuntimeError):
     """A problem with what the user asked for; reported in one line, exit code 2."""
+
+
+# ----------------------------------------------------------------------- environment variables
+def threads_from_env() -> int | None:
+    """``$HOMEWORK_THREADS`` as a thread count, ``None`` when unset or empty (= all cores).
+
+    Raises :class:`UsageError` for anything but a whole number in 1..MAX_THREADS, so a typo is
+    reported before any work starts instead of surfacing as a traceback inside torch.
+    """
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_THREADS:
+        raise UsageError(f"{THREADS_ENV}={text!r} is not a number of CPU threads between 1 and {MAX_THREADS}; "
+                         f"set e.g. {THREADS_ENV}=2, or unset it to use all cores")
+    return value
+
+
+def cache_dir_from(cli_value: str | None) -> Path:
+    """``--cache-dir``, else ``$HOMEWORK_CACHE_DIR``, else ./data/cache; it may be absent (it is created
+    when first written) but must not be an existing file."""
+    env = os.environ.get(CACHE_DIR_ENV, "").strip()
+    origin = "--cache-dir" if cli_value else f"${CACHE_DIR_ENV}" if env else "the default cache folder"
+    path = Path(cli_value or env or DEFAULT_CACHE_DIR).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{origin} {path} is a file, not a folder; point it at a folder (or remove the file)")
+    return path
 
 
 def positive_int(text: str) -> int:
@@ -49,6 +83,30 @@ def positive_float(text: str) -> float:
     return value
 
 
+def batch_size(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:  # batch normalisation in training mode needs two values per channel
+        raise argparse.ArgumentTypeError("expected at least 2 (batch normalisation needs 2 images per batch)")
+    return value
+
+
+def seed_value(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_SEED} (2**31 - 1), got {text!r}")
+    return value
+
+
+class _StoreUnique(argparse.Action):
+    """``nargs="+"`` without repeats: ``--only a a`` runs ``a`` once."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, list(dict.fromkeys(values)))
+
+
 def build_parser(description: str, experiments: Sequence[str], default_plots: str) -> argparse.ArgumentParser:
     """The arguments every script takes; ``experiments`` are the names ``--only`` accepts."""
     p = argparse.ArgumentParser(description=description,
@@ -59,7 +117,8 @@ def build_parser(description: str, experiments: Sequence[str], default_plots: st
     p.add_argument("--results-dir", default=None,
                    help="where result JSON/CSV/MD files go (default: results, or results/<profile> for quick/full)")
     p.add_argument("--plots-dir", default=None,
-                   help=f"where figures (PNG) go (default: {default_plots}, or plots/<profile>/... for quick/full)")
+                   help=f"where figures (PNG) go (default: {default_plots}, or plots/<profile>/... for quick/full; "
+                        f"with a --results-dir of your own: <results-dir>/{default_plots})")
     p.set_defaults(default_plots=default_plots)
     p.add_argument("--cache-dir", default=None,
                    help=f"cache for decoded image folders (default: ${CACHE_DIR_ENV}, else ./data/cache)")
@@ -67,15 +126,16 @@ def build_parser(description: str, experiments: Sequence[str], default_plots: st
                    help="quick: every experiment end to end in ~2 min on tiny subsets; standard: the committed "
                         "results; full: longer training")
     p.add_argument("--epochs", type=positive_int, default=None, help="override the profile's epochs")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="override the profile's batch size")
+    p.add_argument("--batch-size", type=batch_size, default=None, help="override the profile's batch size (>= 2)")
     p.add_argument("--lr", type=positive_float, default=None, help="override the profile's peak learning rate")
-    p.add_argument("--seed", type=int, default=0, help="seed for data order, initialisation and augmentation")
+    p.add_argument("--seed", type=seed_value, default=0,
+                   help=f"seed for data subsets and order, initialisation and augmentation (0 .. {MAX_SEED})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto = bf16 autocast + channels_last where the hardware supports bf16")
     p.add_argument("--train-subset", type=positive_int, default=None, help="stratified training subset size")
     p.add_argument("--test-subset", type=positive_int, default=None, help="stratified test subset size")
-    p.add_argument("--only", nargs="+", metavar="NAME", choices=list(experiments), default=None,
+    p.add_argument("--only", nargs="+", metavar="NAME", choices=list(experiments), default=None, action=_StoreUnique,
                    help=f"run only these experiments: {', '.join(experiments)}")
     p.add_argument("--force", action="store_true", help="retrain models whose finished results exist")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -87,6 +147,7 @@ class OutputDirs:
     results: Path
     plots: Path
     cache: Path
+    data: Path
 
 
 def profile_output_dir(standard: str | Path, profile: str) -> Path:
@@ -97,16 +158,29 @@ def profile_output_dir(standard: str | Path, profile: str) -> Path:
 
 
 def prepare_output_dirs(args: argparse.Namespace) -> OutputDirs:
-    """Create and check the output folders before any training starts."""
-    dirs = OutputDirs(Path(args.results_dir or profile_output_dir("results", args.profile)),
-                      Path(args.plots_dir or profile_output_dir(args.default_plots, args.profile)),
-                      Path(args.cache_dir or os.environ.get(CACHE_DIR_ENV) or "data/cache"))
+    """The first step of every script, before any work: check the environment variables and the
+    data and cache folders, then create and check the output folders. Bad input raises
+    :class:`UsageError` / :class:`DataError` (one line, exit code 2 under :func:`run_cli`)."""
+    threads_from_env()
+    results = Path(args.results_dir or profile_output_dir("results", args.profile))
+    dirs = OutputDirs(results, Path(args.plots_dir) if args.plots_dir else default_plots_dir(results, args),
+                      cache_dir_from(args.cache_dir), resolve_data_dir(args.data_dir))
     for label, path in (("results", dirs.results), ("plots", dirs.plots)):
-        _check_writable(label, path)
+        check_writable(label, path)
     return dirs
 
 
-def _check_writable(label: str, path: Path) -> None:
+def default_plots_dir(results: Path, args: argparse.Namespace) -> Path:
+    """Figures go with their results: the profile's plots folder beside the profile's results
+    folder, else ``<results>/plots/...``, so a run with its own --results-dir never overwrites the
+    figures of another run."""
+    if results.resolve() == profile_output_dir("results", args.profile).resolve():
+        return profile_output_dir(args.default_plots, args.profile)
+    return results / args.default_plots
+
+
+def check_writable(label: str, path: Path) -> None:
+    """Create ``path`` (and parents) and make sure a file can be written there."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
@@ -137,8 +211,21 @@ def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: finished wo
     raise KeyboardInterrupt
 
 
-def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run a script's ``main`` with the package's error policy; returns the exit code."""
+INTERRUPTED = ("interrupted: finished results are saved; the run in progress resumes from its last checkpoint "
+               "next time")
+
+
+def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None,
+            interrupted_message: str = INTERRUPTED) -> int:
+    """Run a script's ``main`` with the package's error policy; returns the exit code.
+
+    UsageError / DataError / RuntimeUnavailable -> ``error: <message>`` on stderr, 2;
+    Ctrl-C or SIGTERM -> ``interrupted_message``, 130. The signal handlers are restored afterwards.
+    """
+    # imported here: utils.runtime itself uses this module's validated reader (threads_from_env)
+    from utils.runtime import RuntimeUnavailable
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return main(argv)
@@ -146,21 +233,42 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished results are saved; the run in progress resumes from its last "
-              "checkpoint next time", file=sys.stderr)
+        ignore_interrupts()   # a second Ctrl-C must not turn the report into a traceback
+        print(interrupted_message, file=sys.stderr)
         return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def ignore_interrupts() -> None:
+    """Ignore further Ctrl-C / SIGTERM (while the last words of an interrupted run are written)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def load_data(args: argparse.Namespace, dirs: OutputDirs, name: str, train_subset: int | None = None,
               test_subset: int | None = None):
     """Load a data set the way every script does: ``--data-dir`` / env / ./data, then the
     profile's (or ``--train-subset``/``--test-subset``) stratified subsets."""
-    from utils.data import load_dataset, resolve_data_dir
-
-    data = load_dataset(name, resolve_data_dir(args.data_dir), cache_dir=dirs.cache)
+    data = load_dataset(name, dirs.data, cache_dir=dirs.cache)
+    # The sizes are known only now; the profile's own subsets may exceed a small copy (kept whole).
+    _check_subset_size("--train-subset", args.train_subset, data, len(data.train), "training")
+    _check_subset_size("--test-subset", args.test_subset, data, len(data.test), "test")
     data = data.subsample(args.train_subset or train_subset, args.test_subset or test_subset, seed=args.seed)
     log.info("%s: %s, %d train / %d test samples", name, data.source, len(data.train), len(data.test))
     return data
+
+
+def _check_subset_size(option: str, size: int | None, data: DatasetSplits, available: int, split: str) -> None:
+    if size is None:
+        return
+    if size < data.num_classes:
+        raise UsageError(f"{option} {size} is smaller than the {data.num_classes} classes of {data.display_name}: "
+                         f"a class-balanced subset needs at least one image per class; use {data.num_classes} or more")
+    if size > available:
+        raise UsageError(f"{option} {size} is larger than the {available} {split} images of {data.display_name} "
+                         f"in {data.root}; use at most {available}, or leave it out to use them all")
 
 
 def apply_cli_overrides(cfg, args: argparse.Namespace):

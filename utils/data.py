@@ -5,37 +5,27 @@ each image dozens of times; turning a uint8 array into a PIL image and back for 
 far more than the small networks themselves on a 2-core CPU (see ``benchmarks/bench_training.py``).
 So each split is decoded once (by torchvision's own dataset classes), kept as one uint8 tensor
 ``(N, C, H, W)`` plus int64 labels, and batches are cut, augmented and normalised as whole tensors.
-
-Where the files come from, in order:
-  * MNIST: ``torchvision.datasets.MNIST`` under ``<data-dir>/MNIST/raw`` (downloaded if absent).
-  * CIFAR-10: the official pickle batches ``<data-dir>/cifar-10-batches-py`` via
-    ``torchvision.datasets.CIFAR10``; else an image-folder copy
-    ``<data-dir>/CIFAR-10-images/{train,test}/<class>/*.{png,jpg}`` via ``ImageFolder``; else a
-    torchvision download. Every result records which source was used (``DatasetSplits.source``).
+Reading the files from disk: ``utils/data_files.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-log = logging.getLogger(__name__)
-
-DATA_DIR_ENV = "HOMEWORK_DATA_DIR"
-DEFAULT_DATA_DIR = "data"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 DATASETS = ("mnist", "cifar10")
+DISPLAY_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
+# Seeds are 0 .. 2**31 - 1: with the small offsets of multi-seed studies they stay inside what every
+# consumer accepts (numpy's legacy seed and sklearn's random_state take < 2**32; BatchLoader's
+# seed * 100_003 + epoch stays far below torch's 2**64).
+MAX_SEED = 2**31 - 1
 
 
 class DataError(RuntimeError):
@@ -92,6 +82,10 @@ class DatasetSplits:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def display_name(self) -> str:
+        return DISPLAY_NAMES.get(self.name, self.name)
+
     def describe(self) -> dict:
         """What every result JSON records about its data."""
         return {"dataset": self.name, "source": self.source, "n_train": len(self.train),
@@ -129,155 +123,6 @@ def stratified_subset(ds: ArrayDataset, n: int | None, seed: int) -> ArrayDatase
     except ValueError:  # too few samples left out (or in a class) to stratify: plain seeded draw
         idx = np.random.default_rng(seed).permutation(len(ds))[:n]
     return ds.subset(np.sort(idx))
-
-
-def resolve_data_dir(cli_value: str | None) -> Path:
-    """``--data-dir``, else ``$HOMEWORK_DATA_DIR``, else ``./data``."""
-    return Path(cli_value or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
-
-
-# --------------------------------------------------------------------------------------- MNIST
-def load_mnist(root: Path, download: bool = True) -> DatasetSplits:
-    from torchvision import datasets
-
-    root = Path(root)
-    probe = datasets.MNIST.__new__(datasets.MNIST)
-    probe.root = str(root)
-    present = probe._check_exists()
-    if not present and not download:
-        raise DataError(_missing_msg("MNIST", root, "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte"))
-    try:
-        splits = [datasets.MNIST(str(root), train=t, download=download and not present) for t in (True, False)]
-    except (OSError, RuntimeError, ValueError) as exc:
-        if not present:
-            raise DataError(_missing_msg("MNIST", root, "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte")
-                            + f" (download failed: {_one_line(exc)})") from None
-        raise DataError(f"MNIST files under {root / 'MNIST' / 'raw'} are corrupt or truncated: {_one_line(exc)}") from None
-    train, test = (ArrayDataset(s.data.unsqueeze(1).contiguous(), s.targets) for s in splits)
-    _check_counts("MNIST", root, train, test, (60000, 10000))
-    return DatasetSplits("mnist", train, test, MNIST_CLASSES, "torchvision MNIST (IDX files, lossless)", str(root))
-
-
-# ------------------------------------------------------------------------------------ CIFAR-10
-def load_cifar10(root: Path, download: bool = True, cache_dir: Path | None = None) -> DatasetSplits:
-    root = Path(root)
-    if (root / "cifar-10-batches-py").is_dir():
-        return _load_cifar10_batches(root)
-    folder = root / "CIFAR-10-images"
-    if (folder / "train").is_dir() and (folder / "test").is_dir():
-        return _load_cifar10_image_folder(folder, cache_dir)
-    if not download:
-        raise DataError(_missing_msg("CIFAR-10", root, "cifar-10-batches-py/ or CIFAR-10-images/{train,test}/<class>/*.png"))
-    from torchvision import datasets
-    try:
-        datasets.CIFAR10(str(root), train=True, download=True)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise DataError(_missing_msg("CIFAR-10", root, "cifar-10-batches-py/ or CIFAR-10-images/{train,test}/<class>/*.png")
-                        + f" (download failed: {_one_line(exc)})") from None
-    return _load_cifar10_batches(root)
-
-
-def _load_cifar10_batches(root: Path) -> DatasetSplits:
-    from torchvision import datasets
-    try:
-        # torchvision checks every batch file's md5 here, so truncated/corrupt files are caught.
-        splits = [datasets.CIFAR10(str(root), train=t, download=False) for t in (True, False)]
-    except (OSError, RuntimeError, ValueError, EOFError) as exc:
-        raise DataError(f"CIFAR-10 batches under {root / 'cifar-10-batches-py'} are corrupt or incomplete: "
-                        f"{_one_line(exc)}") from None
-    train, test = (ArrayDataset(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(),
-                                torch.as_tensor(s.targets)) for s in splits)
-    _check_counts("CIFAR-10", root, train, test, (50000, 10000))
-    return DatasetSplits("cifar10", train, test, CIFAR10_CLASSES,
-                         "torchvision CIFAR10 (official pickle batches, lossless)", str(root))
-
-
-def _load_cifar10_image_folder(folder: Path, cache_dir: Path | None) -> DatasetSplits:
-    from torchvision import datasets
-
-    imgs: dict[str, ArrayDataset] = {}
-    extensions: set[str] = set()
-    for split in ("train", "test"):
-        ds = datasets.ImageFolder(str(folder / split))
-        if tuple(ds.classes) != CIFAR10_CLASSES:
-            raise DataError(f"{folder / split} has class folders {ds.classes}; expected the 10 CIFAR-10 classes "
-                            f"{list(CIFAR10_CLASSES)}")
-        extensions |= {Path(p).suffix.lower() for p, _ in ds.samples[:50]}
-        imgs[split] = _decode_image_folder(ds, cache_dir, split)
-    _check_counts("CIFAR-10", folder, imgs["train"], imgs["test"], (50000, 10000))
-    fmt = "JPEG, lossy" if extensions & {".jpg", ".jpeg"} else "PNG, lossless"
-    return DatasetSplits("cifar10", imgs["train"], imgs["test"], CIFAR10_CLASSES,
-                         f"image-folder copy CIFAR-10-images ({fmt})", str(folder.parent))
-
-
-def _decode_image_folder(ds, cache_dir: Path | None, split: str) -> ArrayDataset:
-    """Decode every file of an ImageFolder once; reuse a cache keyed on the file manifest."""
-    manifest = hashlib.sha1()
-    for path, label in ds.samples:
-        st = os.stat(path)
-        # relative names: the same folder reached by another path reuses the same cache
-        manifest.update(f"{os.path.relpath(path, ds.root)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    key = manifest.hexdigest()[:16]
-    cache_file = Path(cache_dir) / f"imagefolder_{split}_{key}.pt" if cache_dir else None
-    if cache_file is not None and cache_file.is_file():
-        try:
-            blob = torch.load(cache_file, weights_only=True)
-            log.info("CIFAR-10 %s: %d images from cache %s", split, len(blob["labels"]), cache_file)
-            return ArrayDataset(blob["images"], blob["labels"])
-        except Exception as exc:  # a broken cache is never trusted: decode again
-            log.warning("ignoring unreadable cache %s (%s)", cache_file, _one_line(exc))
-
-    def decode(item: tuple[str, int]) -> np.ndarray:
-        from PIL import Image
-        with Image.open(item[0]) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-    log.info("decoding %d images of %s (once; cached afterwards)", len(ds.samples), split)
-    try:
-        # PIL releases the GIL while decoding, so threads use both cores.
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            arrays = list(pool.map(decode, ds.samples, chunksize=256))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot decode an image of {split} in the CIFAR-10 image folder: {_one_line(exc)}") from None
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        raise DataError(f"CIFAR-10 image folder ({split}) holds images of several sizes: {sorted(shapes)[:3]}")
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    labels = torch.as_tensor([label for _, label in ds.samples], dtype=torch.long)
-    if cache_file is not None:
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(".tmp")
-            torch.save({"images": images, "labels": labels}, tmp)
-            os.replace(tmp, cache_file)
-        except OSError as exc:
-            log.warning("could not write cache %s (%s); continuing without it", cache_file, _one_line(exc))
-    return ArrayDataset(images, labels)
-
-
-def load_dataset(name: str, data_dir: Path, download: bool = True, cache_dir: Path | None = None) -> DatasetSplits:
-    """Load ``mnist`` or ``cifar10`` from ``data_dir`` (see module docstring for the search order)."""
-    if name == "mnist":
-        return load_mnist(data_dir, download)
-    if name == "cifar10":
-        return load_cifar10(data_dir, download, cache_dir)
-    raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
-
-
-def _check_counts(name: str, root: Path, train: ArrayDataset, test: ArrayDataset, full: tuple[int, int]) -> None:
-    if (len(train), len(test)) != full:
-        # Not an error: tests and users may point at smaller copies; results record the counts.
-        log.warning("%s under %s has %d train / %d test samples (the full set has %d / %d)",
-                    name, root, len(train), len(test), *full)
-
-
-def _missing_msg(name: str, root: Path, layout: str) -> str:
-    return (f"{name} not found in {Path(root).resolve()} (expected {layout}); pass --data-dir or set "
-            f"{DATA_DIR_ENV} to a folder holding it, or allow the torchvision download")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # ------------------------------------------------------------------------------ batch loading

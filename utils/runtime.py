@@ -14,7 +14,6 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-THREADS_ENV = "HOMEWORK_THREADS"
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -79,7 +78,8 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", threads: int 
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
     if dev.type == "cpu":
         # HOMEWORK_THREADS lets a second job share the machine without oversubscribing it.
-        torch.set_num_threads(threads or int(os.environ.get(THREADS_ENV, 0)) or os.cpu_count() or 1)
+        from utils.cli import threads_from_env
+        torch.set_num_threads(threads or threads_from_env() or os.cpu_count() or 1)
     bf16_ok = torch.cuda.is_bf16_supported() if dev.type == "cuda" else cpu_supports_bf16()
     if precision == "bf16" and not bf16_ok:
         raise RuntimeUnavailable(f"--precision bf16 was requested but {dev.type} has no bf16 support")
