@@ -87,6 +87,16 @@ ARCH_CONFIG = ExperimentConfig(batch_size=128, lr=0.05, optimizer="sgd", schedul
                                grad_sample_every=10, train_eval_samples=1000)
 
 KERNEL_NAMES = {"3x3": "conv3x3", "5x5": "conv5x5", "7x7": "conv7x7", "1x1+3x3": "conv1x1_3x3"}
+# variant label -> KernelSizeCNN arguments
+KERNEL_VARIANTS = {"3x3": {"kernel_size": 3}, "5x5": {"kernel_size": 5}, "7x7": {"kernel_size": 7},
+                   "1x1+3x3": {"kernel_size": 3, "reduce_1x1": True}}
+
+
+def kernel_cnn(kernel: str, width: int, in_ch: int = 3, classes: int = 10,
+               stage_widths: tuple[int, ...] | None = None) -> KernelSizeCNN:
+    """The kernel study's model for the variant labelled ``kernel`` (a key of ``KERNEL_VARIANTS``)."""
+    return KernelSizeCNN(width=width, in_channels=in_ch, num_classes=classes, stage_widths=stage_widths,
+                         **KERNEL_VARIANTS[kernel])
 
 
 # ------------------------------------------------------------------------------ kernel study
@@ -102,12 +112,12 @@ def match_kernel_widths(reference_width: int, in_ch: int = 3, classes: int = 10,
     Raises:
         RuntimeError: a variant is outside the tolerance (the comparison would be unfair).
     """
-    target = count_parameters(KernelSizeCNN("3x3", reference_width, in_ch, classes))["total"]
+    target = count_parameters(kernel_cnn("3x3", reference_width, in_ch, classes))["total"]
     variants = {}
-    for kernel in KernelSizeCNN.KERNELS:
-        w, _ = solve_width_for_params(lambda x: KernelSizeCNN(kernel, x, in_ch, classes), target)
+    for kernel in KERNEL_VARIANTS:
+        w, _ = solve_width_for_params(lambda x: kernel_cnn(kernel, x, in_ch, classes), target)
         w3, params = solve_width_for_params(
-            lambda x: KernelSizeCNN(kernel, w, in_ch, classes, stage_widths=(w, 2 * w, x)), target, lo=w, hi=16 * w)
+            lambda x: kernel_cnn(kernel, w, in_ch, classes, stage_widths=(w, 2 * w, x)), target, lo=w, hi=16 * w)
         variants[kernel] = {"kernel": kernel, "name": KERNEL_NAMES[kernel], "base_width": w,
                             "stage_widths": [w, 2 * w, w3], "params": params,
                             "relative_gap": (params - target) / target}
@@ -125,7 +135,7 @@ def kernel_specs(matching: dict, in_ch: int, classes: int) -> list[ModelSpec]:
         widths = tuple(v["stage_widths"])
 
         def build(c: ExperimentConfig, kernel=kernel, widths=widths) -> nn.Module:
-            return KernelSizeCNN(kernel, widths[0], in_ch, classes, stage_widths=widths)
+            return kernel_cnn(kernel, widths[0], in_ch, classes, stage_widths=widths)
 
         layout = "1x1 (w/2) + 3x3 (w)" if kernel == "1x1+3x3" else f"{kernel} conv"
         specs.append(ModelSpec(v["name"], build, f"3 stages of {layout}-BN-ReLU-maxpool, widths "

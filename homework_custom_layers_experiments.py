@@ -80,11 +80,10 @@ PROFILES = {
                     base_seeds=3, speed_batch=128, speed_repeats=15, grad_sample_every=20),
 }
 
-# One config per study, fixed before any result was seen: SGD-Nesterov + one-cycle (as task 1),
+# One config for both studies, fixed before any result was seen: SGD-Nesterov + one-cycle (as task 1),
 # weight decay 5e-4, no augmentation (3 epochs are too few for it to pay off).
 LAYERS_CONFIG = ExperimentConfig(batch_size=128, lr=0.1, optimizer="sgd", schedule="onecycle", weight_decay=5e-4,
                                  train_eval_samples=1000)
-BLOCKS_CONFIG = LAYERS_CONFIG
 HIGH_LR_FACTOR = 8.0   # the stability probe: peak lr 8x the shared one (0.1 -> 0.8)
 WIDTH = 32             # SwappableCNN widths 32-64-128 (~95 k parameters, ~21 MFLOPs/image)
 SE_REDUCTION = 8       # 32 channels -> hidden 4 in the first stage
@@ -491,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         analyse_layers(run, out_dir, dirs.plots)
         log.info("layers done: %s", out_dir / "layers_comparison.md")
     if "blocks" in todo:
-        cfg = apply_cli_overrides(BLOCKS_CONFIG.replace(epochs=profile.blocks_epochs,
+        cfg = apply_cli_overrides(LAYERS_CONFIG.replace(epochs=profile.blocks_epochs,
                                                         grad_sample_every=profile.grad_sample_every), args)
         high_lr = HIGH_LR_FACTOR * cfg.lr
         records = run_experiment(f"{SUBDIR}/blocks", block_specs(classes, profile.block_seeds, high_lr), data,

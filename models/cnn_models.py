@@ -3,26 +3,40 @@
 Every model maps ``(N, C, H, W)`` images to ``(N, num_classes)`` logits and works for any input
 size that survives its down-sampling (global average pooling before the classifier).
 
-Blocks (one class each, as in kuangliu/pytorch-cifar ``models/resnet.py``), written from scratch:
+Blocks (one class each, in the shape of kuangliu/pytorch-cifar ``models/resnet.py``: a class
+attribute ``expansion`` and a ``ResNet`` that builds its stages with ``_make_layer``), written from
+scratch. Unlike kuangliu's, a block is given its *output* width ``out_ch``; ``expansion`` is the
+ratio of that output width to the width its 3x3 convolution works at:
   * :class:`BasicBlock`      3x3 -> 3x3, identity or 1x1 projection shortcut (He et al. 2016)
   * :class:`BottleneckBlock` 1x1 reduce -> 3x3 -> 1x1 expand (x4), projection when shape changes
   * :class:`WideBlock`       pre-activation 3x3 -> dropout -> 3x3, widened (Zagoruyko & Komodakis 2016)
+
+BatchNorm or not: every model takes ``norm``; :func:`norm_layer` is the one place that turns it
+into a layer (BatchNorm2d, or Identity), and a conv followed by BN has no bias.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import torch
 from torch import Tensor, nn
+
+
+def norm_layer(channels: int, enabled: bool) -> nn.Module:
+    """``BatchNorm2d(channels)`` when ``enabled``, else ``Identity``: how every block chooses."""
+    return nn.BatchNorm2d(channels) if enabled else nn.Identity()
 
 
 def conv_bn_act(in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, norm: bool = True,
                 act: bool = True) -> nn.Sequential:
-    """``Conv(k, 'same' padding) -> [BatchNorm] -> [ReLU]``; no conv bias when BN follows."""
+    """``Conv(k, 'same' padding) -> [BatchNorm] -> [ReLU]``; no conv bias when BN follows.
+
+    Switched-off layers are left out of the ``Sequential`` (not Identity placeholders), so the
+    indices of the layers, and hence the parameter names, are those of the plain chain.
+    """
     layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, bias=not norm)]
     if norm:
-        layers.append(nn.BatchNorm2d(out_ch))
+        layers.append(norm_layer(out_ch, True))
     if act:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
@@ -59,15 +73,16 @@ class BasicBlock(nn.Module):
     shape is unchanged, else a 1x1 strided convolution (+BN): option B of the ResNet paper.
     """
 
+    expansion = 1
     pre_activation = False
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1, norm: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=not norm)
-        self.bn1 = nn.BatchNorm2d(out_ch) if norm else nn.Identity()
+        self.bn1 = norm_layer(out_ch, norm)
         self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=not norm)
-        self.bn2 = nn.BatchNorm2d(out_ch) if norm else nn.Identity()
+        self.bn2 = norm_layer(out_ch, norm)
         self.shortcut = _projection(in_ch, out_ch, stride, norm)
         self.relu = nn.ReLU(inplace=True)
 
@@ -85,19 +100,19 @@ class BottleneckBlock(nn.Module):
     The stride sits on the 3x3 (torchvision's "ResNet v1.5").
     """
 
+    expansion = 4
     pre_activation = False
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, norm: bool = True, dropout: float = 0.0,
-                 expansion: int = 4) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, norm: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
-        mid = max(1, out_ch // expansion)
+        mid = max(1, out_ch // self.expansion)
         self.conv1 = nn.Conv2d(in_ch, mid, 1, bias=not norm)
-        self.bn1 = nn.BatchNorm2d(mid) if norm else nn.Identity()
+        self.bn1 = norm_layer(mid, norm)
         self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=not norm)
-        self.bn2 = nn.BatchNorm2d(mid) if norm else nn.Identity()
+        self.bn2 = norm_layer(mid, norm)
         self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.conv3 = nn.Conv2d(mid, out_ch, 1, bias=not norm)
-        self.bn3 = nn.BatchNorm2d(out_ch) if norm else nn.Identity()
+        self.bn3 = norm_layer(out_ch, norm)
         self.shortcut = _projection(in_ch, out_ch, stride, norm)
         self.relu = nn.ReLU(inplace=True)
 
@@ -116,13 +131,14 @@ class WideBlock(nn.Module):
     is a bare 1x1 conv on the pre-activated input, as in the WRN reference code.
     """
 
+    expansion = 1
     pre_activation = True
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1, norm: bool = True, dropout: float = 0.3) -> None:
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_ch) if norm else nn.Identity()
+        self.bn1 = norm_layer(in_ch, norm)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=not norm)
-        self.bn2 = nn.BatchNorm2d(out_ch) if norm else nn.Identity()
+        self.bn2 = norm_layer(out_ch, norm)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=True)
         self.relu = nn.ReLU(inplace=False)
@@ -138,15 +154,10 @@ class WideBlock(nn.Module):
 
 
 def _projection(in_ch: int, out_ch: int, stride: int, norm: bool) -> nn.Module:
+    """Identity when the shape is kept, else ``conv1x1(stride) -> [BN]`` (left out like in conv_bn_act)."""
     if stride == 1 and in_ch == out_ch:
         return nn.Identity()
-    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, 1, stride, bias=not norm)]
-    if norm:
-        layers.append(nn.BatchNorm2d(out_ch))
-    return nn.Sequential(*layers)
-
-
-BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": BottleneckBlock, "wide": WideBlock}
+    return conv_bn_act(in_ch, out_ch, 1, stride, norm=norm, act=False)
 
 
 # --------------------------------------------------------------------------------- networks
@@ -167,26 +178,31 @@ class ResNet(nn.Module):
         if len(stage_channels) != len(blocks_per_stage):
             raise ValueError("stage_channels and blocks_per_stage must have the same length")
         stem_ch = stem_channels or stage_channels[0]
-        pre = getattr(block, "pre_activation", False)
+        pre = block.pre_activation
         stem: list[nn.Module] = [nn.Conv2d(in_channels, stem_ch, 3, 1, 1, bias=not norm or pre)]
         if not pre:  # pre-activation blocks normalise their own input
-            stem += [nn.BatchNorm2d(stem_ch) if norm else nn.Identity(), nn.ReLU(inplace=True)]
+            stem += [norm_layer(stem_ch, norm), nn.ReLU(inplace=True)]
         if stem_pool:
             stem.append(nn.MaxPool2d(2))
         self.stem = nn.Sequential(*stem)
-        stages, c = [], stem_ch
-        for i, (width, n) in enumerate(zip(stage_channels, blocks_per_stage)):
-            blocks = []
-            for j in range(n):
-                blocks.append(block(c, width, stride=2 if (i > 0 and j == 0) else 1, norm=norm, dropout=block_dropout))
-                c = width
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
-        self.final_act = (nn.Sequential(nn.BatchNorm2d(c) if norm else nn.Identity(), nn.ReLU(inplace=True))
-                          if pre else nn.Identity())
+        self.in_ch = stem_ch
+        self.stages = nn.Sequential(*(
+            self._make_layer(block, width, n, stride=1 if i == 0 else 2, norm=norm, dropout=block_dropout)
+            for i, (width, n) in enumerate(zip(stage_channels, blocks_per_stage))))
+        c = self.in_ch
+        self.final_act = nn.Sequential(norm_layer(c, norm), nn.ReLU(inplace=True)) if pre else nn.Identity()
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c, num_classes))
         if init == "kaiming":
             _init_weights(self, zero_last_bn=not pre)
+
+    def _make_layer(self, block: type[nn.Module], width: int, num_blocks: int, stride: int, norm: bool,
+                    dropout: float) -> nn.Sequential:
+        """One stage: ``num_blocks`` blocks of output width ``width``, the first with ``stride``."""
+        blocks = []
+        for s in [stride if j == 0 else 1 for j in range(num_blocks)]:
+            blocks.append(block(self.in_ch, width, stride=s, norm=norm, dropout=dropout))
+            self.in_ch = width
+        return nn.Sequential(*blocks)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.final_act(self.stages(self.stem(x))))
@@ -227,10 +243,11 @@ def resnet_like_plain(convs_per_stage: int, widths: Sequence[int] = (16, 32, 64)
 class KernelSizeCNN(nn.Module):
     """Three stages of ``conv(k) -> BN -> ReLU -> maxpool2`` at widths ``(w, 2w, 4w)``, GAP, Linear.
 
-    ``kernel`` is ``"3x3"``, ``"5x5"``, ``"7x7"`` or ``"1x1+3x3"``; in the last each stage is a 1x1
-    conv to ``w_i // 2`` channels followed by a 3x3 conv to ``w_i`` (the Inception/bottleneck
-    reduction). The experiment picks ``width`` per kernel so all variants have the same number of
-    parameters (``utils.model_stats.solve_width_for_params``).
+    ``kernel_size`` is the (odd) size ``k`` of every stage's convolution. With ``reduce_1x1`` each
+    stage is a 1x1 conv to ``w_i // 2`` channels followed by the ``k x k`` conv to ``w_i`` (the
+    Inception/bottleneck reduction; the study's "1x1+3x3" variant is ``k = 3`` with it). The
+    experiment picks ``width`` per variant so all have the same number of parameters
+    (``utils.model_stats.solve_width_for_params``).
 
     ``stage_widths`` (optional) replaces ``(w, 2w, 4w)`` by explicit per-stage widths. Why: for a
     7x7 net the base width is ~21, where one width step changes the parameter count by ~10 %; the
@@ -238,27 +255,25 @@ class KernelSizeCNN(nn.Module):
     ``homework_cnn_architecture_analysis.match_kernel_widths``).
     """
 
-    KERNELS = ("3x3", "5x5", "7x7", "1x1+3x3")
-
-    def __init__(self, kernel: str, width: int, in_channels: int = 3, num_classes: int = 10,
-                 stage_widths: Sequence[int] | None = None) -> None:
+    def __init__(self, kernel_size: int, width: int, in_channels: int = 3, num_classes: int = 10,
+                 stage_widths: Sequence[int] | None = None, reduce_1x1: bool = False) -> None:
         super().__init__()
-        if kernel not in self.KERNELS:
-            raise ValueError(f"unknown kernel {kernel!r}; choose from {self.KERNELS}")
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd int ('same' padding), got {kernel_size!r}")
         widths = tuple(stage_widths) if stage_widths is not None else (width, 2 * width, 4 * width)
         if len(widths) != 3 or min(widths) < 1:
             raise ValueError(f"stage_widths must be 3 positive ints, got {widths}")
         layers, c = [], in_channels
         for w in widths:
-            if kernel == "1x1+3x3":
-                layers += [*conv_bn_act(c, max(1, w // 2), 1), *conv_bn_act(max(1, w // 2), w, 3)]
+            if reduce_1x1:
+                layers += [*conv_bn_act(c, max(1, w // 2), 1), *conv_bn_act(max(1, w // 2), w, kernel_size)]
             else:
-                layers += [*conv_bn_act(c, w, int(kernel[0]))]
+                layers += [*conv_bn_act(c, w, kernel_size)]
             layers.append(nn.MaxPool2d(2))
             c = w
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
-        self.kernel, self.width, self.stage_widths = kernel, width, widths
+        self.kernel_size, self.reduce_1x1, self.stage_widths = kernel_size, reduce_1x1, widths
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -41,14 +40,3 @@ class FullyConnectedNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
-
-    @staticmethod
-    def expected_params(in_features: int, hidden: Sequence[int], num_classes: int = 10,
-                        batch_norm: bool = False) -> int:
-        """Closed-form parameter count (used by the tests)."""
-        sizes = [in_features, *hidden, num_classes]
-        total = 0
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            last = i == len(sizes) - 2
-            total += a * b + (b if (last or not batch_norm) else 0) + (0 if last or not batch_norm else 2 * b)
-        return total

@@ -120,7 +120,7 @@ def test_relative_param_gap_errors():
 
 
 def test_conv_layer_costs_sum_to_count_flops():
-    model = KernelSizeCNN("1x1+3x3", 12)
+    model = KernelSizeCNN(3, 12, reduce_1x1=True)
     costs = conv_layer_costs(model, (3, 32, 32))
     linear = 2 * 48 * 10
     assert sum(c["flops"] for c in costs) + linear == count_flops(model, (3, 32, 32))
