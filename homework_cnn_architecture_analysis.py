@@ -35,6 +35,7 @@ from torch import nn
 
 from models.cnn_models import BasicBlock, KernelSizeCNN, PlainCNN, ResNet, resnet_like_plain
 from utils import visualization_utils as viz
+from utils import plots_architecture as arch_plots
 from utils.cli import (apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
                        setup_logging)
 from utils.activations import collect_activations
@@ -256,16 +257,16 @@ def analyse_kernels(run: ExperimentRun, specs: list[ModelSpec], matching: dict, 
     write_json(out_dir / "analysis.json", analysis)
     atomic_write_text(out_dir / "analysis.md", kernel_markdown(analysis))
     title = _data_title(data)
-    viz.plot_architecture_bars(records, plots / f"{prefix}comparison.png",
+    arch_plots.plot_architecture_bars(records, plots / f"{prefix}comparison.png",
                                f"Kernel size at equal parameters ({title})", matching["target_params"], PARAM_TOLERANCE,
                                step_ms={n: t["median_ms_per_batch"] for n, t in steps.items()})
     viz.plot_learning_curves(records, plots / f"{prefix}learning_curves.png", f"Kernel size: learning curves ({title})")
-    viz.plot_receptive_fields(rf_variants, plots / f"{prefix}receptive_fields.png",
+    arch_plots.plot_receptive_fields(rf_variants, plots / f"{prefix}receptive_fields.png",
                               f"Receptive fields of the last conv layer: theoretical vs empirical ERF "
                               f"(mean |gradient| over {n_images} test images)")
-    viz.plot_first_layer_activations(images[:3].numpy(), first_acts, plots / f"{prefix}first_layer_activations.png",
+    arch_plots.plot_first_layer_activations(images[:3].numpy(), first_acts, plots / f"{prefix}first_layer_activations.png",
                                      "First conv layer activations (after BN+ReLU), 8 most active channels per model")
-    viz.plot_first_layer_filters(first_filters, plots / f"{prefix}first_layer_filters.png",
+    arch_plots.plot_first_layer_filters(first_filters, plots / f"{prefix}first_layer_filters.png",
                                  "Learned first-layer filters (16 of largest norm, RGB, each scaled to its range)")
     return analysis
 
@@ -418,12 +419,12 @@ def analyse_depth(run: ExperimentRun, data: DatasetSplits, runtime: Runtime, out
     title = _data_title(data)
     by_name = {r.model: r for r in records}
     grads = [_grad_view(r) for r in records]
-    viz.plot_architecture_bars(records, plots / f"{prefix}comparison.png", f"Depth: size, cost and accuracy ({title})",
+    arch_plots.plot_architecture_bars(records, plots / f"{prefix}comparison.png", f"Depth: size, cost and accuracy ({title})",
                                step_ms={n: t["median_ms_per_batch"] for n, t in steps.items()})
     viz.plot_learning_curves(records, plots / f"{prefix}learning_curves.png", f"Depth: learning curves ({title})")
     viz.plot_gradient_norms_per_layer([_zeros_as_nan(g) for g in grads], plots / f"{prefix}gradient_norms_per_layer.png",
                                       "Gradient L2 norm per layer (main path; shortcut projections left out)")
-    viz.plot_gradient_ratio(grads, plots / f"{prefix}gradient_ratio.png",
+    arch_plots.plot_gradient_ratio(grads, plots / f"{prefix}gradient_ratio.png",
                             "Vanishing gradients: first-conv / last-layer gradient norm during training")
     family = [g for g in grads if g.group == "depth20"]
     shallow = [g for g in grads if g.group == "depth_plain"]
@@ -438,10 +439,10 @@ def analyse_depth(run: ExperimentRun, data: DatasetSplits, runtime: Runtime, out
                ("without normalisation", ("plain20_nobn", "resnet20_nobn")))]
     groups = [g for g in groups if g[1]]
     if groups:
-        viz.plot_plain_vs_residual(groups, plots / f"{prefix}plain_vs_residual.png",
+        arch_plots.plot_plain_vs_residual(groups, plots / f"{prefix}plain_vs_residual.png",
                                    f"Plain vs residual at the same depth ({title})")
     if maps:
-        viz.plot_feature_maps_by_depth(image[0].numpy(), maps, plots / f"{prefix}feature_maps.png",
+        arch_plots.plot_feature_maps_by_depth(image[0].numpy(), maps, plots / f"{prefix}feature_maps.png",
                                        "Feature maps at several depths (4 most active channels; "
                                        "'mean' = mean activation of the layer)")
     return analysis

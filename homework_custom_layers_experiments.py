@@ -37,6 +37,7 @@ from models.custom_layers import CBAM, ChannelAttention, CustomConv2d, GeMPool2d
 from models.reference_layers import (AutogradCBAM, AutogradChannelAttention, AutogradConv2d, AutogradGeMPool2d,
                                      AutogradMixedPool2d, AutogradSwish)
 from utils import visualization_utils as viz
+from utils import plots_blocks as block_plots
 from utils.cli import (apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
                        setup_logging)
 from utils.experiment import ExperimentConfig, ModelSpec
@@ -182,7 +183,7 @@ def run_speed(profile: Profile, runtime: Runtime, out_dir: Path, plots_dir: Path
                           "same input; ratio = custom / other", "rows": rows}
         write_json(path, result)
     atomic_write_text(out_dir / "layer_speed.md", _speed_markdown(result) + "\n")
-    viz.plot_layer_speed(result["rows"], plots_dir / "layer_speed.png",
+    block_plots.plot_layer_speed(result["rows"], plots_dir / "layer_speed.png",
                          f"Custom layers: forward + backward time per batch "
                          f"({settings['batch']}x{channels}x{size}x{size}, {settings['threads']} CPU threads)")
     return result
@@ -293,7 +294,7 @@ def analyse_layers(run: ExperimentRun, out_dir: Path, plots_dir: Path) -> dict:
                        "percentage points; compare it with base_test_acc.std (seed noise)."}
     write_json(out_dir / "layers_comparison.json", summary)
     atomic_write_text(out_dir / "layers_comparison.md", _layers_markdown(summary) + "\n")
-    viz.plot_layer_swap(rows, base_acc, plots_dir / "layers_swap_summary.png",
+    block_plots.plot_layer_swap(rows, base_acc, plots_dir / "layers_swap_summary.png",
                         "CIFAR-10, one layer swapped at a time: test accuracy and training cost vs the base CNN")
     viz.plot_learning_curves([r for r in records if r.group != "base" or r.seed == 0],
                              plots_dir / "layers_learning_curves.png", "Layer swaps: learning curves")
@@ -420,13 +421,13 @@ def analyse_blocks(records: list[RunRecord], out_dir: Path, plots_dir: Path, bas
     atomic_write_text(out_dir / "blocks_stability.md", _blocks_markdown(summary) + "\n")
 
     seed0 = [runs[0] for runs in groups.values() if runs]
-    viz.plot_seed_bands(groups, plots_dir / "blocks_loss_bands.png",
+    block_plots.plot_seed_bands(groups, plots_dir / "blocks_loss_bands.png",
                         f"Residual blocks: loss and accuracy per epoch, mean and min-max over seeds (lr {base_lr:g})")
-    viz.plot_grad_norm_traces(groups, high, plots_dir / "blocks_grad_norms.png",
+    block_plots.plot_grad_norm_traces(groups, high, plots_dir / "blocks_grad_norms.png",
                               "Residual blocks: global gradient norm during training (mean and min-max over seeds)")
-    viz.plot_seed_accuracy(summary["blocks"], plots_dir / "blocks_accuracy_cost.png",
+    block_plots.plot_seed_accuracy(summary["blocks"], plots_dir / "blocks_accuracy_cost.png",
                            "Residual blocks: test accuracy over seeds, size and cost")
-    viz.plot_high_lr(groups, high, plots_dir / "blocks_high_lr.png",
+    block_plots.plot_high_lr(groups, high, plots_dir / "blocks_high_lr.png",
                      f"Residual blocks at a higher learning rate: peak lr {high_lr:g} vs {base_lr:g}")
     viz.plot_gradient_flow(seed0, plots_dir / "blocks_gradient_flow.png", "Residual blocks: gradient flow (seed 0)")
     viz.plot_learning_curves(seed0, plots_dir / "blocks_learning_curves.png", "Residual blocks: learning curves (seed 0)")

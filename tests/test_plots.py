@@ -1,0 +1,259 @@
+"""Figures: every figure function runs on small synthetic typed records and writes a PNG; the
+pure helpers behind the review's figure fixes (shared gradient colour scale, exact zeros, readable
+layer names, error counts, readable cost axes) do what they say."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from matplotlib import colors as mcolors
+from matplotlib import pyplot as plt
+from torch import nn
+
+from utils import plot_common, plots_architecture, plots_blocks
+from utils import visualization_utils as viz
+from utils.records import GradStats, History, RecordFormatError, RunRecord, summarise
+
+CLASSES = [f"class {k}" for k in range(10)]
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def _cnn() -> nn.Module:
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(4, 8, 3, stride=2, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(8)
+            self.shortcut = nn.Sequential(nn.Conv2d(4, 8, 1, stride=2, bias=False), nn.BatchNorm2d(8))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 4, 5, padding=2), nn.ReLU())
+            self.stages = nn.Sequential(nn.Sequential(Block()))
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+    return Net()
+
+
+def fake_record(model: str = "mlp", *, net: str = "mlp", epochs: int = 4, seed: int = 0, lr: float = 0.1,
+                status: str = "completed", zero_grads: bool = False, acc: float = 0.8,
+                time_s: float = 2.0) -> RunRecord:
+    """A small but complete :class:`RunRecord`: real architecture string and parameter counts of
+    a tiny torch model, plausible curves, gradient norms and predictions (fraction ``acc`` right).
+    ``status="diverged"`` gives what the engine writes for a diverged run (one epoch, no
+    predictions, no inference timings); ``zero_grads`` makes the first layer's first two
+    gradient samples exactly 0 (a zero-initialised residual branch)."""
+    rng = np.random.default_rng(seed)
+    module = _mlp() if net == "mlp" else _cnn()
+    per_layer = {n: sum(p.numel() for p in m.parameters(recurse=False))
+                 for n, m in module.named_modules() if any(True for _ in m.parameters(recurse=False))}
+    weights = [n for n, p in module.named_parameters() if n.endswith("weight") and p.dim() > 1]
+    diverged = status != "completed"
+    n_ep = 1 if diverged else epochs
+    ep = np.arange(1, n_ep + 1)
+    test_acc = list(acc - 0.3 / ep)
+    history = History(epoch=ep.tolist(), train_loss=list(1.5 / ep), train_acc=list(acc - 0.25 / ep),
+                      train_eval_loss=list(1.4 / ep), train_eval_acc=list(acc + 0.05 - 0.3 / ep),
+                      test_loss=list(1.6 / ep), test_acc=test_acc, epoch_time_s=[time_s / n_ep] * n_ep,
+                      lr=[lr] * n_ep)
+    steps = list(range(0, 10 * n_ep, 2))
+    l2 = rng.uniform(0.01, 2.0, size=(len(steps), len(weights))) * np.geomspace(0.1, 1, len(weights))
+    if zero_grads:
+        l2[:2, 0] = 0.0
+    labels = rng.integers(0, 10, size=300)
+    preds = np.where(rng.random(300) < acc, labels, rng.integers(0, 10, size=300))
+    record = RunRecord(
+        experiment="test", model=model, description="a test model", group=model.split("_")[0], variant="v",
+        seed=seed, status=status, diverged_at={"epoch": 1, "step": 3, "reason": "nan"} if diverged else None,
+        config={"lr": lr, "epochs": epochs}, config_overrides={}, config_hash="0" * 12, data={}, runtime={},
+        architecture=str(module), params={"total": sum(per_layer.values()), "trainable": sum(per_layer.values()),
+                                          "per_layer": per_layer},
+        flops_per_image=int(1e5 * (1 + seed)), history=history, train_time_s=time_s,
+        inference={} if diverged else {"latency_ms_batch1": 0.4 + seed, "throughput_img_s": 5000.0 / (1 + seed)},
+        grad_stats=GradStats(names=weights, step=steps, l2=l2.tolist(), mean_abs=(l2 / 10).tolist()),
+        predictions=None if diverged else preds.tolist(), labels=labels.tolist(), class_names=CLASSES,
+        summary=None)  # type: ignore[arg-type]
+    record.summary = summarise(record)
+    return record
+
+
+@pytest.fixture(scope="module")
+def records() -> list[RunRecord]:
+    return [fake_record("deep_fc", seed=0, acc=0.7, time_s=3.0),
+            fake_record("resnet_small", net="cnn", seed=1, acc=0.85, zero_grads=True, time_s=40.0),
+            fake_record("resnet_big", net="cnn", seed=2, acc=0.9, time_s=400.0),
+            fake_record("plain_lr_high", seed=3, status="diverged")]
+
+
+def _assert_png(path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2_000, path
+
+
+RECORD_FIGURES = [viz.plot_learning_curves, viz.plot_generalisation_gap, viz.plot_accuracy_vs_cost,
+                  viz.plot_parameter_breakdown, viz.plot_timing, viz.plot_confusion_matrices,
+                  viz.plot_per_class_accuracy, viz.plot_gradient_flow, viz.plot_gradient_norms_per_layer,
+                  plots_architecture.plot_architecture_bars, plots_architecture.plot_gradient_ratio]
+
+
+@pytest.mark.parametrize("figure", RECORD_FIGURES, ids=lambda f: f.__name__)
+def test_record_figures_write_a_png(figure, records, tmp_path):
+    out = figure(records, tmp_path / "fig.png", "A title")
+    assert out == tmp_path / "fig.png"
+    _assert_png(out)
+    assert not list(tmp_path.glob(".*.tmp")), "the temp file of the atomic write is left behind"
+
+
+def test_architecture_bars_with_target_and_step_times(records, tmp_path):
+    out = plots_architecture.plot_architecture_bars(records, tmp_path / "bars.png", "t", target_params=20_000,
+                                                    step_ms={"deep_fc": 12.0, "resnet_big": 30.0})
+    _assert_png(out)
+
+
+def test_grouped_record_figures_write_pngs(records, tmp_path):
+    groups = {"mlp": [fake_record("mlp", seed=s) for s in range(3)],
+              "cnn": [fake_record("cnn", net="cnn", seed=s, acc=0.9) for s in range(2)]}
+    high = {"mlp": fake_record("mlp_lr_high", status="diverged", lr=1.0), "cnn": fake_record("cnn_lr_high", lr=1.0)}
+    _assert_png(plots_blocks.plot_seed_bands(groups, tmp_path / "bands.png", "t"))
+    _assert_png(plots_blocks.plot_grad_norm_traces(groups, high, tmp_path / "traces.png", "t"))
+    _assert_png(plots_blocks.plot_high_lr(groups, high, tmp_path / "high.png", "t"))
+    _assert_png(plots_architecture.plot_plain_vs_residual([("with BN", records[:3]), ("without", records[3:])],
+                                                          tmp_path / "pvr.png", "t"))
+
+
+def test_array_figures_write_pngs(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(40, 3, 16, 16), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=40)
+    preds = np.where(rng.random(40) < 0.5, labels, (labels + 1) % 10)
+    _assert_png(viz.plot_misclassified(images, labels, preds, CLASSES, tmp_path / "mis.png", "t", n=12))
+    _assert_png(viz.plot_misclassified(images[:, :1], labels, labels, CLASSES, tmp_path / "none.png", "t"))
+    erf = rng.random((16, 16))
+    variants = [{"name": f"k{k}", "rf_layers": [("0", k), ("3", k + 1)], "rf": k + 1, "center": (8, 8),
+                 "erf_init": erf / erf.sum(), "erf_trained": erf ** k / (erf ** k).sum(), "extent_init": 9,
+                 "extent_trained": 5} for k in (3, 5)]
+    _assert_png(plots_architecture.plot_receptive_fields(variants, tmp_path / "rf.png", "t"))
+    acts = {"a": rng.random((2, 6, 8, 8)), "b": rng.random((2, 4, 8, 8))}
+    _assert_png(plots_architecture.plot_first_layer_activations(images[:2], acts, tmp_path / "act.png", "t", 5))
+    _assert_png(plots_architecture.plot_first_layer_filters({"a": rng.normal(size=(8, 3, 3, 3))},
+                                                            tmp_path / "filt.png", "t", n_filters=6))
+    maps = {"a": [("conv1", rng.random((4, 8, 8))), ("conv2", rng.random((6, 4, 4)))]}
+    _assert_png(plots_architecture.plot_feature_maps_by_depth(images[0], maps, tmp_path / "maps.png", "t"))
+
+
+def test_custom_layer_figures_write_pngs(tmp_path):
+    rows = [{"layer": "conv", "variant": "3x3", "custom_ms": 2.0, "autograd_ms": 3.0, "standard_ms": 1.0,
+             "ratio_vs_autograd": 0.67, "ratio_vs_standard": 2.0, "standard_layer": "nn.Conv2d"},
+            {"layer": "swish", "variant": "", "custom_ms": 0.5, "autograd_ms": 0.6, "standard_ms": None,
+             "ratio_vs_autograd": 0.83, "ratio_vs_standard": None}]
+    _assert_png(plots_blocks.plot_layer_speed(rows, tmp_path / "speed.png", "t"))
+    swaps = [{"model": "base", "swapped": "base", "test_acc": 0.5, "delta_vs_base_mean_pp": 0.1,
+              "epoch_time_ratio_vs_base": 1.0, "epoch_time_s": 10.0},
+             {"model": "attn_se", "swapped": "attention", "test_acc": 0.52, "delta_vs_base_mean_pp": 2.1,
+              "epoch_time_ratio_vs_base": 1.3, "epoch_time_s": 13.0}]
+    _assert_png(plots_blocks.plot_layer_swap(swaps, {"mean": 0.499, "std": 0.01, "n": 3}, tmp_path / "swap.png", "t"))
+    blocks = {name: {"test_acc": {"mean": 0.8, "std": 0.01, "min": 0.79, "max": 0.81, "values": [0.79, 0.8, 0.81]},
+                     "high_lr": {"lr": 0.4, "test_acc": 0.6}, "params": 1000, "mflops": 2.0,
+                     "epoch_time_s": {"mean": 5.0}} for name in ("basic", "bottleneck")}
+    _assert_png(plots_blocks.plot_seed_accuracy(blocks, tmp_path / "seeds.png", "t"))
+
+
+# ----------------------------------------------------------------------------- the record format
+def test_record_round_trips_and_refuses_renamed_or_missing_fields():
+    r = fake_record()
+    assert RunRecord.from_dict(r.to_dict()) == r
+    extra = {**r.to_dict(), "final_acc": 0.9}
+    with pytest.raises(RecordFormatError):
+        RunRecord.from_dict(extra)
+    missing = r.to_dict()
+    del missing["grad_stats"]
+    with pytest.raises(RecordFormatError):
+        RunRecord.from_dict(missing)
+    renamed = r.to_dict()
+    renamed["history"]["test_accuracy"] = renamed["history"].pop("test_acc")
+    with pytest.raises(RecordFormatError):
+        RunRecord.from_dict(renamed)
+
+
+# ---------------------------------------------------------------------------- gradient flow scale
+def test_gradient_flow_scale_spans_all_models_and_ignores_zeros_and_nan():
+    a = np.array([[0.0, 0.5], [np.nan, 2.0]])
+    b = np.array([[1e-4, 30.0]])
+    norm = viz.gradient_flow_scale([a, b])
+    assert isinstance(norm, mcolors.LogNorm)
+    assert (norm.vmin, norm.vmax) == (1e-4, 30.0)
+    only_zeros = viz.gradient_flow_scale([np.zeros((2, 2))])
+    assert 0 < only_zeros.vmin < only_zeros.vmax
+
+
+def test_gradient_flow_uses_one_colour_scale_and_shows_zeros_apart(records):
+    fig = viz.gradient_flow_figure(records, "t")
+    try:
+        with_grads = [r for r in records if r.grad_stats.l2]
+        heat = [ax for ax in fig.axes if ax.get_label() != "<colorbar>" and ax.collections
+                and isinstance(ax.collections[0].norm, mcolors.LogNorm)]
+        assert len(heat) == len(with_grads) == 4
+        expected = viz.gradient_flow_scale([np.asarray(r.grad_stats.l2) for r in with_grads])
+        for ax in heat:
+            norm = ax.collections[0].norm
+            assert (norm.vmin, norm.vmax) == pytest.approx((expected.vmin, expected.vmax))
+        # exact zeros are a separate red layer, not clamped into the colour scale
+        zero_layers = [len(ax.collections) - 1 for ax in heat]
+        assert zero_layers == [int(bool(np.any(np.asarray(r.grad_stats.l2) == 0))) for r in with_grads]
+        assert zero_layers == [0, 1, 0, 0]
+        assert np.ma.count_masked(heat[1].collections[0].get_array()) == 2   # the two zero cells
+    finally:
+        plt.close(fig)
+
+
+def test_error_counts_drop_the_diagonal():
+    cm = viz.error_counts([0, 0, 1, 1, 2], [0, 1, 1, 0, 1], 3)
+    assert cm.tolist() == [[0, 1, 0], [1, 0, 0], [0, 1, 0]]
+
+
+def test_misclassified_images_take_turns_over_the_true_classes():
+    labels = [0, 0, 0, 1, 1, 2, 2, 2]
+    preds = [1, 1, 0, 0, 1, 0, 0, 2]
+    assert viz.misclassified_round_robin(labels, preds).tolist() == [0, 3, 5, 1, 6]
+
+
+def test_misclassified_refuses_mismatched_inputs(tmp_path):
+    with pytest.raises(ValueError, match="N labels"):
+        viz.plot_misclassified(np.zeros((3, 1, 8, 8), np.uint8), [0, 1], [0, 1], CLASSES, tmp_path / "x.png", "t")
+
+
+@pytest.mark.parametrize("values, scale", [([95_000, 105_000], "linear"), ([1e3, 4e6], "log"), ([3e5, 4.2e6], "log"),
+                                           ([20.65, 20.9], "linear")])
+def test_cost_axis_is_log_only_over_a_decade_and_has_no_minor_labels(values, scale):
+    fig, ax = plt.subplots()
+    try:
+        ax.scatter(values, [1] * len(values))
+        plot_common.cost_axis(ax.xaxis, values)
+        assert ax.get_xscale() == scale
+        fig.canvas.draw()
+        assert not any(t.get_text() for t in ax.xaxis.get_minorticklabels())
+        labelled = [t for t in ax.xaxis.get_majorticklabels() if t.get_text()
+                    and ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+        assert 2 <= len(labelled) <= 8
+    finally:
+        plt.close(fig)
+
+
+def test_importing_the_figure_modules_sets_no_global_style():
+    code = ("import matplotlib; before = dict(matplotlib.rcParams); "
+            "import utils.visualization_utils, utils.plots_architecture, utils.plots_blocks; "
+            "changed = sorted(k for k, v in matplotlib.rcParams.items() if before.get(k) != v "
+            "and not k.startswith('backend')); print(changed); assert not changed")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(_repo_root()))
+
+
+def _repo_root():
+    from pathlib import Path
+    return Path(__file__).resolve().parents[1]
