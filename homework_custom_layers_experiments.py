@@ -5,8 +5,8 @@
 
 Experiments (``--only``):
   speed   forward+backward time of every custom layer (models/custom_layers.py, hand-written
-          backward) against the standard PyTorch layer and against the same maths written with
-          standard ops (models/reference_layers.py, autograd backward), timed side by side.
+          backward) against the standard PyTorch layer and against the same forward function run
+          under autograd (models.custom_layers.autograd_reference), timed side by side.
   layers  one small CNN (models.cnn_models.SwappableCNN) trained on CIFAR-10 with one layer swapped
           at a time: conv -> weight-standardised CustomConv2d, + SE / CBAM attention, ReLU -> Swish
           (and native SiLU), max pool -> MixedPool2d (and native avg pool), average head -> GeM.
@@ -33,9 +33,8 @@ import torch
 from torch import nn
 
 from models.cnn_models import BasicBlock, BottleneckBlock, ResNet, SwappableCNN, WideBlock
-from models.custom_layers import CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, Swish
-from models.reference_layers import (AutogradCBAM, AutogradChannelAttention, AutogradConv2d, AutogradGeMPool2d,
-                                     AutogradMixedPool2d, AutogradSwish)
+from models.custom_layers import (CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, Swish,
+                                  autograd_reference)
 from utils import visualization_utils as viz
 from utils import plots_blocks as block_plots
 from utils.cli import (apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
@@ -96,7 +95,7 @@ class SpeedCase:
     layer: str
     variant: str
     custom: Callable[[], nn.Module]
-    autograd: Callable[[], nn.Module] | None      # same maths, standard ops (autograd backward)
+    autograd: Callable[[], nn.Module] | None      # same forward, autograd backward (autograd_reference)
     standard: Callable[[], nn.Module] | None      # the standard PyTorch layer it replaces
     same_as_standard: bool = False                # custom == standard numerically (extra logic off)
     positive_input: bool = False                  # feed relu(x): GeM sees post-ReLU features
@@ -104,7 +103,7 @@ class SpeedCase:
 
 def speed_cases(c: int) -> list[SpeedCase]:
     conv = functools.partial(CustomConv2d, c, c, 3, padding=1, bias=False)
-    aconv = functools.partial(AutogradConv2d, c, c, 3, padding=1, bias=False)
+    aconv = lambda **kw: autograd_reference(conv(**kw))  # noqa: E731
     std_conv = lambda: nn.Conv2d(c, c, 3, padding=1, bias=False)  # noqa: E731
     return [
         SpeedCase("CustomConv2d", "options off", conv, None, std_conv, same_as_standard=True),
@@ -114,20 +113,20 @@ def speed_cases(c: int) -> list[SpeedCase]:
                   functools.partial(conv, weight_standardization=True, channel_gate=True),
                   functools.partial(aconv, weight_standardization=True, channel_gate=True), std_conv),
         SpeedCase("ChannelAttention (SE)", f"reduction {SE_REDUCTION}", lambda: ChannelAttention(c, SE_REDUCTION),
-                  lambda: AutogradChannelAttention(c, SE_REDUCTION), None),
+                  lambda: autograd_reference(ChannelAttention(c, SE_REDUCTION)), None),
         SpeedCase("CBAM", f"SE r={SE_REDUCTION} + 7x7 spatial", lambda: CBAM(c, SE_REDUCTION),
-                  lambda: AutogradCBAM(c, SE_REDUCTION), None),
+                  lambda: autograd_reference(CBAM(c, SE_REDUCTION)), None),
         SpeedCase("Swish", "beta = 1 fixed (= SiLU)", lambda: Swish(1.0, learnable=False),
-                  lambda: AutogradSwish(1.0, learnable=False), nn.SiLU, same_as_standard=True),
-        SpeedCase("Swish", "beta learnable", lambda: Swish(1.0, learnable=True), lambda: AutogradSwish(1.0),
-                  nn.ReLU),
+                  lambda: autograd_reference(Swish(1.0, learnable=False)), nn.SiLU, same_as_standard=True),
+        SpeedCase("Swish", "beta learnable", lambda: Swish(1.0, learnable=True),
+                  lambda: autograd_reference(Swish(1.0)), nn.ReLU),
         SpeedCase("GeMPool2d", "global, p = 1 fixed (= avg)", lambda: GeMPool2d(p=1.0, learnable=False),
-                  lambda: AutogradGeMPool2d(p=1.0, learnable=False), lambda: nn.AdaptiveAvgPool2d(1),
+                  lambda: autograd_reference(GeMPool2d(p=1.0, learnable=False)), lambda: nn.AdaptiveAvgPool2d(1),
                   same_as_standard=True, positive_input=True),
-        SpeedCase("GeMPool2d", "global, p learnable", lambda: GeMPool2d(p=3.0), lambda: AutogradGeMPool2d(p=3.0),
-                  lambda: nn.AdaptiveAvgPool2d(1), positive_input=True),
-        SpeedCase("MixedPool2d", "2x2, alpha learnable", lambda: MixedPool2d(2), lambda: AutogradMixedPool2d(2),
-                  lambda: nn.MaxPool2d(2)),
+        SpeedCase("GeMPool2d", "global, p learnable", lambda: GeMPool2d(p=3.0),
+                  lambda: autograd_reference(GeMPool2d(p=3.0)), lambda: nn.AdaptiveAvgPool2d(1), positive_input=True),
+        SpeedCase("MixedPool2d", "2x2, alpha learnable", lambda: MixedPool2d(2),
+                  lambda: autograd_reference(MixedPool2d(2)), lambda: nn.MaxPool2d(2)),
     ]
 
 

@@ -6,7 +6,8 @@ What is checked
   * gradcheck (float64) w.r.t. the input AND every parameter, for every Function
     and every CustomConv2d option combination.
   * equality with the standard PyTorch counterpart (nn.Conv2d, F.silu, avg/max
-    pooling) and with reference implementations written in plain autograd ops.
+    pooling, torchvision's SqueezeExcitation) and with the autograd reference: the same
+    forward function run under autograd (``autograd_reference``).
   * batch 1, odd sizes, transposed / sliced (non-contiguous) and channels_last inputs.
   * bf16 autocast forward + backward: fp32 island, finite grads close to fp32.
   * only needed gradients computed / tensors saved.
@@ -33,6 +34,7 @@ from models.custom_layers import (
     MixedPool2d,
     SpatialAttention,
     Swish,
+    autograd_reference,
 )
 
 F64 = torch.float64
@@ -48,67 +50,6 @@ def _single_thread():
     yield
     torch.set_num_threads(n)
 
-
-# --------------------------------------------------------------------------- #
-# Reference implementations in plain autograd ops
-# --------------------------------------------------------------------------- #
-def ref_conv(m: CustomConv2d, x: Tensor) -> Tensor:
-    w = m.weight
-    if m.weight_standardization:
-        wf = w.flatten(1)
-        var, mean = torch.var_mean(wf, dim=1, correction=0, keepdim=True)
-        w = ((wf - mean) / torch.sqrt(var + m.eps)).view_as(w)
-    y = F.conv2d(x, w, None, m.stride, m.padding, m.dilation)
-    if m.gate is not None:
-        y = y * m.gate.view(1, -1, 1, 1)
-    if m.bias is not None:
-        y = y + m.bias.view(1, -1, 1, 1)
-    return y
-
-
-def ref_se(m: ChannelAttention, x: Tensor) -> Tensor:
-    s = x.mean(dim=(2, 3))
-    z = F.linear(F.relu(F.linear(s, m.fc1_weight, m.fc1_bias)), m.fc2_weight, m.fc2_bias)
-    return x * torch.sigmoid(z)[:, :, None, None]
-
-
-def ref_spatial(m: SpatialAttention, x: Tensor) -> Tensor:
-    desc = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-    return x * torch.sigmoid(F.conv2d(desc, m.weight, m.bias, padding=m.kernel_size // 2))
-
-
-def ref_cbam(m: CBAM, x: Tensor) -> Tensor:
-    if m.channel is not None:
-        x = ref_se(m.channel, x)
-    if m.spatial is not None:
-        x = ref_spatial(m.spatial, x)
-    return x
-
-
-def ref_swish(m: Swish, x: Tensor) -> Tensor:
-    return x * torch.sigmoid(m.beta * x)
-
-
-def ref_gem(m: GeMPool2d, x: Tensor) -> Tensor:
-    u = x.clamp(min=m.eps).pow(m.p)
-    pooled = u.mean(dim=(2, 3), keepdim=True) if m.kernel_size is None else F.avg_pool2d(u, m.kernel_size, m.stride)
-    return pooled.pow(1.0 / m.p)
-
-
-def ref_mixed(m: MixedPool2d, x: Tensor) -> Tensor:
-    alpha = torch.sigmoid(m.a)
-    return alpha * F.max_pool2d(x, m.kernel_size, m.stride) + (1 - alpha) * F.avg_pool2d(x, m.kernel_size, m.stride)
-
-
-REFS: Dict[type, Callable[..., Tensor]] = {
-    CustomConv2d: ref_conv,
-    ChannelAttention: ref_se,
-    SpatialAttention: ref_spatial,
-    CBAM: ref_cbam,
-    Swish: ref_swish,
-    GeMPool2d: ref_gem,
-    MixedPool2d: ref_mixed,
-}
 
 # name -> (factory, input channels, positive-ish input?)
 CASES: Dict[str, Tuple[Callable[[], nn.Module], int, bool]] = {
@@ -151,10 +92,6 @@ def make_input(name: str, shape: Tuple[int, ...], dtype: torch.dtype = F64) -> T
     if CASES[name][2]:
         x = x + 0.6  # GeM: mostly positive, some entries clamped to eps
     return x
-
-
-def _ref(m: nn.Module, x: Tensor) -> Tensor:
-    return REFS[type(m)](m, x)
 
 
 def _grads(fn: Callable[[Tensor], Tensor], x: Tensor, params: List[Tensor], gy_seed: int = 1) -> List[Tensor]:
@@ -207,7 +144,7 @@ def test_partial_requires_grad(name: str, which: str) -> None:
 
 
 # --------------------------------------------------------------------------- #
-# Equality with plain-autograd references, incl. awkward layouts
+# Equality with the autograd reference (same forward, autograd backward), incl. awkward layouts
 # --------------------------------------------------------------------------- #
 def _layout(kind: str, c: int, dtype: torch.dtype, name: str) -> Tensor:
     if kind == "contiguous":
@@ -236,9 +173,9 @@ def test_matches_reference(name: str, layout: str) -> None:
     torch.manual_seed(1)
     m = make_module(name)
     x = _layout(layout, CASES[name][1], F64, name).requires_grad_()
-    params = list(m.parameters())
-    got = _grads(m, x, params)
-    want = _grads(lambda t: _ref(m, t), x, params)
+    ref = autograd_reference(m)
+    got = _grads(m, x, list(m.parameters()))
+    want = _grads(ref, x, list(ref.parameters()))
     _assert_list_close(got, want, **TOL[F64])
 
 
@@ -247,16 +184,77 @@ def test_matches_reference_float32(name: str) -> None:
     torch.manual_seed(2)
     m = make_module(name, torch.float32)
     x = make_input(name, (2, CASES[name][1], 7, 9), torch.float32).requires_grad_()
-    params = list(m.parameters())
-    got = _grads(m, x, params)
-    want = _grads(lambda t: _ref(m, t), x, params)
+    ref = autograd_reference(m)
+    got = _grads(m, x, list(m.parameters()))
+    want = _grads(ref, x, list(ref.parameters()))
     assert all(t.dtype == torch.float32 for t in got)
     _assert_list_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_autograd_reference_runs_same_forward_under_autograd(name: str) -> None:
+    """Same forward op for op (bit-identical output), but autograd's backward, on an independent copy."""
+    torch.manual_seed(13)
+    m = make_module(name)
+    ref = autograd_reference(m)
+    x = make_input(name, (2, CASES[name][1], 7, 9)).requires_grad_()
+    y, y_ref = m(x), ref(x)
+    assert torch.equal(y, y_ref)
+    assert type(y.grad_fn).__name__.endswith("FunctionBackward")        # the hand-written backward
+    assert not type(y_ref.grad_fn).__name__.endswith("FunctionBackward")  # an autograd node of a standard op
+    for (n, p), (n_ref, q) in zip(m.named_parameters(), ref.named_parameters()):
+        assert n == n_ref and torch.equal(p, q) and p is not q
+    assert m(x).grad_fn is not None and type(m(x).grad_fn) is type(y.grad_fn)  # the original is unchanged
+
+
+def test_autograd_reference_switches_nested_layers() -> None:
+    model = nn.Sequential(CustomConv2d(3, 8, 3), CBAM(8, 4, 3), Swish(), GeMPool2d())
+    ref = autograd_reference(model)
+    switched = [getattr(m, "use_autograd", None) for m in ref.modules()]
+    assert switched.count(True) == 5 and not any(getattr(m, "use_autograd", False) for m in model.modules())
 
 
 # --------------------------------------------------------------------------- #
 # Standard counterparts
 # --------------------------------------------------------------------------- #
+def test_se_equals_torchvision_squeeze_excitation() -> None:
+    """An independent implementation of the same SE block (1x1 convs instead of linear layers)."""
+    from torchvision.ops import SqueezeExcitation
+
+    torch.manual_seed(14)
+    m = ChannelAttention(8, reduction=4).double()
+    tv = SqueezeExcitation(8, 2).double()
+    with torch.no_grad():
+        tv.fc1.weight.copy_(m.fc1_weight[:, :, None, None]); tv.fc1.bias.copy_(m.fc1_bias)
+        tv.fc2.weight.copy_(m.fc2_weight[:, :, None, None]); tv.fc2.bias.copy_(m.fc2_bias)
+    x = torch.randn(2, 8, 5, 7, dtype=F64).requires_grad_()
+    got, want = _grads(m, x, []), _grads(tv, x, [])
+    _assert_list_close(got, want, **TOL[F64])
+
+
+def test_weight_standardization_equals_layer_norm_of_each_filter() -> None:
+    torch.manual_seed(15)
+    m = CustomConv2d(3, 4, 3, padding=1, weight_standardization=True, eps=1e-5).double()
+    ref = nn.Conv2d(3, 4, 3, padding=1).double()
+    with torch.no_grad():
+        ref.weight.copy_(F.layer_norm(m.weight.flatten(1), (27,), eps=1e-5).view_as(m.weight))
+        ref.bias.copy_(m.bias)
+    x = torch.randn(2, 3, 6, 5, dtype=F64)
+    torch.testing.assert_close(m(x), ref(x), **TOL[F64])
+
+
+@pytest.mark.parametrize("use", ["mean", "max"])
+def test_spatial_attention_forward_by_hand(use: str) -> None:
+    """A 1x1 kernel that reads only one descriptor gives x * sigmoid(mean_c x) or x * sigmoid(max_c x)."""
+    m = SpatialAttention(1).double()
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([1.0, 0.0] if use == "mean" else [0.0, 1.0], dtype=F64).view(1, 2, 1, 1))
+        m.bias.zero_()
+    x = torch.randn(2, 4, 3, 5, dtype=F64)
+    desc = x.mean(1, keepdim=True) if use == "mean" else x.amax(1, keepdim=True)
+    torch.testing.assert_close(m(x), x * torch.sigmoid(desc), **TOL[F64])
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(
     "kw",
@@ -330,7 +328,8 @@ def test_cbam_equals_composition(use_channel: bool, use_spatial: bool) -> None:
 
     params = list(m.parameters())
     _assert_list_close(_grads(m, x, params), _grads(composed, x, params), rtol=0, atol=0)
-    _assert_list_close(_grads(m, x, params), _grads(lambda t: ref_cbam(m, t), x, params), **TOL[F64])
+    ref = autograd_reference(m)
+    _assert_list_close(_grads(m, x, params), _grads(ref, x, list(ref.parameters())), **TOL[F64])
     assert (m.channel is not None) == use_channel and (m.spatial is not None) == use_spatial
 
 

@@ -1,0 +1,263 @@
+"""Pooling: generalised-mean (GeM) and a learnable mix of max and average pooling."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.nn.modules.utils import _pair
+
+from models.layers._common import (AutogradSwitch, Grads, avg_pool2d_adjoint, check_4d, fp32_backward, fp32_forward,
+                                   size_2_t)
+
+__all__ = ["gem_pool_fwd", "gem_pool_bwd", "GeMPoolFunction", "GeMPool2d",
+           "mixed_pool_fwd", "mixed_pool_bwd", "MixedPoolFunction", "MixedPool2d"]
+
+
+# --------------------------------------------------------------------------- #
+# GeM
+# --------------------------------------------------------------------------- #
+class GeMForward(NamedTuple):
+    y: Tensor   # pooled output
+    m: Tensor   # pooled mean of xc^p (pooled size)
+
+
+def gem_pool_fwd(x: Tensor, p: Tensor, kernel_size: Optional[Tuple[int, int]], stride: Optional[Tuple[int, int]],
+                 eps: float) -> GeMForward:
+    r"""Generalised-mean pooling (Radenovic et al. 2018), ``p`` 0-dim.
+
+    ``P`` = average pool over a k x k window, or over H x W if ``kernel_size`` is None::
+
+        xc = max(x, eps),  u = xc^p,  m = P(u),  y = m^(1/p)
+    """
+    u = x.clamp(min=eps).pow(p)
+    m = u.mean(dim=(2, 3), keepdim=True) if kernel_size is None else F.avg_pool2d(u, kernel_size, stride)
+    return GeMForward(m.pow(1.0 / p), m)
+
+
+def gem_pool_bwd(grad_y: Tensor, x: Tensor, p: Tensor, m: Tensor, y: Tensor, kernel_size: Optional[Tuple[int, int]],
+                 stride: Optional[Tuple[int, int]], eps: float, needs: Sequence[bool]) -> Grads:
+    r"""Backward of :func:`gem_pool_fwd`, with ``G = dL/dy``; returns ``(dL/dx, dL/dp)``.
+
+    ``P^T`` is the adjoint of ``P`` (spreads each window's grad uniformly over
+    its k*k inputs, summing overlaps)::
+
+        Gm     = G * y / (p m)                              (= dL/dm)
+        Gu     = P^T(Gm)                                    (= dL/du)
+        dL/dx  = Gu * p * u / xc * [x >= eps]               (d xc^p / dxc = p xc^(p-1))
+        dL/dp  = sum Gu * u * log(xc)  -  sum G * y * log(m) / p^2
+
+    The ``dL/dp`` form uses ``d m/dp = P(u log xc)`` and ``sum Gm * P(v) = sum P^T(Gm) * v``.
+    ``xc`` and ``u`` are recomputed from ``x``.
+    """
+    need_x, need_p = needs
+    grad_x = grad_p = None
+
+    xc = x.clamp(min=eps)
+    u = xc.pow(p)
+    grad_m = grad_y * y / (p * m)
+    if kernel_size is None:
+        grad_u = grad_m.expand_as(x) / (x.shape[2] * x.shape[3])
+    else:
+        grad_u = avg_pool2d_adjoint(grad_m, x, kernel_size, stride)
+    if need_x:
+        # clamp passes the gradient only where it did not clip (x >= eps), like torch.clamp
+        grad_x = torch.where(x >= eps, grad_u * p * u / xc, 0.0)
+    if need_p:
+        grad_p = (grad_u * u * torch.log(xc)).sum() - (grad_y * y * torch.log(m)).sum() / (p * p)
+        grad_p = grad_p.reshape(p.shape)
+    return grad_x, grad_p
+
+
+class GeMPoolFunction(torch.autograd.Function):
+    """GeM with the backward of :func:`gem_pool_bwd`; ``apply(x, p, kernel_size_or_None, stride, eps)``."""
+
+    @staticmethod
+    @fp32_forward
+    def forward(ctx: FunctionCtx, x: Tensor, p: Tensor, kernel_size: Optional[Tuple[int, int]],
+                stride: Optional[Tuple[int, int]], eps: float) -> Tensor:
+        out = gem_pool_fwd(x, p, kernel_size, stride, eps)
+        ctx.pool = (kernel_size, stride, eps)  # type: ignore[attr-defined]
+        # x (not u): xc and u are recomputed in backward, so only one
+        # input-sized tensor is kept alive.  m and y are pooled-size.
+        ctx.save_for_backward(x, p, out.m, out.y)
+        return out.y
+
+    @staticmethod
+    @once_differentiable
+    @fp32_backward
+    def backward(ctx: FunctionCtx, grad_y: Tensor) -> Grads:
+        grads = gem_pool_bwd(grad_y, *ctx.saved_tensors, *ctx.pool,  # type: ignore[attr-defined]
+                             needs=ctx.needs_input_grad[:2])
+        return (*grads, None, None, None)
+
+
+class GeMPool2d(AutogradSwitch, nn.Module):
+    """Generalised-mean pooling ``y = avg_pool(max(x, eps)^p)^(1/p)``.
+
+    ``p=1`` is average pooling (for inputs >= eps), ``p -> inf`` tends to max
+    pooling.  ``p`` is a learnable scalar or a fixed buffer.
+
+    Shape:
+        global (``kernel_size=None``): ``(N, C, H, W)`` -> ``(N, C, 1, 1)``.
+        windowed: ``(N, C, H, W)`` -> ``(N, C, H_out, W_out)`` exactly as
+        ``F.avg_pool2d(x, kernel_size, stride)`` (no padding, floor mode).
+
+    Args:
+        kernel_size: window, or ``None`` for global pooling.
+        stride: defaults to ``kernel_size``.
+        p: initial exponent (> 0).
+        learnable: make ``p`` an ``nn.Parameter``.
+        eps: clamp floor; keeps ``xc^p`` and ``log(xc)`` finite.  In fp32,
+            ``eps^p`` underflows to 0 once ``p > ~6`` (for eps=1e-6), so an
+            all-clamped window then gives ``y = 0`` and non-finite ``dL/dp``.
+    """
+
+    def __init__(
+        self,
+        kernel_size: Optional[size_2_t] = None,
+        stride: Optional[size_2_t] = None,
+        p: float = 3.0,
+        learnable: bool = True,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if p <= 0:
+            raise ValueError(f"p must be > 0, got {p}")
+        self.kernel_size: Optional[Tuple[int, int]] = None if kernel_size is None else _pair(kernel_size)
+        if self.kernel_size is None:
+            self.stride: Optional[Tuple[int, int]] = None
+        else:
+            self.stride = self.kernel_size if stride is None else _pair(stride)
+        self.learnable = learnable
+        self.eps = eps
+        p_t = torch.tensor(float(p))
+        if learnable:
+            self.p = nn.Parameter(p_t)
+        else:
+            self.register_buffer("p", p_t)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_4d(x, "GeMPool2d")
+        return self._run(GeMPoolFunction, gem_pool_fwd, x, self.p, self.kernel_size, self.stride, self.eps)
+
+    def extra_repr(self) -> str:
+        k = "global" if self.kernel_size is None else f"kernel_size={self.kernel_size}, stride={self.stride}"
+        return f"{k}, p={float(self.p.detach()):.4g}, learnable={self.learnable}, eps={self.eps}"
+
+
+# --------------------------------------------------------------------------- #
+# Mixed max/avg pooling
+# --------------------------------------------------------------------------- #
+class MixedPoolForward(NamedTuple):
+    y: Tensor     # pooled output
+    idx: Tensor   # flat H*W argmax of each window (from max_pool2d)
+    mx: Tensor    # max pool
+    av: Tensor    # average pool
+
+
+def mixed_pool_fwd(x: Tensor, a: Tensor, kernel_size: Tuple[int, int], stride: Tuple[int, int]) -> MixedPoolForward:
+    r"""Learnable mix of max and average pooling (Lee et al. 2016, "mixed" pooling), ``a`` 0-dim.
+
+    ``alpha = sigmoid(a)``, no padding, floor mode::
+
+        y = alpha * maxpool(x) + (1 - alpha) * avgpool(x)
+    """
+    mx, idx = F.max_pool2d(x, kernel_size, stride, return_indices=True)
+    av = F.avg_pool2d(x, kernel_size, stride)
+    alpha = torch.sigmoid(a)
+    return MixedPoolForward(torch.lerp(av, mx, alpha), idx, mx, av)  # av + alpha (mx - av)
+
+
+def mixed_pool_bwd(grad_y: Tensor, x: Optional[Tensor], idx: Optional[Tensor], diff: Optional[Tensor], a: Tensor,
+                   kernel_size: Tuple[int, int], stride: Tuple[int, int], needs: Sequence[bool]) -> Grads:
+    r"""Backward of :func:`mixed_pool_fwd`, with ``G = dL/dy`` and ``diff = maxpool(x) - avgpool(x)``::
+
+        dL/dx = scatter_add(argmax indices, alpha * G) + AvgPool^T((1 - alpha) * G)
+        dL/da = alpha (1 - alpha) * sum G * diff
+
+    The max-pool part uses scatter_add on the flat H*W indices from
+    ``F.max_pool2d(..., return_indices=True)`` rather than ``F.max_unpool2d``:
+    unpool *assigns*, so with overlapping windows (stride < kernel) an input that
+    wins two windows would get only one of the two gradients.  ``x`` only gives
+    the shape and memory format.
+    """
+    need_x, need_a = needs
+    alpha = torch.sigmoid(a)
+    grad_x = grad_a = None
+    if need_x:
+        n, c, h, w = x.shape
+        grad_max = torch.zeros(n, c, h * w, dtype=grad_y.dtype, device=grad_y.device)
+        grad_max.scatter_add_(2, idx.reshape(n, c, -1), (alpha * grad_y).reshape(n, c, -1))
+        grad_x = grad_max.view(n, c, h, w) + avg_pool2d_adjoint((1 - alpha) * grad_y, x, kernel_size, stride)
+    if need_a:
+        grad_a = ((grad_y * diff).sum() * alpha * (1 - alpha)).reshape(a.shape)
+    return grad_x, grad_a
+
+
+class MixedPoolFunction(torch.autograd.Function):
+    """Mixed pooling with the backward of :func:`mixed_pool_bwd`; ``apply(x, a, kernel_size, stride)``."""
+
+    @staticmethod
+    @fp32_forward
+    def forward(ctx: FunctionCtx, x: Tensor, a: Tensor, kernel_size: Tuple[int, int],
+                stride: Tuple[int, int]) -> Tensor:
+        need_x, need_a = ctx.needs_input_grad[:2]
+        out = mixed_pool_fwd(x, a, kernel_size, stride)
+        ctx.pool = (kernel_size, stride)  # type: ignore[attr-defined]
+        ctx.save_for_backward(
+            x if need_x else None,  # shape / memory format for the avg-pool adjoint
+            out.idx if need_x else None,
+            (out.mx - out.av) if need_a else None,  # pooled-size; the only thing dL/da needs
+            a,
+        )
+        return out.y
+
+    @staticmethod
+    @once_differentiable
+    @fp32_backward
+    def backward(ctx: FunctionCtx, grad_y: Tensor) -> Grads:
+        grads = mixed_pool_bwd(grad_y, *ctx.saved_tensors, *ctx.pool,  # type: ignore[attr-defined]
+                               needs=ctx.needs_input_grad[:2])
+        return (*grads, None, None)
+
+
+class MixedPool2d(AutogradSwitch, nn.Module):
+    """Mixed pooling ``y = sigmoid(a) * max_pool(x) + (1 - sigmoid(a)) * avg_pool(x)``.
+
+    ``a`` is a learnable scalar logit; ``sigmoid(a) = 1`` gives max pooling and
+    ``0`` gives average pooling.
+
+    Shape:
+        ``(N, C, H, W)`` -> ``(N, C, H_out, W_out)`` as ``F.max_pool2d(x, kernel_size, stride)``
+        (no padding, floor mode).
+
+    Args:
+        kernel_size: window.
+        stride: defaults to ``kernel_size``.
+        alpha_init: initial mixing weight ``sigmoid(a)`` in (0, 1); ``a = logit(alpha_init)``.
+    """
+
+    def __init__(self, kernel_size: size_2_t, stride: Optional[size_2_t] = None, alpha_init: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 < alpha_init < 1.0:
+            raise ValueError(f"alpha_init must be in (0, 1), got {alpha_init}")
+        self.kernel_size: Tuple[int, int] = _pair(kernel_size)
+        self.stride: Tuple[int, int] = self.kernel_size if stride is None else _pair(stride)
+        self.a = nn.Parameter(torch.tensor(math.log(alpha_init / (1.0 - alpha_init))))
+
+    @property
+    def alpha(self) -> Tensor:
+        """Current mixing weight of the max-pool branch, ``sigmoid(a)``."""
+        return torch.sigmoid(self.a.detach())
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_4d(x, "MixedPool2d")
+        return self._run(MixedPoolFunction, mixed_pool_fwd, x, self.a, self.kernel_size, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, alpha={float(self.alpha):.4g}"
