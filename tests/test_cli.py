@@ -14,7 +14,7 @@ import homework_cnn_architecture_analysis as task2
 import homework_cnn_vs_fc_comparison as task1
 import homework_custom_layers_experiments as task3
 from tests.conftest import write_fake_cifar_folder, write_fake_mnist
-from utils.cli import UsageError, build_parser, prepare_output_dirs, run_cli, threads_from_env
+from utils.cli import UsageError, build_parser, load_data, prepare_output_dirs, run_cli, threads_from_env
 
 SCRIPTS = {"task1": task1, "task2": task2, "task3": task3}
 
@@ -26,7 +26,7 @@ def _parse(*argv: str):
 @pytest.mark.parametrize("argv", [
     ("--epochs", "0"), ("--epochs", "-3"), ("--batch-size", "0"), ("--lr", "0"), ("--lr", "-0.1"),
     ("--lr", "abc"), ("--only", "nope"), ("--device", "tpu"), ("--precision", "fp8"), ("--profile", "huge"),
-    ("--seed", "-1"), ("--seed", "2147483648"), ("--seed", "1e3"), ("--batch-size", "1"),
+    ("--seed", "-1"), ("--seed", "2147483648"), ("--seed", "4294967296"), ("--seed", "1e3"), ("--batch-size", "1"),
 ])
 def test_invalid_arguments_exit_with_code_2(argv, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -140,6 +140,14 @@ def test_empty_class_folder_is_one_line_and_exit_2(tmp_path, capsys):
         image.unlink()                               # torchvision: FileNotFoundError
     assert _run(tmp_path, root, "--only", "cifar") == 2
     assert "train/frog holds no images" in _single_error_line(capsys)
+
+
+def test_largest_seed_gives_stratified_subsets(tmp_path, fake_data_dir):
+    args = _parse("--data-dir", str(fake_data_dir), "--results-dir", str(tmp_path / "r"), "--seed", "2147483647",
+                  "--train-subset", "50", "--test-subset", "59")
+    data = load_data(args, prepare_output_dirs(args), "mnist")
+    assert data.train.labels.bincount().tolist() == [5] * 10
+    assert sorted(data.test.labels.bincount().tolist()) == [5] + [6] * 9     # 59 of 60: one class gives one
 
 
 def _run(tmp_path, data_dir, *extra: str) -> int:
