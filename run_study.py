@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 
 from utils import report
-from utils.cli import PROFILES, ignore_interrupts, profile_output_dir, run_cli
+from utils.cli import (PROFILES, cache_dir_from, check_writable, ignore_interrupts, profile_output_dir, run_cli,
+                       threads_from_env)
+from utils.data_files import resolve_data_dir
 from utils.training_utils import resolve_runtime, write_json
 
 ROOT = Path(__file__).resolve().parent
@@ -91,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-readme", action="store_true", help="do not re-render README.md at the end")
     args = p.parse_args(argv)
 
-    runtime = resolve_runtime()
+    # What every script would refuse is refused here, before the first script starts.
+    runtime = resolve_runtime(threads=threads_from_env())
+    resolve_data_dir(args.data_dir)
+    cache_dir_from(None)
     results = Path(args.results_dir or profile_output_dir("results", args.profile))
+    check_writable("results", results)
     common = ["--profile", args.profile, "--results-dir", str(results)]
     if args.data_dir:
         common += ["--data-dir", args.data_dir]
@@ -156,4 +162,5 @@ def _run_scripts(common: list[str], record: dict, profile: str) -> tuple[int, bo
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(main, interrupted_message="interrupted: finished results are saved; the same command resumes "
+                                               "the rest"))
