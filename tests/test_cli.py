@@ -210,6 +210,7 @@ def test_cuda_request_without_cuda_exits_2(tmp_path, fake_data_dir, capsys):
     assert code == 2 and "CUDA is not available" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_task1_quick_profile_end_to_end(tmp_path, fake_data_dir):
     assert _run(tmp_path, fake_data_dir, "--precision", "fp32") == 0
     for exp, models in (("mnist_comparison", ("fc", "simple_cnn", "residual_cnn")),
