@@ -85,7 +85,8 @@ def _stop(child: subprocess.Popen, terminated: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=None, help="passed to every script (default: $HOMEWORK_DATA_DIR, else ./data)")
+    p.add_argument("--data-dir", default=None,
+                   help="passed to every script; must exist (default: $HOMEWORK_DATA_DIR, else ./data)")
     p.add_argument("--profile", choices=PROFILES, default="standard")
     p.add_argument("--results-dir", default=None,
                    help="passed to every script (default: results, or results/<profile> for quick/full)")
