@@ -149,7 +149,8 @@ def _run_scripts(common: list[str], record: dict, profile: str) -> tuple[int, bo
             code, interrupted = run_script(ROOT / script, common)
             interrupted = interrupted or code == 130      # the script alone was interrupted
             entry = {"script": script, "wall_s": time.perf_counter() - t0, "exit_code": code}
-            record["scripts"].append({**entry, "interrupted": True} if interrupted else entry)
+            # a script that finished during the grace period is recorded as finished
+            record["scripts"].append({**entry, "interrupted": True} if interrupted and code != 0 else entry)
             if interrupted or code != 0:
                 break
     except KeyboardInterrupt:      # between two scripts
