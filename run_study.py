@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 
 from utils import report
-from utils.cli import PROFILES, ignore_interrupts, profile_output_dir, run_cli
+from utils.cli import (PROFILES, cache_dir_from, check_writable, ignore_interrupts, profile_output_dir, run_cli,
+                       threads_from_env)
+from utils.data_files import resolve_data_dir
 from utils.files import write_json
 from utils.runtime import resolve_runtime
 
@@ -84,7 +86,8 @@ def _stop(child: subprocess.Popen, terminated: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=None, help="passed to every script (default: $HOMEWORK_DATA_DIR, else ./data)")
+    p.add_argument("--data-dir", default=None,
+                   help="passed to every script; must exist (default: $HOMEWORK_DATA_DIR, else ./data)")
     p.add_argument("--profile", choices=PROFILES, default="standard")
     p.add_argument("--results-dir", default=None,
                    help="passed to every script (default: results, or results/<profile> for quick/full)")
@@ -92,8 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-readme", action="store_true", help="do not re-render README.md at the end")
     args = p.parse_args(argv)
 
-    runtime = resolve_runtime()
+    # What every script would refuse is refused here, before the first script starts.
+    runtime = resolve_runtime(threads=threads_from_env())
+    resolve_data_dir(args.data_dir)
+    cache_dir_from(None)
     results = Path(args.results_dir or profile_output_dir("results", args.profile))
+    check_writable("results", results)
     common = ["--profile", args.profile, "--results-dir", str(results)]
     if args.data_dir:
         common += ["--data-dir", args.data_dir]
@@ -143,7 +150,8 @@ def _run_scripts(common: list[str], record: dict, profile: str) -> tuple[int, bo
             code, interrupted = run_script(ROOT / script, common)
             interrupted = interrupted or code == 130      # the script alone was interrupted
             entry = {"script": script, "wall_s": time.perf_counter() - t0, "exit_code": code}
-            record["scripts"].append({**entry, "interrupted": True} if interrupted else entry)
+            # a script that finished during the grace period is recorded as finished
+            record["scripts"].append({**entry, "interrupted": True} if interrupted and code != 0 else entry)
             if interrupted or code != 0:
                 break
     except KeyboardInterrupt:      # between two scripts
@@ -157,4 +165,5 @@ def _run_scripts(common: list[str], record: dict, profile: str) -> tuple[int, bo
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(main, interrupted_message="interrupted: finished results are saved; the same command resumes "
+                                               "the rest"))

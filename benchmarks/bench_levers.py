@@ -39,6 +39,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs  # noqa: E402
+from utils.cli import check_writable, positive_int, run_cli, threads_from_env  # noqa: E402
 from utils.experiment import ExperimentConfig  # noqa: E402
 from utils.files import write_json  # noqa: E402
 from utils.runtime import resolve_runtime  # noqa: E402
@@ -196,12 +197,14 @@ def bench_model(label: str, build: Callable[[], nn.Module], shape: tuple[int, ..
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="results/benchmarks")
-    p.add_argument("--steps", type=int, default=8, help="training steps per variant per repeat")
-    p.add_argument("--repeats", type=int, default=6)
+    p.add_argument("--steps", type=positive_int, default=8, help="training steps per variant per repeat")
+    p.add_argument("--repeats", type=positive_int, default=6)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, no compile/bf16 (CI): checks it runs")
     args = p.parse_args(argv)
+    runtime = resolve_runtime(threads=threads_from_env())
+    if not args.smoke:
+        check_writable("output", Path(args.out))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    runtime = resolve_runtime()
     variants = tuple(v for v in VARIANTS if not (args.smoke and (v.compile or v.bf16)))
     steps, repeats = (1, 1) if args.smoke else (args.steps, args.repeats)
     rows = []
@@ -231,4 +234,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, interrupted_message="interrupted: benchmark stopped, nothing was written"))

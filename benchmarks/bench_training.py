@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs  # noqa: E402
+from utils.cli import UsageError, cache_dir_from, check_writable, positive_int, run_cli, threads_from_env  # noqa: E402
 from utils.model_stats import count_flops  # noqa: E402
 from utils.data import DatasetSplits  # noqa: E402
 from utils.data_files import load_dataset, resolve_data_dir  # noqa: E402
@@ -145,26 +146,33 @@ def accuracy_check(spec, data: DatasetSplits, cfg: ExperimentConfig, runtime, n_
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--cache-dir", default="data/cache")
+    p.add_argument("--data-dir", default=None, help="default: $HOMEWORK_DATA_DIR, else ./data")
+    p.add_argument("--cache-dir", default=None, help="default: $HOMEWORK_CACHE_DIR, else ./data/cache")
     p.add_argument("--out", default="results/benchmarks")
-    p.add_argument("--images", type=int, default=6144, help="training images per timed repeat")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--accuracy-images", type=int, default=20000,
+    p.add_argument("--images", type=positive_int, default=6144, help="training images per timed repeat")
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--accuracy-images", type=positive_int, default=20000,
                    help="MNIST images for the one-epoch accuracy check of both loops")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (CI): checks the benchmark runs")
     args = p.parse_args(argv)
+    runtime = resolve_runtime(threads=threads_from_env())
+    data_dir, cache_dir = resolve_data_dir(args.data_dir), cache_dir_from(args.cache_dir)
+    if not args.smoke:
+        check_writable("output", Path(args.out))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    runtime = resolve_runtime()
     n, repeats = (256, 1) if args.smoke else (args.images, args.repeats)
     rows = []
     for name, specs_fn, cfg, model_name in (
             ("mnist", mnist_specs, ExperimentConfig(batch_size=128, lr=0.05), "simple_cnn"),
             ("cifar10", cifar_specs, ExperimentConfig(batch_size=256, lr=0.1), "residual_cnn")):
         cfg = cfg.replace(batch_size=16) if args.smoke else cfg
-        full = load_dataset(name, resolve_data_dir(args.data_dir), cache_dir=Path(args.cache_dir))
+        full = load_dataset(name, data_dir, cache_dir=cache_dir)
         # Both loops see the same class-balanced sample (the image-folder order is sorted by class).
         n_train = min(n + cfg.batch_size, len(full.train))
+        if n_train < 2 * cfg.batch_size:   # one warm-up batch, then at least one timed batch
+            raise UsageError(f"the {name} benchmark times batches of {cfg.batch_size} after a warm-up batch: it needs "
+                             f"--images >= {cfg.batch_size} and {2 * cfg.batch_size} training images "
+                             f"({len(full.train)} in {full.root})")
         data = full.subsample(n_train, min(2000, len(full.test)), seed=0)
         shape = (data.image_shape[0], data.image_shape[1], data.num_classes)
         spec = next(s for s in specs_fn(*shape) if s.name == model_name)
@@ -187,4 +195,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, interrupted_message="interrupted: benchmark stopped, nothing was written"))

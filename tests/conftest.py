@@ -4,6 +4,7 @@ same torchvision loading code as the real runs."""
 from __future__ import annotations
 
 import gzip
+import logging
 import pickle
 import struct
 from pathlib import Path
@@ -23,6 +24,20 @@ def _few_threads(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def _logging_handlers_of_one_test():
+    """The scripts' setup_logging points the root logger at the sys.stderr of the moment (a test's
+    captured stream); remove the handlers a test added, so no later test logs into a closed stream.
+    (pytest's own capture handlers come and go with each test phase: left to pytest.)"""
+    root = logging.getLogger()
+    before = set(root.handlers)
+    yield
+    for handler in list(root.handlers):
+        if handler not in before and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+            handler.close()
 
 
 def class_pattern_images(n: int, n_classes: int, shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -69,6 +69,7 @@ def test_erf_centre_of_kernel_model_is_its_rf_centre():
     assert float(erf[:, :9].sum()) == 0 and float(erf[:9, :].sum()) == 0   # nothing outside the RF
 
 
+@pytest.mark.e2e
 @pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning")
 def test_cli_quick_end_to_end(fake_cifar_folder, tmp_path):
     results, plots = tmp_path / "results", tmp_path / "plots"

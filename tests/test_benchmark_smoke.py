@@ -1,8 +1,10 @@
+import pytest
 """The benchmark runs end to end on tiny generated data (its speed targets are not tested here)."""
 
 from benchmarks import bench_training
 
 
+@pytest.mark.e2e
 def test_benchmark_smoke(fake_data_dir, tmp_path, capsys):
     assert bench_training.main(["--smoke", "--data-dir", str(fake_data_dir), "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -11,10 +11,12 @@ import pytest
 import torch
 
 import homework_cnn_architecture_analysis as task2
+import run_study
+from benchmarks import bench_levers, bench_training
 import homework_cnn_vs_fc_comparison as task1
 import homework_custom_layers_experiments as task3
 from tests.conftest import write_fake_cifar_folder, write_fake_mnist
-from utils.cli import UsageError, build_parser, prepare_output_dirs, run_cli, threads_from_env
+from utils.cli import UsageError, build_parser, load_data, prepare_output_dirs, run_cli, threads_from_env
 
 SCRIPTS = {"task1": task1, "task2": task2, "task3": task3}
 
@@ -26,7 +28,7 @@ def _parse(*argv: str):
 @pytest.mark.parametrize("argv", [
     ("--epochs", "0"), ("--epochs", "-3"), ("--batch-size", "0"), ("--lr", "0"), ("--lr", "-0.1"),
     ("--lr", "abc"), ("--only", "nope"), ("--device", "tpu"), ("--precision", "fp8"), ("--profile", "huge"),
-    ("--seed", "-1"), ("--seed", "2147483648"), ("--seed", "1e3"), ("--batch-size", "1"),
+    ("--seed", "-1"), ("--seed", "2147483648"), ("--seed", "4294967296"), ("--seed", "1e3"), ("--batch-size", "1"),
 ])
 def test_invalid_arguments_exit_with_code_2(argv, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -45,7 +47,7 @@ def test_repeated_experiment_names_run_once():
     assert _parse("--only", "b", "a", "b").only == ["b", "a"]
 
 
-LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING) ")
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d(,\d+)? (DEBUG|INFO|WARNING) ")
 
 
 def _single_error_line(capsys) -> str:
@@ -142,6 +144,14 @@ def test_empty_class_folder_is_one_line_and_exit_2(tmp_path, capsys):
     assert "train/frog holds no images" in _single_error_line(capsys)
 
 
+def test_largest_seed_gives_stratified_subsets(tmp_path, fake_data_dir):
+    args = _parse("--data-dir", str(fake_data_dir), "--results-dir", str(tmp_path / "r"), "--seed", "2147483647",
+                  "--train-subset", "50", "--test-subset", "59")
+    data = load_data(args, prepare_output_dirs(args), "mnist")
+    assert data.train.labels.bincount().tolist() == [5] * 10
+    assert sorted(data.test.labels.bincount().tolist()) == [5] + [6] * 9     # 59 of 60: one class gives one
+
+
 def _run(tmp_path, data_dir, *extra: str) -> int:
     return run_cli(task1.main, ["--data-dir", str(data_dir), "--results-dir", str(tmp_path / "results"),
                                 "--plots-dir", str(tmp_path / "plots"), "--cache-dir", str(tmp_path / "cache"),
@@ -200,6 +210,7 @@ def test_cuda_request_without_cuda_exits_2(tmp_path, fake_data_dir, capsys):
     assert code == 2 and "CUDA is not available" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_task1_quick_profile_end_to_end(tmp_path, fake_data_dir):
     assert _run(tmp_path, fake_data_dir, "--precision", "fp32") == 0
     for exp, models in (("mnist_comparison", ("fc", "simple_cnn", "residual_cnn")),
@@ -220,3 +231,50 @@ def test_task1_quick_profile_end_to_end(tmp_path, fake_data_dir):
     before = model_files()
     assert _run(tmp_path, fake_data_dir, "--precision", "fp32") == 0
     assert before == model_files()
+
+
+# ------------------------------------------------------------------ run_study and the benchmarks
+@pytest.mark.parametrize("main", [run_study.main, bench_training.main, bench_levers.main],
+                         ids=["run_study", "bench_training", "bench_levers"])
+def test_other_entry_points_validate_the_environment(main, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HOMEWORK_THREADS", "all")
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(main, []) == 2
+    assert "HOMEWORK_THREADS='all'" in _single_error_line(capsys)
+    assert not list(tmp_path.iterdir())              # nothing written
+
+
+@pytest.mark.parametrize("main, argv", [
+    (run_study.main, ["--profile", "huge"]), (bench_training.main, ["--images", "0"]),
+    (bench_training.main, ["--repeats", "-1"]), (bench_training.main, ["--accuracy-images", "x"]),
+    (bench_levers.main, ["--steps", "0"]), (bench_levers.main, ["--repeats", "0"]),
+])
+def test_other_entry_points_refuse_bad_arguments(main, argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, argv)
+    assert exc.value.code == 2 and "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main", [run_study.main, bench_training.main], ids=["run_study", "bench_training"])
+def test_other_entry_points_refuse_a_missing_data_dir(main, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(main, ["--data-dir", str(tmp_path / "nope")]) == 2
+    assert "--data-dir" in _single_error_line(capsys) and not (tmp_path / "nope").exists()
+    assert not (tmp_path / "results").exists()       # in particular no study_run.json
+
+
+@pytest.mark.parametrize("main", [run_study.main, bench_training.main, bench_levers.main],
+                         ids=["run_study", "bench_training", "bench_levers"])
+def test_other_entry_points_refuse_an_unwritable_output_folder(main, tmp_path, capsys, monkeypatch):
+    (tmp_path / "a_file").write_text("x")
+    option = "--results-dir" if main is run_study.main else "--out"
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(main, [option, str(tmp_path / "a_file" / "sub")]) == 2
+    assert "is not writable" in _single_error_line(capsys)
+
+
+def test_training_benchmark_refuses_data_too_small_to_time(fake_data_dir, tmp_path, capsys):
+    code = run_cli(bench_training.main, ["--data-dir", str(fake_data_dir), "--cache-dir", str(tmp_path),
+                                         "--out", str(tmp_path / "out"), "--images", "64"])
+    assert code == 2
+    assert "needs --images >= 128 and 256 training images (200 in" in _single_error_line(capsys)

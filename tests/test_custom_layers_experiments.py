@@ -124,6 +124,7 @@ def test_block_nets_share_one_skeleton():
     assert [s[0].conv1.out_channels for s in nets["wide"].stages] == [2 * w for w in basic_w]
 
 
+@pytest.mark.e2e
 # ------------------------------------------------------------------------------------- CLI
 def test_cli_quick_end_to_end(fake_cifar_folder, tmp_path, monkeypatch):
     import homework_custom_layers_experiments as hw

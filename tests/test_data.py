@@ -202,6 +202,50 @@ def test_stratified_subset_is_balanced_and_seeded():
     assert stratified_subset(ds, None, 0) is ds and stratified_subset(ds, 5000, 0) is ds
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2**31 - 1, 2**32 - 1])
+@pytest.mark.parametrize("n, per_class", [(10, {1}), (100, {10}), (991, {99, 100}), (999, {99, 100})])
+def test_stratified_subset_keeps_every_class_share_for_any_valid_seed(seed, n, per_class):
+    # 991 and 999 of 1000 leave fewer samples out than there are classes: sklearn refuses to
+    # stratify them (the old code then drew without stratification)
+    ds = ArrayDataset(torch.zeros(1000, 1, 2, 2, dtype=torch.uint8), torch.arange(1000) % 10)
+    sub = stratified_subset(ds, n, seed=seed)
+    assert len(sub) == n and set(sub.labels.bincount().tolist()) == per_class
+    assert torch.equal(sub.labels, stratified_subset(ds, n, seed=seed).labels)
+
+
+def test_stratified_subset_with_a_class_of_one_sample_keeps_every_class():
+    labels = torch.tensor([0] + [1] * 50 + [2] * 149)
+    ds = ArrayDataset(torch.zeros(200, 1, 2, 2, dtype=torch.uint8), labels)
+    counts = stratified_subset(ds, 20, seed=5).labels.bincount().tolist()
+    assert counts == [1, 5, 14]      # 1 each, the other 17 shared 49 : 148 (4.2 : 12.8)
+
+
+def test_stratified_subset_is_sklearns_where_sklearn_applies():
+    """The subsets behind the committed results must not change."""
+    from sklearn.model_selection import train_test_split
+
+    labels = torch.arange(500) % 10
+    ds = ArrayDataset(torch.arange(500, dtype=torch.uint8).view(500, 1, 1, 1), labels)
+    idx, _ = train_test_split(np.arange(500), train_size=60, stratify=labels.numpy(), random_state=7)
+    chosen = stratified_subset(ds, 60, seed=7).images.flatten()
+    assert torch.equal(chosen, torch.as_tensor(np.sort(idx), dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**64, 1.5])
+def test_seeds_outside_the_supported_range_are_refused(seed):
+    ds = _toy_dataset()
+    with pytest.raises(ValueError, match="seed must be a whole number from 0 to 4294967295"):
+        stratified_subset(ds, 20, seed=seed)
+    with pytest.raises(ValueError, match="seed must be"):
+        BatchLoader(ds, 10, (0.5,) * 3, (0.2,) * 3, seed=seed)
+
+
+def test_largest_cli_seed_plus_a_multi_seed_offset_is_served():
+    loader = BatchLoader(_toy_dataset(), 10, (0.5,) * 3, (0.2,) * 3, shuffle=True, augment=True, seed=2**31 - 1 + 4)
+    loader.set_epoch(7)
+    assert sum(len(y) for _, y in loader) == 50
+
+
 def _toy_dataset(n: int = 50) -> ArrayDataset:
     g = torch.Generator().manual_seed(0)
     return ArrayDataset(torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g), torch.arange(n) % 10)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import run_study
 from tests.conftest import write_fake_mnist
 from utils.cli import run_cli
@@ -23,6 +25,7 @@ def _run_study(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.e2e
 def test_quick_study_runs_all_three_scripts_and_records_times(tmp_path, fake_data_dir):
     out = _run_study(tmp_path, "--data-dir", str(fake_data_dir), "--profile", "quick")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -39,6 +42,7 @@ def test_quick_study_runs_all_three_scripts_and_records_times(tmp_path, fake_dat
     assert not (tmp_path / "results" / "mnist_comparison").exists()
 
 
+@pytest.mark.e2e
 def test_study_stops_at_the_first_failing_script(tmp_path):
     # a truncated MNIST file (present, so nothing is downloaded): the first script fails with exit 2
     root = write_fake_mnist(tmp_path / "data", n_train=30, n_test=10)

@@ -112,7 +112,8 @@ def build_parser(description: str, experiments: Sequence[str], default_plots: st
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", default=None,
-                   help=f"folder with the data sets (default: ${DATA_DIR_ENV}, else ./data; downloaded if absent)")
+                   help=f"folder with the data sets, which must exist (default: ${DATA_DIR_ENV}, else ./data); "
+                        f"data sets absent from it are downloaded into it")
     # Other profiles write next to, never over, the committed standard results and figures.
     p.add_argument("--results-dir", default=None,
                    help="where result JSON/CSV/MD files go (default: results, or results/<profile> for quick/full)")

@@ -22,10 +22,11 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 DATASETS = ("mnist", "cifar10")
 DISPLAY_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
-# Seeds are 0 .. 2**31 - 1: with the small offsets of multi-seed studies they stay inside what every
-# consumer accepts (numpy's legacy seed and sklearn's random_state take < 2**32; BatchLoader's
-# seed * 100_003 + epoch stays far below torch's 2**64).
+# Seeds: the command line takes 0 .. MAX_SEED; multi-seed studies add small offsets to it, so the
+# library takes up to SEED_LIMIT, the most numpy's legacy seed and sklearn's random_state accept
+# (BatchLoader's seed * 100_003 + epoch then stays far below torch's limit of 2**64).
 MAX_SEED = 2**31 - 1
+SEED_LIMIT = 2**32 - 1
 
 
 class DataError(RuntimeError):
@@ -108,21 +109,48 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
+def check_seed(seed: int) -> int:
+    if not (isinstance(seed, (int, np.integer)) and 0 <= seed <= SEED_LIMIT):
+        raise ValueError(f"seed must be a whole number from 0 to {SEED_LIMIT}, got {seed!r}")
+    return int(seed)
+
+
 def stratified_subset(ds: ArrayDataset, n: int | None, seed: int) -> ArrayDataset:
-    """A class-balanced random subset of ``n`` samples (sklearn's stratified split)."""
+    """A class-balanced random subset of ``n`` samples: every class keeps its share of the split to
+    within one sample (and at least one sample), for every seed in 0..SEED_LIMIT.
+
+    sklearn's stratified split where it applies (so the subsets of the committed results stay the
+    same); where it refuses (fewer than one sample per class left out, or a class of one sample),
+    the same proportional allocation drawn per class - never an unstratified draw.
+    """
+    seed = check_seed(seed)
     if n is None or n >= len(ds):
         return ds
-    from sklearn.model_selection import train_test_split
+    labels = ds.labels.numpy()
+    counts = np.bincount(labels)
+    n_present = int((counts > 0).sum())
+    if n < n_present:
+        raise ValueError(f"a stratified subset needs at least {n_present} samples (one per class), got {n}")
+    if len(ds) - n >= n_present and counts[counts > 0].min() >= 2:
+        from sklearn.model_selection import train_test_split
 
-    n_classes = int(ds.labels.max()) + 1
-    if n < n_classes:
-        raise ValueError(f"a stratified subset needs at least {n_classes} samples, got {n}")
-    try:
-        idx, _ = train_test_split(np.arange(len(ds)), train_size=n, stratify=ds.labels.numpy(),
-                                  random_state=seed)
-    except ValueError:  # too few samples left out (or in a class) to stratify: plain seeded draw
-        idx = np.random.default_rng(seed).permutation(len(ds))[:n]
+        idx, _ = train_test_split(np.arange(len(ds)), train_size=n, stratify=labels, random_state=seed)
+    else:
+        idx = _proportional_draw(labels, n, seed)
     return ds.subset(np.sort(idx))
+
+
+def _proportional_draw(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """One sample of every class, the other ``n - classes`` shared in proportion to the class sizes
+    (largest remainders), each class's samples drawn at random."""
+    classes, counts = np.unique(labels, return_counts=True)
+    share = (counts - 1) * (n - len(classes)) / (len(labels) - len(classes))
+    take = 1 + np.floor(share).astype(int)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(classes))          # ties between equal remainders: a seeded draw
+    order = order[np.argsort(-(share - np.floor(share))[order], kind="stable")]
+    take[order[:n - int(take.sum())]] += 1
+    return np.concatenate([rng.choice(np.flatnonzero(labels == c), k, replace=False) for c, k in zip(classes, take)])
 
 
 # ------------------------------------------------------------------------------ batch loading
@@ -158,6 +186,7 @@ class BatchLoader:
                  device: torch.device | str = "cpu", channels_last: bool = False) -> None:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
+        check_seed(seed)   # seed * 100_003 + epoch must stay a valid torch seed
         self.ds, self.batch_size, self.shuffle, self.augment = ds, batch_size, shuffle, augment
         self.seed, self.drop_last, self.device = seed, drop_last, torch.device(device)
         self.channels_last = channels_last

@@ -129,7 +129,8 @@ def _read_errors(what: str, fix: str) -> Iterator[None]:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"{what} ({type(exc).__name__}: {_one_line(exc)}); {fix}") from None
+        detail = type(exc).__name__ + (f": {_one_line(exc)}" if str(exc).strip() else "")
+        raise DataError(f"{what} ({detail}); {fix}") from None
 
 
 # ------------------------------------------------------------------------------------ CIFAR-10
