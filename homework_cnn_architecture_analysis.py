@@ -43,7 +43,8 @@ from utils.gradient_stats import gradient_flow_summary
 from utils.markdown import markdown_table
 from utils.model_stats import (conv_layer_costs, count_parameters, relative_param_gap, solve_width_for_params,
                                within_tolerance)
-from utils.receptive_field import effective_receptive_field, erf_extent_at, layer_specs_from_module, receptive_field
+from utils.erf import effective_receptive_field, erf_extent_at
+from utils.receptive_field import layer_specs_from_module, receptive_field
 from utils.timing import time_forward_backward
 from utils.data import BatchLoader, DatasetSplits
 from utils.experiment import ExperimentConfig, ModelSpec

@@ -13,6 +13,11 @@ ratio of that output width to the width its 3x3 convolution works at:
 
 BatchNorm or not: every model takes ``norm``; :func:`norm_layer` is the one place that turns it
 into a layer (BatchNorm2d, or Identity), and a conv followed by BN has no bias.
+
+Initialisation: constructors leave PyTorch's default init; the experiment applies its recorded
+choice afterwards with :func:`models.init.init_weights`. Every block is a :class:`ResidualBlock`
+and declares its branches and its "residual end", so neither the initialiser nor the receptive
+field calculator has to guess from attribute names.
 """
 
 from __future__ import annotations
@@ -65,8 +70,46 @@ class SimpleCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+def check_constructor_init(init: str | None) -> None:
+    """Constructors no longer initialise (``models.init.init_weights`` does, after building).
+
+    ``init=None``, ``"default"`` or ``"pytorch_default"`` (what a fresh module has anyway) is
+    accepted so existing callers keep working; anything else would be silently ignored, so it is
+    refused.
+    """
+    if init not in (None, "default", "pytorch_default"):
+        raise ValueError(f"init={init!r}: models keep PyTorch's default init when built; apply a scheme "
+                         "afterwards with models.init.init_weights(model, scheme)")
+
+
 # ------------------------------------------------------------------------------------- blocks
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module):
+    """A block computing ``residual(x) + shortcut(x)`` (a ReLU may follow the sum).
+
+    Subclasses declare their structure for code that needs it (``models.init`` and
+    ``utils.receptive_field``):
+
+    * :meth:`residual_branch` / :meth:`shortcut_branch`: the modules of each branch in forward
+      order (an empty shortcut is the identity);
+    * :meth:`residual_end`: the last affine layer of the residual branch (the last BN, or the last
+      conv when there is no BN after it). Setting its weight and bias to zero makes the residual
+      branch output exactly zero, so the block starts as its shortcut ("zero-init residual").
+    """
+
+    expansion = 1            # output width / width of the block's 3x3 convolution
+    pre_activation = False   # True: the block normalises its own input (no BN-ReLU in the stem)
+
+    def residual_branch(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def shortcut_branch(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def residual_end(self) -> nn.Module:
+        raise NotImplementedError
+
+
+class BasicBlock(ResidualBlock):
     """``x -> conv3x3(stride) -> BN -> ReLU -> conv3x3 -> BN  (+ shortcut(x)) -> ReLU``.
 
     ``(N, in_ch, H, W) -> (N, out_ch, H/stride, W/stride)``. The shortcut is the identity when the
@@ -91,8 +134,17 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(self.drop(out)))
         return self.relu(out + self.shortcut(x))
 
+    def residual_branch(self) -> list[nn.Module]:
+        return [self.conv1, self.bn1, self.relu, self.drop, self.conv2, self.bn2]
 
-class BottleneckBlock(nn.Module):
+    def shortcut_branch(self) -> list[nn.Module]:
+        return [self.shortcut]
+
+    def residual_end(self) -> nn.Module:
+        return self.bn2 if isinstance(self.bn2, nn.BatchNorm2d) else self.conv2
+
+
+class BottleneckBlock(ResidualBlock):
     """``1x1 (out/4) -> 3x3 (out/4, stride) -> 1x1 (out)`` with BN+ReLU, plus shortcut, then ReLU.
 
     ``(N, in_ch, H, W) -> (N, out_ch, H/stride, W/stride)``; the 3x3 works on ``out_ch // expansion``
@@ -122,13 +174,27 @@ class BottleneckBlock(nn.Module):
         out = self.bn3(self.conv3(self.drop(out)))
         return self.relu(out + self.shortcut(x))
 
+    def residual_branch(self) -> list[nn.Module]:
+        return [self.conv1, self.bn1, self.relu, self.conv2, self.bn2, self.relu, self.drop, self.conv3, self.bn3]
 
-class WideBlock(nn.Module):
+    def shortcut_branch(self) -> list[nn.Module]:
+        return [self.shortcut]
+
+    def residual_end(self) -> nn.Module:
+        return self.bn3 if isinstance(self.bn3, nn.BatchNorm2d) else self.conv3
+
+
+class WideBlock(ResidualBlock):
     """Pre-activation wide block: ``BN -> ReLU -> conv3x3(stride) -> BN -> ReLU -> Dropout -> conv3x3``.
 
     ``(N, in_ch, H, W) -> (N, out_ch, H/stride, W/stride)``; the output is ``residual + shortcut``
     with no ReLU after the addition (the next block's BN-ReLU comes first). The projection shortcut
     is a bare 1x1 conv on the pre-activated input, as in the WRN reference code.
+
+    Residual end: no BN follows the last conv of a pre-activation branch, so the zero-init
+    equivalent of "last BN gamma = 0" is ``conv2``'s weight and bias = 0 (as Fixup, Zhang et al.
+    2019, zeroes the last layer of each branch): the block then starts as its shortcut, and
+    ``conv2`` still gets a gradient at the first step (its input is not zero), so it switches on.
     """
 
     expansion = 1
@@ -152,6 +218,15 @@ class WideBlock(nn.Module):
         # The projection sees the pre-activated input: both paths start from the same normalised x.
         return out + (self.shortcut(pre) if self.shortcut is not None else x)
 
+    def residual_branch(self) -> list[nn.Module]:
+        return [self.bn1, self.relu, self.conv1, self.bn2, self.relu, self.drop, self.conv2]
+
+    def shortcut_branch(self) -> list[nn.Module]:
+        return [] if self.shortcut is None else [self.bn1, self.relu, self.shortcut]
+
+    def residual_end(self) -> nn.Module:
+        return self.conv2
+
 
 def _projection(in_ch: int, out_ch: int, stride: int, norm: bool) -> nn.Module:
     """Identity when the shape is kept, else ``conv1x1(stride) -> [BN]`` (left out like in conv_bn_act)."""
@@ -166,15 +241,16 @@ class ResNet(nn.Module):
 
     ``stage_channels[i]`` is the output width of stage ``i``, ``blocks_per_stage[i]`` its number of
     blocks; every stage after the first halves the resolution in its first block. For
-    pre-activation blocks a final BN-ReLU precedes the pooling. ``init`` is ``"kaiming"`` (He
-    normal + zero-init last BN) or ``"default"`` (PyTorch's layer defaults).
+    pre-activation blocks a final BN-ReLU precedes the pooling. Built with PyTorch's default init
+    (see :func:`check_constructor_init` for ``init``).
     """
 
-    def __init__(self, block: type[nn.Module] = BasicBlock, stage_channels: Sequence[int] = (32, 64, 128),
+    def __init__(self, block: type[ResidualBlock] = BasicBlock, stage_channels: Sequence[int] = (32, 64, 128),
                  blocks_per_stage: Sequence[int] = (1, 1, 1), in_channels: int = 3, num_classes: int = 10,
                  stem_channels: int | None = None, norm: bool = True, dropout: float = 0.0,
-                 block_dropout: float = 0.0, stem_pool: bool = False, init: str = "kaiming") -> None:
+                 block_dropout: float = 0.0, stem_pool: bool = False, init: str | None = None) -> None:
         super().__init__()
+        check_constructor_init(init)
         if len(stage_channels) != len(blocks_per_stage):
             raise ValueError("stage_channels and blocks_per_stage must have the same length")
         stem_ch = stem_channels or stage_channels[0]
@@ -192,10 +268,8 @@ class ResNet(nn.Module):
         c = self.in_ch
         self.final_act = nn.Sequential(norm_layer(c, norm), nn.ReLU(inplace=True)) if pre else nn.Identity()
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c, num_classes))
-        if init == "kaiming":
-            _init_weights(self, zero_last_bn=not pre)
 
-    def _make_layer(self, block: type[nn.Module], width: int, num_blocks: int, stride: int, norm: bool,
+    def _make_layer(self, block: type[ResidualBlock], width: int, num_blocks: int, stride: int, norm: bool,
                     dropout: float) -> nn.Sequential:
         """One stage: ``num_blocks`` blocks of output width ``width``, the first with ``stride``."""
         blocks = []
@@ -214,13 +288,15 @@ class PlainCNN(nn.Module):
     ``channels[i]`` is the width of conv ``i``; where the width grows the conv has stride 2, so the
     resolution halves exactly where a :class:`ResNet` of the same widths would halve it. This is
     the "plain" network of He et al. (2016), used to show what depth does without residuals.
-    ``init="default"`` keeps PyTorch's default conv init (variance ``1/(3 fan_in)``), under which
-    an unnormalised deep chain shrinks its signal and gradients layer by layer.
+    Built with PyTorch's default conv init (variance ``1/(3 fan_in)``), under which an
+    unnormalised deep chain shrinks its signal and gradients layer by layer; ``models.init``
+    gives it He init (see :func:`check_constructor_init` for ``init``).
     """
 
     def __init__(self, channels: Sequence[int], in_channels: int = 3, num_classes: int = 10, norm: bool = True,
-                 kernel_size: int = 3, dropout: float = 0.0, init: str = "kaiming") -> None:
+                 kernel_size: int = 3, dropout: float = 0.0, init: str | None = None) -> None:
         super().__init__()
+        check_constructor_init(init)
         layers, c = [], in_channels
         for i, width in enumerate(channels):
             stride = 2 if (i > 0 and width > c) else 1
@@ -228,8 +304,6 @@ class PlainCNN(nn.Module):
             c = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c, num_classes))
-        if init == "kaiming":
-            _init_weights(self, zero_last_bn=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
@@ -305,21 +379,3 @@ class SwappableCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
-
-
-def _init_weights(model: nn.Module, zero_last_bn: bool) -> None:
-    """Kaiming-normal (fan_out, ReLU) convs; optionally zero the last BN of each residual branch.
-
-    Zero-init of the last BN gamma makes every residual block start as the identity, which helps
-    short training runs (Goyal et al. 2017).
-    """
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    if zero_last_bn:
-        for m in model.modules():
-            last = getattr(m, "bn3", None) if isinstance(m, BottleneckBlock) else getattr(m, "bn2", None)
-            if isinstance(m, (BasicBlock, BottleneckBlock)) and isinstance(last, nn.BatchNorm2d):
-                nn.init.zeros_(last.weight)

@@ -12,7 +12,8 @@ from torch import nn
 import homework_cnn_architecture_analysis as arch
 from models.cnn_models import KernelSizeCNN
 from utils.model_stats import count_parameters
-from utils.receptive_field import effective_receptive_field, layer_specs_from_module, receptive_field
+from utils.erf import effective_receptive_field
+from utils.receptive_field import layer_specs_from_module, receptive_field
 
 
 @pytest.mark.parametrize("reference_width", [16, 48, 64])

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+from scipy import stats
 
-from utils.statistics import curve_band, relative_spread, seed_statistics
+from utils.statistics import convergence_verdict, curve_band, difference, relative_spread, seed_statistics, seed_summary
+
+# Two-sided 95 % quantiles of Student's t, from printed tables (not from scipy).
+T975 = {3: 3.182446305284263, 4: 2.7764451051977987}
 
 
 def test_seed_statistics():
@@ -36,3 +41,115 @@ def test_relative_spread():
     assert relative_spread([1.0, float("nan"), 3.0]) == pytest.approx(1.0)
     assert math.isnan(relative_spread([float("nan")]))
     assert math.isnan(relative_spread([1.0, -1.0]))                   # mean 0: undefined
+
+
+# ------------------------------------------------------------------------ seeds and intervals
+def test_seed_summary_by_hand():
+    # mean 0.675; deviations -0.175, -0.075, 0.025, 0.225 -> sum of squares 0.0875, std = sqrt(0.0875 / 3)
+    st = seed_summary([0.5, 0.6, 0.7, 0.9, float("nan")])
+    std = math.sqrt(0.0875 / 3)
+    half = T975[3] * std / 2
+    assert (st.n, st.n_missing) == (4, 1)
+    assert st.mean == pytest.approx(0.675) and st.std == pytest.approx(std)
+    assert st.half_width == pytest.approx(half)
+    assert (st.ci95_low, st.ci95_high) == (pytest.approx(0.675 - half), pytest.approx(0.675 + half))
+    assert st.as_dict()["n"] == 4
+
+
+def test_seed_summary_too_few_values():
+    one = seed_summary([0.4])
+    assert one.n == 1 and one.mean == 0.4 and math.isnan(one.std) and math.isnan(one.ci95_low)
+    none = seed_summary([float("nan")])
+    assert (none.n, none.n_missing) == (0, 1) and math.isnan(none.mean)
+
+
+def test_difference_welch_by_hand():
+    # equal variances (1) and sizes (3): se = sqrt(1/3 + 1/3), Welch df = (2/3)^2 / (2 * (1/3)^2 / 2) = 4
+    d = difference([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    half = T975[4] * math.sqrt(2 / 3)
+    assert d.mean_difference == pytest.approx(-3.0) and d.df == pytest.approx(4.0)
+    assert (d.ci95_low, d.ci95_high) == (pytest.approx(-3.0 - half), pytest.approx(-3.0 + half))
+    assert d.excludes_zero and not d.paired and (d.n_a, d.n_b) == (3, 3)
+
+
+def test_difference_welch_matches_scipy_for_unequal_samples():
+    a, b = [1.0, 2.0, 3.5], [4.0, 5.0, 6.0, 8.0]
+    d = difference(a, b)
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (d.ci95_low, d.ci95_high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+
+
+def test_difference_paired_by_hand():
+    # per-seed differences 0.5, 0.2, 0.6, 0.1: mean 0.35, sum of squared deviations 0.17
+    a, b = [1.0, 2.0, 3.0, 4.0], [0.5, 1.8, 2.4, 3.9]
+    d = difference(a, b, paired=True)
+    half = T975[3] * math.sqrt(0.17 / 3) / 2
+    assert d.mean_difference == pytest.approx(0.35) and d.df == 3
+    assert (d.ci95_low, d.ci95_high) == (pytest.approx(0.35 - half), pytest.approx(0.35 + half))
+    assert d.ci95_low < 0 < d.ci95_high and not d.excludes_zero
+    # a pair with a missing value is dropped as a whole
+    assert difference(a + [float("nan")], b + [1.0], paired=True).n_a == 4
+    with pytest.raises(ValueError, match="equal lengths"):
+        difference([1.0, 2.0], [1.0], paired=True)
+
+
+def test_difference_pairing_removes_the_seed_effect():
+    seed_effect = np.array([0.0, 0.05, -0.04, 0.02, 0.08])
+    a, b = 0.70 + seed_effect + 0.01, 0.70 + seed_effect + np.array([0.0, 0.002, -0.001, 0.001, -0.002])
+    assert difference(a, b, paired=True).excludes_zero
+    assert not difference(a, b).excludes_zero
+
+
+def test_difference_degenerate_cases():
+    single = difference([0.5], [0.4, 0.45])
+    assert single.mean_difference == pytest.approx(0.075) and math.isnan(single.ci95_low)
+    assert not single.excludes_zero
+    exact = difference([2.0, 2.0], [1.0, 1.0])          # no spread at all: the difference is exact
+    assert (exact.ci95_low, exact.ci95_high, exact.excludes_zero) == (1.0, 1.0, True)
+
+
+# ----------------------------------------------------------------------- convergence verdict
+STEPS = np.arange(0, 101, 1.0)
+
+
+def test_verdict_rising_curve_is_still_improving():
+    v = convergence_verdict(STEPS, 0.001 * STEPS)              # +0.1 pp per step, +2 pp over the window
+    assert (v.status, v.plateaued) == ("still_improving", False)
+    assert v.improvement == pytest.approx(0.02) and v.window_start == 80 and v.window_points == 21
+
+
+def test_verdict_flat_and_noisy_flat_curves_converged():
+    rising_then_flat = np.minimum(STEPS / 50, 1.0) * 0.8
+    assert convergence_verdict(STEPS, rising_then_flat).status == "converged"
+    noise = np.random.default_rng(0).normal(0, 0.002, STEPS.size)   # fitted-improvement noise ~0.0015
+    v = convergence_verdict(STEPS, 0.8 + noise)
+    assert (v.status, v.plateaued) == ("converged", True) and abs(v.improvement) < 0.005
+
+
+def test_verdict_loss_direction():
+    loss = 2.0 * np.exp(-STEPS / 100)
+    assert convergence_verdict(STEPS, loss, higher_is_better=False).status == "still_improving"
+    assert convergence_verdict(STEPS, loss, higher_is_better=True).status == "declining"
+    overfit = 1.0 + 0.001 * np.maximum(STEPS - 60, 0)            # validation loss rising at the end
+    v = convergence_verdict(STEPS, overfit, higher_is_better=False)
+    assert (v.status, v.plateaued) == ("declining", True) and v.improvement == pytest.approx(-0.02)
+
+
+def test_verdict_short_and_non_finite_curves():
+    epochs = [1, 2, 3, 4]                                         # the window [3.4, 4] holds one point
+    v = convergence_verdict(epochs, [0.3, 0.5, 0.6, 0.62])
+    assert (v.status, v.plateaued, v.window_points) == ("too_short", None, 1) and math.isnan(v.improvement)
+    assert convergence_verdict([], []).status == "too_short"
+    assert convergence_verdict(STEPS, np.where(STEPS > 90, np.nan, 0.5)).status == "not_finite"
+    wider = convergence_verdict(epochs, [0.3, 0.5, 0.6, 0.62], window=0.7)    # window [1.9, 4]: 3 points
+    assert (wider.status, wider.window_points) == ("still_improving", 3)
+    assert wider.improvement == pytest.approx(0.06 * 2.1)                    # fitted slope 0.06 per epoch
+
+
+def test_verdict_errors():
+    with pytest.raises(ValueError, match="length"):
+        convergence_verdict([1, 2], [1.0])
+    with pytest.raises(ValueError, match="increasing"):
+        convergence_verdict([1, 1, 2], [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="window"):
+        convergence_verdict([1, 2], [1.0, 1.0], window=0)

@@ -1,9 +1,9 @@
-"""Receptive fields: the theoretical RF of a network (layer by layer) and the empirical effective
-receptive field (ERF, Luo et al. 2016) measured by back-propagation.
+"""The theoretical receptive field (RF) of a network, layer by layer.
 
-Theoretical RF: :class:`LayerSpec`, :class:`ReceptiveFieldRow`, :func:`receptive_field`,
-:func:`layer_specs_from_module`. Empirical ERF: :func:`effective_receptive_field`,
-:func:`erf_extent_at`.
+:class:`LayerSpec` (geometry of one conv/pool), :func:`receptive_field` (the recurrence over a
+chain of them), :func:`layer_specs_from_module` (the chain of a real network: it knows the
+package's own layers, follows residual blocks, and refuses what it cannot compute). The empirical
+effective receptive field is in :mod:`utils.erf`.
 
 Coordinate convention (RF ``start``)
 ------------------------------------
@@ -20,11 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from utils.eval_mode import eval_mode
+from models.cnn_models import KernelSizeCNN, PlainCNN, ResidualBlock, ResNet, SimpleCNN, SwappableCNN
+from models.custom_layers import CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, SpatialAttention, Swish
+from models.fc_models import FullyConnectedNet
 
 __all__ = [
     "LayerSpec",
@@ -32,10 +32,7 @@ __all__ = [
     "receptive_field",
     "layer_specs_from_module",
     "square_geometry",
-    "effective_receptive_field",
-    "erf_extent_at",
 ]
-
 
 
 @dataclass(frozen=True)
@@ -141,212 +138,183 @@ def square_geometry(value: int | tuple[int, ...], what: str, name: str) -> int:
     return values[0]
 
 
-def _conv_leading_padding(conv: nn.Conv2d, k: int, d: int) -> int:
-    """Leading-side padding of a Conv2d, resolving the string forms 'valid' and 'same'."""
-    if isinstance(conv.padding, str):
-        if conv.padding == "valid":
+def _conv_leading_padding(padding: int | tuple[int, ...] | str, k: int, d: int, name: str) -> int:
+    """Leading-side padding of a convolution, resolving the string forms 'valid' and 'same'."""
+    if isinstance(padding, str):
+        if padding == "valid":
             return 0
         # PyTorch 'same' (stride 1 only) pads d*(k-1) in total and puts the odd pixel at the end,
         # so the leading side gets the floor half.
         return d * (k - 1) // 2
-    return square_geometry(conv.padding, "padding", "conv")
+    return square_geometry(padding, "padding", name)
 
 
-def layer_specs_from_module(
-    model: nn.Module, skip: Sequence[str] = ("downsample", "shortcut")
-) -> list[LayerSpec]:
-    """Collect the Conv2d / MaxPool2d / AvgPool2d layers of ``model`` as :class:`LayerSpec`.
+# ------------------------------------------------------------------------ networks -> specs
+# Layers that act on each pixel on its own (or on channels only): they leave the RF unchanged.
+_POINTWISE = (
+    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, Swish,
+    nn.modules.dropout._DropoutNd, nn.Identity,
+    # Squeeze-and-excitation scales each channel by a gate computed from the global average of
+    # the map: like the global pooling of a classifier head, that global context is not counted,
+    # so the RF reported is that of the local (convolutional) path.
+    ChannelAttention,
+)
+# The classifier head: after these there is no spatial map left (global pooling makes the RF the
+# whole image; adaptive pools depend on the input size). A spatial layer after them is refused.
+_HEAD = (nn.Flatten, nn.Linear, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+# Containers whose forward applies their children in registration order.
+_CHAINS = (nn.Sequential, SimpleCNN, ResNet, PlainCNN, KernelSizeCNN, SwappableCNN, FullyConnectedNet, CBAM)
+_FOREIGN_CHAINS = {"torchvision.models.alexnet.AlexNet", "torchvision.models.vgg.VGG",
+                   "torchvision.models.resnet.ResNet"}
+# torchvision's residual blocks: (residual branch in forward order, shortcut attribute).
+_FOREIGN_BLOCKS = {
+    "torchvision.models.resnet.BasicBlock": (("conv1", "bn1", "relu", "conv2", "bn2"), "downsample"),
+    "torchvision.models.resnet.Bottleneck": (("conv1", "bn1", "relu", "conv2", "bn2", "relu", "conv3", "bn3"),
+                                             "downsample"),
+}
 
-    The walk is ``model.named_modules()``, i.e. module *registration* order, which equals the
-    forward order for chain networks built as ``nn.Sequential`` or with layers assigned in
-    ``__init__`` in the order they are used. Everything else is ignored: BN, activations,
-    dropout, flatten, ``nn.Linear`` and adaptive pools (whose kernel depends on the input size;
-    a global pool makes the RF the whole image anyway). So ``receptive_field(...)[-1]`` is the RF
-    of the last conv/pool output.
 
-    Residual networks: the RF of the output is the union over paths, and the longest path is the
-    chain of main-branch convs in order, which is what this returns *provided the shortcut
-    branch is skipped*: e.g. torchvision's ``Bottleneck`` registers ``downsample`` (a 1x1
-    stride-2 conv) *after* ``conv3``, so walking it as if it were in the chain would apply the
-    stage's stride twice. Any module whose qualified name has a dotted component in ``skip`` is
-    therefore left out, with its children (defaults cover torchvision's ``downsample`` and the
-    common ``shortcut`` naming). Branching nets (Inception) are not supported.
+def _class_path(module: nn.Module) -> str:
+    return f"{type(module).__module__}.{type(module).__name__}"
+
+
+def _spatial_spec(name: str, m: nn.Module) -> LayerSpec | None:
+    """The geometry of a conv/pool layer, or None when ``m`` is not one."""
+    if isinstance(m, (nn.Conv2d, CustomConv2d)):
+        k = square_geometry(m.kernel_size, "kernel_size", name)
+        d = square_geometry(getattr(m, "dilation", 1), "dilation", name)
+        s = square_geometry(m.stride, "stride", name)
+        return LayerSpec(name, k, s, _conv_leading_padding(getattr(m, "padding", 0), k, d, name), d)
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, MixedPool2d)) or (isinstance(m, GeMPool2d) and m.kernel_size):
+        k = square_geometry(m.kernel_size, "kernel_size", name)
+        # stride=None means stride=kernel_size (the modules mostly resolve that themselves)
+        s = square_geometry(m.stride if m.stride is not None else k, "stride", name)
+        p = square_geometry(getattr(m, "padding", 0), "padding", name)
+        d = square_geometry(getattr(m, "dilation", 1), "dilation", name)
+        return LayerSpec(name, k, s, p, d)
+    if isinstance(m, SpatialAttention):
+        # y = x * sigmoid(conv_k(pool_c(x))), stride 1, padding k // 2: each output pixel depends on
+        # the k x k window of the gate's conv (which contains the pixel itself): a k x k 'same' conv.
+        return LayerSpec(name, m.kernel_size, 1, m.kernel_size // 2, 1)
+    return None
+
+
+def _branches(m: nn.Module) -> tuple[list[nn.Module], list[nn.Module]] | None:
+    """(residual branch, shortcut branch) of a residual block, in forward order; None otherwise."""
+    if isinstance(m, ResidualBlock):
+        return m.residual_branch(), m.shortcut_branch()
+    layout = _FOREIGN_BLOCKS.get(_class_path(m))
+    if layout is not None:
+        names, shortcut = layout
+        short = getattr(m, shortcut)
+        return [getattr(m, n) for n in names if hasattr(m, n)], [] if short is None else [short]
+    return None
+
+
+def _relative_rf(specs: list[LayerSpec]) -> ReceptiveFieldRow:
+    """RF of a branch relative to its own input (the identity for no specs)."""
+    rows = receptive_field(specs)
+    return rows[-1] if rows else ReceptiveFieldRow("identity", 1, 1, 0.0)
+
+
+class _Walk:
+    """Depth-first walk of a module tree in forward order, collecting :class:`LayerSpec`."""
+
+    def __init__(self) -> None:
+        self.head: str | None = None   # the first head layer met, if any
+
+    def module(self, name: str, m: nn.Module) -> list[LayerSpec]:
+        label = name or "<root>"
+        spec = _spatial_spec(name, m)
+        if spec is not None:
+            if self.head is not None:
+                raise ValueError(f"receptive field: spatial layer {label} ({type(m).__name__}) comes after "
+                                 f"the head layer {self.head}; there is no spatial map left")
+            return [spec]
+        if isinstance(m, _HEAD) or (isinstance(m, GeMPool2d) and not m.kernel_size):
+            self.head = self.head or label
+            return []
+        if isinstance(m, _POINTWISE):
+            return []
+        branches = _branches(m)
+        if branches is not None:
+            return self.residual(name, m, *branches)
+        if isinstance(m, _CHAINS) or _class_path(m) in _FOREIGN_CHAINS:
+            return self.chain(name, list(m.named_children()))
+        what = "container" if next(m.children(), None) is not None else "layer"
+        raise ValueError(f"receptive field: unsupported {what} {label} ({type(m).__name__}); only chains "
+                         "(nn.Sequential and the package's models), residual blocks, convolutions, pooling and "
+                         "pointwise layers are supported (branching nets such as Inception or DenseNet are not)")
+
+    def chain(self, prefix: str, children: list[tuple[str, nn.Module]]) -> list[LayerSpec]:
+        specs: list[LayerSpec] = []
+        for child_name, child in children:
+            specs += self.module(f"{prefix}.{child_name}" if prefix else child_name, child)
+        return specs
+
+    def residual(self, name: str, block: nn.Module, main: list[nn.Module], shortcut: list[nn.Module]) -> list[LayerSpec]:
+        """The RF of ``residual + shortcut`` is the union of the two branches' RFs. When the
+        shortcut's interval lies inside the residual branch's (same total stride), the union is
+        the residual branch, so the block is that chain; anything else is refused."""
+        label = name or "<root>"
+        if self.head is not None:
+            raise ValueError(f"receptive field: block {label} comes after the head layer {self.head}")
+        local_names = {id(mod): n for n, mod in block.named_modules() if n}
+
+        def specs_of(branch: list[nn.Module]) -> list[LayerSpec]:
+            return _Walk().chain(name, [(local_names[id(mod)], mod) for mod in branch])
+
+        main_specs, short_specs = specs_of(main), specs_of(shortcut)
+        a, b = _relative_rf(main_specs), _relative_rf(short_specs)
+        if a.jump != b.jump:
+            raise ValueError(f"receptive field: in block {label} the residual branch has stride {a.jump} and "
+                             f"the shortcut {b.jump}; their outputs cannot be added")
+        lo_a, hi_a = a.start - (a.size - 1) / 2, a.start + (a.size - 1) / 2
+        lo_b, hi_b = b.start - (b.size - 1) / 2, b.start + (b.size - 1) / 2
+        if lo_b < lo_a or hi_b > hi_a:
+            raise ValueError(f"receptive field: in block {label} the shortcut sees input pixels the residual branch "
+                             f"does not (shortcut [{lo_b:g}, {hi_b:g}] vs residual [{lo_a:g}, {hi_a:g}] relative to "
+                             "the block input); the union of the two paths is not a chain")
+        return main_specs
+
+
+def layer_specs_from_module(model: nn.Module) -> list[LayerSpec]:
+    """The conv/pool layers along the longest path of ``model``, in forward order, as :class:`LayerSpec`.
+
+    What the walk understands, and how:
+
+    * **Chains**: ``nn.Sequential``, the package's models (their ``forward`` applies their
+      children in registration order), CBAM, and torchvision's AlexNet, VGG and ResNet.
+    * **Spatial layers**: ``nn.Conv2d`` (incl. ``'same'``/``'valid'`` padding), the package's
+      ``CustomConv2d``; ``nn.MaxPool2d``, ``nn.AvgPool2d``, ``MixedPool2d``, windowed ``GeMPool2d``;
+      ``SpatialAttention(k)`` counts as a ``k x k`` stride-1 'same' conv (its gate looks at a
+      ``k x k`` window).
+    * **Pointwise layers** (no effect): normalisation, activations (incl. ``Swish``), dropout,
+      identity, and squeeze-and-excitation ``ChannelAttention`` (its global gate is not counted,
+      like a classifier's global pooling).
+    * **Head** (ignored, and nothing spatial may follow): flatten, linear, adaptive and global
+      (``GeMPool2d(None)``) pooling. So ``receptive_field(...)[-1]`` is the RF of the last
+      conv/pool output.
+    * **Residual blocks**: the package's ``ResidualBlock`` subclasses (which declare their
+      branches) and torchvision's ``BasicBlock``/``Bottleneck``. The RF of ``residual + shortcut``
+      is the union of both branches' RFs; when the shortcut's lies inside the residual branch's
+      (identity, or a 1x1 projection with the block's stride), that is the residual branch, whose
+      layers are returned. Walking the shortcut as part of the chain instead would apply the
+      stage's stride twice.
+
+    Anything else (Inception-style branching, DenseNet's concatenations, ``ModuleList``, unknown
+    layers) raises a ``ValueError`` naming the module rather than returning a wrong RF.
 
     Args:
         model: the network; only module attributes are read (works on the meta device).
-        skip: name components of shortcut/side branches to leave out.
 
     Returns:
-        The specs in registration order, each named by the module's qualified name.
+        The specs, each named by the layer's qualified name in ``model``.
 
     Raises:
-        ValueError: a layer has non-square kernel/stride/padding/dilation.
+        ValueError: an unsupported module or block (named in the message), a non-square geometry,
+            or a spatial layer after the head.
     """
-    skip_set = set(skip)
-    specs: list[LayerSpec] = []
-    for name, module in model.named_modules():
-        if skip_set and skip_set.intersection(name.split(".")):
-            continue
-        if isinstance(module, nn.Conv2d):
-            k = square_geometry(module.kernel_size, "kernel_size", name)
-            d = square_geometry(module.dilation, "dilation", name)
-            s = square_geometry(module.stride, "stride", name)
-            p = _conv_leading_padding(module, k, d)
-            specs.append(LayerSpec(name, k, s, p, d))
-        elif isinstance(module, nn.MaxPool2d):
-            k = square_geometry(module.kernel_size, "kernel_size", name)
-            # stride=None means stride=kernel_size; nn.MaxPool2d already resolves that.
-            s = square_geometry(module.stride if module.stride is not None else k, "stride", name)
-            p = square_geometry(module.padding, "padding", name)
-            d = square_geometry(module.dilation, "dilation", name)
-            specs.append(LayerSpec(name, k, s, p, d))
-        elif isinstance(module, nn.AvgPool2d):
-            k = square_geometry(module.kernel_size, "kernel_size", name)
-            s = square_geometry(module.stride if module.stride is not None else k, "stride", name)
-            p = square_geometry(module.padding, "padding", name)
-            specs.append(LayerSpec(name, k, s, p, 1))
-    return specs
-
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. Empirical effective receptive field
-# ---------------------------------------------------------------------------------------------
-
-
-class _StopForward(Exception):
-    """Raised by the capture hook so the forward pass stops once the wanted output exists."""
-
-
-def effective_receptive_field(
-    model: nn.Module,
-    images: Tensor,
-    layer: nn.Module | None = None,
-    channel: int | None = None,
-) -> Tensor:
-    """Empirical effective receptive field (Luo, Li, Urtasun & Zemel, NeurIPS 2016).
-
-    For every image, back-propagates 1 from the *central* spatial unit of a feature map
-    ``(N, K, h, w)`` (summed over its ``K`` channels, or only ``channel``) to the input and
-    records ``|d unit / d input|``.
-
-    The central unit is ``(h // 2, w // 2)``: for even ``h``/``w`` that is the lower/right of
-    the two middle positions; ``erf_extent_at(erf, (H // 2, W // 2))`` measures around the
-    same centre on the input grid.
-
-    Args:
-        model: the network. Put in eval mode for the call (so batch norm uses running stats and
-            does not couple images in a batch, and dropout is off); every module's training flag
-            and every parameter's ``requires_grad`` are restored afterwards. Parameters have
-            ``requires_grad`` switched off during the call, so no ``.grad`` is accumulated (and
-            no time is spent on parameter gradients).
-        images: ``(N, C, H, W)`` float tensor on the model's device; not modified.
-        layer: a submodule whose output (a single ``(N, K, h, w)`` tensor) is analysed, captured
-            by a forward hook on its first call; the forward pass is stopped right after, so
-            later layers (e.g. a classifier head) are never run. ``None``: the model's own
-            output, which must then be a spatial map ``(N, K, h, w)``.
-        channel: analyse this channel of the feature map instead of the sum over channels.
-
-    Returns:
-        ``(H, W)`` float tensor on the images' device: the mean over the ``N`` images of
-        ``|grad|`` summed over the ``C`` input channels, normalised to sum to 1.
-
-    Raises:
-        ValueError: wrong input/feature-map rank, the hooked layer never ran, or the gradient is
-            identically zero (e.g. dead ReLUs), in which case no distribution exists.
-    """
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-
-    grad_flags = [(p, p.requires_grad) for p in model.parameters()]
-    captured: list[Tensor] = []
-    handle = None
-
-    def _hook(_module: nn.Module, _inputs: object, output: object) -> None:
-        if not isinstance(output, Tensor):
-            raise ValueError(f"hooked layer must return one Tensor, got {type(output).__name__}")
-        captured.append(output)
-        raise _StopForward
-
-    with eval_mode(model):
-        try:
-            for p, _ in grad_flags:
-                p.requires_grad_(False)
-            # A fresh leaf copy: the caller's tensor stays untouched and may live under no_grad.
-            x = images.detach().clone().requires_grad_(True)
-            with torch.enable_grad():
-                if layer is not None:
-                    handle = layer.register_forward_hook(_hook)
-                    try:
-                        model(x)
-                    except _StopForward:
-                        pass
-                    if not captured:
-                        raise ValueError("the given layer was not called during model(images)")
-                    fmap = captured[0]
-                else:
-                    fmap = model(x)
-                    if not isinstance(fmap, Tensor):
-                        raise ValueError("model output must be a Tensor; pass `layer=`")
-                if fmap.ndim != 4:
-                    raise ValueError(
-                        f"feature map must be (N, K, h, w), got shape {tuple(fmap.shape)}; "
-                        "pass a spatial `layer=`"
-                    )
-                ci, cj = fmap.shape[2] // 2, fmap.shape[3] // 2
-                unit = fmap[:, :, ci, cj] if channel is None else fmap[:, channel, ci, cj]
-                # Summing over the batch gives every image its own gradient in one backward pass:
-                # in eval mode images do not interact, so d(sum_n out_n)/d x_n = d out_n / d x_n.
-                (grad,) = torch.autograd.grad(unit.sum(), x)
-        finally:
-            if handle is not None:
-                handle.remove()
-            for p, flag in grad_flags:
-                p.requires_grad_(flag)
-
-    # abs before the channel sum: opposite-signed channel gradients must not cancel.
-    erf = grad.abs().sum(dim=1).mean(dim=0)
-    total = erf.sum()
-    if not torch.isfinite(total) or total.item() <= 0:
-        raise ValueError("gradient is identically zero (or not finite); ERF is undefined")
-    return erf / total
-
-
-def erf_extent_at(erf: Tensor, center: tuple[float, float], mass: float = 0.95) -> int:
-    """Side of the smallest square centred on ``center`` that holds ``mass`` of the ERF's total.
-
-    ``center`` may be a half-pixel point. Why: after 2x2 max-pools the RF centre of the middle unit is a half-pixel off the image centre
-    (e.g. 17.5 instead of 16 on a 32-pixel input, see ``ReceptiveFieldRow.center``); measuring
-    the ERF square around the wrong centre would inflate it by a few pixels.
-
-    Pixels are grouped by Chebyshev distance ``d = max(|i - cy|, |j - cx|)`` from ``center``
-    (pixel centres at integer coordinates); the smallest ``d`` whose square holds ``mass`` of the
-    total gives the side ``2 d + 1`` in pixels (odd for an integer centre, even for a half-pixel
-    one). Near the border the square is clipped to the image but its nominal side is still
-    reported, like a theoretical RF larger than the image.
-
-    Args:
-        erf: ``(H, W)`` non-negative map (need not be normalised).
-        center: ``(row, column)`` input coordinate of the square's centre, e.g. the analysed
-            unit's RF centre ``ReceptiveFieldRow.center(i)``; ``(H // 2, W // 2)`` is the
-            centre :func:`effective_receptive_field` back-propagates from on a stride-1 net.
-        mass: fraction in ``(0, 1]`` of the total to enclose.
-    """
-    if erf.ndim != 2:
-        raise ValueError(f"erf must be (H, W), got shape {tuple(erf.shape)}")
-    if not 0.0 < mass <= 1.0:
-        raise ValueError(f"mass must be in (0, 1], got {mass}")
-    values = erf.detach().to("cpu", torch.float64).numpy()
-    if (values < 0).any():
-        raise ValueError("erf must be non-negative")
-    total = values.sum()
-    if total <= 0:
-        raise ValueError("erf sums to zero")
-    h, w = values.shape
-    dist = np.maximum(np.abs(np.arange(h) - center[0])[:, None], np.abs(np.arange(w) - center[1])[None, :])
-    levels, inverse = np.unique(np.round(dist, 6), return_inverse=True)
-    cumulative = np.cumsum(np.bincount(inverse.ravel(), weights=values.ravel()))
-    d = levels[int(np.argmax(cumulative >= mass * total - 1e-9 * total))]
-    return int(round(2 * d + 1))
-
-
+    return _Walk().module("", model)

@@ -1,0 +1,155 @@
+"""The empirical effective receptive field (ERF, Luo, Li, Urtasun & Zemel, NeurIPS 2016).
+
+:func:`effective_receptive_field` back-propagates from one output unit to the input;
+:func:`erf_extent_at` measures the square that holds a given share of the gradient mass around a
+centre (normally the unit's theoretical RF centre, ``utils.receptive_field.ReceptiveFieldRow.center``).
+Coordinates follow the convention of :mod:`utils.receptive_field`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from utils.eval_mode import eval_mode
+
+__all__ = ["effective_receptive_field", "erf_extent_at"]
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook so the forward pass stops once the wanted output exists."""
+
+
+def effective_receptive_field(
+    model: nn.Module,
+    images: Tensor,
+    layer: nn.Module | None = None,
+    channel: int | None = None,
+) -> Tensor:
+    """Empirical effective receptive field (Luo, Li, Urtasun & Zemel, NeurIPS 2016).
+
+    For every image, back-propagates 1 from the *central* spatial unit of a feature map
+    ``(N, K, h, w)`` (summed over its ``K`` channels, or only ``channel``) to the input and
+    records ``|d unit / d input|``.
+
+    The central unit is ``(h // 2, w // 2)``: for even ``h``/``w`` that is the lower/right of
+    the two middle positions; ``erf_extent_at(erf, (H // 2, W // 2))`` measures around the
+    same centre on the input grid.
+
+    Args:
+        model: the network. Put in eval mode for the call (so batch norm uses running stats and
+            does not couple images in a batch, and dropout is off); every module's training flag
+            and every parameter's ``requires_grad`` are restored afterwards. Parameters have
+            ``requires_grad`` switched off during the call, so no ``.grad`` is accumulated (and
+            no time is spent on parameter gradients).
+        images: ``(N, C, H, W)`` float tensor on the model's device; not modified.
+        layer: a submodule whose output (a single ``(N, K, h, w)`` tensor) is analysed, captured
+            by a forward hook on its first call; the forward pass is stopped right after, so
+            later layers (e.g. a classifier head) are never run. ``None``: the model's own
+            output, which must then be a spatial map ``(N, K, h, w)``.
+        channel: analyse this channel of the feature map instead of the sum over channels.
+
+    Returns:
+        ``(H, W)`` float tensor on the images' device: the mean over the ``N`` images of
+        ``|grad|`` summed over the ``C`` input channels, normalised to sum to 1.
+
+    Raises:
+        ValueError: wrong input/feature-map rank, the hooked layer never ran, or the gradient is
+            identically zero (e.g. dead ReLUs), in which case no distribution exists.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+
+    grad_flags = [(p, p.requires_grad) for p in model.parameters()]
+    captured: list[Tensor] = []
+    handle = None
+
+    def _hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        if not isinstance(output, Tensor):
+            raise ValueError(f"hooked layer must return one Tensor, got {type(output).__name__}")
+        captured.append(output)
+        raise _StopForward
+
+    with eval_mode(model):
+        try:
+            for p, _ in grad_flags:
+                p.requires_grad_(False)
+            # A fresh leaf copy: the caller's tensor stays untouched and may live under no_grad.
+            x = images.detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                if layer is not None:
+                    handle = layer.register_forward_hook(_hook)
+                    try:
+                        model(x)
+                    except _StopForward:
+                        pass
+                    if not captured:
+                        raise ValueError("the given layer was not called during model(images)")
+                    fmap = captured[0]
+                else:
+                    fmap = model(x)
+                    if not isinstance(fmap, Tensor):
+                        raise ValueError("model output must be a Tensor; pass `layer=`")
+                if fmap.ndim != 4:
+                    raise ValueError(
+                        f"feature map must be (N, K, h, w), got shape {tuple(fmap.shape)}; "
+                        "pass a spatial `layer=`"
+                    )
+                ci, cj = fmap.shape[2] // 2, fmap.shape[3] // 2
+                unit = fmap[:, :, ci, cj] if channel is None else fmap[:, channel, ci, cj]
+                # Summing over the batch gives every image its own gradient in one backward pass:
+                # in eval mode images do not interact, so d(sum_n out_n)/d x_n = d out_n / d x_n.
+                (grad,) = torch.autograd.grad(unit.sum(), x)
+        finally:
+            if handle is not None:
+                handle.remove()
+            for p, flag in grad_flags:
+                p.requires_grad_(flag)
+
+    # abs before the channel sum: opposite-signed channel gradients must not cancel.
+    erf = grad.abs().sum(dim=1).mean(dim=0)
+    total = erf.sum()
+    if not torch.isfinite(total) or total.item() <= 0:
+        raise ValueError("gradient is identically zero (or not finite); ERF is undefined")
+    return erf / total
+
+
+def erf_extent_at(erf: Tensor, center: tuple[float, float], mass: float = 0.95) -> int:
+    """Side of the smallest square centred on ``center`` that holds ``mass`` of the ERF's total.
+
+    ``center`` may be a half-pixel point. Why: after 2x2 max-pools the RF centre of the middle unit is a half-pixel off the image centre
+    (e.g. 17.5 instead of 16 on a 32-pixel input, see ``ReceptiveFieldRow.center``); measuring
+    the ERF square around the wrong centre would inflate it by a few pixels.
+
+    Pixels are grouped by Chebyshev distance ``d = max(|i - cy|, |j - cx|)`` from ``center``
+    (pixel centres at integer coordinates); the smallest ``d`` whose square holds ``mass`` of the
+    total gives the side ``2 d + 1`` in pixels (odd for an integer centre, even for a half-pixel
+    one). Near the border the square is clipped to the image but its nominal side is still
+    reported, like a theoretical RF larger than the image.
+
+    Args:
+        erf: ``(H, W)`` non-negative map (need not be normalised).
+        center: ``(row, column)`` input coordinate of the square's centre, e.g. the analysed
+            unit's RF centre ``ReceptiveFieldRow.center(i)``; ``(H // 2, W // 2)`` is the
+            centre :func:`effective_receptive_field` back-propagates from on a stride-1 net.
+        mass: fraction in ``(0, 1]`` of the total to enclose.
+    """
+    if erf.ndim != 2:
+        raise ValueError(f"erf must be (H, W), got shape {tuple(erf.shape)}")
+    if not 0.0 < mass <= 1.0:
+        raise ValueError(f"mass must be in (0, 1], got {mass}")
+    values = erf.detach().to("cpu", torch.float64).numpy()
+    if (values < 0).any():
+        raise ValueError("erf must be non-negative")
+    total = values.sum()
+    if total <= 0:
+        raise ValueError("erf sums to zero")
+    h, w = values.shape
+    dist = np.maximum(np.abs(np.arange(h) - center[0])[:, None], np.abs(np.arange(w) - center[1])[None, :])
+    levels, inverse = np.unique(np.round(dist, 6), return_inverse=True)
+    cumulative = np.cumsum(np.bincount(inverse.ravel(), weights=values.ravel()))
+    d = levels[int(np.argmax(cumulative >= mass * total - 1e-9 * total))]
+    return int(round(2 * d + 1))
+
+
