@@ -64,11 +64,28 @@ def fp32_forward(fwd: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def fp32_backward(bwd: Callable[..., Any]) -> Callable[..., Any]:
-    """Run backward with autocast off (it may be on if ``.backward()`` is called inside the context)."""
+def first_order_backward(bwd: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate ``Function.backward``: first order only, run with autocast off.
+
+    The hand-written backward is not differentiable: its intermediates were
+    computed without a graph, so differentiating through it (``create_graph=True``:
+    double backward, gradient penalties, Hessian-vector products) would silently
+    drop every second-order term.  ``torch.autograd.function.once_differentiable``
+    only catches the case where an incoming gradient requires grad, not a penalty
+    ``grad(y.sum(), x, create_graph=True)`` whose parameters' terms vanish.
+    The engine runs backward with grad mode on exactly when it builds a graph
+    (``create_graph=True``), so that is the test.  Autocast is turned off because
+    ``.backward()`` may be called inside an autocast context.
+    """
 
     @functools.wraps(bwd)
     def wrapper(ctx: FunctionCtx, *grads: Tensor) -> Any:
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                f"{type(ctx).__name__[:-len('Backward')]} has a hand-written, first-order-only backward: "
+                "create_graph=True (double backward, gradient penalty, Hessian-vector product) is not supported "
+                "and would silently drop the second-order terms. Use models.custom_layers.autograd_reference(model), "
+                "the same layers with autograd's backward, for second-order use.")
         with torch.autocast(device_type=ctx.autocast_device, enabled=False):  # type: ignore[attr-defined]
             return bwd(ctx, *grads)
 

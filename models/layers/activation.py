@@ -6,9 +6,9 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
-from models.layers._common import AutogradSwitch, Grads, fp32_backward, fp32_forward
+from models.layers._common import AutogradSwitch, Grads, first_order_backward, fp32_forward
 
 __all__ = ["swish_fwd", "swish_bwd", "SwishFunction", "Swish"]
 
@@ -47,8 +47,7 @@ class SwishFunction(torch.autograd.Function):
         return swish_fwd(x, beta)
 
     @staticmethod
-    @once_differentiable
-    @fp32_backward
+    @first_order_backward
     def backward(ctx: FunctionCtx, grad_y: Tensor) -> Grads:
         return swish_bwd(grad_y, *ctx.saved_tensors, needs=ctx.needs_input_grad[:2])  # type: ignore[attr-defined]
 

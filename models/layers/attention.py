@@ -8,10 +8,10 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 from torch.nn import init
 
-from models.layers._common import AutogradSwitch, Grads, check_4d, fp32_backward, fp32_forward
+from models.layers._common import AutogradSwitch, Grads, check_4d, first_order_backward, fp32_forward
 
 __all__ = ["channel_attention_fwd", "channel_attention_bwd", "ChannelAttentionFunction", "ChannelAttention",
            "spatial_attention_fwd", "spatial_attention_bwd", "SpatialAttentionFunction", "SpatialAttention", "CBAM"]
@@ -88,8 +88,7 @@ class ChannelAttentionFunction(torch.autograd.Function):
         return out.y
 
     @staticmethod
-    @once_differentiable
-    @fp32_backward
+    @first_order_backward
     def backward(ctx: FunctionCtx, grad_y: Tensor) -> Grads:
         saved = ctx.saved_tensors  # type: ignore[attr-defined]
         return channel_attention_bwd(grad_y, *saved, needs=ctx.needs_input_grad[:5])
@@ -207,8 +206,7 @@ class SpatialAttentionFunction(torch.autograd.Function):
         return out.y
 
     @staticmethod
-    @once_differentiable
-    @fp32_backward
+    @first_order_backward
     def backward(ctx: FunctionCtx, grad_y: Tensor) -> Grads:
         grads = spatial_attention_bwd(grad_y, *ctx.saved_tensors, ctx.padding,  # type: ignore[attr-defined]
                                       needs=ctx.needs_input_grad[:3])

@@ -8,11 +8,12 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 from torch.nn import init
 from torch.nn.modules.utils import _pair
 
-from models.layers._common import AutogradSwitch, Grads, channel_view, check_4d, fp32_backward, fp32_forward, size_2_t
+from models.layers._common import (AutogradSwitch, Grads, channel_view, check_4d, first_order_backward, fp32_forward,
+                                   size_2_t)
 
 __all__ = ["conv2d_ws_fwd", "conv2d_ws_bwd", "CustomConv2dFunction", "CustomConv2d"]
 
@@ -141,8 +142,7 @@ class CustomConv2dFunction(torch.autograd.Function):
         return out.y
 
     @staticmethod
-    @once_differentiable
-    @fp32_backward
+    @first_order_backward
     def backward(ctx: FunctionCtx, grad_y: Tensor) -> Grads:
         grads = conv2d_ws_bwd(grad_y, *ctx.saved_tensors, *ctx.conv_args,  # type: ignore[attr-defined]
                               needs=ctx.needs_input_grad[:4])

@@ -8,11 +8,11 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 from torch.nn.modules.utils import _pair
 
-from models.layers._common import (AutogradSwitch, Grads, avg_pool2d_adjoint, check_4d, fp32_backward, fp32_forward,
-                                   size_2_t)
+from models.layers._common import (AutogradSwitch, Grads, avg_pool2d_adjoint, check_4d, first_order_backward,
+                                   fp32_forward, size_2_t)
 
 __all__ = ["gem_pool_fwd", "gem_pool_bwd", "GeMPoolFunction", "GeMPool2d",
            "mixed_pool_fwd", "mixed_pool_bwd", "MixedPoolFunction", "MixedPool2d"]
@@ -88,8 +88,7 @@ class GeMPoolFunction(torch.autograd.Function):
         return out.y
 
     @staticmethod
-    @once_differentiable
-    @fp32_backward
+    @first_order_backward
     def backward(ctx: FunctionCtx, grad_y: Tensor) -> Grads:
         grads = gem_pool_bwd(grad_y, *ctx.saved_tensors, *ctx.pool,  # type: ignore[attr-defined]
                              needs=ctx.needs_input_grad[:2])
@@ -218,8 +217,7 @@ class MixedPoolFunction(torch.autograd.Function):
         return out.y
 
     @staticmethod
-    @once_differentiable
-    @fp32_backward
+    @first_order_backward
     def backward(ctx: FunctionCtx, grad_y: Tensor) -> Grads:
         grads = mixed_pool_bwd(grad_y, *ctx.saved_tensors, *ctx.pool,  # type: ignore[attr-defined]
                                needs=ctx.needs_input_grad[:2])

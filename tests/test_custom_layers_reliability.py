@@ -1,0 +1,113 @@
+"""Reliability of models/custom_layers.py beyond the happy path (tests/test_custom_layers.py).
+
+Run from the repo root:  python3 -m pytest tests/test_custom_layers_reliability.py -q
+
+What is checked
+  * second-order use (gradient penalty, double backward) raises a clear error instead of
+    silently dropping terms; the autograd reference supports it; first-order use is unaffected.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List
+
+import pytest
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from models.custom_layers import (CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, SpatialAttention,
+                                  Swish, autograd_reference)
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# One instance of every layer (every option that changes the backward), input channels 4.
+LAYERS: Dict[str, Callable[[], nn.Module]] = {
+    "conv": lambda: CustomConv2d(4, 3, 3, padding=1),
+    "conv_ws_gate": lambda: CustomConv2d(4, 3, 3, weight_standardization=True, channel_gate=True),
+    "se": lambda: ChannelAttention(4, reduction=2),
+    "spatial": lambda: SpatialAttention(3),
+    "cbam": lambda: CBAM(4, reduction=2, kernel_size=3),
+    "swish": lambda: Swish(beta=1.3),
+    "swish_fixed": lambda: Swish(beta=0.7, learnable=False),
+    "gem_global": lambda: GeMPool2d(p=2.5),
+    "gem_window": lambda: GeMPool2d(kernel_size=3, stride=2, p=2.5),
+    "mixed": lambda: MixedPool2d(2, alpha_init=0.3),
+    "mixed_overlap": lambda: MixedPool2d(3, stride=2),
+}
+WITH_PARAMS = [n for n, f in LAYERS.items() if list(f().parameters())]
+
+
+def _layer(name: str, dtype: torch.dtype = F64) -> nn.Module:
+    torch.manual_seed(0)
+    m = LAYERS[name]().to(dtype)
+    with torch.no_grad():  # away from the init values at which some terms vanish (gate == 1)
+        for pname, prm in m.named_parameters():
+            if pname.endswith("gate"):
+                prm.uniform_(0.5, 1.5)
+    return m
+
+
+def _input(shape=(2, 4, 7, 6), dtype: torch.dtype = F64) -> Tensor:
+    return torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(1)).abs() + 0.1
+
+
+def _param_grads(m: nn.Module) -> List[Tensor]:
+    return [p.grad.clone() for p in m.parameters()]
+
+
+# --------------------------------------------------------------------------- #
+# 1. Second-order use
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("name", list(LAYERS))
+@pytest.mark.parametrize("wrt", ["input", "params"])
+def test_create_graph_through_hand_written_backward_raises(name: str, wrt: str) -> None:
+    m = _layer(name)
+    x = _input().requires_grad_()
+    inputs = [x] if wrt == "input" or not list(m.parameters()) else list(m.parameters())
+    y = m(x)
+    with pytest.raises(RuntimeError, match="first-order-only backward.*autograd_reference"):
+        torch.autograd.grad(y.sum(), inputs, create_graph=True)
+
+
+@pytest.mark.parametrize("name", WITH_PARAMS)
+def test_gradient_penalty_on_autograd_reference_reaches_the_parameters(name: str) -> None:
+    """The case that used to be silently wrong, run where it is supported: the penalty's
+    contribution to the parameters is real (so dropping it was an error, not a no-op)."""
+    ref = autograd_reference(_layer(name))
+    x = _input().requires_grad_()
+
+    y = ref(x)
+    loss = y.square().mean()
+    loss.backward(retain_graph=True)
+    first_order = _param_grads(ref)
+    ref.zero_grad()
+
+    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    (loss + g.square().sum()).backward()
+    with_penalty = _param_grads(ref)
+    assert any(not torch.allclose(a, b) for a, b in zip(with_penalty, first_order))
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_first_order_use_unaffected(name: str) -> None:
+    """backward, autograd.grad (retain_graph, inside enable_grad) and a checkpointed layer still work."""
+    m = _layer(name)
+    x = _input().requires_grad_()
+    with torch.enable_grad():
+        y = m(x)
+        (gx,) = torch.autograd.grad(y.sum(), x, retain_graph=True)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, gx, rtol=0, atol=0)
+    x.grad = None
+    torch.utils.checkpoint.checkpoint(m, x, use_reentrant=False).sum().backward()
+    torch.testing.assert_close(x.grad, gx, rtol=0, atol=0)
