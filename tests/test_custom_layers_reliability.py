@@ -5,6 +5,7 @@ Run from the repo root:  python3 -m pytest tests/test_custom_layers_reliability.
 What is checked
   * second-order use (gradient penalty, double backward) raises a clear error instead of
     silently dropping terms; the autograd reference supports it; first-order use is unaffected.
+  * an empty batch (N = 0): forward and backward of every layer behave as native layers do.
 """
 
 from __future__ import annotations
@@ -111,3 +112,29 @@ def test_first_order_use_unaffected(name: str) -> None:
     x.grad = None
     torch.utils.checkpoint.checkpoint(m, x, use_reentrant=False).sum().backward()
     torch.testing.assert_close(x.grad, gx, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- #
+# 2. Empty batch
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("reference", [False, True], ids=["hand_written", "autograd_reference"])
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_empty_batch_forward_and_backward(name: str, reference: bool, layout: str) -> None:
+    """As nn.Conv2d / F.max_pool2d: an (0, ...) output of the usual shape, an empty input grad, zero param grads."""
+    m = _layer(name, torch.float32)
+    m = autograd_reference(m) if reference else m
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(0, 4, 7, 6).contiguous(memory_format=fmt).requires_grad_()
+    with torch.no_grad():
+        expected_shape = (0,) + tuple(m(torch.randn(1, 4, 7, 6)).shape[1:])
+    y = m(x)
+    assert tuple(y.shape) == expected_shape
+    y.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    for pname, p in m.named_parameters():
+        assert p.grad is not None and torch.equal(p.grad, torch.zeros_like(p)), pname
+    if list(m.parameters()):  # the parameters-only path of backward too
+        m.zero_grad()
+        m(x.detach()).sum().backward()
+        assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in m.parameters())

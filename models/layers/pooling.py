@@ -191,7 +191,8 @@ def mixed_pool_bwd(grad_y: Tensor, x: Optional[Tensor], idx: Optional[Tensor], d
     if need_x:
         n, c, h, w = x.shape
         grad_max = torch.zeros(n, c, h * w, dtype=grad_y.dtype, device=grad_y.device)
-        grad_max.scatter_add_(2, idx.reshape(n, c, -1), (alpha * grad_y).reshape(n, c, -1))
+        # flatten(2), not reshape(n, c, -1): -1 is ambiguous for an empty batch (n = 0)
+        grad_max.scatter_add_(2, idx.flatten(2), (alpha * grad_y).flatten(2))
         grad_x = grad_max.view(n, c, h, w) + avg_pool2d_adjoint((1 - alpha) * grad_y, x, kernel_size, stride)
     if need_a:
         grad_a = ((grad_y * diff).sum() * alpha * (1 - alpha)).reshape(a.shape)
