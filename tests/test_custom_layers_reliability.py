@@ -8,6 +8,9 @@ What is checked
   * an empty batch (N = 0): forward and backward of every layer behave as native layers do.
   * GeMPool2d in float32: finite and accurate against a float64 evaluation of the definition for
     p up to 20 over inputs from 1e-6 to 1e4.
+  * bad constructor arguments and bad inputs: one clear ValueError naming the layer;
+  * CustomConv2d's nn.Conv2d options (groups, padding modes, 'same'/'valid', unbatched input):
+    equal to nn.Conv2d (forward and gradients) and gradcheck with WS and gate on.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd import gradcheck
 
 from models.custom_layers import (CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, SpatialAttention,
                                   Swish, autograd_reference)
@@ -198,3 +202,144 @@ def test_gem_all_clamped_window(kernel_size) -> None:
     torch.testing.assert_close(y, torch.full_like(y, 1e-6))
     y.sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x)) and torch.isfinite(m.p.grad)
+
+
+# --------------------------------------------------------------------------- #
+# 4. Argument validation
+# --------------------------------------------------------------------------- #
+NAN, INF = float("nan"), float("inf")
+BAD_ARGUMENTS = {
+    "gem_p_nan": lambda: GeMPool2d(p=NAN),
+    "gem_p_inf": lambda: GeMPool2d(p=INF),
+    "gem_p_zero": lambda: GeMPool2d(p=0.0),
+    "gem_p_negative": lambda: GeMPool2d(p=-2.0),
+    "gem_p_text": lambda: GeMPool2d(p="three"),
+    "gem_eps_zero": lambda: GeMPool2d(eps=0.0),
+    "gem_eps_nan": lambda: GeMPool2d(eps=NAN),
+    "gem_kernel_zero": lambda: GeMPool2d(kernel_size=0),
+    "gem_kernel_pair_zero": lambda: GeMPool2d(kernel_size=(2, 0)),
+    "gem_stride_zero": lambda: GeMPool2d(kernel_size=2, stride=0),
+    "gem_stride_without_kernel": lambda: GeMPool2d(stride=2),
+    "conv_in_zero": lambda: CustomConv2d(0, 4, 3),
+    "conv_out_zero": lambda: CustomConv2d(3, 0, 3),
+    "conv_in_negative": lambda: CustomConv2d(-3, 4, 3),
+    "conv_kernel_zero": lambda: CustomConv2d(3, 4, 0),
+    "conv_kernel_pair_zero": lambda: CustomConv2d(3, 4, (3, 0)),
+    "conv_kernel_float": lambda: CustomConv2d(3, 4, 2.5),
+    "conv_kernel_bool": lambda: CustomConv2d(3, 4, True),
+    "conv_kernel_triple": lambda: CustomConv2d(3, 4, (3, 3, 3)),
+    "conv_stride_zero": lambda: CustomConv2d(3, 4, 3, stride=0),
+    "conv_dilation_zero": lambda: CustomConv2d(3, 4, 3, dilation=0),
+    "conv_padding_negative": lambda: CustomConv2d(3, 4, 3, padding=-1),
+    "conv_padding_string": lambda: CustomConv2d(3, 4, 3, padding="full"),
+    "conv_same_strided": lambda: CustomConv2d(3, 4, 3, stride=2, padding="same"),
+    "conv_groups_zero": lambda: CustomConv2d(4, 4, 3, groups=0),
+    "conv_groups_in": lambda: CustomConv2d(3, 4, 3, groups=2),
+    "conv_groups_out": lambda: CustomConv2d(4, 3, 3, groups=2),
+    "conv_padding_mode": lambda: CustomConv2d(3, 4, 3, padding_mode="mirror"),
+    "conv_eps_zero": lambda: CustomConv2d(3, 4, 3, weight_standardization=True, eps=0.0),
+    "conv_eps_nan": lambda: CustomConv2d(3, 4, 3, eps=NAN),
+    "se_channels_zero": lambda: ChannelAttention(0),
+    "se_reduction_zero": lambda: ChannelAttention(8, reduction=0),
+    "spatial_kernel_zero": lambda: SpatialAttention(0),
+    "spatial_kernel_negative": lambda: SpatialAttention(-1),
+    "spatial_kernel_even": lambda: SpatialAttention(4),
+    "spatial_kernel_float": lambda: SpatialAttention(3.0),
+    "cbam_channels_zero": lambda: CBAM(0),
+    "cbam_kernel_even": lambda: CBAM(8, kernel_size=4),
+    "cbam_no_stage": lambda: CBAM(8, use_channel=False, use_spatial=False),
+    "swish_beta_nan": lambda: Swish(beta=NAN),
+    "swish_beta_inf": lambda: Swish(beta=-INF),
+    "mixed_kernel_zero": lambda: MixedPool2d(0),
+    "mixed_stride_zero": lambda: MixedPool2d(2, stride=0),
+    "mixed_alpha_nan": lambda: MixedPool2d(2, alpha_init=NAN),
+    "mixed_alpha_one": lambda: MixedPool2d(2, alpha_init=1.0),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ARGUMENTS))
+def test_bad_constructor_argument_raises_clear_value_error(case: str) -> None:
+    layer = {"gem": "GeMPool2d", "conv": "CustomConv2d", "se": "ChannelAttention", "spatial": "SpatialAttention",
+             "cbam": "CBAM|ChannelAttention|SpatialAttention", "swish": "Swish", "mixed": "MixedPool2d"}
+    with pytest.raises(ValueError, match=layer[case.split("_")[0]]):
+        BAD_ARGUMENTS[case]()
+
+
+BAD_INPUTS = {
+    "conv_channels": (lambda: CustomConv2d(3, 4, 3), (2, 5, 8, 8)),
+    "conv_5d": (lambda: CustomConv2d(3, 4, 3), (2, 3, 1, 8, 8)),
+    "conv_2d": (lambda: CustomConv2d(3, 4, 3), (3, 8)),
+    "se_channels": (lambda: ChannelAttention(8, 2), (2, 6, 4, 4)),
+    "spatial_3d": (lambda: SpatialAttention(3), (6, 4, 4)),
+    "gem_window_too_big": (lambda: GeMPool2d(kernel_size=5), (2, 3, 4, 8)),
+    "gem_3d": (lambda: GeMPool2d(), (3, 4, 4)),
+    "mixed_window_too_big": (lambda: MixedPool2d(3), (2, 3, 8, 2)),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_raises_clear_value_error(case: str) -> None:
+    factory, shape = BAD_INPUTS[case]
+    m = factory()
+    with pytest.raises(ValueError, match=r"shape|window"):
+        m(torch.randn(*shape))
+
+
+# --------------------------------------------------------------------------- #
+# 4b. CustomConv2d supports nn.Conv2d's options
+# --------------------------------------------------------------------------- #
+CONV_OPTIONS = {
+    "groups": dict(in_channels=4, out_channels=6, kernel_size=3, groups=2, padding=1),
+    "depthwise": dict(in_channels=4, out_channels=8, kernel_size=(3, 2), groups=4, stride=2),
+    "reflect": dict(in_channels=3, out_channels=4, kernel_size=3, padding=(2, 1), padding_mode="reflect"),
+    "replicate": dict(in_channels=3, out_channels=4, kernel_size=3, padding=1, padding_mode="replicate", stride=2),
+    "circular": dict(in_channels=3, out_channels=4, kernel_size=3, padding=(1, 2), padding_mode="circular"),
+    "same_odd": dict(in_channels=3, out_channels=4, kernel_size=3, padding="same"),
+    "same_even_dilated": dict(in_channels=3, out_channels=4, kernel_size=(4, 3), dilation=(1, 2), padding="same"),
+    "same_reflect_groups": dict(in_channels=4, out_channels=4, kernel_size=4, padding="same", padding_mode="reflect",
+                                groups=2),
+    "valid": dict(in_channels=3, out_channels=4, kernel_size=3, padding="valid"),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # nn.Conv2d's own note
+@pytest.mark.parametrize("unbatched", [False, True], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("option", list(CONV_OPTIONS))
+def test_conv_options_equal_nn_conv2d(option: str, dtype: torch.dtype, unbatched: bool) -> None:
+    kw = CONV_OPTIONS[option]
+    torch.manual_seed(0)
+    ref = nn.Conv2d(**kw).to(dtype)
+    torch.manual_seed(0)
+    m = CustomConv2d(**kw).to(dtype)
+    assert torch.equal(m.weight, ref.weight) and torch.equal(m.bias, ref.bias)  # same init, same RNG draws
+    shape = (kw["in_channels"], 9, 8) if unbatched else (2, kw["in_channels"], 9, 8)
+    x = torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for layer in (m, ref):
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        y.backward(torch.randn(y.shape, dtype=dtype, generator=torch.Generator().manual_seed(2)))
+        outs.append([y, xi.grad, layer.weight.grad, layer.bias.grad])
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == F64 else dict(rtol=1e-5, atol=1e-5)
+    for got, want in zip(*outs):
+        torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("unbatched", [False, True], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("option", list(CONV_OPTIONS))
+def test_conv_options_gradcheck_with_ws_and_gate(option: str, unbatched: bool) -> None:
+    torch.manual_seed(3)
+    kw = CONV_OPTIONS[option]
+    m = CustomConv2d(**kw, weight_standardization=True, channel_gate=True).double()
+    with torch.no_grad():
+        m.gate.uniform_(0.5, 1.5)
+    shape = (kw["in_channels"], 7, 6) if unbatched else (2, kw["in_channels"], 7, 6)
+    x = torch.randn(*shape, dtype=F64, requires_grad=True)
+    names = [n for n, _ in m.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+
+    def f(x_: Tensor, *ps: Tensor) -> Tensor:
+        return torch.func.functional_call(m, dict(zip(names, ps)), (x_,))
+
+    assert gradcheck(f, (x, *params), eps=1e-6, atol=1e-8, rtol=1e-6)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 from typing import Any, Callable, Optional, Sequence, Tuple, Type, Union
 
 import torch
@@ -115,11 +117,50 @@ class AutogradSwitch:
 
 
 # --------------------------------------------------------------------------- #
-# Small helpers
+# Argument validation: one clear ValueError at construction, not a failure deep inside
 # --------------------------------------------------------------------------- #
-def check_4d(x: Tensor, name: str) -> None:
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def positive_int(layer: str, name: str, value: Any) -> int:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{layer}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def int_pair(layer: str, name: str, value: Any, minimum: int) -> Tuple[int, int]:
+    """An int or a pair of ints, each >= ``minimum``, as a pair (the ``_pair`` convention of torch.nn)."""
+    pair = (value, value) if _is_int(value) else value
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(_is_int(v) and v >= minimum for v in pair)):
+        raise ValueError(f"{layer}: {name} must be an integer >= {minimum} or a pair of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def finite_float(layer: str, name: str, value: Any, positive: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not math.isfinite(v) or (positive and v <= 0):
+        raise ValueError(f"{layer}: {name} must be a finite number{' > 0' if positive else ''}, got {value!r}")
+    return v
+
+
+# --------------------------------------------------------------------------- #
+# Input checks and small helpers
+# --------------------------------------------------------------------------- #
+def check_4d(x: Tensor, name: str, channels: Optional[int] = None) -> None:
     if x.dim() != 4:
         raise ValueError(f"{name} expects a 4-D input N x C x H x W, got shape {tuple(x.shape)}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{name} expects {channels} input channels, got shape {tuple(x.shape)}")
+
+
+def check_window(x: Tensor, kernel_size: Tuple[int, int], name: str) -> None:
+    if x.shape[2] < kernel_size[0] or x.shape[3] < kernel_size[1]:
+        raise ValueError(f"{name}: the {kernel_size[0]}x{kernel_size[1]} window does not fit the "
+                         f"{x.shape[2]}x{x.shape[3]} input (shape {tuple(x.shape)})")
 
 
 def avg_pool2d_adjoint(grad_out: Tensor, x: Tensor, kernel_size: Tuple[int, int], stride: Tuple[int, int]) -> Tensor:

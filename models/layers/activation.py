@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
-from models.layers._common import AutogradSwitch, Grads, first_order_backward, fp32_forward
+from models.layers._common import AutogradSwitch, Grads, finite_float, first_order_backward, fp32_forward
 
 __all__ = ["swish_fwd", "swish_bwd", "SwishFunction", "Swish"]
 
@@ -61,12 +61,15 @@ class Swish(AutogradSwitch, nn.Module):
 
     Shape:
         any ``(*)`` -> same shape (works for 2-D and 4-D activations alike).
+
+    Raises:
+        ValueError: a non-finite ``beta``.
     """
 
     def __init__(self, beta: float = 1.0, learnable: bool = True) -> None:
         super().__init__()
         self.learnable = learnable
-        beta_t = torch.tensor(float(beta))
+        beta_t = torch.tensor(finite_float(type(self).__name__, "beta", beta))
         if learnable:
             self.beta = nn.Parameter(beta_t)
         else:

@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
-from torch.nn.modules.utils import _pair
 
-from models.layers._common import (AutogradSwitch, Grads, avg_pool2d_adjoint, check_4d, first_order_backward,
-                                   fp32_forward, size_2_t)
+from models.layers._common import (AutogradSwitch, Grads, avg_pool2d_adjoint, check_4d, check_window, finite_float,
+                                   first_order_backward, fp32_forward, int_pair, size_2_t)
 
 __all__ = ["gem_pool_fwd", "gem_pool_bwd", "GeMPoolFunction", "GeMPool2d",
            "mixed_pool_fwd", "mixed_pool_bwd", "MixedPoolFunction", "MixedPool2d"]
@@ -163,7 +162,12 @@ class GeMPool2d(AutogradSwitch, nn.Module):
         stride: defaults to ``kernel_size``.
         p: initial exponent (> 0).
         learnable: make ``p`` an ``nn.Parameter``.
-        eps: clamp floor (inputs below it count as ``eps`` and get no gradient).
+        eps: clamp floor (inputs below it count as ``eps`` and get no gradient), finite and > 0.
+
+    Raises:
+        ValueError: a ``p`` or ``eps`` that is not finite and > 0, a kernel size or stride
+        that is not a positive integer (or pair), a ``stride`` without ``kernel_size``; in
+        forward, an input that is not 4-D or smaller than the window.
 
     Numerics: each window is divided by its maximum before the power (see
     :func:`gem_pool_fwd`), so float32 output and gradients stay finite and
@@ -180,16 +184,18 @@ class GeMPool2d(AutogradSwitch, nn.Module):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        if p <= 0:
-            raise ValueError(f"p must be > 0, got {p}")
-        self.kernel_size: Optional[Tuple[int, int]] = None if kernel_size is None else _pair(kernel_size)
-        if self.kernel_size is None:
-            self.stride: Optional[Tuple[int, int]] = None
-        else:
-            self.stride = self.kernel_size if stride is None else _pair(stride)
+        name = type(self).__name__
+        p = finite_float(name, "p", p, positive=True)
+        self.kernel_size: Optional[Tuple[int, int]] = None
+        self.stride: Optional[Tuple[int, int]] = None
+        if kernel_size is not None:
+            self.kernel_size = int_pair(name, "kernel_size", kernel_size, 1)
+            self.stride = self.kernel_size if stride is None else int_pair(name, "stride", stride, 1)
+        elif stride is not None:
+            raise ValueError(f"{name}: stride={stride!r} needs a kernel_size (global pooling has no stride)")
         self.learnable = learnable
-        self.eps = eps
-        p_t = torch.tensor(float(p))
+        self.eps = finite_float(name, "eps", eps, positive=True)
+        p_t = torch.tensor(p)
         if learnable:
             self.p = nn.Parameter(p_t)
         else:
@@ -197,6 +203,8 @@ class GeMPool2d(AutogradSwitch, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_4d(x, "GeMPool2d")
+        if self.kernel_size is not None:
+            check_window(x, self.kernel_size, "GeMPool2d")
         return self._run(GeMPoolFunction, gem_pool_fwd, x, self.p, self.kernel_size, self.stride, self.eps)
 
     def extra_repr(self) -> str:
@@ -294,14 +302,20 @@ class MixedPool2d(AutogradSwitch, nn.Module):
         kernel_size: window.
         stride: defaults to ``kernel_size``.
         alpha_init: initial mixing weight ``sigmoid(a)`` in (0, 1); ``a = logit(alpha_init)``.
+
+    Raises:
+        ValueError: a kernel size or stride that is not a positive integer (or pair), an
+        ``alpha_init`` outside (0, 1); in forward, an input that is not 4-D or smaller than the window.
     """
 
     def __init__(self, kernel_size: size_2_t, stride: Optional[size_2_t] = None, alpha_init: float = 0.5) -> None:
         super().__init__()
+        name = type(self).__name__
+        alpha_init = finite_float(name, "alpha_init", alpha_init)
         if not 0.0 < alpha_init < 1.0:
-            raise ValueError(f"alpha_init must be in (0, 1), got {alpha_init}")
-        self.kernel_size: Tuple[int, int] = _pair(kernel_size)
-        self.stride: Tuple[int, int] = self.kernel_size if stride is None else _pair(stride)
+            raise ValueError(f"{name}: alpha_init must be in (0, 1), got {alpha_init}")
+        self.kernel_size: Tuple[int, int] = int_pair(name, "kernel_size", kernel_size, 1)
+        self.stride: Tuple[int, int] = self.kernel_size if stride is None else int_pair(name, "stride", stride, 1)
         self.a = nn.Parameter(torch.tensor(math.log(alpha_init / (1.0 - alpha_init))))
 
     @property
@@ -311,6 +325,7 @@ class MixedPool2d(AutogradSwitch, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_4d(x, "MixedPool2d")
+        check_window(x, self.kernel_size, "MixedPool2d")
         return self._run(MixedPoolFunction, mixed_pool_fwd, x, self.a, self.kernel_size, self.stride)
 
     def extra_repr(self) -> str:
