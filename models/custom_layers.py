@@ -23,11 +23,18 @@ Autograd reference
 
 Common conventions
     * Inputs are ``N x C x H x W`` (any strides: contiguous, channels_last,
-      transposed or sliced views all work).
+      transposed or sliced views all work; ``N = 0`` works).  :class:`CustomConv2d`
+      also takes unbatched ``C x H x W`` and :class:`Swish` any shape.
+    * Bad constructor arguments (non-positive sizes, non-finite or non-positive
+      ``p`` / ``eps``, ...) and inputs of the wrong rank or channel count raise one
+      ``ValueError`` that names the layer.
     * float32 and float64 are supported.  Under ``torch.autocast`` every
       layer runs as an *fp32 island* (see :func:`models.layers._common.run_fp32`).
-    * ``backward`` is ``@once_differentiable``: double backward (e.g. gradient
-      penalties) is not supported and raises instead of silently being wrong.
+    * The hand-written ``backward`` is first order only.  Whenever autograd would
+      build a graph through it (``create_graph=True``: double backward, gradient
+      penalties, Hessian-vector products) it raises a ``RuntimeError`` instead of
+      silently dropping the second-order terms.  For second-order use, run the
+      model through :func:`autograd_reference`, which supports it.
     * Only the tensors ``backward`` actually needs are saved, and gradients that
       ``ctx.needs_input_grad`` marks as unneeded are neither saved for nor computed.
 """

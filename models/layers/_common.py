@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 from typing import Any, Callable, Optional, Sequence, Tuple, Type, Union
 
 import torch
@@ -64,11 +66,28 @@ def fp32_forward(fwd: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def fp32_backward(bwd: Callable[..., Any]) -> Callable[..., Any]:
-    """Run backward with autocast off (it may be on if ``.backward()`` is called inside the context)."""
+def first_order_backward(bwd: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate ``Function.backward``: first order only, run with autocast off.
+
+    The hand-written backward is not differentiable: its intermediates were
+    computed without a graph, so differentiating through it (``create_graph=True``:
+    double backward, gradient penalties, Hessian-vector products) would silently
+    drop every second-order term.  ``torch.autograd.function.once_differentiable``
+    only catches the case where an incoming gradient requires grad, not a penalty
+    ``grad(y.sum(), x, create_graph=True)`` whose parameters' terms vanish.
+    The engine runs backward with grad mode on exactly when it builds a graph
+    (``create_graph=True``), so that is the test.  Autocast is turned off because
+    ``.backward()`` may be called inside an autocast context.
+    """
 
     @functools.wraps(bwd)
     def wrapper(ctx: FunctionCtx, *grads: Tensor) -> Any:
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                f"{type(ctx).__name__[:-len('Backward')]} has a hand-written, first-order-only backward: "
+                "create_graph=True (double backward, gradient penalty, Hessian-vector product) is not supported "
+                "and would silently drop the second-order terms. Use models.custom_layers.autograd_reference(model), "
+                "the same layers with autograd's backward, for second-order use.")
         with torch.autocast(device_type=ctx.autocast_device, enabled=False):  # type: ignore[attr-defined]
             return bwd(ctx, *grads)
 
@@ -98,11 +117,50 @@ class AutogradSwitch:
 
 
 # --------------------------------------------------------------------------- #
-# Small helpers
+# Argument validation: one clear ValueError at construction, not a failure deep inside
 # --------------------------------------------------------------------------- #
-def check_4d(x: Tensor, name: str) -> None:
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def positive_int(layer: str, name: str, value: Any) -> int:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{layer}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def int_pair(layer: str, name: str, value: Any, minimum: int) -> Tuple[int, int]:
+    """An int or a pair of ints, each >= ``minimum``, as a pair (the ``_pair`` convention of torch.nn)."""
+    pair = (value, value) if _is_int(value) else value
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(_is_int(v) and v >= minimum for v in pair)):
+        raise ValueError(f"{layer}: {name} must be an integer >= {minimum} or a pair of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def finite_float(layer: str, name: str, value: Any, positive: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not math.isfinite(v) or (positive and v <= 0):
+        raise ValueError(f"{layer}: {name} must be a finite number{' > 0' if positive else ''}, got {value!r}")
+    return v
+
+
+# --------------------------------------------------------------------------- #
+# Input checks and small helpers
+# --------------------------------------------------------------------------- #
+def check_4d(x: Tensor, name: str, channels: Optional[int] = None) -> None:
     if x.dim() != 4:
         raise ValueError(f"{name} expects a 4-D input N x C x H x W, got shape {tuple(x.shape)}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{name} expects {channels} input channels, got shape {tuple(x.shape)}")
+
+
+def check_window(x: Tensor, kernel_size: Tuple[int, int], name: str) -> None:
+    if x.shape[2] < kernel_size[0] or x.shape[3] < kernel_size[1]:
+        raise ValueError(f"{name}: the {kernel_size[0]}x{kernel_size[1]} window does not fit the "
+                         f"{x.shape[2]}x{x.shape[3]} input (shape {tuple(x.shape)})")
 
 
 def avg_pool2d_adjoint(grad_out: Tensor, x: Tensor, kernel_size: Tuple[int, int], stride: Tuple[int, int]) -> Tensor:

@@ -6,9 +6,9 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
-from models.layers._common import AutogradSwitch, Grads, fp32_backward, fp32_forward
+from models.layers._common import AutogradSwitch, Grads, finite_float, first_order_backward, fp32_forward
 
 __all__ = ["swish_fwd", "swish_bwd", "SwishFunction", "Swish"]
 
@@ -47,8 +47,7 @@ class SwishFunction(torch.autograd.Function):
         return swish_fwd(x, beta)
 
     @staticmethod
-    @once_differentiable
-    @fp32_backward
+    @first_order_backward
     def backward(ctx: FunctionCtx, grad_y: Tensor) -> Grads:
         return swish_bwd(grad_y, *ctx.saved_tensors, needs=ctx.needs_input_grad[:2])  # type: ignore[attr-defined]
 
@@ -62,12 +61,15 @@ class Swish(AutogradSwitch, nn.Module):
 
     Shape:
         any ``(*)`` -> same shape (works for 2-D and 4-D activations alike).
+
+    Raises:
+        ValueError: a non-finite ``beta``.
     """
 
     def __init__(self, beta: float = 1.0, learnable: bool = True) -> None:
         super().__init__()
         self.learnable = learnable
-        beta_t = torch.tensor(float(beta))
+        beta_t = torch.tensor(finite_float(type(self).__name__, "beta", beta))
         if learnable:
             self.beta = nn.Parameter(beta_t)
         else:

@@ -8,10 +8,10 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 from torch.nn import init
 
-from models.layers._common import AutogradSwitch, Grads, check_4d, fp32_backward, fp32_forward
+from models.layers._common import AutogradSwitch, Grads, check_4d, first_order_backward, fp32_forward, positive_int
 
 __all__ = ["channel_attention_fwd", "channel_attention_bwd", "ChannelAttentionFunction", "ChannelAttention",
            "spatial_attention_fwd", "spatial_attention_bwd", "SpatialAttentionFunction", "SpatialAttention", "CBAM"]
@@ -88,8 +88,7 @@ class ChannelAttentionFunction(torch.autograd.Function):
         return out.y
 
     @staticmethod
-    @once_differentiable
-    @fp32_backward
+    @first_order_backward
     def backward(ctx: FunctionCtx, grad_y: Tensor) -> Grads:
         saved = ctx.saved_tensors  # type: ignore[attr-defined]
         return channel_attention_bwd(grad_y, *saved, needs=ctx.needs_input_grad[:5])
@@ -104,14 +103,18 @@ class ChannelAttention(AutogradSwitch, nn.Module):
         x: ``(N, C, H, W)`` -> y: ``(N, C, H, W)``.
 
     Args:
-        channels: C.
-        reduction: hidden width is ``max(1, channels // reduction)``.
+        channels: C (positive).
+        reduction: hidden width is ``max(1, channels // reduction)`` (positive).
+
+    Raises:
+        ValueError: a non-positive ``channels`` or ``reduction``; in forward, an input
+        that is not 4-D or has not ``channels`` channels.
     """
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
-        self.channels = channels
-        self.reduction = reduction
+        self.channels = positive_int(type(self).__name__, "channels", channels)
+        self.reduction = positive_int(type(self).__name__, "reduction", reduction)
         self.hidden = max(1, channels // reduction)
         self.fc1_weight = nn.Parameter(torch.empty(self.hidden, channels))
         self.fc1_bias = nn.Parameter(torch.empty(self.hidden))
@@ -127,7 +130,7 @@ class ChannelAttention(AutogradSwitch, nn.Module):
             init.uniform_(b, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_4d(x, "ChannelAttention")
+        check_4d(x, "ChannelAttention", self.channels)
         return self._run(ChannelAttentionFunction, channel_attention_fwd,
                          x, self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias)
 
@@ -207,8 +210,7 @@ class SpatialAttentionFunction(torch.autograd.Function):
         return out.y
 
     @staticmethod
-    @once_differentiable
-    @fp32_backward
+    @first_order_backward
     def backward(ctx: FunctionCtx, grad_y: Tensor) -> Grads:
         grads = spatial_attention_bwd(grad_y, *ctx.saved_tensors, ctx.padding,  # type: ignore[attr-defined]
                                       needs=ctx.needs_input_grad[:3])
@@ -225,13 +227,16 @@ class SpatialAttention(AutogradSwitch, nn.Module):
         x: ``(N, C, H, W)`` -> y: ``(N, C, H, W)``.
 
     Args:
-        kernel_size: odd k; padding ``k // 2`` keeps H x W.
+        kernel_size: odd positive k; padding ``k // 2`` keeps H x W.
+
+    Raises:
+        ValueError: ``kernel_size`` not a positive odd integer; in forward, an input that is not 4-D.
     """
 
     def __init__(self, kernel_size: int = 7) -> None:
         super().__init__()
-        if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd to preserve H x W, got {kernel_size}")
+        if positive_int(type(self).__name__, "kernel_size", kernel_size) % 2 != 1:
+            raise ValueError(f"{type(self).__name__}: kernel_size must be odd to preserve H x W, got {kernel_size}")
         self.kernel_size = kernel_size
         self.weight = nn.Parameter(torch.empty(1, 2, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(1))
@@ -271,6 +276,9 @@ class CBAM(nn.Module):
         reduction: SE reduction ratio.
         kernel_size: spatial-attention kernel (odd).
         use_channel, use_spatial: enable each stage (at least one).
+
+    Raises:
+        ValueError: neither stage, or an invalid argument of an enabled stage (see the stages).
     """
 
     def __init__(

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
-from torch.nn.modules.utils import _pair
+from torch.autograd.function import FunctionCtx
 
-from models.layers._common import (AutogradSwitch, Grads, avg_pool2d_adjoint, check_4d, fp32_backward, fp32_forward,
-                                   size_2_t)
+from models.layers._common import (AutogradSwitch, Grads, avg_pool2d_adjoint, check_4d, check_window, finite_float,
+                                   first_order_backward, fp32_forward, int_pair, size_2_t)
 
 __all__ = ["gem_pool_fwd", "gem_pool_bwd", "GeMPoolFunction", "GeMPool2d",
            "mixed_pool_fwd", "mixed_pool_bwd", "MixedPoolFunction", "MixedPool2d"]
@@ -22,54 +21,106 @@ __all__ = ["gem_pool_fwd", "gem_pool_bwd", "GeMPoolFunction", "GeMPool2d",
 # GeM
 # --------------------------------------------------------------------------- #
 class GeMForward(NamedTuple):
-    y: Tensor   # pooled output
-    m: Tensor   # pooled mean of xc^p (pooled size)
+    y: Tensor       # pooled output
+    m: Tensor       # pooled mean of (xc / M)^p, in [1 / window size, 1]
+    scale: Tensor   # M: the maximum of xc over each window (pooled size)
+
+
+def _window_slices(x: Tensor, kernel_size: Tuple[int, int], stride: Tuple[int, int]) -> List[Tuple[slice, slice]]:
+    """For each offset (i, j) in the window, the strided slice of ``x`` holding that element of every window.
+
+    ``x[..., sh, sw]`` has the pooled shape ``(N, C, H_out, W_out)`` (floor mode, no padding), and one
+    slice addresses each input pixel at most once, so ``grad[..., sh, sw] += g`` is a scatter-add.
+    """
+    (kh, kw), (sh, sw) = kernel_size, stride
+    h_out, w_out = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
+    return [(slice(i, i + sh * (h_out - 1) + 1, sh), slice(j, j + sw * (w_out - 1) + 1, sw))
+            for i in range(kh) for j in range(kw)]
 
 
 def gem_pool_fwd(x: Tensor, p: Tensor, kernel_size: Optional[Tuple[int, int]], stride: Optional[Tuple[int, int]],
                  eps: float) -> GeMForward:
-    r"""Generalised-mean pooling (Radenovic et al. 2018), ``p`` 0-dim.
+    r"""Generalised-mean pooling (Radenovic et al. 2018), ``p`` 0-dim, computed without under- or overflow.
 
-    ``P`` = average pool over a k x k window, or over H x W if ``kernel_size`` is None::
+    Over each window (k x k, or H x W if ``kernel_size`` is None; ``K`` elements)::
 
-        xc = max(x, eps),  u = xc^p,  m = P(u),  y = m^(1/p)
+        xc = max(x, eps)
+        y  = (mean_window xc^p)^(1/p)                              (the definition)
+           = M * m^(1/p),  m = mean_window r^p,  r = xc / M,  M = max_window xc
+
+    ``y`` is homogeneous of degree 1 in the inputs, so dividing by the window
+    maximum ``M`` and multiplying back is exact, and ``M`` is a constant for
+    every derivative (it is detached).  Why: in float32, ``xc^p`` under- or
+    overflows already at p=10 for x=1e-5 or x=1e4; ``r^p`` lies in (0, 1] and
+    its largest term is 1, so ``m`` lies in [1/K, 1] and only terms negligible
+    next to the maximum can underflow.
     """
-    u = x.clamp(min=eps).pow(p)
-    m = u.mean(dim=(2, 3), keepdim=True) if kernel_size is None else F.avg_pool2d(u, kernel_size, stride)
-    return GeMForward(m.pow(1.0 / p), m)
+    xc = x.clamp(min=eps)
+    if kernel_size is None:
+        scale = xc.amax(dim=(2, 3), keepdim=True).detach()
+        m = (xc / scale).pow(p).mean(dim=(2, 3), keepdim=True)
+    else:
+        assert stride is not None
+        scale = F.max_pool2d(xc, kernel_size, stride).detach()
+        total: Optional[Tensor] = None
+        for sh, sw in _window_slices(x, kernel_size, stride):
+            term = (xc[..., sh, sw] / scale).pow(p)
+            total = term if total is None else total + term
+        m = total / (kernel_size[0] * kernel_size[1])
+    return GeMForward(scale * m.pow(1.0 / p), m, scale)
 
 
-def gem_pool_bwd(grad_y: Tensor, x: Tensor, p: Tensor, m: Tensor, y: Tensor, kernel_size: Optional[Tuple[int, int]],
-                 stride: Optional[Tuple[int, int]], eps: float, needs: Sequence[bool]) -> Grads:
+def gem_pool_bwd(grad_y: Tensor, x: Tensor, p: Tensor, m: Tensor, y: Tensor, scale: Tensor,
+                 kernel_size: Optional[Tuple[int, int]], stride: Optional[Tuple[int, int]], eps: float,
+                 needs: Sequence[bool]) -> Grads:
     r"""Backward of :func:`gem_pool_fwd`, with ``G = dL/dy``; returns ``(dL/dx, dL/dp)``.
 
-    ``P^T`` is the adjoint of ``P`` (spreads each window's grad uniformly over
-    its k*k inputs, summing overlaps)::
+    With ``u = r^p`` (per window and element) and ``M`` constant::
 
-        Gm     = G * y / (p m)                              (= dL/dm)
-        Gu     = P^T(Gm)                                    (= dL/du)
-        dL/dx  = Gu * p * u / xc * [x >= eps]               (d xc^p / dxc = p xc^(p-1))
-        dL/dp  = sum Gu * u * log(xc)  -  sum G * y * log(m) / p^2
+        Gm     = G * y / (p m)                                        (= dL/dm, y = M m^(1/p))
+        Gu     = Gm / K                                               (= dL/du, each window's mean)
+        dL/dx  = sum_{windows w containing x} Gu_w * p * u / xc * [x >= eps]    (du/dxc = p u / xc)
+        dL/dp  = sum Gu * u * log(r)  -  sum G * y * log(m) / p^2
 
-    The ``dL/dp`` form uses ``d m/dp = P(u log xc)`` and ``sum Gm * P(v) = sum P^T(Gm) * v``.
-    ``xc`` and ``u`` are recomputed from ``x``.
+    ``dL/dp``: ``dm/dp = mean_window u log r`` and ``dy/dp`` at fixed ``m`` is
+    ``-y log(m) / p^2``.  ``u log r`` is evaluated as ``xlogy(u, r)`` (0 where
+    ``u`` underflowed).  ``xc``, ``r`` and ``u`` are recomputed from ``x``;
+    windowed pooling loops over the ``K`` window offsets (pooled-size tensors).
     """
     need_x, need_p = needs
-    grad_x = grad_p = None
+    grad_x: Optional[Tensor] = None
+    grad_p_windows: Optional[Tensor] = None  # sum Gu * u * log(r)
 
-    xc = x.clamp(min=eps)
-    u = xc.pow(p)
     grad_m = grad_y * y / (p * m)
     if kernel_size is None:
-        grad_u = grad_m.expand_as(x) / (x.shape[2] * x.shape[3])
+        xc = x.clamp(min=eps)
+        r = xc / scale
+        u = r.pow(p)
+        grad_u = grad_m / (x.shape[2] * x.shape[3])
+        if need_x:
+            # clamp passes the gradient only where it did not clip (x >= eps), like torch.clamp
+            grad_x = torch.where(x >= eps, grad_u * p * u / xc, 0.0)
+        if need_p:
+            grad_p_windows = (grad_u * torch.xlogy(u, r)).sum()
     else:
-        grad_u = avg_pool2d_adjoint(grad_m, x, kernel_size, stride)
-    if need_x:
-        # clamp passes the gradient only where it did not clip (x >= eps), like torch.clamp
-        grad_x = torch.where(x >= eps, grad_u * p * u / xc, 0.0)
+        assert stride is not None
+        grad_u = grad_m / (kernel_size[0] * kernel_size[1])
+        if need_x:
+            grad_x = torch.zeros_like(x)
+        for sh, sw in _window_slices(x, kernel_size, stride):
+            xs = x[..., sh, sw]
+            xc = xs.clamp(min=eps)
+            r = xc / scale
+            u = r.pow(p)
+            if grad_x is not None:
+                grad_x[..., sh, sw] += torch.where(xs >= eps, grad_u * p * u / xc, 0.0)
+            if need_p:
+                term = (grad_u * torch.xlogy(u, r)).sum()
+                grad_p_windows = term if grad_p_windows is None else grad_p_windows + term
+    grad_p = None
     if need_p:
-        grad_p = (grad_u * u * torch.log(xc)).sum() - (grad_y * y * torch.log(m)).sum() / (p * p)
-        grad_p = grad_p.reshape(p.shape)
+        assert grad_p_windows is not None
+        grad_p = (grad_p_windows - (grad_y * y * torch.log(m)).sum() / (p * p)).reshape(p.shape)
     return grad_x, grad_p
 
 
@@ -83,13 +134,12 @@ class GeMPoolFunction(torch.autograd.Function):
         out = gem_pool_fwd(x, p, kernel_size, stride, eps)
         ctx.pool = (kernel_size, stride, eps)  # type: ignore[attr-defined]
         # x (not u): xc and u are recomputed in backward, so only one
-        # input-sized tensor is kept alive.  m and y are pooled-size.
-        ctx.save_for_backward(x, p, out.m, out.y)
+        # input-sized tensor is kept alive.  m, y and the scale are pooled-size.
+        ctx.save_for_backward(x, p, out.m, out.y, out.scale)
         return out.y
 
     @staticmethod
-    @once_differentiable
-    @fp32_backward
+    @first_order_backward
     def backward(ctx: FunctionCtx, grad_y: Tensor) -> Grads:
         grads = gem_pool_bwd(grad_y, *ctx.saved_tensors, *ctx.pool,  # type: ignore[attr-defined]
                              needs=ctx.needs_input_grad[:2])
@@ -112,9 +162,17 @@ class GeMPool2d(AutogradSwitch, nn.Module):
         stride: defaults to ``kernel_size``.
         p: initial exponent (> 0).
         learnable: make ``p`` an ``nn.Parameter``.
-        eps: clamp floor; keeps ``xc^p`` and ``log(xc)`` finite.  In fp32,
-            ``eps^p`` underflows to 0 once ``p > ~6`` (for eps=1e-6), so an
-            all-clamped window then gives ``y = 0`` and non-finite ``dL/dp``.
+        eps: clamp floor (inputs below it count as ``eps`` and get no gradient), finite and > 0.
+
+    Raises:
+        ValueError: a ``p`` or ``eps`` that is not finite and > 0, a kernel size or stride
+        that is not a positive integer (or pair), a ``stride`` without ``kernel_size``; in
+        forward, an input that is not 4-D or smaller than the window.
+
+    Numerics: each window is divided by its maximum before the power (see
+    :func:`gem_pool_fwd`), so float32 output and gradients stay finite and
+    accurate for p up to at least 20 over inputs from 1e-6 to 1e4
+    (tests/test_custom_layers_reliability.py checks this against float64).
     """
 
     def __init__(
@@ -126,16 +184,18 @@ class GeMPool2d(AutogradSwitch, nn.Module):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        if p <= 0:
-            raise ValueError(f"p must be > 0, got {p}")
-        self.kernel_size: Optional[Tuple[int, int]] = None if kernel_size is None else _pair(kernel_size)
-        if self.kernel_size is None:
-            self.stride: Optional[Tuple[int, int]] = None
-        else:
-            self.stride = self.kernel_size if stride is None else _pair(stride)
+        name = type(self).__name__
+        p = finite_float(name, "p", p, positive=True)
+        self.kernel_size: Optional[Tuple[int, int]] = None
+        self.stride: Optional[Tuple[int, int]] = None
+        if kernel_size is not None:
+            self.kernel_size = int_pair(name, "kernel_size", kernel_size, 1)
+            self.stride = self.kernel_size if stride is None else int_pair(name, "stride", stride, 1)
+        elif stride is not None:
+            raise ValueError(f"{name}: stride={stride!r} needs a kernel_size (global pooling has no stride)")
         self.learnable = learnable
-        self.eps = eps
-        p_t = torch.tensor(float(p))
+        self.eps = finite_float(name, "eps", eps, positive=True)
+        p_t = torch.tensor(p)
         if learnable:
             self.p = nn.Parameter(p_t)
         else:
@@ -143,6 +203,8 @@ class GeMPool2d(AutogradSwitch, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_4d(x, "GeMPool2d")
+        if self.kernel_size is not None:
+            check_window(x, self.kernel_size, "GeMPool2d")
         return self._run(GeMPoolFunction, gem_pool_fwd, x, self.p, self.kernel_size, self.stride, self.eps)
 
     def extra_repr(self) -> str:
@@ -192,7 +254,8 @@ def mixed_pool_bwd(grad_y: Tensor, x: Optional[Tensor], idx: Optional[Tensor], d
     if need_x:
         n, c, h, w = x.shape
         grad_max = torch.zeros(n, c, h * w, dtype=grad_y.dtype, device=grad_y.device)
-        grad_max.scatter_add_(2, idx.reshape(n, c, -1), (alpha * grad_y).reshape(n, c, -1))
+        # flatten(2), not reshape(n, c, -1): -1 is ambiguous for an empty batch (n = 0)
+        grad_max.scatter_add_(2, idx.flatten(2), (alpha * grad_y).flatten(2))
         grad_x = grad_max.view(n, c, h, w) + avg_pool2d_adjoint((1 - alpha) * grad_y, x, kernel_size, stride)
     if need_a:
         grad_a = ((grad_y * diff).sum() * alpha * (1 - alpha)).reshape(a.shape)
@@ -218,8 +281,7 @@ class MixedPoolFunction(torch.autograd.Function):
         return out.y
 
     @staticmethod
-    @once_differentiable
-    @fp32_backward
+    @first_order_backward
     def backward(ctx: FunctionCtx, grad_y: Tensor) -> Grads:
         grads = mixed_pool_bwd(grad_y, *ctx.saved_tensors, *ctx.pool,  # type: ignore[attr-defined]
                                needs=ctx.needs_input_grad[:2])
@@ -240,14 +302,20 @@ class MixedPool2d(AutogradSwitch, nn.Module):
         kernel_size: window.
         stride: defaults to ``kernel_size``.
         alpha_init: initial mixing weight ``sigmoid(a)`` in (0, 1); ``a = logit(alpha_init)``.
+
+    Raises:
+        ValueError: a kernel size or stride that is not a positive integer (or pair), an
+        ``alpha_init`` outside (0, 1); in forward, an input that is not 4-D or smaller than the window.
     """
 
     def __init__(self, kernel_size: size_2_t, stride: Optional[size_2_t] = None, alpha_init: float = 0.5) -> None:
         super().__init__()
+        name = type(self).__name__
+        alpha_init = finite_float(name, "alpha_init", alpha_init)
         if not 0.0 < alpha_init < 1.0:
-            raise ValueError(f"alpha_init must be in (0, 1), got {alpha_init}")
-        self.kernel_size: Tuple[int, int] = _pair(kernel_size)
-        self.stride: Tuple[int, int] = self.kernel_size if stride is None else _pair(stride)
+            raise ValueError(f"{name}: alpha_init must be in (0, 1), got {alpha_init}")
+        self.kernel_size: Tuple[int, int] = int_pair(name, "kernel_size", kernel_size, 1)
+        self.stride: Tuple[int, int] = self.kernel_size if stride is None else int_pair(name, "stride", stride, 1)
         self.a = nn.Parameter(torch.tensor(math.log(alpha_init / (1.0 - alpha_init))))
 
     @property
@@ -257,6 +325,7 @@ class MixedPool2d(AutogradSwitch, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_4d(x, "MixedPool2d")
+        check_window(x, self.kernel_size, "MixedPool2d")
         return self._run(MixedPoolFunction, mixed_pool_fwd, x, self.a, self.kernel_size, self.stride)
 
     def extra_repr(self) -> str:
