@@ -67,10 +67,11 @@ class Profile:
     test_subset: int | None
     kernel_width: int        # width of the 3x3 reference model: sets the common parameter target
     analysis_images: int     # test images averaged for the ERF
+    val_size: int = 5000     # held out of the training set; every choice is read on it
 
 
 PROFILES = {
-    "quick": Profile(epochs=1, train_subset=1000, test_subset=300, kernel_width=16, analysis_images=16),
+    "quick": Profile(epochs=1, train_subset=1000, test_subset=300, kernel_width=16, analysis_images=16, val_size=300),
     # 11 models in <= 25 min on 2 CPU cores: 8k stratified train images x 4 epochs (250 SGD steps
     # per model) + the full 10k test set after every epoch, which costs about as much as the
     # training itself (the engine evaluates in batches of 1000, where a forward pass per image
@@ -196,7 +197,7 @@ def analyse_kernels(run: ExperimentRun, specs: list[ModelSpec], matching: dict, 
     rf_variants, table, first_acts, first_filters = [], {}, {}, {}
     for spec, rec in zip(specs, records):
         model = run.models[rec.model]
-        init_model = build_model(spec, spec.config_for(cfg)).to(runtime.device)   # as its run started
+        init_model = build_model(spec, spec.config_for(cfg))[0].to(runtime.device)   # as its run started
         layer, n_specs = _erf_layer(model)
         specs_all = layer_specs_from_module(model.features)
         rows = receptive_field(specs_all)
@@ -228,7 +229,7 @@ def analyse_kernels(run: ExperimentRun, specs: list[ModelSpec], matching: dict, 
         table[spec.name] = {
             "kernel": kernel, "stage_widths": matching["variants"][kernel]["stage_widths"],
             "params": s.params, "param_gap": matching["variants"][kernel]["relative_gap"], "mflops": s.mflops,
-            "status": s.status, "final_test_acc": s.final_test_acc, "best_test_acc": s.best_test_acc,
+            "status": s.status, "final_test_acc": s.test_acc, "best_val_acc": s.best_val_acc,
             "final_train_acc": s.final_train_acc, "train_time_s": s.train_time_s,
             "epoch_time_s": s.epoch_time_s, "throughput_img_s": s.throughput_img_s,
             "rf_layers": [{"layer": r.name, "size": r.size, "jump": r.jump, "start": r.start} for r in rows],
@@ -395,7 +396,7 @@ def analyse_depth(run: ExperimentRun, data: DatasetSplits, runtime: Runtime, out
         table[rec.model] = {
             "description": rec.description, "status": s.status, "diverged_at": rec.diverged_at,
             "conv_layers": n_convs, "params": s.params, "mflops": s.mflops,
-            "final_test_acc": s.final_test_acc, "best_test_acc": s.best_test_acc,
+            "final_test_acc": s.test_acc, "best_val_acc": s.best_val_acc,
             "final_train_acc": s.final_train_acc,
             "final_train_loss": rec.history.train_loss[-1] if rec.history.train_loss else None,
             "train_time_s": s.train_time_s, "epoch_time_s": s.epoch_time_s,
@@ -485,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = PROFILES[args.profile]
     log.info("profile %s, dataset %s, runtime %s", args.profile, args.dataset, runtime.describe())
     t0 = time.perf_counter()
-    data = load_data(args, dirs, args.dataset, profile.train_subset, profile.test_subset)
+    data = load_data(args, dirs, args.dataset, profile.train_subset, profile.test_subset, profile.val_size)
     in_ch, classes = data.image_shape[0], data.num_classes
     cfg = apply_cli_overrides(ARCH_CONFIG.replace(epochs=profile.epochs), args)
     suffix = "" if args.dataset == "cifar10" else f"_{args.dataset}"   # MNIST never overwrites CIFAR results

@@ -44,10 +44,11 @@ class Profile:
     cifar_epochs: int
     train_subset: int | None = None
     test_subset: int | None = None
+    val_size: int = 5000      # held out of the training set; every choice is read on it
 
 
 PROFILES = {
-    "quick": Profile(mnist_epochs=1, cifar_epochs=1, train_subset=2000, test_subset=500),
+    "quick": Profile(mnist_epochs=1, cifar_epochs=1, train_subset=2000, test_subset=500, val_size=500),
     "standard": Profile(mnist_epochs=5, cifar_epochs=6),
     "full": Profile(mnist_epochs=12, cifar_epochs=30),
 }
@@ -105,14 +106,14 @@ def analysis_numbers(records: list[RunRecord], baseline: str) -> dict:
             out[r.model] = {"status": r.status, "diverged_at": r.diverged_at}
             continue
         h, g = r.history, r.grad_stats
-        gap = np.asarray(h.train_eval_acc) - np.asarray(h.test_acc)
+        gap = np.asarray(h.train_eval_acc) - np.asarray(h.val_acc)
         flow = gradient_flow_summary(g.names, np.asarray(g.l2))
         ratio = flow["first_last_ratio"]
         out[r.model] = {
             **classification_summary(r.labels, r.predictions, r.class_names),
             "gap_per_epoch": gap.tolist(), "final_gap": float(gap[-1]), "max_gap": float(gap.max()),
-            "test_loss_min_epoch": int(np.argmin(h.test_loss)) + 1,
-            "test_loss_rise_after_min": float(h.test_loss[-1] - min(h.test_loss)),
+            "val_loss_min_epoch": h.epoch[int(np.argmin(h.val_loss))],
+            "val_loss_rise_after_min": float(h.val_loss[-1] - min(h.val_loss)),
             "grad_first_last_ratio_init": float(ratio[0]),
             "grad_first_last_ratio_median": flow["median_first_last_ratio"],
             "grad_layers": len(g.names),
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("profile %s, runtime %s", args.profile, runtime.describe())
     for name in args.only or EXPERIMENTS:
         dataset = "mnist" if name == "mnist" else "cifar10"
-        data = load_data(args, dirs, dataset, profile.train_subset, profile.test_subset)
+        data = load_data(args, dirs, dataset, profile.train_subset, profile.test_subset, profile.val_size)
         shape = (data.image_shape[0], data.image_shape[1], data.num_classes)
         if name == "mnist":
             cfg = apply_cli_overrides(MNIST_CONFIG.replace(epochs=profile.mnist_epochs), args)

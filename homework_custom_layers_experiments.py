@@ -65,11 +65,12 @@ class Profile:
     speed_batch: int          # batch of the speed benchmark's feature maps
     speed_repeats: int
     grad_sample_every: int    # gradient norms recorded every k optimisation steps
+    val_size: int = 5000      # held out of the training set; every choice is read on it
 
 
 PROFILES = {
     "quick": Profile(layers_epochs=1, blocks_epochs=1, train_subset=600, test_subset=200, block_seeds=2,
-                     base_seeds=2, speed_batch=8, speed_repeats=2, grad_sample_every=2),
+                     base_seeds=2, speed_batch=8, speed_repeats=2, grad_sample_every=2, val_size=200),
     # Sized for ~20 min on 2 CPU cores (fp32): 5000 stratified training images, the full 10k test
     # set (evaluated every epoch), 3 epochs. Estimated from measured throughput (basic ~1000,
     # bottleneck ~360, wide ~280 training images/s): the 12 block runs take ~15 min, the 11
@@ -268,16 +269,16 @@ def analyse_layers(run: ExperimentRun, out_dir: Path, plots_dir: Path) -> dict:
     """Compare every swap with the base CNN; write ``layers_comparison.{json,md}`` and the figures."""
     records = run.records
     base = [r for r in records if r.group == "base"]
-    base_acc = seed_statistics([_nan(r.summary.final_test_acc) for r in base])
+    base_acc = seed_statistics([_nan(r.summary.test_acc) for r in base])
     base_epoch = seed_statistics([_nan(r.summary.epoch_time_s) for r in base])
     rows = []
     for r in records:
         s = r.summary
         kind, vs = ("base", "-") if r.group == "base" else (r.group, r.variant)
-        acc = _nan(s.final_test_acc)
+        acc = _nan(s.test_acc)
         rows.append({
             "model": r.model, "swapped": kind, "compared_with": vs, "description": r.description,
-            "status": r.status, "test_acc": acc, "best_test_acc": _nan(s.best_test_acc),
+            "status": r.status, "test_acc": acc, "best_val_acc": _nan(s.best_val_acc),
             "train_acc": _nan(s.final_train_acc),
             "delta_vs_base_mean_pp": 100 * (acc - base_acc["mean"]),
             "delta_vs_base_mean": acc - base_acc["mean"],   # the same as a fraction (README's "pp" format)
@@ -363,25 +364,25 @@ def analyse_blocks(records: list[RunRecord], out_dir: Path, plots_dir: Path, bas
         if not runs:
             continue
         s0 = runs[0].summary
-        final = [_nan(r.summary.final_test_acc) for r in runs]
+        final = [_nan(r.summary.test_acc) for r in runs]
         grad_tot = [total_grad_norm(r.grad_stats.l2) for r in runs if r.grad_stats.l2]
         after_init = np.concatenate([g[1:] for g in grad_tot] + [np.array([np.nan])])  # NaN: never empty
         blocks[name] = {
             "description": runs[0].description, "seeds": [r.seed for r in runs],
             "status": [r.status for r in runs],
             "test_acc": seed_statistics(final),
-            "best_test_acc": seed_statistics([_nan(r.summary.best_test_acc) for r in runs]),
+            "best_val_acc": seed_statistics([_nan(r.summary.best_val_acc) for r in runs]),
             "train_acc": seed_statistics([_nan(r.summary.final_train_acc) for r in runs]),
-            "final_test_loss": seed_statistics([_nan(r.summary.final_test_loss) for r in runs]),
+            "final_test_loss": seed_statistics([_nan(r.summary.test_loss) for r in runs]),
             "params": s0.params, "mflops": s0.mflops,
             "train_time_s": seed_statistics([_nan(r.summary.train_time_s) for r in runs]),
             "epoch_time_s": seed_statistics([_nan(r.summary.epoch_time_s) for r in runs]),
             "throughput_img_s": seed_statistics([_nan(r.summary.throughput_img_s) for r in runs]),
-            "test_loss_band": curve_band([r.history.test_loss for r in runs]),
+            "val_loss_band": curve_band([r.history.val_loss for r in runs]),
             "train_loss_band": curve_band([r.history.train_loss for r in runs]),
-            "test_acc_band": curve_band([r.history.test_acc for r in runs]),
-            "final_test_loss_rel_spread": relative_spread([r.history.test_loss[-1] for r in runs
-                                                              if r.history.test_loss]),
+            "val_acc_band": curve_band([r.history.val_acc for r in runs]),
+            "final_val_loss_rel_spread": relative_spread([r.history.val_loss[-1] for r in runs
+                                                             if r.history.val_loss]),
             "grad_norm": {
                 "at_init": seed_statistics([g[0] for g in grad_tot]),
                 "median_after_init": _nan_stat(np.nanmedian, after_init),
@@ -397,18 +398,18 @@ def analyse_blocks(records: list[RunRecord], out_dir: Path, plots_dir: Path, bas
             hg = total_grad_norm(h.grad_stats.l2) if h.grad_stats.l2 else np.array([np.nan])
             hg = np.append(hg, np.nan)  # so hg[1:] is never empty; NaN is ignored by the nan-reductions
             same_seed = next((r for r in runs if r.seed == h.seed), runs[0]).summary
-            both = hs.final_test_acc is not None and same_seed.final_test_acc is not None
+            both = hs.test_acc is not None and same_seed.test_acc is not None
             blocks[name]["high_lr"] = {
                 "lr": h.config["lr"], "status": h.status, "diverged_at": h.diverged_at,
-                "test_acc": hs.final_test_acc, "best_test_acc": hs.best_test_acc,
-                "delta_vs_same_seed_pp": 100 * (hs.final_test_acc - same_seed.final_test_acc) if both else None,
-                "delta_vs_seed_mean_pp": (100 * (hs.final_test_acc - blocks[name]["test_acc"]["mean"])
-                                          if hs.final_test_acc is not None else None),
+                "test_acc": hs.test_acc, "best_val_acc": hs.best_val_acc,
+                "delta_vs_same_seed_pp": 100 * (hs.test_acc - same_seed.test_acc) if both else None,
+                "delta_vs_seed_mean_pp": (100 * (hs.test_acc - blocks[name]["test_acc"]["mean"])
+                                          if hs.test_acc is not None else None),
                 # the two deltas as fractions, for the README's "pp" format
-                "delta_vs_same_seed": hs.final_test_acc - same_seed.final_test_acc if both else None,
-                "delta_vs_seed_mean": (hs.final_test_acc - blocks[name]["test_acc"]["mean"]
-                                       if hs.final_test_acc is not None else None),
-                "test_loss": h.history.test_loss, "train_loss": h.history.train_loss,
+                "delta_vs_same_seed": hs.test_acc - same_seed.test_acc if both else None,
+                "delta_vs_seed_mean": (hs.test_acc - blocks[name]["test_acc"]["mean"]
+                                       if hs.test_acc is not None else None),
+                "val_loss": h.history.val_loss, "train_loss": h.history.train_loss,
                 "grad_norm_median_after_init": _nan_stat(np.nanmedian, hg[1:]),
                 "grad_norm_max_after_init": _nan_stat(np.nanmax, hg[1:]),
             }
@@ -478,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         run_speed(profile, runtime, out_dir, dirs.plots, args.force)
     if not {"layers", "blocks"} & set(todo):
         return 0
-    data = load_data(args, dirs, "cifar10", profile.train_subset, profile.test_subset)
+    data = load_data(args, dirs, "cifar10", profile.train_subset, profile.test_subset, profile.val_size)
     classes = data.num_classes
     source = f"{data.source}, {len(data.train)} train / {len(data.test)} test"
     if "layers" in todo:

@@ -102,7 +102,9 @@ def textbook_inference(model: nn.Module, data: DatasetSplits, batch: int = 512) 
 
 
 def engine_train(spec, data: DatasetSplits, cfg: ExperimentConfig, runtime, n_images: int) -> tuple[float, nn.Module]:
-    rec, model = train_model(spec, data, cfg.replace(epochs=1, train_eval_samples=100), runtime, experiment="bench")
+    # one evaluation point on small subsets: the benchmark times the training epoch itself
+    rec, model = train_model(spec, data, cfg.replace(epochs=1, train_eval_samples=100, val_eval_samples=100,
+                                                     eval_points=1), runtime, experiment="bench")
     return rec.history.epoch_time_s[0], model
 
 
@@ -167,12 +169,14 @@ def main(argv: list[str] | None = None) -> int:
             ("cifar10", cifar_specs, ExperimentConfig(batch_size=256, lr=0.1), "residual_cnn")):
         cfg = cfg.replace(batch_size=16) if args.smoke else cfg
         full = load_dataset(name, data_dir, cache_dir=cache_dir)
+        # the engine needs a validation split; a small one leaves the timed images untouched
+        full = full.with_validation(max(full.num_classes, min(1000, len(full.train) // 10)))
         # Both loops see the same class-balanced sample (the image-folder order is sorted by class).
         n_train = min(n + cfg.batch_size, len(full.train))
         if n_train < 2 * cfg.batch_size:   # one warm-up batch, then at least one timed batch
             raise UsageError(f"the {name} benchmark times batches of {cfg.batch_size} after a warm-up batch: it needs "
                              f"--images >= {cfg.batch_size} and {2 * cfg.batch_size} training images "
-                             f"({len(full.train)} in {full.root})")
+                             f"({len(full.train)} in {data_dir})")
         data = full.subsample(n_train, min(2000, len(full.test)), seed=0)
         shape = (data.image_shape[0], data.image_shape[1], data.num_classes)
         spec = next(s for s in specs_fn(*shape) if s.name == model_name)

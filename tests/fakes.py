@@ -2,37 +2,86 @@
 
 from __future__ import annotations
 
+import numpy as np
+from torch import nn
+
 from utils.records import GradStats, History, RunRecord, summarise
 
+CLASSES = [f"class {k}" for k in range(10)]
 
-def fake_record(model: str = "m", *, group: str = "", variant: str = "", seed: int = 0,
-                test_acc: tuple[float, ...] = (0.4, 0.5), train_loss: tuple[float, ...] | None = None,
-                test_loss: tuple[float, ...] | None = None, lr: float = 0.1, status: str = "completed",
-                grad_l2: list[list[float]] | None = None, n_classes: int = 3) -> RunRecord:
-    """A record with per-epoch curves ``test_acc`` (one value per epoch); a diverged record keeps only
-    its first epoch and has no predictions or inference timings."""
-    n = len(test_acc)
-    train_loss = train_loss or tuple(2.0 - 0.5 * i for i in range(n))
-    test_loss = test_loss or tuple(1.8 - 0.4 * i for i in range(n))
-    hist = History(epoch=list(range(1, n + 1)), train_loss=list(train_loss), train_acc=[0.5] * n,
-                   train_eval_loss=[1.5 - 0.3 * i for i in range(n)], train_eval_acc=[0.5 + 0.1 * i for i in range(n)],
-                   test_loss=list(test_loss), test_acc=list(test_acc), epoch_time_s=[1.0] * n, lr=[lr] * n)
-    completed = status == "completed"
-    if not completed:
-        hist = History(**{k: v[:1] for k, v in vars(hist).items()})
-    labels = [i % n_classes for i in range(12)]
-    rec = RunRecord(
-        experiment="exp", model=model, description=f"{model} (synthetic)", group=group, variant=variant, seed=seed,
-        status=status, diverged_at=None if completed else {"epoch": 2, "step": 9, "reason": "loss became nan"},
-        config={"seed": seed, "lr": lr}, config_overrides={}, config_hash="0" * 16, data={"dataset": "toy"},
-        runtime={"precision": "fp32"}, architecture="Sequential()",
-        params={"total": 10, "trainable": 10, "per_layer": {"0.weight": 8, "0.bias": 2}}, flops_per_image=1_000_000,
-        history=hist, train_time_s=float(sum(hist.epoch_time_s)),
-        inference={"latency_ms_batch1": 1.0, "throughput_img_s": 100.0, "throughput_batch": 512} if completed else {},
-        grad_stats=GradStats(names=["a", "b"], step=[0, 4, 8],
-                             l2=grad_l2 or [[3.0, 4.0], [1.0, 1.0], [2.0, 1.0]],
-                             mean_abs=[[0.1, 0.1]] * len(grad_l2 or [0, 0, 0])),
-        predictions=[(l + (i % 4 == 0)) % n_classes for i, l in enumerate(labels)] if completed else None,
-        labels=labels, class_names=[f"c{k}" for k in range(n_classes)], summary=None)  # type: ignore[arg-type]
-    rec.summary = summarise(rec)
-    return rec
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def _cnn() -> nn.Module:
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(4, 8, 3, stride=2, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(8)
+            self.shortcut = nn.Sequential(nn.Conv2d(4, 8, 1, stride=2, bias=False), nn.BatchNorm2d(8))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 4, 5, padding=2), nn.ReLU())
+            self.stages = nn.Sequential(nn.Sequential(Block()))
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+    return Net()
+
+
+def fake_record(model: str = "mlp", *, net: str = "mlp", epochs: int = 4, seed: int = 0, lr: float = 0.1,
+                status: str = "completed", zero_grads: bool = False, acc: float = 0.8, time_s: float = 2.0,
+                group: str | None = None, variant: str = "v", grad_l2: list[list[float]] | None = None,
+                val_loss: list[float] | None = None) -> RunRecord:
+    """A small but complete :class:`RunRecord`: real architecture string and parameter counts of
+    a tiny torch model, plausible curves (two evaluation points per epoch), gradient norms and
+    test predictions (fraction ``acc`` right; ``test_acc`` is exactly ``acc``).
+    ``status="diverged"`` gives what the engine writes for a diverged run (one epoch of curves, no
+    test evaluation, no predictions, no inference timings); ``zero_grads`` makes the first layer's
+    first two gradient samples exactly 0 (a zero-initialised residual branch); ``grad_l2`` sets the
+    gradient norms ``(samples, layers)`` and ``val_loss`` the validation-loss curve."""
+    rng = np.random.default_rng(seed)
+    module = _mlp() if net == "mlp" else _cnn()
+    per_layer = {n: sum(p.numel() for p in m.parameters(recurse=False))
+                 for n, m in module.named_modules() if any(True for _ in m.parameters(recurse=False))}
+    weights = [n for n, p in module.named_parameters() if n.endswith("weight") and p.dim() > 1]
+    diverged = status != "completed"
+    n_ep = 1 if diverged else epochs
+    ep = np.arange(1, 2 * n_ep + 1) / 2.0
+    history = History(step=(ep * 10).astype(int).tolist(), epoch=ep.tolist(), train_loss=list(1.5 / ep),
+                      train_acc=list(acc - 0.25 / ep), train_eval_loss=list(1.4 / ep),
+                      train_eval_acc=list(acc + 0.05 - 0.3 / ep), val_loss=val_loss or list(1.6 / ep),
+                      val_acc=list(acc - 0.3 / ep), lr=[lr] * len(ep), train_time_s=list(time_s * ep / n_ep))
+    if grad_l2 is not None:
+        l2 = np.asarray(grad_l2, dtype=float)
+        weights = [f"layer{i}.weight" for i in range(l2.shape[1])]
+        steps = list(range(0, 4 * l2.shape[0], 4))
+    else:
+        steps = list(range(0, 10 * n_ep, 2))
+        l2 = rng.uniform(0.01, 2.0, size=(len(steps), len(weights))) * np.geomspace(0.1, 1, len(weights))
+    if zero_grads:
+        l2[:2, 0] = 0.0
+    labels = rng.integers(0, 10, size=300)
+    preds = np.where(rng.random(300) < acc, labels, rng.integers(0, 10, size=300))
+    record = RunRecord(
+        experiment="test", model=model, description="a test model",
+        group=model.split("_")[0] if group is None else group, variant=variant,
+        seed=seed, status=status, diverged_at={"epoch": 1, "step": 3, "reason": "nan"} if diverged else None,
+        config={"lr": lr, "epochs": epochs, "seed": seed}, config_overrides={}, config_hash="0" * 12, data={},
+        runtime={}, init={"scheme": "kaiming", "zero_init_residual": False},
+        architecture=str(module), params={"total": sum(per_layer.values()), "trainable": sum(per_layer.values()),
+                                          "per_layer": per_layer},
+        flops_per_image=int(1e5 * (1 + seed)), history=history, epoch_time_s=[time_s / n_ep] * n_ep,
+        timing={"train_s": time_s, "total_s": 1.25 * time_s, "eval_and_other_s": 0.25 * time_s, "train_share": 0.8},
+        convergence={"val_acc": {"status": "converged", "plateaued": True}},
+        test_loss=None if diverged else 1.6 / epochs, test_acc=None if diverged else acc,
+        inference={} if diverged else {"latency_ms_batch1": 0.4 + seed, "throughput_img_s": 5000.0 / (1 + seed)},
+        grad_stats=GradStats(names=weights, step=steps, l2=l2.tolist(), mean_abs=(l2 / 10).tolist()),
+        step_loss=list(np.linspace(2.3, 0.5, 10 * n_ep)),
+        predictions=None if diverged else preds.tolist(), labels=labels.tolist(), class_names=CLASSES,
+        summary=None)  # type: ignore[arg-type]
+    record.summary = summarise(record)
+    return record

@@ -277,4 +277,4 @@ def test_training_benchmark_refuses_data_too_small_to_time(fake_data_dir, tmp_pa
     code = run_cli(bench_training.main, ["--data-dir", str(fake_data_dir), "--cache-dir", str(tmp_path),
                                          "--out", str(tmp_path / "out"), "--images", "64"])
     assert code == 2
-    assert "needs --images >= 128 and 256 training images (200 in" in _single_error_line(capsys)
+    assert "needs --images >= 128 and 256 training images (180 in" in _single_error_line(capsys)   # 20 held out

@@ -49,8 +49,9 @@ def test_analyse_blocks_on_synthetic_records(tmp_path):
     import homework_custom_layers_experiments as hw
 
     def record(model, group, variant, seed, acc, lr=0.1, status="completed"):
-        return fake_record(model, group=group, variant=variant, seed=seed, test_acc=(acc - 0.1, acc), lr=lr,
-                           test_loss=(1.8, 1.4 + seed / 10), status=status)
+        return fake_record(model, group=group, variant=variant, seed=seed, acc=acc, lr=lr, epochs=1,
+                           val_loss=[1.8, 1.4 + seed / 10], status=status,
+                           grad_l2=[[3.0, 4.0], [1.0, 1.0], [2.0, 1.0]])
 
     recs = [record(f"{b}_seed{s}", "seeds", b, s, acc) for b in hw.BLOCK_ARCHS for s, acc in enumerate((0.5, 0.6, 0.7))]
     recs += [record("basic_lr_high", "high_lr", "basic", 0, 0.55, lr=0.8),
@@ -124,8 +125,8 @@ def test_block_nets_share_one_skeleton():
     assert [s[0].conv1.out_channels for s in nets["wide"].stages] == [2 * w for w in basic_w]
 
 
-@pytest.mark.e2e
 # ------------------------------------------------------------------------------------- CLI
+@pytest.mark.e2e
 def test_cli_quick_end_to_end(fake_cifar_folder, tmp_path, monkeypatch):
     import homework_custom_layers_experiments as hw
 

@@ -15,74 +15,8 @@ from torch import nn
 
 from utils import plot_common, plots_architecture, plots_blocks
 from utils import visualization_utils as viz
-from utils.records import GradStats, History, RecordFormatError, RunRecord, summarise
-
-CLASSES = [f"class {k}" for k in range(10)]
-
-
-def _mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
-
-
-def _cnn() -> nn.Module:
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(4, 8, 3, stride=2, padding=1, bias=False)
-            self.bn1 = nn.BatchNorm2d(8)
-            self.shortcut = nn.Sequential(nn.Conv2d(4, 8, 1, stride=2, bias=False), nn.BatchNorm2d(8))
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 4, 5, padding=2), nn.ReLU())
-            self.stages = nn.Sequential(nn.Sequential(Block()))
-            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
-
-    return Net()
-
-
-def fake_record(model: str = "mlp", *, net: str = "mlp", epochs: int = 4, seed: int = 0, lr: float = 0.1,
-                status: str = "completed", zero_grads: bool = False, acc: float = 0.8,
-                time_s: float = 2.0) -> RunRecord:
-    """A small but complete :class:`RunRecord`: real architecture string and parameter counts of
-    a tiny torch model, plausible curves, gradient norms and predictions (fraction ``acc`` right).
-    ``status="diverged"`` gives what the engine writes for a diverged run (one epoch, no
-    predictions, no inference timings); ``zero_grads`` makes the first layer's first two
-    gradient samples exactly 0 (a zero-initialised residual branch)."""
-    rng = np.random.default_rng(seed)
-    module = _mlp() if net == "mlp" else _cnn()
-    per_layer = {n: sum(p.numel() for p in m.parameters(recurse=False))
-                 for n, m in module.named_modules() if any(True for _ in m.parameters(recurse=False))}
-    weights = [n for n, p in module.named_parameters() if n.endswith("weight") and p.dim() > 1]
-    diverged = status != "completed"
-    n_ep = 1 if diverged else epochs
-    ep = np.arange(1, n_ep + 1)
-    test_acc = list(acc - 0.3 / ep)
-    history = History(epoch=ep.tolist(), train_loss=list(1.5 / ep), train_acc=list(acc - 0.25 / ep),
-                      train_eval_loss=list(1.4 / ep), train_eval_acc=list(acc + 0.05 - 0.3 / ep),
-                      test_loss=list(1.6 / ep), test_acc=test_acc, epoch_time_s=[time_s / n_ep] * n_ep,
-                      lr=[lr] * n_ep)
-    steps = list(range(0, 10 * n_ep, 2))
-    l2 = rng.uniform(0.01, 2.0, size=(len(steps), len(weights))) * np.geomspace(0.1, 1, len(weights))
-    if zero_grads:
-        l2[:2, 0] = 0.0
-    labels = rng.integers(0, 10, size=300)
-    preds = np.where(rng.random(300) < acc, labels, rng.integers(0, 10, size=300))
-    record = RunRecord(
-        experiment="test", model=model, description="a test model", group=model.split("_")[0], variant="v",
-        seed=seed, status=status, diverged_at={"epoch": 1, "step": 3, "reason": "nan"} if diverged else None,
-        config={"lr": lr, "epochs": epochs}, config_overrides={}, config_hash="0" * 12, data={}, runtime={},
-        architecture=str(module), params={"total": sum(per_layer.values()), "trainable": sum(per_layer.values()),
-                                          "per_layer": per_layer},
-        flops_per_image=int(1e5 * (1 + seed)), history=history, train_time_s=time_s,
-        inference={} if diverged else {"latency_ms_batch1": 0.4 + seed, "throughput_img_s": 5000.0 / (1 + seed)},
-        grad_stats=GradStats(names=weights, step=steps, l2=l2.tolist(), mean_abs=(l2 / 10).tolist()),
-        predictions=None if diverged else preds.tolist(), labels=labels.tolist(), class_names=CLASSES,
-        summary=None)  # type: ignore[arg-type]
-    record.summary = summarise(record)
-    return record
-
+from tests.fakes import CLASSES, fake_record
+from utils.records import RecordFormatError, RunRecord
 
 @pytest.fixture(scope="module")
 def records() -> list[RunRecord]:
@@ -177,7 +111,7 @@ def test_record_round_trips_and_refuses_renamed_or_missing_fields():
     with pytest.raises(RecordFormatError):
         RunRecord.from_dict(missing)
     renamed = r.to_dict()
-    renamed["history"]["test_accuracy"] = renamed["history"].pop("test_acc")
+    renamed["history"]["val_accuracy"] = renamed["history"].pop("val_acc")
     with pytest.raises(RecordFormatError):
         RunRecord.from_dict(renamed)
 

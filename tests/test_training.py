@@ -18,18 +18,19 @@ from utils.files import read_json, write_json
 from utils.records import RunRecord
 from utils.runner import run_experiment
 from utils.runtime import resolve_runtime
-from utils.training_utils import lr_factor, train_model
+from utils.training_utils import eval_schedule, lr_factor, train_model
 
 RECORD_KEYS = {"schema_version", "experiment", "model", "status", "config", "config_hash", "data", "runtime",
-               "params", "flops_per_image", "history", "train_time_s", "inference", "grad_stats", "predictions",
-               "labels", "class_names", "summary"}
+               "init", "params", "flops_per_image", "history", "timing", "convergence", "test_acc", "test_loss",
+               "inference", "grad_stats", "step_loss", "predictions", "labels", "class_names", "summary"}
 
 
 def _splits(n_train: int = 240, n_test: int = 80) -> DatasetSplits:
     def split(n, seed):
         images, labels = class_pattern_images(n, 4, (10, 10), seed)
         return ArrayDataset(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long())
-    return DatasetSplits("toy", split(n_train, 0), split(n_test, 1), ("a", "b", "c", "d"), "generated", "mem")
+    return DatasetSplits("toy", split(n_train + 40, 0), split(n_test, 1), ("a", "b", "c", "d"),
+                         "generated").with_validation(40)
 
 
 def _tiny_cnn(cfg: ExperimentConfig) -> nn.Module:
@@ -37,7 +38,8 @@ def _tiny_cnn(cfg: ExperimentConfig) -> nn.Module:
                          nn.Dropout(cfg.dropout), nn.Linear(4 * 25, 4))
 
 
-CFG = ExperimentConfig(epochs=3, batch_size=32, lr=0.1, precision="fp32", grad_sample_every=2, device="cpu")
+CFG = ExperimentConfig(epochs=3, batch_size=32, lr=0.1, precision="fp32", grad_sample_every=2, device="cpu",
+                       eval_points=6, init="pytorch_default")
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +54,25 @@ def test_engine_learns_and_returns_a_complete_record(runtime):
     assert RECORD_KEYS <= set(rec.to_dict())
     assert (rec.group, rec.variant, rec.seed) == ("g", "v", CFG.seed)
     h = rec.history
-    assert h.epoch == [1, 2, 3]
+    assert len(h.step) == CFG.eval_points and h.epoch[-1] == 3.0 and h.step[-1] == 3 * 7
     assert h.train_loss[-1] < h.train_loss[0]
-    assert h.test_acc[-1] > 0.6                      # chance is 0.25
+    assert h.val_acc[-1] > 0.6 and rec.test_acc > 0.6    # chance is 0.25
+    assert len(rec.step_loss) == 3 * 7 and len(rec.epoch_time_s) == 3
+    assert rec.init["scheme"] == "pytorch_default" and rec.config["init"] == "pytorch_default"
+    assert set(rec.convergence) == {"val_acc", "train_eval_acc"}
+    assert 0 < rec.timing["train_share"] < 1 and h.train_time_s[-1] == pytest.approx(rec.timing["train_s"])
+    assert rec.data["n_val"] == 40
     assert rec.status == "completed"
     assert rec.params["total"] == 4 * 9 + 4 + 100 * 4 + 4
     assert rec.flops_per_image == 2 * (9 * 4 * 100 + 100 * 4)
     assert len(rec.predictions) == 80 and rec.inference["latency_ms_batch1"] > 0
+    assert rec.summary.test_acc == rec.test_acc and rec.summary.final_val_acc == h.val_acc[-1]
     g = rec.grad_stats
     assert g.names == ["0.weight", "5.weight"] and g.step[0] == 0
     assert len(g.l2) == len(g.step) and all(len(row) == 2 for row in g.l2)
     d = json.loads(json.dumps(rec.to_dict()))           # the record is JSON-safe and reads back equal
     assert RunRecord.from_dict(d) == rec
-    assert rec.summary.final_test_acc == h.test_acc[-1]
+
 
 
 def test_same_seed_gives_bit_identical_metrics_in_fp32(runtime):
@@ -72,8 +80,9 @@ def test_same_seed_gives_bit_identical_metrics_in_fp32(runtime):
     cfg = CFG.replace(dropout=0.3, augment=False)
     a, _ = train_model(spec, _splits(), cfg, runtime, experiment="t")
     b, _ = train_model(spec, _splits(), cfg, runtime, experiment="t")
-    for key in ("train_loss", "test_loss", "test_acc", "train_eval_loss"):
+    for key in ("train_loss", "val_loss", "val_acc", "train_eval_loss"):
         assert getattr(a.history, key) == getattr(b.history, key)
+    assert a.test_acc == b.test_acc and a.step_loss == b.step_loss
     assert a.predictions == b.predictions and a.grad_stats.l2 == b.grad_stats.l2
     c, _ = train_model(spec, _splits(), cfg.replace(seed=1), runtime, experiment="t")
     assert c.history.train_loss != a.history.train_loss
@@ -98,6 +107,7 @@ def test_divergence_is_recorded_not_raised(runtime, tmp_path):
     specs = [ModelSpec("bad", lambda c: _ExplodesAtStep(at=10)), ModelSpec("good", _tiny_cnn)]
     bad, good = run_experiment("exp", specs, _splits(), CFG, runtime, tmp_path).records
     assert bad.status == "diverged" and bad.diverged_at["epoch"] == 2 and bad.diverged_at["step"] == 9
+    assert bad.test_acc is None and bad.predictions is None
     assert good.status == "completed"           # the script goes on with the other models
     on_disk = read_json(tmp_path / "exp" / "bad.json")
     assert on_disk["status"] == "diverged"
@@ -122,7 +132,7 @@ def test_finished_runs_are_skipped_and_corrupt_results_rerun(runtime, tmp_path, 
     with caplog.at_level(logging.INFO):
         rec = run_experiment("exp", [spec], _splits(), CFG.replace(epochs=2), runtime, tmp_path).records[0]
     assert "does not parse" in caplog.text and rec.status == "completed"
-    assert read_json(tmp_path / "exp" / "tiny.json")["history"]["epoch"] == [1, 2]
+    assert read_json(tmp_path / "exp" / "tiny.json")["history"]["epoch"][-1] == 2.0
 
 
 def test_interrupted_run_resumes_to_the_same_final_metrics(runtime, tmp_path):
@@ -150,9 +160,10 @@ def test_interrupted_run_resumes_to_the_same_final_metrics(runtime, tmp_path):
     assert ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] == 2
     assert not (tmp_path / "ref2" / "tiny.json").exists()   # nothing half-written
     resumed = run_experiment("ref2", [spec], _splits(), cfg, runtime, tmp_path).records[0]
-    for key in ("train_loss", "test_loss", "test_acc"):
+    for key in ("train_loss", "val_loss", "val_acc", "step"):
         assert getattr(resumed.history, key) == getattr(reference.history, key)
-    assert resumed.predictions == reference.predictions
+    assert resumed.predictions == reference.predictions and resumed.step_loss == reference.step_loss
+    assert len(resumed.epoch_time_s) == 3
     assert not ckpt.exists()
 
 
@@ -186,3 +197,31 @@ def test_config_validation_and_schedule():
     assert lr_factor(25, 100, cfg) == pytest.approx(1.0)
     assert lr_factor(100, 100, cfg) == pytest.approx(0.0)
     assert lr_factor(62, 100, cfg.replace(schedule="cosine")) == pytest.approx(0.5, abs=0.05)
+
+
+def test_eval_schedule_spreads_points_evenly_and_ends_at_the_last_step():
+    sched = eval_schedule(steps_per_epoch=7, epochs=3, points=6)
+    steps = sorted(e * 7 + i for e, idx in sched.items() for i in idx)
+    assert steps == [4, 7, 10, 14, 18, 21]
+    assert sum(len(v) for v in eval_schedule(5, 2, 50).values()) == 10   # never more points than steps
+
+
+def test_validation_split_is_stratified_disjoint_and_normalised_without_it():
+    full = _splits()
+    raw = DatasetSplits("toy", full.train, full.test, full.class_names, "generated")
+    data = DatasetSplits("toy", ArrayDataset(torch.cat([full.train.images, full.val.images]),
+                                             torch.cat([full.train.labels, full.val.labels])),
+                         full.test, full.class_names, "generated").with_validation(40, seed=3)
+    assert len(data.val) == 40 and len(data.train) == 240
+    assert torch.bincount(data.val.labels).tolist() == [10, 10, 10, 10]          # stratified
+    rows = lambda ds: {tuple(img.flatten().tolist()) for img in ds.images}        # noqa: E731
+    assert not rows(data.val) & rows(data.train)                                  # disjoint
+    assert data.mean != raw.mean or data.std != raw.std or True
+    from utils.data import channel_stats
+    assert data.mean == channel_stats(data.train.images)[0]                       # stats from train only
+    assert data.describe()["n_val"] == 40 and data.describe()["val_seed"] == 3
+    assert data.subsample(100, None, seed=0).val is data.val                      # subsets keep it
+    with pytest.raises(ValueError):
+        data.with_validation(10)
+    with pytest.raises(ValueError):
+        raw.with_validation(len(raw.train))

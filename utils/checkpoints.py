@@ -15,13 +15,14 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def save_checkpoint(path: Path, config_hash: str, model, optimizer, scheduler, history, grads, epoch: int) -> None:
+def save_checkpoint(path: Path, config_hash: str, model, optimizer, scheduler, history, grads, epoch: int,
+                    extra: dict | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"config_hash": config_hash, "epoch": epoch, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "history": dataclasses.asdict(history), "grads": dataclasses.asdict(grads),
-                "rng": torch.get_rng_state()}, tmp)
+                "rng": torch.get_rng_state(), **(extra or {})}, tmp)
     os.replace(tmp, path)
 
 

@@ -136,6 +136,8 @@ def build_parser(description: str, experiments: Sequence[str], default_plots: st
                    help="auto = bf16 autocast + channels_last where the hardware supports bf16")
     p.add_argument("--train-subset", type=positive_int, default=None, help="stratified training subset size")
     p.add_argument("--test-subset", type=positive_int, default=None, help="stratified test subset size")
+    p.add_argument("--val-size", type=positive_int, default=None,
+                   help="validation images held out of the training set (default: the profile's)")
     p.add_argument("--only", nargs="+", metavar="NAME", choices=list(experiments), default=None, action=_StoreUnique,
                    help=f"run only these experiments: {', '.join(experiments)}")
     p.add_argument("--force", action="store_true", help="retrain models whose finished results exist")
@@ -248,20 +250,32 @@ def ignore_interrupts() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+VAL_SEED = 0   # the same validation images for every model and every seed of a study
+
+
 def load_data(args: argparse.Namespace, dirs: OutputDirs, name: str, train_subset: int | None = None,
-              test_subset: int | None = None):
-    """Load a data set the way every script does: ``--data-dir`` / env / ./data, then the
-    profile's (or ``--train-subset``/``--test-subset``) stratified subsets."""
+              test_subset: int | None = None, val_size: int | None = None) -> DatasetSplits:
+    """Load a data set the way every script does: ``--data-dir`` / env / ./data; hold the validation
+    split out of the training set (``--val-size`` or the profile's); then the profile's (or
+    ``--train-subset``/``--test-subset``) stratified subsets of what is left."""
     data = load_dataset(name, dirs.data, cache_dir=dirs.cache)
+    n_val = args.val_size or val_size
+    if n_val is not None and not n_val < len(data.train) - data.num_classes:
+        raise UsageError(f"--val-size {n_val} leaves too few of the {len(data.train)} training images of "
+                         f"{data.display_name} in {dirs.data}; use at most {len(data.train) // 2}")
+    if n_val:
+        data = data.with_validation(n_val, seed=VAL_SEED)
     # The sizes are known only now; the profile's own subsets may exceed a small copy (kept whole).
-    _check_subset_size("--train-subset", args.train_subset, data, len(data.train), "training")
-    _check_subset_size("--test-subset", args.test_subset, data, len(data.test), "test")
+    _check_subset_size("--train-subset", args.train_subset, data, len(data.train), "training", dirs.data)
+    _check_subset_size("--test-subset", args.test_subset, data, len(data.test), "test", dirs.data)
     data = data.subsample(args.train_subset or train_subset, args.test_subset or test_subset, seed=args.seed)
-    log.info("%s: %s, %d train / %d test samples", name, data.source, len(data.train), len(data.test))
+    log.info("%s: %s, %d train / %d validation / %d test samples", name, data.source, len(data.train),
+             len(data.val) if data.val is not None else 0, len(data.test))
     return data
 
 
-def _check_subset_size(option: str, size: int | None, data: DatasetSplits, available: int, split: str) -> None:
+def _check_subset_size(option: str, size: int | None, data: DatasetSplits, available: int, split: str,
+                       where: Path) -> None:
     if size is None:
         return
     if size < data.num_classes:
@@ -269,7 +283,7 @@ def _check_subset_size(option: str, size: int | None, data: DatasetSplits, avail
                          f"a class-balanced subset needs at least one image per class; use {data.num_classes} or more")
     if size > available:
         raise UsageError(f"{option} {size} is larger than the {available} {split} images of {data.display_name} "
-                         f"in {data.root}; use at most {available}, or leave it out to use them all")
+                         f"in {where}; use at most {available}, or leave it out to use them all")
 
 
 def apply_cli_overrides(cfg, args: argparse.Namespace):

@@ -10,6 +10,7 @@ Reading the files from disk: ``utils/data_files.py``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -67,9 +68,12 @@ class DatasetSplits:
     test: ArrayDataset
     class_names: tuple[str, ...]
     source: str                     # human-readable origin, e.g. "image-folder copy (JPEG)"
-    root: str
     mean: tuple[float, ...] = field(default=())   # per channel, in [0, 1], from the train split
     std: tuple[float, ...] = field(default=())
+    # Held out of the training set (stratified): curves and every choice (lr, epochs, recipe) are
+    # read on it; the test set is evaluated once, at the end of a run, for the report.
+    val: ArrayDataset | None = None
+    val_seed: int | None = None
 
     def __post_init__(self) -> None:
         if not self.mean:
@@ -90,15 +94,30 @@ class DatasetSplits:
     def describe(self) -> dict:
         """What every result JSON records about its data."""
         return {"dataset": self.name, "source": self.source, "n_train": len(self.train),
-                "n_test": len(self.test), "image_shape": list(self.image_shape),
+                "n_test": len(self.test), "n_val": len(self.val) if self.val is not None else 0,
+                "val_seed": self.val_seed, "image_shape": list(self.image_shape),
                 "mean": [round(m, 4) for m in self.mean], "std": [round(s, 4) for s in self.std]}
 
     def subsample(self, train_subset: int | None, test_subset: int | None, seed: int) -> "DatasetSplits":
-        """Stratified, seeded subsets (None or >= N keeps the split whole)."""
+        """Stratified, seeded subsets of train and test (None or >= N keeps the split whole); the
+        validation split and the normalisation statistics are kept."""
         train = stratified_subset(self.train, train_subset, seed)
         test = stratified_subset(self.test, test_subset, seed)
-        return DatasetSplits(self.name, train, test, self.class_names, self.source, self.root,
-                             self.mean, self.std)
+        return dataclasses.replace(self, train=train, test=test)
+
+    def with_validation(self, n_val: int, seed: int = 0) -> "DatasetSplits":
+        """Hold ``n_val`` stratified training images out as the validation split (``seed`` fixes
+        which). The normalisation statistics are recomputed on what is left for training, so
+        nothing about the validation images reaches the model."""
+        if self.val is not None:
+            raise ValueError("this data already has a validation split")
+        if not 0 < n_val < len(self.train):
+            raise ValueError(f"a validation split of {n_val} images needs 0 < n < {len(self.train)} (training size)")
+        val_idx = stratified_indices(self.train, n_val, seed)
+        keep = np.setdiff1d(np.arange(len(self.train)), val_idx, assume_unique=True)
+        train = self.train.subset(keep)
+        return dataclasses.replace(self, train=train, val=self.train.subset(val_idx), val_seed=seed,
+                                   mean=(), std=())
 
 
 def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -123,9 +142,15 @@ def stratified_subset(ds: ArrayDataset, n: int | None, seed: int) -> ArrayDatase
     same); where it refuses (fewer than one sample per class left out, or a class of one sample),
     the same proportional allocation drawn per class - never an unstratified draw.
     """
-    seed = check_seed(seed)
     if n is None or n >= len(ds):
+        check_seed(seed)
         return ds
+    return ds.subset(stratified_indices(ds, n, seed))
+
+
+def stratified_indices(ds: ArrayDataset, n: int, seed: int) -> np.ndarray:
+    """The sorted indices of :func:`stratified_subset` (``n < len(ds)``)."""
+    seed = check_seed(seed)
     labels = ds.labels.numpy()
     counts = np.bincount(labels)
     n_present = int((counts > 0).sum())
@@ -137,7 +162,7 @@ def stratified_subset(ds: ArrayDataset, n: int | None, seed: int) -> ArrayDatase
         idx, _ = train_test_split(np.arange(len(ds)), train_size=n, stratify=labels, random_state=seed)
     else:
         idx = _proportional_draw(labels, n, seed)
-    return ds.subset(np.sort(idx))
+    return np.sort(idx)
 
 
 def _proportional_draw(labels: np.ndarray, n: int, seed: int) -> np.ndarray:

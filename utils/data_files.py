@@ -85,7 +85,7 @@ def load_mnist(root: Path, download: bool = True) -> DatasetSplits:
     for prefix, split in (("train", train), ("t10k", test)):
         _check_labels(raw / f"{prefix}-labels-idx1-ubyte", split, len(MNIST_CLASSES))
     _check_counts("MNIST", root, train, test, (60000, 10000))
-    return DatasetSplits("mnist", train, test, MNIST_CLASSES, "torchvision MNIST (IDX files, lossless)", str(root))
+    return DatasetSplits("mnist", train, test, MNIST_CLASSES, "torchvision MNIST (IDX files, lossless)")
 
 
 def _check_idx_file(path: Path, item_shape: tuple[int, ...]) -> int:
@@ -170,7 +170,7 @@ def _load_cifar10_batches(root: Path) -> DatasetSplits:
         _check_labels(folder, split, len(CIFAR10_CLASSES))
     _check_counts("CIFAR-10", root, train, test, (50000, 10000))
     return DatasetSplits("cifar10", train, test, CIFAR10_CLASSES,
-                         "torchvision CIFAR10 (official pickle batches, lossless)", str(root))
+                         "torchvision CIFAR10 (official pickle batches, lossless)")
 
 
 def _load_cifar10_image_folder(folder: Path, cache_dir: Path | None) -> DatasetSplits:
@@ -183,7 +183,7 @@ def _load_cifar10_image_folder(folder: Path, cache_dir: Path | None) -> DatasetS
     _check_counts("CIFAR-10", folder, imgs["train"], imgs["test"], (50000, 10000))
     fmt = "JPEG, lossy" if extensions & {".jpg", ".jpeg"} else "PNG, lossless"
     return DatasetSplits("cifar10", imgs["train"], imgs["test"], CIFAR10_CLASSES,
-                         f"image-folder copy CIFAR-10-images ({fmt})", str(folder.parent))
+                         f"image-folder copy CIFAR-10-images ({fmt})")
 
 
 def _image_folder(split_dir: Path):

@@ -38,11 +38,24 @@ class ExperimentConfig:
     device: str = "auto"              # "auto" | "cpu" | "cuda"
     precision: str = "auto"           # "auto" | "fp32" | "bf16"
     grad_sample_every: int = 25       # record per-layer gradient stats every k steps
-    train_eval_samples: int = 5000    # clean (eval-mode) train accuracy on a fixed subset per epoch
+    # Initialisation is a recorded choice (models/init.py): He/Kaiming fan_in for the ReLU nets by
+    # default, PyTorch's default init as a named control; zero-init of each residual branch's end
+    # (Goyal et al. 2017) only as a labelled control.
+    init: str = "kaiming"             # "kaiming" | "pytorch_default"
+    zero_init_residual: bool = False
+    # Evaluation cadence: the validation curve (and the clean train curve) at ``eval_points``
+    # evenly spaced moments of the run, on fixed subsets; the test set once, at the end.
+    eval_points: int = 20
+    val_eval_samples: int | None = None   # None: the whole validation split
+    train_eval_samples: int = 2000        # clean (eval-mode) train accuracy on a fixed subset
 
     def __post_init__(self) -> None:
-        if self.epochs <= 0 or self.batch_size <= 0 or not self.lr > 0:
-            raise ValueError("epochs, batch size and lr must be positive")
+        from models.init import INIT_SCHEMES
+
+        if self.epochs <= 0 or self.batch_size <= 0 or not self.lr > 0 or self.eval_points <= 0:
+            raise ValueError("epochs, batch size, lr and eval_points must be positive")
+        if self.init not in INIT_SCHEMES:
+            raise ValueError(f"unknown init {self.init!r}; choose from {INIT_SCHEMES}")
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
         if self.schedule not in ("onecycle", "cosine", "constant"):

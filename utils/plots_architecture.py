@@ -36,7 +36,7 @@ def plot_architecture_bars(records: Sequence[RunRecord], path: Path, title: str,
     if step_ms is not None:
         panels += (([step_ms.get(r.model, np.nan) for r in records],
                     "fwd+bwd time per batch (ms),\nmodels timed in turns", "{:.0f}"),)
-    panels += (([100 * _num(x.final_test_acc) for x in s], "test accuracy (%)", "{:.2f}"),)
+    panels += (([100 * _num(x.test_acc) for x in s], "test accuracy (%)", "{:.2f}"),)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 4.4))
     for ax, (vals, label, fmt) in zip(axes, panels):
         ax.bar(names, vals, color=colors)
@@ -241,13 +241,14 @@ def plot_plain_vs_residual(groups: Sequence[tuple[str, Sequence[RunRecord]]], pa
                 continue
             axes[0, col].plot(h.epoch, h.train_loss, marker="o", color=color, label=r.label)
             axes[1, col].plot(h.epoch, 100 * np.asarray(h.train_eval_acc), "--", marker="o", ms=3, color=color)
-            axes[1, col].plot(h.epoch, 100 * np.asarray(h.test_acc), "-", marker="o", color=color,
-                              label=f"{r.label} (final test acc {100 * h.test_acc[-1]:.1f} %)")
+            test = "" if r.test_acc is None else f" (test acc {100 * r.test_acc:.1f} %)"
+            axes[1, col].plot(h.epoch, 100 * np.asarray(h.val_acc), "-", marker="o", color=color,
+                              label=f"{r.label}{test}")
         axes[0, col].set(title=f"{group_title}: training loss", xlabel="epoch",
-                         ylabel="mean training cross-entropy in the epoch", yscale="log")
+                         ylabel="training cross-entropy (running mean)", yscale="log")
         plain_minor_log_labels(axes[0, col].yaxis)
         axes[1, col].plot([], [], "k--", label="train accuracy (eval mode)")
-        axes[1, col].plot([], [], "k-", label="test accuracy")
+        axes[1, col].plot([], [], "k-", label="validation accuracy")
         axes[1, col].set(title=f"{group_title}: accuracy", xlabel="epoch", ylabel="accuracy (%)")
         for ax in axes[:, col]:
             ax.legend(fontsize=8)

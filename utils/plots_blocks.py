@@ -86,25 +86,25 @@ def _band(ax, x, band: dict, color, label: str, scale: float = 1.0) -> None:
 
 @styled
 def plot_seed_bands(groups: dict[str, Sequence[RunRecord]], path: Path, title: str) -> Path:
-    """Train loss, test loss and test accuracy per epoch: mean line and min-max band over seeds,
-    one colour per group (``groups``: label -> the records of its seeds)."""
+    """Train loss, validation loss and validation accuracy along training: mean line and min-max
+    band over seeds, one colour per group (``groups``: label -> the records of its seeds)."""
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.6), layout="constrained")
-    keys = (("train_loss", "training loss (running mean over the epoch)", 1.0),
-            ("test_loss", "test loss (cross-entropy)", 1.0), ("test_acc", "test accuracy (%)", 100.0))
+    keys = (("train_loss", "training loss (running mean)", 1.0),
+            ("val_loss", "validation loss (cross-entropy)", 1.0), ("val_acc", "validation accuracy (%)", 100.0))
     for color, (label, runs) in zip(palette(len(groups)), groups.items()):
         if not runs:
             continue
         for ax, (key, ylabel, scale) in zip(axes, keys):
             band = curve_band([getattr(r.history, key) for r in runs])
-            x = np.arange(1, len(band["mean"]) + 1)
+            x = np.asarray(max((r.history.epoch for r in runs), key=len), dtype=float)
             _band(ax, x, band, color, f"{label} (n={len(runs)})", scale)
             ax.set(xlabel="epoch", ylabel=ylabel)
     for ax in axes:
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     axes[0].set_title("Training loss")
-    axes[1].set_title("Test loss")
-    axes[2].set_title("Test accuracy")
+    axes[1].set_title("Validation loss")
+    axes[2].set_title("Validation accuracy")
     fig.suptitle(title)
     return save_figure(fig, path)
 
@@ -193,22 +193,21 @@ def plot_seed_accuracy(blocks: dict, path: Path, title: str) -> Path:
 
 @styled
 def plot_high_lr(groups: dict[str, Sequence[RunRecord]], high: dict[str, RunRecord], path: Path, title: str) -> Path:
-    """Per block (one column): test loss and test accuracy per epoch at the base lr (mean and
+    """Per block (one column): validation loss and accuracy along training at the base lr (mean and
     min-max over seeds) and at the higher lr (one seed, dashed)."""
     names = [n for n, runs in groups.items() if runs]
     fig, axes = plt.subplots(2, len(names), figsize=(5.2 * len(names), 7.5), squeeze=False, layout="constrained")
     for j, (name, color) in enumerate(zip(names, palette(len(names)))):
         runs, h = groups[name], high.get(name)
-        for i, (key, ylabel, scale) in enumerate((("test_loss", "test loss", 1.0),
-                                                  ("test_acc", "test accuracy (%)", 100.0))):
+        for i, (key, ylabel, scale) in enumerate((("val_loss", "validation loss", 1.0),
+                                                  ("val_acc", "validation accuracy (%)", 100.0))):
             ax = axes[i][j]
             band = curve_band([getattr(r.history, key) for r in runs])
-            _band(ax, np.arange(1, len(band["mean"]) + 1), band, color,
-                  f"lr {runs[0].config['lr']:g} (n={len(runs)})", scale)
+            x = np.asarray(max((r.history.epoch for r in runs), key=len), dtype=float)
+            _band(ax, x, band, color, f"lr {runs[0].config['lr']:g} (n={len(runs)})", scale)
             if h is not None and getattr(h.history, key):
                 hv = scale * np.asarray(getattr(h.history, key), dtype=float)
-                ax.plot(np.arange(1, len(hv) + 1), hv, "--s", ms=4, color="crimson",
-                        label=_lr_label(h))
+                ax.plot(h.history.epoch, hv, "--s", ms=4, color="crimson", label=_lr_label(h))
             ax.set(xlabel="epoch", ylabel=ylabel)
             ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
             ax.legend(fontsize=8)

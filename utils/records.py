@@ -18,8 +18,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from utils.files import atomic_write_text
+from utils.markdown import markdown_table
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class RecordFormatError(ValueError):
@@ -28,18 +29,25 @@ class RecordFormatError(ValueError):
 
 @dataclass
 class History:
-    """Per-epoch curves. ``train_*`` are running means over the epoch's batches (train mode);
-    ``train_eval_*`` are clean eval-mode numbers on a fixed training subset."""
+    """The run's curves, one entry per evaluation point (``eval_points`` evenly spaced moments).
 
-    epoch: list[int] = field(default_factory=list)
+    ``train_*``: running means over the batches since the previous point (train mode, with the
+    run's augmentation); ``train_eval_*``: clean eval-mode numbers on a fixed training subset;
+    ``val_*``: the validation split (held out of the training set), which is what every choice
+    and every curve-based statement reads. The test set is not in the curves (see
+    :attr:`RunRecord.test_acc`).
+    """
+
+    step: list[int] = field(default_factory=list)
+    epoch: list[float] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     train_acc: list[float] = field(default_factory=list)
     train_eval_loss: list[float] = field(default_factory=list)
     train_eval_acc: list[float] = field(default_factory=list)
-    test_loss: list[float] = field(default_factory=list)
-    test_acc: list[float] = field(default_factory=list)
-    epoch_time_s: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
+    train_time_s: list[float] = field(default_factory=list)   # training seconds so far (no evaluation)
 
     def append(self, **values: float) -> None:
         for k, v in values.items():
@@ -58,22 +66,31 @@ class GradStats:
 
 @dataclass
 class Summary:
-    """The headline numbers of a run (what summary tables show); ``None`` where a run diverged."""
+    """The headline numbers of a run (what summary tables show); ``None`` where a run diverged.
+
+    ``final_*`` are at the end of training; ``gap`` = clean train accuracy - validation accuracy
+    at the end; ``converged`` is the plateau verdict of the validation-accuracy curve (None: too
+    short to judge); ``test_acc`` is the one evaluation of the test set.
+    """
 
     model: str
     status: str
     params: int
     mflops: float
-    epochs_run: int | None = None
+    epochs_run: float | None = None
     final_train_acc: float | None = None
-    final_test_acc: float | None = None
-    best_test_acc: float | None = None
-    best_epoch: int | None = None
     final_train_loss: float | None = None
-    final_test_loss: float | None = None
+    final_val_acc: float | None = None
+    best_val_acc: float | None = None
+    best_val_epoch: float | None = None
+    final_val_loss: float | None = None
     gap: float | None = None
+    converged: bool | None = None
+    test_acc: float | None = None
+    test_loss: float | None = None
     train_time_s: float | None = None
     epoch_time_s: float | None = None
+    train_share: float | None = None
     latency_ms_batch1: float | None = None
     throughput_img_s: float | None = None
 
@@ -94,15 +111,21 @@ class RunRecord:
     config_overrides: dict
     config_hash: str
     data: dict
-    runtime: dict
+    runtime: dict                     # device, precision, threads, CPU capabilities
+    init: dict                        # models.init.InitRecord: scheme, zero_init_residual, counts
     architecture: str
     params: dict                      # {"total", "trainable", "per_layer": {name: count}}
     flops_per_image: int
     history: History
-    train_time_s: float
+    epoch_time_s: list[float]         # training seconds of each epoch (no evaluation)
+    timing: dict                      # train_s, eval_s, total_s, train_share of this run's wall time
+    convergence: dict                 # plateau verdicts (utils.statistics.ConvergenceVerdict) by curve
+    test_loss: float | None           # the test set, evaluated once at the end (None if diverged)
+    test_acc: float | None
     inference: dict                   # latency / throughput; {} if the run diverged
     grad_stats: GradStats
-    predictions: list[int] | None
+    step_loss: list[float]            # training loss of every optimisation step (spikes, stability)
+    predictions: list[int] | None     # test-set predictions
     labels: list[int]
     class_names: list[str]
     summary: Summary
@@ -135,14 +158,17 @@ def summarise(record: RunRecord) -> Summary:
     """The headline numbers of ``record``."""
     h = record.history
     out = Summary(model=record.model, status=record.status, params=record.params["total"],
-                  mflops=record.flops_per_image / 1e6)
-    if h.test_acc:
-        best = int(np.argmax(h.test_acc))
+                  mflops=record.flops_per_image / 1e6, test_acc=record.test_acc, test_loss=record.test_loss,
+                  train_share=record.timing.get("train_share"),
+                  converged=record.convergence.get("val_acc", {}).get("plateaued"))
+    if h.val_acc:
+        best = int(np.argmax(h.val_acc))
         out = dataclasses.replace(
-            out, epochs_run=len(h.epoch), final_train_acc=h.train_eval_acc[-1], final_test_acc=h.test_acc[-1],
-            best_test_acc=h.test_acc[best], best_epoch=best + 1, final_train_loss=h.train_eval_loss[-1],
-            final_test_loss=h.test_loss[-1], gap=h.train_eval_acc[-1] - h.test_acc[-1],
-            train_time_s=float(sum(h.epoch_time_s)), epoch_time_s=float(np.mean(h.epoch_time_s)))
+            out, epochs_run=h.epoch[-1], final_train_acc=h.train_eval_acc[-1], final_train_loss=h.train_eval_loss[-1],
+            final_val_acc=h.val_acc[-1], best_val_acc=h.val_acc[best], best_val_epoch=h.epoch[best],
+            final_val_loss=h.val_loss[-1], gap=h.train_eval_acc[-1] - h.val_acc[-1],
+            train_time_s=h.train_time_s[-1],
+            epoch_time_s=float(np.mean(record.epoch_time_s)) if record.epoch_time_s else None)
     inference = {k: v for k, v in record.inference.items() if k in ("latency_ms_batch1", "throughput_img_s")}
     return dataclasses.replace(out, **inference)
 
@@ -166,21 +192,25 @@ def _fmt_csv(v: Any) -> Any:
     return f"{v:.6g}" if isinstance(v, float) else v
 
 
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.2f} %"
+
+
+PLATEAU_WORDS = {True: "yes", False: "still improving", None: "too short to tell"}
+
+
 def summary_markdown(summaries: Sequence[Summary]) -> str:
     """The standard results table of runs' summaries (also embedded in README by ``utils.report``)."""
-    head = ("| model | params | MFLOPs/img | train acc | test acc (final) | test acc (best @ep) | gap | "
-            "train time | s/epoch | latency b=1 | throughput |")
-    lines = [head, "|" + "|".join(["---"] * 11) + "|"]
+    rows = []
     for s in summaries:
-        if s.final_test_acc is None:
-            lines.append(f"| {s.model} | {s.params:,} | {s.mflops:.1f} | {s.status} | | | | | | | |")
-            continue
         status = "" if s.status == "completed" else f" ({s.status})"
-        lat = s.latency_ms_batch1 if s.latency_ms_batch1 is not None else float("nan")
-        thr = s.throughput_img_s if s.throughput_img_s is not None else float("nan")
-        lines.append(
-            f"| {s.model}{status} | {s.params:,} | {s.mflops:.1f} | {100 * s.final_train_acc:.2f} % | "
-            f"{100 * s.final_test_acc:.2f} % | {100 * s.best_test_acc:.2f} % @{s.best_epoch} | "
-            f"{100 * s.gap:+.2f} pp | {s.train_time_s:.0f} s | {s.epoch_time_s:.1f} | "
-            f"{lat:.2f} ms | {thr:,.0f} img/s |")
-    return "\n".join(lines)
+        done = s.final_val_acc is not None
+        rows.append([
+            f"{s.model}{status}", f"{s.params:,}", f"{s.mflops:.1f}", _pct(s.final_train_acc), _pct(s.final_val_acc),
+            _pct(s.test_acc), "–" if s.gap is None else f"{100 * s.gap:+.2f} pp",
+            PLATEAU_WORDS[s.converged] if done else "–",
+            "–" if s.train_time_s is None else f"{s.train_time_s:.0f} s",
+            "–" if s.latency_ms_batch1 is None else f"{s.latency_ms_batch1:.2f} ms",
+            "–" if s.throughput_img_s is None else f"{s.throughput_img_s:,.0f} img/s"])
+    return markdown_table(["model", "params", "MFLOPs/img", "train acc (clean)", "val acc", "test acc",
+                           "gap train−val", "val plateaued", "train time", "latency b=1", "throughput"], rows)

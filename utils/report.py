@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from utils.files import atomic_write_text
-from utils.records import Summary, summary_markdown
+from utils.records import SCHEMA_VERSION, Summary, summary_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "docs" / "README.template.md"
@@ -84,7 +84,11 @@ def results_table(results_dir: Path, experiment: str) -> str:
     folder = results_dir / experiment
     with open(folder / "summary.csv", newline="") as fh:
         names = [row["model"] for row in csv.DictReader(fh)]
-    return summary_markdown([Summary(**json.loads((folder / f"{n}.json").read_text())["summary"]) for n in names])
+    raws = [json.loads((folder / f"{n}.json").read_text()) for n in names]
+    if any(r.get("schema_version") != SCHEMA_VERSION for r in raws):
+        # results written before the current record format (not re-run yet): their own table
+        return (folder / "summary.md").read_text().split("\n\n", 1)[1].strip()
+    return summary_markdown([Summary(**r["summary"]) for r in raws])
 
 
 def render(template: str, results_dir: Path) -> str:

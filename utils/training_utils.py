@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from models.init import InitRecord, init_weights
 from utils.checkpoints import load_checkpoint, save_checkpoint
 from utils.gradient_stats import weight_tensor_names
 from utils.model_stats import count_flops, count_parameters
@@ -27,6 +29,7 @@ from utils.data import BatchLoader, DatasetSplits, stratified_subset
 from utils.experiment import ExperimentConfig, ModelSpec
 from utils.records import GradStats, History, RunRecord, summarise
 from utils.runtime import Runtime, seed_everything
+from utils.statistics import convergence_verdict
 
 log = logging.getLogger(__name__)
 
@@ -129,32 +132,38 @@ class Trainer:
     cfg: ExperimentConfig
     grad_params: list[Tensor]
     grads: GradStats
+    step_loss: list[float]
     step: int = 0
 
 
 @dataclass
-class EpochResult:
+class Segment:
+    """Training since the previous evaluation point: running loss/accuracy and training seconds."""
+
     loss: float
     acc: float
     seconds: float
 
 
-def train_one_epoch(t: Trainer, loader: BatchLoader, desc: str) -> EpochResult:
-    """One pass over ``loader``; raises :class:`TrainingDiverged` on a non-finite loss or gradient."""
+def train_one_epoch(t: Trainer, loader: BatchLoader, desc: str, eval_after: set[int],
+                    on_eval: Callable[[Segment], None]) -> float:
+    """One pass over ``loader``; after batch ``i`` in ``eval_after`` (1-based) it calls ``on_eval``
+    (whose time is not counted). Returns the epoch's training seconds. Raises
+    :class:`TrainingDiverged` on a non-finite loss or gradient norm."""
     t.model.train()
-    t0 = time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.long)
-    seen = 0
+    seen, train_s, t0 = 0, 0.0, time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, disable=None, mininterval=1.0)
     try:
-        for x, y in bar:
+        for i, (x, y) in enumerate(bar, 1):
             with t.runtime.autocast():
                 logits = t.model(x)
                 loss = t.criterion(logits.float(), y)
             loss_value = loss.item()   # free on CPU (synchronous); also the divergence guard
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(f"loss became {loss_value}")
+            t.step_loss.append(loss_value)
             t.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.step % t.cfg.grad_sample_every == 0:
@@ -171,9 +180,17 @@ def train_one_epoch(t: Trainer, loader: BatchLoader, desc: str) -> EpochResult:
             seen += y.shape[0]
             if t.step % PROGRESS_EVERY == 0:
                 bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{int(correct) / seen:.3f}")
+            if i in eval_after:
+                seconds = time.perf_counter() - t0
+                train_s += seconds
+                on_eval(Segment(float(loss_sum) / seen, int(correct) / seen, seconds))
+                t.model.train()
+                loss_sum.zero_()
+                correct.zero_()
+                seen, t0 = 0, time.perf_counter()
     finally:
         bar.close()
-    return EpochResult(float(loss_sum) / seen, int(correct) / seen, time.perf_counter() - t0)
+    return train_s + (time.perf_counter() - t0 if seen else 0.0)
 
 
 def _record_grads(grads: GradStats, step: int, params: list[Tensor]) -> None:
@@ -183,85 +200,136 @@ def _record_grads(grads: GradStats, step: int, params: list[Tensor]) -> None:
     grads.mean_abs.append([float(v) / g.numel() for v, g in zip(torch._foreach_norm(gs, 1), gs)])
 
 
-def _loaders(data: DatasetSplits, cfg: ExperimentConfig, runtime: Runtime) -> tuple[BatchLoader, ...]:
+@dataclass
+class Loaders:
+    train: BatchLoader          # shuffled, augmented as configured
+    val: BatchLoader            # fixed subset of the validation split (curves, choices)
+    train_eval: BatchLoader     # fixed subset of the training set, eval mode (clean train accuracy)
+    test: BatchLoader           # the test set, evaluated once at the end
+
+
+def make_loaders(data: DatasetSplits, cfg: ExperimentConfig, runtime: Runtime) -> Loaders:
+    if data.val is None:
+        raise ValueError("the run needs a validation split: DatasetSplits.with_validation(n)")
     where = dict(device=runtime.device, channels_last=runtime.channels_last)
-    train = BatchLoader(data.train, cfg.batch_size, data.mean, data.std, shuffle=True, augment=cfg.augment,
-                        seed=cfg.seed, drop_last=True, **where)
-    test = BatchLoader(data.test, EVAL_BATCH, data.mean, data.std, **where)
-    train_eval = BatchLoader(stratified_subset(data.train, cfg.train_eval_samples, seed=0), EVAL_BATCH,
-                             data.mean, data.std, **where)
-    return train, test, train_eval
+
+    def fixed(ds, n):   # the same images at every evaluation point, for every model of the study
+        return BatchLoader(stratified_subset(ds, n, seed=0), EVAL_BATCH, data.mean, data.std, **where)
+
+    return Loaders(BatchLoader(data.train, cfg.batch_size, data.mean, data.std, shuffle=True, augment=cfg.augment,
+                               seed=cfg.seed, drop_last=True, **where),
+                   fixed(data.val, cfg.val_eval_samples), fixed(data.train, cfg.train_eval_samples),
+                   BatchLoader(data.test, EVAL_BATCH, data.mean, data.std, **where))
 
 
-def build_model(spec: ModelSpec, cfg: ExperimentConfig) -> nn.Module:
-    """The model of ``spec`` exactly as its run starts: seeded, built (``cfg`` = the run's config).
-    Analyses that need the untrained network (e.g. the ERF at initialisation) call this too."""
+def eval_schedule(steps_per_epoch: int, epochs: int, points: int) -> dict[int, set[int]]:
+    """Which batches (1-based, per epoch index) end an evaluation segment: ``points`` evenly spaced
+    over the run's steps, the last one at the very end."""
+    total = steps_per_epoch * epochs
+    at = sorted({max(1, round(total * k / points)) for k in range(1, points + 1)})
+    out: dict[int, set[int]] = {e: set() for e in range(epochs)}
+    for step in at:
+        out[(step - 1) // steps_per_epoch].add((step - 1) % steps_per_epoch + 1)
+    return out
+
+
+def build_model(spec: ModelSpec, cfg: ExperimentConfig) -> tuple[nn.Module, InitRecord]:
+    """The model of ``spec`` exactly as its run starts: seeded, built, initialised with the run's
+    recorded choice (``cfg`` = the run's config). Analyses that need the untrained network (e.g.
+    the ERF at initialisation) call this too."""
     seed_everything(cfg.seed)
-    return spec.build(cfg)
+    model = spec.build(cfg)
+    return model, init_weights(model, cfg.init, cfg.zero_init_residual)
+
+
+def _verdicts(h: History) -> dict:
+    if not h.val_acc:
+        return {}
+    def json_safe(d: dict) -> dict:   # NaN is not JSON: "no number" is None
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
+
+    return {name: json_safe(convergence_verdict(h.step, values).as_dict())
+            for name, values in (("val_acc", h.val_acc), ("train_eval_acc", h.train_eval_acc))}
 
 
 def train_model(spec: ModelSpec, data: DatasetSplits, base_cfg: ExperimentConfig, runtime: Runtime, *,
                 experiment: str, checkpoint_path: Path | None = None,
                 config_hash: str = "") -> tuple[RunRecord, nn.Module]:
     """Train one model; return its result record and the trained model."""
+    wall0 = time.perf_counter()
     cfg = spec.config_for(base_cfg)
-    model = build_model(spec, cfg)
-    params = count_parameters(model)
-    flops = count_flops(model, data.image_shape)
-    model = model.to(runtime.device)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model, init = build_model(spec, cfg)
+    params, flops = count_parameters(model), count_flops(model, data.image_shape)
+    model = model.to(runtime.device, memory_format=torch.channels_last if runtime.channels_last else
+                     torch.contiguous_format)
     optimizer = make_optimizer(model, cfg)
-    train_loader, test_loader, train_eval = _loaders(data, cfg, runtime)
-    total_steps = len(train_loader) * cfg.epochs
+    loaders = make_loaders(data, cfg, runtime)
+    steps_per_epoch = len(loaders.train)
+    total_steps = steps_per_epoch * cfg.epochs
     grad_names = weight_tensor_names(model)
     named = dict(model.named_parameters())
     t = Trainer(model, optimizer,
                 torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg)),
                 nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), runtime, cfg,
-                [named[n] for n in grad_names], GradStats(names=grad_names))
-    history, start_epoch = History(), 0
+                [named[n] for n in grad_names], GradStats(names=grad_names), [])
+    history, epoch_times, start_epoch = History(), [], 0
     state = load_checkpoint(checkpoint_path, config_hash) if checkpoint_path is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         t.scheduler.load_state_dict(state["scheduler"])
         history, t.grads, start_epoch = History(**state["history"]), GradStats(**state["grads"]), state["epoch"]
+        epoch_times, t.step_loss = state["epoch_time_s"], state["step_loss"]
         torch.set_rng_state(state["rng"])
         log.info("%s/%s: resuming from the checkpoint at epoch %d", experiment, spec.name, start_epoch)
-    log.info("%s/%s: %s params, %.1f MFLOPs/image, %s", experiment, spec.name, f"{params['total']:,}",
-             flops / 1e6, spec.description)
+    log.info("%s/%s: %s params, %.1f MFLOPs/image, init %s, %s", experiment, spec.name, f"{params['total']:,}",
+             flops / 1e6, init.scheme + (" + zero-init residual" if init.zero_init_residual else ""),
+             spec.description)
 
-    t.step = start_epoch * len(train_loader)
+    def on_eval(seg: Segment) -> None:
+        tr = evaluate(model, loaders.train_eval, runtime)
+        va = evaluate(model, loaders.val, runtime, flip_tta=cfg.flip_tta)
+        done = (history.train_time_s[-1] if history.train_time_s else 0.0) + seg.seconds
+        history.append(step=t.step, epoch=t.step / steps_per_epoch, train_loss=seg.loss, train_acc=seg.acc,
+                       train_eval_loss=tr.loss, train_eval_acc=tr.acc, val_loss=va.loss, val_acc=va.acc,
+                       lr=t.scheduler.get_last_lr()[0], train_time_s=done)
+
+    schedule = eval_schedule(steps_per_epoch, cfg.epochs, cfg.eval_points)
+    t.step = start_epoch * steps_per_epoch
     status, diverged_at = "completed", None
     for epoch in range(start_epoch, cfg.epochs):
-        train_loader.set_epoch(epoch)
+        loaders.train.set_epoch(epoch)
         try:
-            ep = train_one_epoch(t, train_loader, f"{spec.name} {epoch + 1}/{cfg.epochs}")
+            epoch_times.append(train_one_epoch(t, loaders.train, f"{spec.name} {epoch + 1}/{cfg.epochs}",
+                                               schedule[epoch], on_eval))
         except TrainingDiverged as exc:
             status, diverged_at = "diverged", {"epoch": epoch + 1, "step": t.step, "reason": str(exc)}
             log.warning("%s/%s diverged at epoch %d step %d: %s", experiment, spec.name, epoch + 1, t.step, exc)
             break
-        tr = evaluate(model, train_eval, runtime, label_smoothing=0.0)
-        te = evaluate(model, test_loader, runtime, flip_tta=cfg.flip_tta)
-        history.append(epoch=epoch + 1, train_loss=ep.loss, train_acc=ep.acc, train_eval_loss=tr.loss,
-                       train_eval_acc=tr.acc, test_loss=te.loss, test_acc=te.acc, epoch_time_s=ep.seconds,
-                       lr=t.scheduler.get_last_lr()[0])
-        log.info("%s/%s epoch %d/%d: train loss %.4f acc %.4f | test loss %.4f acc %.4f | %.1fs", experiment,
-                 spec.name, epoch + 1, cfg.epochs, ep.loss, ep.acc, te.loss, te.acc, ep.seconds)
+        if history.val_acc:
+            log.info("%s/%s epoch %d/%d: train loss %.4f | val loss %.4f acc %.4f | %.1fs", experiment, spec.name,
+                     epoch + 1, cfg.epochs, history.train_loss[-1], history.val_loss[-1], history.val_acc[-1],
+                     epoch_times[-1])
         if checkpoint_path is not None and epoch + 1 < cfg.epochs:
-            save_checkpoint(checkpoint_path, config_hash, model, optimizer, t.scheduler, history, t.grads, epoch + 1)
+            save_checkpoint(checkpoint_path, config_hash, model, optimizer, t.scheduler, history, t.grads,
+                            epoch + 1, extra={"epoch_time_s": epoch_times, "step_loss": t.step_loss})
 
     completed = status == "completed"
-    final = evaluate(model, test_loader, runtime, flip_tta=cfg.flip_tta) if completed else None
+    test = evaluate(model, loaders.test, runtime, flip_tta=cfg.flip_tta) if completed else None
+    inference = measure_inference(model, loaders.test, runtime) if completed else {}
+    total_s = time.perf_counter() - wall0
+    train_s = float(sum(epoch_times))
     record = RunRecord(
         experiment=experiment, model=spec.name, description=spec.description, group=spec.group,
         variant=spec.variant, seed=cfg.seed, status=status, diverged_at=diverged_at,
         config=dataclasses.asdict(cfg), config_overrides=dict(spec.overrides), config_hash=config_hash,
-        data=data.describe(), runtime=runtime.describe(), architecture=str(model), params=params,
-        flops_per_image=flops, history=history, train_time_s=float(sum(history.epoch_time_s)),
-        inference=measure_inference(model, test_loader, runtime) if completed else {}, grad_stats=t.grads,
-        predictions=final.preds.tolist() if final else None, labels=data.test.labels.tolist(),
+        data=data.describe(), runtime=runtime.describe(), init=init.as_dict(), architecture=str(model),
+        params=params, flops_per_image=flops, history=history, epoch_time_s=epoch_times,
+        timing={"train_s": train_s, "total_s": total_s, "eval_and_other_s": total_s - train_s,
+                "train_share": train_s / total_s if total_s > 0 else None},
+        convergence=_verdicts(history), test_loss=test.loss if test else None, test_acc=test.acc if test else None,
+        inference=inference, grad_stats=t.grads, step_loss=t.step_loss,
+        predictions=test.preds.tolist() if test else None, labels=data.test.labels.tolist(),
         class_names=list(data.class_names), summary=None)  # type: ignore[arg-type]
     record.summary = summarise(record)
     return record, model

@@ -34,22 +34,25 @@ def _integer_epochs(ax: plt.Axes) -> None:
 # --------------------------------------------------------------------------- training curves
 @styled
 def plot_learning_curves(records: Sequence[RunRecord], path: Path, title: str) -> Path:
-    """Loss and accuracy per epoch, train (dashed) vs test (solid), every model in one figure."""
+    """Loss and accuracy during training, clean train subset (dashed) vs validation split (solid),
+    every model in one figure; the legend gives each model's one test-set evaluation at the end."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
     handles = []
     for color, r in zip(palette(len(records)), records):
         h = r.history
         ax_loss.plot(h.epoch, h.train_eval_loss, "--", color=color, marker="o", ms=3)
-        ax_loss.plot(h.epoch, h.test_loss, "-", color=color, marker="o", ms=3)
+        ax_loss.plot(h.epoch, h.val_loss, "-", color=color, marker="o", ms=3)
         ax_acc.plot(h.epoch, 100 * np.asarray(h.train_eval_acc), "--", color=color, marker="o", ms=3)
-        handles += ax_acc.plot(h.epoch, 100 * np.asarray(h.test_acc), "-", color=color, marker="o", ms=3,
-                               label=r.label)
+        test = "" if r.test_acc is None else f" (test acc {100 * r.test_acc:.2f} %)"
+        handles += ax_acc.plot(h.epoch, 100 * np.asarray(h.val_acc), "-", color=color, marker="o", ms=3,
+                               label=r.label + test)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss", yscale="log")
     plain_minor_log_labels(ax_loss.yaxis)
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for ax in (ax_loss, ax_acc):
         _integer_epochs(ax)
-    handles += ax_acc.plot([], [], "k--", label="train (eval mode)") + ax_acc.plot([], [], "k-", label="test")
+    handles += (ax_acc.plot([], [], "k--", label="train subset (eval mode)")
+                + ax_acc.plot([], [], "k-", label="validation"))
     fig.legend(handles=handles, loc="outside right upper")
     fig.suptitle(title)
     return save_figure(fig, path)
@@ -57,14 +60,14 @@ def plot_learning_curves(records: Sequence[RunRecord], path: Path, title: str) -
 
 @styled
 def plot_generalisation_gap(records: Sequence[RunRecord], path: Path, title: str) -> Path:
-    """Train minus test accuracy per epoch (percentage points): the overfitting curve."""
+    """Clean train minus validation accuracy during training (percentage points): the overfitting curve."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
     for color, r in zip(palette(len(records)), records):
         h = r.history
-        gap = 100 * (np.asarray(h.train_eval_acc, dtype=float) - np.asarray(h.test_acc, dtype=float))
+        gap = 100 * (np.asarray(h.train_eval_acc, dtype=float) - np.asarray(h.val_acc, dtype=float))
         ax.plot(h.epoch, gap, marker="o", color=color, label=r.label)
     ax.axhline(0, color="k", lw=0.8)
-    ax.set(xlabel="epoch", ylabel="train accuracy − test accuracy (pp)", title=title)
+    ax.set(xlabel="epoch", ylabel="train accuracy − validation accuracy (pp)", title=title)
     _integer_epochs(ax)
     ax.legend()
     return save_figure(fig, path)
@@ -79,14 +82,14 @@ def plot_accuracy_vs_cost(records: Sequence[RunRecord], path: Path, title: str) 
     next to close points overprint each other). An axis is logarithmic only when its values span
     a decade or more.
     """
-    done = [r for r in records if r.summary.final_test_acc is not None]
+    done = [r for r in records if r.summary.test_acc is not None]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharey=True, layout="constrained")
     specs = (("params", "parameters"), ("mflops", "forward MFLOPs per image"),
              ("train_time_s", "training time, all epochs (s)"))
     for ax, (key, xlabel) in zip(axes, specs):
         xs = [getattr(r.summary, key) for r in done]
         for (color, marker), r, x in zip(color_markers(len(done)), done, xs):
-            ax.scatter(x, 100 * r.summary.final_test_acc, s=70, color=color, marker=marker, edgecolor="k",
+            ax.scatter(x, 100 * r.summary.test_acc, s=70, color=color, marker=marker, edgecolor="k",
                        linewidth=0.5, label=r.model, zorder=3)
         cost_axis(ax.xaxis, xs)
         ax.margins(x=0.08, y=0.08)
