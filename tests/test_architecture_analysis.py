@@ -75,7 +75,7 @@ def test_erf_centre_of_kernel_model_is_its_rf_centre():
 def test_cli_quick_end_to_end(fake_cifar_folder, tmp_path):
     results, plots = tmp_path / "results", tmp_path / "plots"
     code = arch.main(["--profile", "quick", "--data-dir", str(fake_cifar_folder), "--results-dir", str(results),
-                      "--plots-dir", str(plots), "--cache-dir", str(tmp_path / "cache"), "--train-subset", "100",
+                      "--plots-dir", str(plots), "--cache-dir", str(tmp_path / "cache"), "--train-subset", "80",
                       "--batch-size", "25"])
     assert code == 0
     root = results / "architecture_analysis"

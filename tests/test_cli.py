@@ -117,7 +117,7 @@ def test_folder_env_var_pointing_at_a_file_is_refused(variable, tmp_path, capsys
 @pytest.mark.parametrize("argv, expected", [
     (("--train-subset", "5"), "--train-subset 5 is smaller than the 10 classes of MNIST"),
     (("--test-subset", "9"), "--test-subset 9 is smaller than the 10 classes of MNIST"),
-    (("--train-subset", "100000"), "--train-subset 100000 is larger than the 200 training images of MNIST"),
+    (("--train-subset", "100000"), "--train-subset 100000 is larger than the 160 training images of MNIST"),
     (("--test-subset", "61"), "--test-subset 61 is larger than the 60 test images of MNIST"),
 ])
 def test_subset_sizes_are_checked_against_the_data(argv, expected, tmp_path, fake_data_dir, capsys):

@@ -260,9 +260,14 @@ def load_data(args: argparse.Namespace, dirs: OutputDirs, name: str, train_subse
     ``--train-subset``/``--test-subset``) stratified subsets of what is left."""
     data = load_dataset(name, dirs.data, cache_dir=dirs.cache)
     n_val = args.val_size or val_size
-    if n_val is not None and not n_val < len(data.train) - data.num_classes:
+    if args.val_size is not None and not args.val_size <= len(data.train) // 2:
         raise UsageError(f"--val-size {n_val} leaves too few of the {len(data.train)} training images of "
                          f"{data.display_name} in {dirs.data}; use at most {len(data.train) // 2}")
+    if n_val is not None and n_val > len(data.train) // 2:
+        # the profile's size on a small copy of the data (a test set-up): a fifth of it instead
+        n_val = max(data.num_classes, len(data.train) // 5)
+        log.warning("%s has only %d training images: holding out %d for validation", data.display_name,
+                    len(data.train), n_val)
     if n_val:
         data = data.with_validation(n_val, seed=VAL_SEED)
     # The sizes are known only now; the profile's own subsets may exceed a small copy (kept whole).
