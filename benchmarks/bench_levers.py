@@ -209,11 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     steps, repeats = (1, 1) if args.smoke else (args.steps, args.repeats)
     rows = []
     for label, specs_fn, shape, cfg, model_name in (
-            ("mnist/simple_cnn", mnist_specs, (1, 28, 28), ExperimentConfig(batch_size=128, lr=0.05), "simple_cnn"),
-            ("cifar10/residual_cnn", cifar_specs, (3, 32, 32), ExperimentConfig(batch_size=256, lr=0.1),
-             "residual_cnn")):
+            ("mnist/simple_cnn", mnist_specs, (1, 28, 28), ExperimentConfig(batch_size=128, lr=0.05),
+             ("mnist", "simple_cnn")),
+            ("cifar10/residual_cnn", lambda *shape: cifar_specs(*shape, seeds=1), (3, 32, 32),
+             ExperimentConfig(batch_size=256, lr=0.1), ("resnet", "none"))):
         cfg = cfg.replace(batch_size=8) if args.smoke else cfg
-        spec = next(s for s in specs_fn(shape[0], shape[1], 10) if s.name == model_name)
+        spec = next(s for s in specs_fn(shape[0], shape[1], 10) if (s.group, s.variant) == model_name)
         rows.append(bench_model(label, lambda: spec.build(cfg), shape, cfg, variants, steps, repeats,
                                 infer_batch=16 if args.smoke else 512))
     result = {"runtime": runtime.describe(), "rows": rows}

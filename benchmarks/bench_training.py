@@ -105,7 +105,7 @@ def engine_train(spec, data: DatasetSplits, cfg: ExperimentConfig, runtime, n_im
     # one evaluation point on small subsets: the benchmark times the training epoch itself
     rec, model = train_model(spec, data, cfg.replace(epochs=1, train_eval_samples=100, val_eval_samples=100,
                                                      eval_points=1), runtime, experiment="bench")
-    return rec.history.epoch_time_s[0], model
+    return rec.epoch_time_s[0], model
 
 
 def bench_one(label: str, spec, data: DatasetSplits, cfg: ExperimentConfig, runtime, n_images: int,
@@ -165,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     n, repeats = (256, 1) if args.smoke else (args.images, args.repeats)
     rows = []
     for name, specs_fn, cfg, model_name in (
-            ("mnist", mnist_specs, ExperimentConfig(batch_size=128, lr=0.05), "simple_cnn"),
-            ("cifar10", cifar_specs, ExperimentConfig(batch_size=256, lr=0.1), "residual_cnn")):
+            ("mnist", mnist_specs, ExperimentConfig(batch_size=128, lr=0.05), ("mnist", "simple_cnn")),
+            ("cifar10", lambda *shape: cifar_specs(*shape, seeds=1), ExperimentConfig(batch_size=256, lr=0.1),
+             ("resnet", "none"))):
         cfg = cfg.replace(batch_size=16) if args.smoke else cfg
         full = load_dataset(name, data_dir, cache_dir=cache_dir)
         # the engine needs a validation split; a small one leaves the timed images untouched
@@ -179,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"({len(full.train)} in {data_dir})")
         data = full.subsample(n_train, min(2000, len(full.test)), seed=0)
         shape = (data.image_shape[0], data.image_shape[1], data.num_classes)
-        spec = next(s for s in specs_fn(*shape) if s.name == model_name)
-        rows.append(bench_one(f"{name}/{model_name}", spec, data, cfg, runtime, n_train - cfg.batch_size, repeats))
+        spec = next(s for s in specs_fn(*shape) if (s.group, s.variant) == model_name)
+        rows.append(bench_one(f"{name}/{spec.name}", spec, data, cfg, runtime, n_train - cfg.batch_size, repeats))
         if name == "mnist":
             n_acc = 64 if args.smoke else args.accuracy_images
             rows[-1]["accuracy_check"] = accuracy_check(spec, full.subsample(n_acc + cfg.batch_size, None, seed=0),
