@@ -168,3 +168,12 @@ def test_study_rows_and_summary(tiny_study):
 def test_plot_init_study_writes_a_png(tiny_study, tmp_path):
     path = plots_architecture.plot_init_study(summarise_init_study(tiny_study), tmp_path / "init.png", "init study")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_study_leaves_the_global_rng_alone():
+    x, y = _batch(n=4, size=8)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    run_init_study(x, y, depths=(8,), regimes=("kaiming",), seeds=(0,))
+    assert torch.equal(torch.rand(3), expected)

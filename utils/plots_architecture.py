@@ -310,7 +310,7 @@ def plot_init_study(summary: Sequence[dict], path: Path, title: str) -> Path:
             ax.plot(d, 10 ** zero, "--", color=colors[r], lw=1.2)
             ax.fill_between(d, 10 ** np.minimum(pred, zero), 10 ** np.maximum(pred, zero), color=colors[r], alpha=0.12)
     ax.plot([], [], "k-", label="predicted (ReLU-mean reading)")
-    ax.plot([], [], "k--", label="predicted, BN nets: He's zero-mean reading")
+    ax.plot([], [], "k--", label="predicted, BN nets: He's zero-mean reading (shaded: between)")
     ax.axhline(1, color="grey", lw=0.8)
     depths = sorted({s["depth"] for s in summary})
     ax.set(yscale="log", xticks=depths, xlabel="depth (weighted layers: convs + classifier)",
@@ -333,6 +333,9 @@ def plot_init_study(summary: Sequence[dict], path: Path, title: str) -> Path:
                ylabel="‖∂L/∂W conv l‖ / ‖∂L/∂W last conv‖ (log scale)",
                title=f"Per-layer gradient norm at init, deepest nets ({what})")
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        if ax is not axes[1]:       # the zoom spans a few decades: label 1-2-5, plain numbers
+            ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
         ax.legend(fontsize=8, loc="best")
     fig.suptitle(title)
     return save_figure(fig, path)

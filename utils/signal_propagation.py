@@ -247,22 +247,21 @@ def run_init_study(images: Tensor, labels: Tensor, depths: Sequence[int], regime
                    seeds: Sequence[int] = (0, 1, 2), widths: Sequence[int] = (16, 32, 64),
                    num_classes: int = 10) -> list[InitStudyRow]:
     """One row per (regime, depth, seed): the net built under ``seed``, one forward/backward on
-    ``images`` (normalised, ``(N, C, H, W)``) in the regime's dtype."""
-    rows = []
-    c, size = images.shape[1], images.shape[-1]
-    for regime in regimes:
+    ``images`` (normalised, ``(N, C, H, W)``) in the regime's dtype. The global RNG is left as it was."""
+    rows, c, size = [], images.shape[1], images.shape[-1]
+    for regime, depth in ((r, d) for r in regimes for d in depths):
         dtype = _spec(regime).dtype
-        for depth in depths:
-            pred_grad, pred_square = predicted_profile(regime, depth, widths, c, size)
-            zero_mean = predicted_log10_ratio(regime, depth, widths, c, size, relu_mean=False)
-            for seed in seeds:
+        pred_grad, pred_square = predicted_profile(regime, depth, widths, c, size)
+        zero_mean = predicted_log10_ratio(regime, depth, widths, c, size, relu_mean=False)
+        for seed in seeds:
+            with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model, record = init_regime_model(regime, depth, c, num_classes, widths)
-                m = gradient_norms_at_init(model.to(dtype), images.to(dtype), labels)
-                rows.append(InitStudyRow(regime, depth, seed, record.scheme, str(dtype).removeprefix("torch."),
-                                         m["ratio_first_last_conv"], 10 ** pred_grad[0], 10 ** zero_mean,
-                                         m["ratio_first_classifier"], m["loss"], m["layers"], m["grad_norms"],
-                                         m["forward_mean_square"], pred_square, pred_grad))
+            m = gradient_norms_at_init(model.to(dtype), images.to(dtype), labels)
+            rows.append(InitStudyRow(regime, depth, seed, record.scheme, str(dtype).removeprefix("torch."),
+                                     m["ratio_first_last_conv"], 10 ** pred_grad[0], 10 ** zero_mean,
+                                     m["ratio_first_classifier"], m["loss"], m["layers"], m["grad_norms"],
+                                     m["forward_mean_square"], pred_square, pred_grad))
     return rows
 
 
