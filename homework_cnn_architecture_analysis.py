@@ -13,6 +13,10 @@ Experiments (``--only``):
           ResNet-20 widths: plain vs residual, each with and without BatchNorm. Per-layer gradient
           norms at initialisation and during training (vanishing gradients), degradation curves,
           feature maps at several depths.
+  init    gradients at initialisation, no training: first/last conv gradient-norm ratio and per-layer
+          norms of plain nets (PyTorch default init, Kaiming, Kaiming + BN) and BN ResNets at depths
+          8/20/56 on one fixed batch of 256 training images, several seeds, beside the
+          variance-propagation prediction (``utils.signal_propagation``). Seconds of CPU.
 
 Writes ``results/architecture_analysis/{kernel_size,depth}/`` (a JSON per model, summary.csv/md,
 ``param_matching.json``, ``analysis.json`` and ``analysis.md``) and ``plots/architecture_analysis/``.
@@ -27,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -52,10 +56,11 @@ from utils.files import atomic_write_text, write_json
 from utils.records import GradStats, RunRecord
 from utils.runner import ExperimentRun, run_experiment
 from utils.runtime import Runtime, resolve_runtime
+from utils.signal_propagation import REGIME_SPECS, REGIMES, run_init_study, summarise_init_study
 from utils.training_utils import build_model
 
 log = logging.getLogger("architecture_analysis")
-EXPERIMENTS = ("kernel", "depth")
+EXPERIMENTS = ("kernel", "depth", "init")
 PARAM_TOLERANCE = 0.02
 ERF_MASS = 0.95
 
@@ -469,6 +474,51 @@ def depth_markdown(analysis: dict) -> str:
                       "shrink towards the input.\n", table]) + "\n"
 
 
+# ------------------------------------------------------------------------------ init study
+@dataclass(frozen=True)
+class InitStudyProfile:
+    depths: tuple[int, ...]   # weighted layers, 6n+2
+    seeds: int                # nets per (regime, depth): seeds --seed, --seed + 1, ...
+    images: int = 256         # the one fixed batch of training images
+
+
+INIT_PROFILES = {"quick": InitStudyProfile((8, 20), 2), "standard": InitStudyProfile((8, 20, 56), 5),
+                 "full": InitStudyProfile((8, 20, 56), 5)}
+
+
+def run_init_experiment(data: DatasetSplits, profile: InitStudyProfile, results_dir: Path, plots_dir: Path,
+                        seeds: Sequence[int], name: str = "init_study") -> list[dict]:
+    """Gradients at initialisation, measured and predicted (``utils.signal_propagation``): one
+    forward/backward per net on a fixed batch of training images, on the CPU; writes
+    ``<results_dir>/<name>.json`` (summary per regime and depth, and every net) and
+    ``<plots_dir>/<name>.png``. Returns the summary."""
+    t0 = time.perf_counter()
+    n = min(profile.images, len(data.train))
+    idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:n]
+    images = BatchLoader(data.train, n, data.mean, data.std).normalise(data.train.images[idx])
+    rows = run_init_study(images, data.train.labels[idx], profile.depths, REGIMES, seeds, num_classes=data.num_classes)
+    summary = summarise_init_study(rows)
+    wall = time.perf_counter() - t0
+    write_json(results_dir / f"{name}.json", {
+        "description": "gradient norms at initialisation, one forward/backward per net in train mode (mean "
+                       "cross-entropy), no training; ratio = ||dL/dW first conv|| / ||dL/dW last conv|| along the "
+                       "main path; prediction and its two readings: utils/signal_propagation.py",
+        "data": data.describe(), "batch": {"images": n, "split": "train", "index_seed": 0},
+        "regimes": {r: {"description": REGIME_SPECS[r].description, "init_scheme": REGIME_SPECS[r].scheme,
+                        "batchnorm": REGIME_SPECS[r].norm, "residual": REGIME_SPECS[r].residual,
+                        "dtype": str(REGIME_SPECS[r].dtype).removeprefix("torch.")} for r in REGIMES},
+        "depths": list(profile.depths), "seeds": list(seeds), "device": "cpu", "threads": torch.get_num_threads(),
+        "wall_time_s": round(wall, 2), "summary": summary, "rows": [r.as_dict() for r in rows]})
+    title = f"Gradients at initialisation ({data.display_name}, one fixed batch of {n} training images)"
+    arch_plots.plot_init_study(summary, plots_dir / f"{name}.png", title)
+    for s in summary:
+        log.info("init %-16s depth %2d: log10 ratio measured %.2f [%.2f, %.2f], predicted %.2f (zero-mean %.2f)",
+                 s["regime"], s["depth"], s["log10_ratio"]["mean"], s["log10_ratio_min"], s["log10_ratio_max"],
+                 s["predicted_log10_ratio"], s["predicted_log10_ratio_zero_mean"])
+    log.info("init study: %d nets in %.1f s", len(rows), wall)
+    return summary
+
+
 # ------------------------------------------------------------------------------------- main
 def _data_title(data: DatasetSplits) -> str:
     return f"{'CIFAR-10' if data.name == 'cifar10' else 'MNIST'}, {len(data.train)} train / {len(data.test)} test"
@@ -491,7 +541,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = apply_cli_overrides(ARCH_CONFIG.replace(epochs=profile.epochs), args)
     suffix = "" if args.dataset == "cifar10" else f"_{args.dataset}"   # MNIST never overwrites CIFAR results
     for name in args.only or EXPERIMENTS:
-        if name == "kernel":
+        if name == "init":
+            experiment = f"init_study{suffix}"
+            init = INIT_PROFILES[args.profile]
+            run_init_experiment(data, init, results / experiment, dirs.plots,
+                                list(range(args.seed, args.seed + init.seeds)), name=experiment)
+        elif name == "kernel":
             experiment = f"kernel_size{suffix}"
             matching = match_kernel_widths(profile.kernel_width, in_ch, classes)
             write_json(results / experiment / "param_matching.json", matching)

@@ -108,3 +108,20 @@ def test_cli_quick_end_to_end(fake_cifar_folder, tmp_path):
                 "depth_feature_maps"):
         data = (plots / f"{png}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", png
+
+
+def test_init_experiment_from_the_command_line(fake_cifar_folder, tmp_path):
+    results, plots = tmp_path / "results", tmp_path / "plots"
+    code = arch.main(["--only", "init", "--profile", "quick", "--data-dir", str(fake_cifar_folder), "--seed", "3",
+                      "--results-dir", str(results), "--plots-dir", str(plots), "--cache-dir", str(tmp_path / "cache"),
+                      "--train-subset", "20"])
+    assert code == 0
+    out = json.loads((results / "architecture_analysis" / "init_study" / "init_study.json").read_text())
+    quick = arch.INIT_PROFILES["quick"]
+    assert out["seeds"] == [3, 4] and out["depths"] == list(quick.depths) and out["batch"]["images"] == 20
+    assert [(s["regime"], s["depth"]) for s in out["summary"]] == [(r, d) for r in out["regimes"] for d in quick.depths]
+    assert len(out["rows"]) == 4 * len(quick.depths) * 2
+    assert out["regimes"]["pytorch_default"]["init_scheme"] == "pytorch_default"
+    assert out["regimes"]["pytorch_default"]["dtype"] == "float64"
+    assert all(np.isfinite(s["log10_ratio"]["mean"]) for s in out["summary"])
+    assert (plots / "init_study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -274,3 +274,69 @@ def plot_gradient_ratio(records: Sequence[RunRecord], path: Path, title: str) ->
            title=title)
     ax.legend(fontsize=8, ncol=2)
     return save_figure(fig, path)
+
+
+INIT_REGIME_LABELS = {"pytorch_default": "plain, PyTorch default init", "kaiming": "plain, Kaiming init",
+                      "kaiming_bn": "plain, Kaiming + BN", "residual": "residual (BasicBlock), Kaiming + BN"}
+
+
+@styled
+def plot_init_study(summary: Sequence[dict], path: Path, title: str) -> Path:
+    """Gradients at initialisation, measured vs predicted (``utils.signal_propagation``).
+
+    ``summary``: rows of ``summarise_init_study``. Left: ``||grad first conv|| / ||grad last conv||``
+    against depth per regime, measured (mean of log10 over seeds, bars = min-max) and predicted
+    (solid: ReLU-mean reading; dashed + band: He's zero-mean reading, where it differs). Middle:
+    per-layer gradient norm relative to the last conv at each regime's largest depth, measured
+    (solid) and predicted (dashed). Right: the same without regimes spanning more than 4 decades.
+    """
+    regimes = list(dict.fromkeys(s["regime"] for s in summary))
+    colors = dict(zip(regimes, palette(len(regimes))))
+    deepest = {r: max((s for s in summary if s["regime"] == r), key=lambda s: s["depth"]) for r in regimes}
+    zoom = [r for r in regimes if np.nanmin(deepest[r]["log10_relative_grad"] + deepest[r]["predicted_log10_relative_grad"]) > -4]
+    n_panels = 3 if 0 < len(zoom) < len(regimes) else 2
+    fig, axes = plt.subplots(1, n_panels, figsize=(6.2 * n_panels, 5.2), layout="constrained")
+    ax = axes[0]
+    for r in regimes:
+        rows = sorted((s for s in summary if s["regime"] == r), key=lambda s: s["depth"])
+        d = np.array([s["depth"] for s in rows], dtype=float)
+        mean = np.array([s["log10_ratio"]["mean"] for s in rows])
+        lo, hi = (np.array([s[k] for s in rows]) for k in ("log10_ratio_min", "log10_ratio_max"))
+        ax.errorbar(d, 10 ** mean, yerr=[10 ** mean - 10 ** lo, 10 ** hi - 10 ** mean], fmt="o", ms=6, capsize=4,
+                    color=colors[r], label=f"{INIT_REGIME_LABELS.get(r, r)} ({rows[0]['log10_ratio']['n']} seeds)")
+        pred = np.array([s["predicted_log10_ratio"] for s in rows])
+        zero = np.array([s["predicted_log10_ratio_zero_mean"] for s in rows])
+        ax.plot(d, 10 ** pred, "-", color=colors[r], lw=1.5)
+        if not np.allclose(pred, zero):
+            ax.plot(d, 10 ** zero, "--", color=colors[r], lw=1.2)
+            ax.fill_between(d, 10 ** np.minimum(pred, zero), 10 ** np.maximum(pred, zero), color=colors[r], alpha=0.12)
+    ax.plot([], [], "k-", label="predicted (ReLU-mean reading)")
+    ax.plot([], [], "k--", label="predicted, BN nets: He's zero-mean reading (shaded: between)")
+    ax.axhline(1, color="grey", lw=0.8)
+    depths = sorted({s["depth"] for s in summary})
+    ax.set(yscale="log", xticks=depths, xlabel="depth (weighted layers: convs + classifier)",
+           ylabel="‖∂L/∂W first conv‖ / ‖∂L/∂W last conv‖ (log scale)",
+           title="First/last conv gradient ratio at init\n(points: measured mean, bars: min–max over seeds)")
+    ax.legend(fontsize=8, loc="lower left")
+    for ax, shown, what in ((axes[1], regimes, "all regimes"), (axes[-1], zoom, "zoom")):
+        if ax is axes[-1] and n_panels == 2:
+            break
+        for r in shown:
+            s = deepest[r]
+            x = np.arange(1, len(s["layers"]) + 1)
+            ax.plot(x, 10 ** np.asarray(s["log10_relative_grad"]), "-", marker=".", color=colors[r],
+                    label=f"{INIT_REGIME_LABELS.get(r, r)}, depth {s['depth']}")
+            ax.plot(x, 10 ** np.asarray(s["predicted_log10_relative_grad"]), "--", color=colors[r], lw=1.2)
+        ax.plot([], [], "k-", marker=".", label="measured (mean of log10 over seeds)")
+        ax.plot([], [], "k--", label="predicted (ReLU-mean reading)")
+        ax.axhline(1, color="grey", lw=0.8)
+        ax.set(yscale="log", xlabel="conv layer along the main path (1 = first, input side)",
+               ylabel="‖∂L/∂W conv l‖ / ‖∂L/∂W last conv‖ (log scale)",
+               title=f"Per-layer gradient norm at init, deepest nets ({what})")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        if ax is not axes[1]:       # the zoom spans a few decades: label 1-2-5, plain numbers
+            ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    return save_figure(fig, path)
