@@ -213,24 +213,38 @@ def test_cuda_request_without_cuda_exits_2(tmp_path, fake_data_dir, capsys):
 @pytest.mark.e2e
 def test_task1_quick_profile_end_to_end(tmp_path, fake_data_dir):
     assert _run(tmp_path, fake_data_dir, "--precision", "fp32") == 0
-    for exp, models in (("mnist_comparison", ("fc", "simple_cnn", "residual_cnn")),
-                        ("cifar_comparison", ("deep_fc", "residual_cnn", "residual_cnn_regularised"))):
+    for exp, models, runs in (("mnist_comparison", ("fc", "simple_cnn", "residual_cnn"), 3 * 3),
+                              ("cifar_comparison", ("deep_fc", "residual_cnn", "residual_cnn_regularised"), 9 * 2 - 1)):
         for m in models:
-            rec = json.loads((tmp_path / "results" / exp / f"{m}.json").read_text())
-            assert rec["status"] == "completed" and rec["data"]["source"]
-            assert rec["config"]["epochs"] == 1
-        assert (tmp_path / "results" / exp / "summary.csv").read_text().count("\n") == 4
-    reg = json.loads((tmp_path / "results" / "cifar_comparison" / "residual_cnn_regularised.json").read_text())
+            rec = json.loads((tmp_path / "results" / exp / f"{m}_seed1.json").read_text())
+            assert rec["status"] == "completed" and rec["data"]["source"] and rec["seed"] == 1
+            assert rec["config"]["epochs"] == 1 and rec["data"]["n_val"] > 0 and rec["test_acc"] is not None
+        assert (tmp_path / "results" / exp / "summary.csv").read_text().count("\n") == runs + 1
+        analysis = json.loads((tmp_path / "results" / exp / "analysis.json").read_text())
+        assert analysis["differences"] and all(d["test_acc"]["verdict"] for d in analysis["differences"].values())
+    reg = json.loads((tmp_path / "results" / "cifar_comparison" / "residual_cnn_regularised_seed0.json").read_text())
     assert reg["config"]["augment"] and reg["config_overrides"]["weight_decay"] > 0
+    assert (reg["group"], reg["variant"]) == ("resnet", "all")
+    pilots = json.loads((tmp_path / "results" / "cifar_pilots" / "analysis.json").read_text())
+    assert pilots["chosen_lr_by_val"] is not None
     plots = {p.name for p in (tmp_path / "plots").glob("*.png")}
     assert {"mnist_learning_curves.png", "cifar_confusion.png", "cifar_gradient_flow.png",
-            "cifar_overfitting.png", "cifar_per_class.png"} <= plots
+            "cifar_overfitting.png", "cifar_misclassified_best_cnn.png", "cifar_misclassified_mlp.png"} <= plots
     # a second run finds every finished result and retrains nothing (analysis.json is re-derived)
     def model_files():
         return {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*.json") if p.name != "analysis.json"}
     before = model_files()
     assert _run(tmp_path, fake_data_dir, "--precision", "fp32") == 0
     assert before == model_files()
+
+
+@pytest.mark.e2e
+def test_task1_every_run_diverging_is_reported_not_a_crash(tmp_path, fake_data_dir):
+    assert _run(tmp_path, fake_data_dir, "--precision", "fp32", "--lr", "1e30", "--only", "mnist") == 0
+    analysis = json.loads((tmp_path / "results" / "mnist_comparison" / "analysis.json").read_text())
+    assert {v["status"] for v in analysis["runs"].values()} == {"diverged"}
+    assert "diverged" in (tmp_path / "results" / "mnist_comparison" / "summary.md").read_text()
+    assert (tmp_path / "plots" / "mnist_learning_curves.png").exists()
 
 
 # ------------------------------------------------------------------ run_study and the benchmarks

@@ -24,3 +24,12 @@ def test_placeholders_resolve_and_format(tmp_path):
         report.render("{{exp/m:summary.missing|pct}}", tmp_path)
     with pytest.raises(report.ReportError):
         report.render("{{exp/nofile:x}}", tmp_path)
+
+
+def test_interval_formats():
+    ci = {"n": 2, "mean": 0.8512, "half_width": 0.0123}
+    assert report.FORMATS["ci"](ci) == "85.12 ± 1.23 % (n=2)"
+    assert report.FORMATS["ci"]({**ci, "n": 1, "half_width": float("nan")}) == "85.12 % (n=1)"
+    d = {"mean_difference": 0.1, "ci95_low": 0.05, "ci95_high": 0.15, "verdict": "real"}
+    assert report.FORMATS["diff"](d) == "+10.00 pp (95 % CI +5.00 to +15.00; real)"
+    assert "no interval" in report.FORMATS["diff"]({**d, "ci95_low": float("nan"), "verdict": "not enough seeds to tell"})

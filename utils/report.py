@@ -45,8 +45,23 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "min": lambda v: f"{v / 60:.1f} min",
     "mega": lambda v: f"{v / 1e6:.1f}",          # FLOPs -> MFLOPs
     "x": lambda v: f"{v:.2f}x",
+    "ci": lambda v: _ci(v),                      # a SeedSummary dict of fractions: "mean ± half-width %"
+    "diff": lambda v: _diff(v),                  # a Difference dict (+ verdict) of fractions
     "raw": str,
 }
+
+
+def _ci(s: dict) -> str:
+    if s["half_width"] is None or s["half_width"] != s["half_width"]:   # one seed: no interval
+        return f"{100 * s['mean']:.2f} % (n={s['n']})"
+    return f"{100 * s['mean']:.2f} ± {100 * s['half_width']:.2f} % (n={s['n']})"
+
+
+def _diff(d: dict) -> str:
+    if d["ci95_low"] is None or d["ci95_low"] != d["ci95_low"]:
+        return f"{100 * d['mean_difference']:+.2f} pp (no interval: {d.get('verdict', 'too few seeds')})"
+    return (f"{100 * d['mean_difference']:+.2f} pp (95 % CI {100 * d['ci95_low']:+.2f} to "
+            f"{100 * d['ci95_high']:+.2f}; {d.get('verdict', '')})")
 
 
 class ReportError(KeyError):

@@ -289,6 +289,9 @@ def train_model(spec: ModelSpec, data: DatasetSplits, base_cfg: ExperimentConfig
     def on_eval(seg: Segment) -> None:
         tr = evaluate(model, loaders.train_eval, runtime)
         va = evaluate(model, loaders.val, runtime, flip_tta=cfg.flip_tta)
+        if not (math.isfinite(va.loss) and math.isfinite(tr.loss)):
+            # the training loss can stay finite for a few steps while the weights already overflow
+            raise TrainingDiverged(f"evaluation loss became {va.loss if not math.isfinite(va.loss) else tr.loss}")
         done = (history.train_time_s[-1] if history.train_time_s else 0.0) + seg.seconds
         history.append(step=t.step, epoch=t.step / steps_per_epoch, train_loss=seg.loss, train_acc=seg.acc,
                        train_eval_loss=tr.loss, train_eval_acc=tr.acc, val_loss=va.loss, val_acc=va.acc,
