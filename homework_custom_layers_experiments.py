@@ -284,9 +284,13 @@ def experiment_timing(records: Sequence[RunRecord], experiment: str) -> dict:
     return {"runs": len(own), "train_s": train, "total_s": total, "train_share": train / total if total else None}
 
 
+# A diverged run has no final accuracy: its last validation point before the divergence is not one.
+RUN_METRICS = {**METRICS, "final_val_acc": lambda r: r.summary.final_val_acc if r.completed else None}
+
+
 def variant_numbers(runs: Sequence[RunRecord]) -> dict:
     """A variant over its seeds: every metric's mean and 95 % interval, plateau verdicts, size and cost."""
-    return {**summarise_runs(runs), "models": [r.model for r in runs], "runs": len(runs),
+    return {**summarise_runs(runs, RUN_METRICS), "models": [r.model for r in runs], "runs": len(runs),
             "diverged": sum(not r.completed for r in runs), "diverged_at": [r.diverged_at for r in runs],
             "plateau_status": [r.convergence.get("val_acc", {}).get("status") for r in runs],
             "description": runs[0].description, "made_in": sorted({r.experiment for r in runs}),
@@ -295,14 +299,14 @@ def variant_numbers(runs: Sequence[RunRecord]) -> dict:
             "throughput_img_s": _mean([r.summary.throughput_img_s for r in runs]),
             "train_share": _mean([r.timing.get("train_share") for r in runs]),
             "per_seed": {"seed": [r.seed for r in runs], "test_acc": [r.test_acc for r in runs],
-                         "final_val_acc": [r.summary.final_val_acc for r in runs]}}
+                         "final_val_acc": [RUN_METRICS["final_val_acc"](r) for r in runs]}}
 
 
 def difference_row(a: str, runs_a: Sequence[RunRecord], b: str, runs_b: Sequence[RunRecord]) -> dict:
     """``a - b`` of test and final validation accuracy with 95 % intervals and the README's verdict."""
     row: dict = {"a": a, "b": b}
     for metric in ("test_acc", "final_val_acc"):
-        d = compare(runs_a, runs_b, METRICS[metric])
+        d = compare(runs_a, runs_b, RUN_METRICS[metric])
         row[metric] = {**d.as_dict(), "verdict": verdict(d)}
     return row
 
@@ -411,17 +415,19 @@ def blocks_markdown(n: dict) -> str:
     return "\n\n".join([f"Regime **{n['regime']}**; largest parameter gap to the {n['match_target']} net: {gap}. "
                         + _runs_note(n), markdown_table(
                             ["block", "widths", "params", "MFLOPs/img", "test acc (95 % CI)", "final val acc (95 % CI)",
-                             "val plateaued", "s/epoch", "median grad norm"], rows), _diff_table(n["differences"])]) + "\n"
+                             "val plateaued", "s/epoch", "median grad norm"], rows),
+                        _diff_table(n["differences"])]) + "\n"
 
 
 def sweep_markdown(n: dict) -> str:
     rises = [f"{x:g}" for x in n["spike_definition"]["rises_percent"]]
     rows = [[b, f"{p['lr']:g}", f"{p['n'] - p['diverged']}/{p['n']}", _pct(p["final_val_acc"]), _pct(p["test_acc"])]
             + [_num(p["loss_spike_steps"][r], ".1f") for r in rises]
-            + [_num(p["grad_norm_median"]), _num(p["grad_norm_max"])] for b, v in n["blocks"].items() for p in v["points"]]
+            + [_num(p["grad_norm_median"]), _num(p["grad_norm_max"])]
+            for b, v in n["blocks"].items() for p in v["points"]]
     frontier = [f"- {b}: " + (f"diverges from lr {v['frontier']['frontier']:g}" if v["frontier"]["frontier"] else
-                              "no divergence in the sweep") + f"; best lr by validation: {_num(v['best_lr_by_val'], 'g')}"
-                for b, v in n["blocks"].items()]
+                              "no divergence in the sweep")
+                + f"; best lr by validation: {_num(v['best_lr_by_val'], 'g')}" for b, v in n["blocks"].items()]
     return "\n\n".join([_runs_note(n) + f" Spike: a step's training loss > (1 + x) × the mean of the previous "
                         f"{n['spike_definition']['window_steps']} steps.", markdown_table(
                             ["block", "peak lr", "completed", "final val acc", "test acc"]

@@ -187,6 +187,7 @@ def test_blocks_and_sweep_numbers_on_synthetic_records(tmp_path):
     assert [p["lr"] for p in basic["points"]] == [0.04, 0.1, 0.25, 0.6, 1.6]
     assert basic["frontier"]["frontier"] == 0.6 and basic["frontier"]["stable_up_to"] == 0.25
     assert basic["points"][-1]["diverged"] == 1 and basic["points"][-1]["test_acc"]["n"] == 0
+    assert basic["points"][-1]["final_val_acc"]["n"] == 0      # not the last validation point before diverging
     assert "diverges from lr 0.6" in hw.sweep_markdown(sn)
     plots_blocks.plot_block_regimes({"canonical": n, "matched": n}, tmp_path / "regimes.png", "t")
     plots_blocks.plot_lr_sweep(sn, tmp_path / "sweep.png", "t")
@@ -214,6 +215,8 @@ def test_every_analysis_survives_an_experiment_in_which_every_run_diverged(tmp_p
         saved = json.loads((tmp_path / name / "analysis.json").read_text())   # strict JSON: no NaN
         assert saved["all_diverged"] is True
     assert ln["vs_base"][0]["test_acc"]["verdict"] == "not enough seeds to tell"
+    half_way = [_rec("base", "base", s, 0.5, group="base", status="diverged") for s in range(2)]   # curves, then NaN
+    assert hw.layers_numbers(half_way)["variants"]["base"]["final_val_acc"]["n"] == 0
     assert sn["blocks"]["basic"]["frontier"]["frontier"] == 1e29 and sn["blocks"]["basic"]["best_lr_by_val"] is None
     plots_blocks.plot_layer_swaps(ln, tmp_path / "swaps.png", "t")
     plots_blocks.plot_block_regimes({"canonical": bn}, tmp_path / "regimes.png", "t")

@@ -33,7 +33,8 @@ from utils.records import RunRecord
 from utils.statistics import seed_summary
 
 __all__ = ["SPIKE_WINDOW", "SPIKE_RISES", "loss_spike_steps", "loss_spike_events", "spike_counts",
-           "grad_norm_stats", "Frontier", "divergence_frontier", "run_stability", "stability_over_seeds", "sweep_points"]
+           "grad_norm_stats", "Frontier", "divergence_frontier", "run_stability", "stability_over_seeds",
+           "sweep_points"]
 
 SPIKE_WINDOW = 20          # steps in the trailing mean a step's loss is compared with
 SPIKE_RISES = (0.5, 1.0)   # thresholds reported: loss 50 % and 100 % (doubled) above that mean
@@ -165,8 +166,10 @@ def _mean(values) -> float | None:
 def run_stability(r: RunRecord) -> dict:
     """One run's stability numbers: status, accuracies, loss spikes (:func:`spike_counts` of
     ``step_loss``) and gradient-norm statistics (:func:`grad_norm_stats` of ``grad_stats.l2``)."""
+    done = r.status == "completed"   # a diverged run's last validation point is not a final accuracy
     return {"model": r.model, "seed": r.seed, "lr": r.config["lr"], "status": r.status, "diverged_at": r.diverged_at,
-            "final_val_acc": r.summary.final_val_acc, "test_acc": r.test_acc, "made_in": r.experiment,
+            "final_val_acc": r.summary.final_val_acc if done else None, "test_acc": r.test_acc,
+            "made_in": r.experiment,
             "plateau": r.convergence.get("val_acc", {}).get("status"), "spikes": spike_counts(r.step_loss),
             "grad_norm": grad_norm_stats(r.grad_stats.l2)}
 
@@ -190,7 +193,8 @@ def sweep_points(runs: Sequence[RunRecord]) -> dict:
     rises = [f"{100 * x:g}" for x in SPIKE_RISES]
     for lr in sorted({r.config["lr"] for r in runs}):
         stab = [run_stability(r) for r in runs if r.config["lr"] == lr]
-        points.append({"lr": lr, "runs": stab, "n": len(stab), "diverged": sum(s["status"] != "completed" for s in stab),
+        points.append({"lr": lr, "runs": stab, "n": len(stab),
+                       "diverged": sum(s["status"] != "completed" for s in stab),
                        "final_val_acc": _summary(s["final_val_acc"] for s in stab),
                        "test_acc": _summary(s["test_acc"] for s in stab),
                        "loss_spike_steps": {k: _mean(s["spikes"]["by_rise"][k]["steps"] for s in stab) for k in rises},
