@@ -1,251 +1,163 @@
-"""Task 3: custom layers vs their standard analogues, and residual block variants compared.
+"""Task 3: custom layers vs their standard analogues, and residual blocks compared at matched size,
+in their canonical configurations and along a learning-rate sweep.
 
-    python homework_custom_layers_experiments.py                      # standard profile (~20 min, 2 CPU cores)
+    python homework_custom_layers_experiments.py                      # standard profile (see PROFILES)
     python homework_custom_layers_experiments.py --only speed layers --profile quick
 
 Experiments (``--only``):
-  speed   forward+backward time of every custom layer (models/custom_layers.py, hand-written
-          backward) against the standard PyTorch layer and against the same forward function run
-          under autograd (models.custom_layers.autograd_reference), timed side by side.
-  layers  one small CNN (models.cnn_models.SwappableCNN) trained on CIFAR-10 with one layer swapped
-          at a time: conv -> weight-standardised CustomConv2d, + SE / CBAM attention, ReLU -> Swish
-          (and native SiLU), max pool -> MixedPool2d (and native avg pool), average head -> GeM.
-          The base CNN runs with several seeds, so the seed noise is known.
-  blocks  one ResNet skeleton with Basic, Bottleneck and Wide residual blocks (written from scratch
-          in models/cnn_models.py), several seeds each plus one run at a higher learning rate:
-          accuracy mean +- std, parameters, FLOPs, time, loss-curve spread and gradient norms.
+  speed     forward+backward time of every custom layer (hand-written backward) against the standard
+            layer and against the same forward run under autograd (``autograd_reference``).
+  layers    a small CNN (SwappableCNN) on CIFAR-10 with one layer swapped at a time (custom conv, SE,
+            CBAM, Swish / native SiLU, mixed / native average pooling, GeM head), every variant over
+            the same seeds, each compared with the base CNN (difference of means, 95 % interval).
+  blocks    one ResNet skeleton with Basic, Bottleneck and Wide blocks, ``canonical`` (basic 16-32-64,
+            bottleneck x4 with inner 16-32-64, wide k=2) and ``matched`` (every block at the canonical
+            bottleneck's parameter count, within 5 %), every block over the same seeds.
+  lr_sweep  the matched nets at five peak lrs over 40x: accuracy, loss spikes, gradient norms,
+            divergence and the divergence frontier per block.
 
-Writes ``results/custom_layers/`` (``layer_speed.json``, ``layers/``, ``layers_comparison.{json,md}``,
-``blocks/``, ``blocks_stability.{json,md}``) and ``plots/custom_layers/*.png``.
+Every block: Kaiming init, zero-init of residual ends off, no dropout. A run identical to one already
+made (same config hash: the matched bottleneck is the canonical one, the sweep's base-lr point is the
+matched run) is reused. Writes ``results/custom_layers/{layers,blocks_matched,blocks_canonical,
+lr_sweep}/`` (run JSONs, summary, analysis.json/md), ``layer_speed.{json,md}``, ``timing.json`` and
+``plots/custom_layers/*.png``.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
 from models.cnn_models import BasicBlock, BottleneckBlock, ResNet, SwappableCNN, WideBlock
-from models.custom_layers import (CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, Swish,
-                                  autograd_reference)
-from utils import visualization_utils as viz
+from models.custom_layers import CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, Swish
 from utils import plots_blocks as block_plots
+from utils.aggregate import METRICS, compare, summarise_runs, verdict
 from utils.cli import (apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
                        setup_logging)
+from utils.data import DatasetSplits
 from utils.experiment import ExperimentConfig, ModelSpec
-from utils.files import atomic_write_text, read_json, write_json
-from utils.records import RunRecord
-from utils.runner import ExperimentRun, run_experiment
-from utils.runtime import Runtime, resolve_runtime
-from utils.gradient_stats import total_grad_norm
+from utils.files import atomic_write_text, write_json
+from utils.layer_speed import SE_REDUCTION, run_speed
 from utils.markdown import markdown_table
-from utils.statistics import curve_band, relative_spread, seed_statistics
-from utils.timing import time_forward_backward
+from utils.model_stats import count_parameters, relative_param_gap, solve_width_for_params
+from utils.records import RunRecord
+from utils.runner import config_hash, load_records, run_experiment
+from utils.runtime import Runtime, resolve_runtime
+from utils.stability import SPIKE_RISES, SPIKE_WINDOW, stability_over_seeds, sweep_points
 
 log = logging.getLogger("custom_layers")
-EXPERIMENTS = ("speed", "layers", "blocks")
+EXPERIMENTS = ("speed", "layers", "blocks", "lr_sweep")
 SUBDIR = "custom_layers"
 
 
 @dataclass(frozen=True)
 class Profile:
     layers_epochs: int
-    blocks_epochs: int
+    blocks_epochs: int        # both block regimes and the lr sweep (its base-lr point is the matched run)
     train_subset: int | None
     test_subset: int | None
-    block_seeds: int          # seeds per residual block (stability needs >= 3 in the real runs)
-    base_seeds: int           # seeds of the base CNN of the layer study (the noise yardstick)
+    seeds: int                # seeds of every layer variant and of every block in both regimes
+    sweep_seeds: int          # seeds of every (block, lr) point of the sweep
+    eval_points: int          # validation curve points per run (>= 11: 3 in the plateau window)
+    val_eval_samples: int | None
+    train_eval_samples: int
     speed_batch: int          # batch of the speed benchmark's feature maps
     speed_repeats: int
     grad_sample_every: int    # gradient norms recorded every k optimisation steps
-    val_size: int = 5000      # held out of the training set; every choice is read on it
+    val_size: int = 5000      # held out of the training set; every curve is read on it
 
 
 PROFILES = {
-    "quick": Profile(layers_epochs=1, blocks_epochs=1, train_subset=600, test_subset=200, block_seeds=2,
-                     base_seeds=2, speed_batch=8, speed_repeats=2, grad_sample_every=2, val_size=200),
-    # Sized for ~20 min on 2 CPU cores (fp32): 5000 stratified training images, the full 10k test
-    # set (evaluated every epoch), 3 epochs. Estimated from measured throughput (basic ~1000,
-    # bottleneck ~360, wide ~280 training images/s): the 12 block runs take ~15 min, the 11
-    # layer-swap runs ~5 min, the speed benchmark ~1 min.
-    "standard": Profile(layers_epochs=3, blocks_epochs=3, train_subset=5000, test_subset=None, block_seeds=3,
-                        base_seeds=3, speed_batch=128, speed_repeats=15, grad_sample_every=4),
-    "full": Profile(layers_epochs=15, blocks_epochs=15, train_subset=None, test_subset=None, block_seeds=5,
-                    base_seeds=3, speed_batch=128, speed_repeats=15, grad_sample_every=20),
+    "quick": Profile(layers_epochs=1, blocks_epochs=1, train_subset=600, test_subset=200, seeds=2, sweep_seeds=1,
+                     eval_points=3, val_eval_samples=None, train_eval_samples=200, speed_batch=8, speed_repeats=2,
+                     grad_sample_every=2, val_size=200),
+    # Standard: 10,000 stratified training images (2x the v1 study's 5k; 22 % of the 45k training
+    # split), 6 epochs for the layer swaps (468 steps), 9 for the blocks and the sweep (702 steps),
+    # every variant x 3 seeds, the sweep x 1 seed; 12 evaluation points on 2,000 validation and 500
+    # training images; the test set once, on a 5,000-image stratified subset. 54 runs (the matched
+    # bottleneck and the sweep's base-lr points are reused runs).
+    # Sizing from a probe (a few bf16 training steps / batch-1000 evaluations, 2 threads, throughput
+    # relative to ResNet(Basic,16-32-64-128) = 3,200 img/s here): training img/s basic 3,740,
+    # bottleneck 1,410, wide k=2 1,550, matched basic / wide (24-40-80) 2,080 / 2,330; base CNN 5,440,
+    # CustomConv2d-WS 2,620, SE 3,680, CBAM 1,440, Swish 2,720, SiLU 4,900, MixedPool 2,050, AvgPool
+    # 5,340, GeM 5,090. Evaluation (batch 1000): 2,100 (bottleneck) .. 19,500 img/s.
+    #   training: layers 3 seeds x 60k images x sum(1/v) = 8.9 min; regimes 3 x 90k x (1/3740 + 1/1410
+    #     + 1/1550 + 1/2080 + 1/2330) = 11.4 min; sweep 4 lrs x 90k x (1/2080 + 1/1410 + 1/2330) = 9.7 min
+    #     -> 30 min
+    #   evaluation: 54 runs x (12 x 2,500 + 5,000 test + 3,600 inference images) = 8.8 min
+    #   + speed study ~0.5 min + data / figures ~0.5 min  => ~40 min on this 2-core AVX-512-bf16 EPYC,
+    #   training ~77 % of the runs' wall time (~85 % if the engine evaluated in batches of 256
+    #   instead of 1000: measured here 1.6-2x faster for these nets).
+    # fp32 on the 2-core AVX2 EPYC: the v1 records (results/custom_layers: fp32 under precision
+    # "auto", so a CPU without bf16) trained basic 935, bottleneck 307, wide 243, base CNN 1,240,
+    # custom layers 670-1,260 img/s at batch 128: 3-5x slower than bf16 here (not 2.5-3x) -> ~126 min
+    # training + ~25 min evaluation = ~150 min there. 75 min there would need 3 epochs for both
+    # studies (~21 min here, ~55 % of it training: the fixed per-run evaluation then dominates).
+    "standard": Profile(layers_epochs=6, blocks_epochs=9, train_subset=10_000, test_subset=5000, seeds=3,
+                        sweep_seeds=1, eval_points=12, val_eval_samples=2000, train_eval_samples=500,
+                        speed_batch=128, speed_repeats=15, grad_sample_every=5),
+    "full": Profile(layers_epochs=15, blocks_epochs=20, train_subset=None, test_subset=None, seeds=5, sweep_seeds=3,
+                    eval_points=20, val_eval_samples=None, train_eval_samples=2000, speed_batch=128,
+                    speed_repeats=15, grad_sample_every=20),
 }
 
-# One config for both studies, fixed before any result was seen: SGD-Nesterov + one-cycle (as task 1),
-# weight decay 5e-4, no augmentation (3 epochs are too few for it to pay off).
-LAYERS_CONFIG = ExperimentConfig(batch_size=128, lr=0.1, optimizer="sgd", schedule="onecycle", weight_decay=5e-4,
-                                 train_eval_samples=1000)
-HIGH_LR_FACTOR = 8.0   # the stability probe: peak lr 8x the shared one (0.1 -> 0.8)
+# One recipe for every run of the task, fixed before any result was seen: SGD-Nesterov + one-cycle
+# (as task 1), weight decay 5e-4, no augmentation; He init, no zero-init of residual ends, no dropout.
+BASE_CONFIG = ExperimentConfig(batch_size=128, lr=0.1, optimizer="sgd", schedule="onecycle", weight_decay=5e-4,
+                               init="kaiming", zero_init_residual=False, dropout=0.0)
 WIDTH = 32             # SwappableCNN widths 32-64-128 (~95 k parameters, ~21 MFLOPs/image)
-SE_REDUCTION = 8       # 32 channels -> hidden 4 in the first stage
-
-
-# ------------------------------------------------------------------------------------- speed
-@dataclass(frozen=True)
-class SpeedCase:
-    layer: str
-    variant: str
-    custom: Callable[[], nn.Module]
-    autograd: Callable[[], nn.Module] | None      # same forward, autograd backward (autograd_reference)
-    standard: Callable[[], nn.Module] | None      # the standard PyTorch layer it replaces
-    same_as_standard: bool = False                # custom == standard numerically (extra logic off)
-    positive_input: bool = False                  # feed relu(x): GeM sees post-ReLU features
-
-
-def speed_cases(c: int) -> list[SpeedCase]:
-    conv = functools.partial(CustomConv2d, c, c, 3, padding=1, bias=False)
-    aconv = lambda **kw: autograd_reference(conv(**kw))  # noqa: E731
-    std_conv = lambda: nn.Conv2d(c, c, 3, padding=1, bias=False)  # noqa: E731
-    return [
-        SpeedCase("CustomConv2d", "options off", conv, None, std_conv, same_as_standard=True),
-        SpeedCase("CustomConv2d", "weight standardisation", functools.partial(conv, weight_standardization=True),
-                  functools.partial(aconv, weight_standardization=True), std_conv),
-        SpeedCase("CustomConv2d", "WS + channel gate",
-                  functools.partial(conv, weight_standardization=True, channel_gate=True),
-                  functools.partial(aconv, weight_standardization=True, channel_gate=True), std_conv),
-        SpeedCase("ChannelAttention (SE)", f"reduction {SE_REDUCTION}", lambda: ChannelAttention(c, SE_REDUCTION),
-                  lambda: autograd_reference(ChannelAttention(c, SE_REDUCTION)), None),
-        SpeedCase("CBAM", f"SE r={SE_REDUCTION} + 7x7 spatial", lambda: CBAM(c, SE_REDUCTION),
-                  lambda: autograd_reference(CBAM(c, SE_REDUCTION)), None),
-        SpeedCase("Swish", "beta = 1 fixed (= SiLU)", lambda: Swish(1.0, learnable=False),
-                  lambda: autograd_reference(Swish(1.0, learnable=False)), nn.SiLU, same_as_standard=True),
-        SpeedCase("Swish", "beta learnable", lambda: Swish(1.0, learnable=True),
-                  lambda: autograd_reference(Swish(1.0)), nn.ReLU),
-        SpeedCase("GeMPool2d", "global, p = 1 fixed (= avg)", lambda: GeMPool2d(p=1.0, learnable=False),
-                  lambda: autograd_reference(GeMPool2d(p=1.0, learnable=False)), lambda: nn.AdaptiveAvgPool2d(1),
-                  same_as_standard=True, positive_input=True),
-        SpeedCase("GeMPool2d", "global, p learnable", lambda: GeMPool2d(p=3.0),
-                  lambda: autograd_reference(GeMPool2d(p=3.0)), lambda: nn.AdaptiveAvgPool2d(1), positive_input=True),
-        SpeedCase("MixedPool2d", "2x2, alpha learnable", lambda: MixedPool2d(2),
-                  lambda: autograd_reference(MixedPool2d(2)), lambda: nn.MaxPool2d(2)),
-    ]
-
-
-def run_speed(profile: Profile, runtime: Runtime, out_dir: Path, plots_dir: Path, force: bool) -> dict:
-    """Time every :class:`SpeedCase`; reuse ``layer_speed.json`` when the settings are unchanged."""
-    channels, size = 32, 32
-    settings = {"batch": profile.speed_batch, "channels": channels, "size": size, "repeats": profile.speed_repeats,
-                "warmup": 2, "threads": runtime.threads, "device": str(runtime.device),
-                "channels_last": runtime.channels_last, "dtype": "float32",
-                "cases": [f"{c.layer} | {c.variant}" for c in speed_cases(channels)]}
-    path = out_dir / "layer_speed.json"
-    old = None if force else read_json(path)
-    if old is not None and old.get("settings") == settings:
-        log.info("speed: measurements with the same settings found in %s, re-plotting only", path)
-        result = old
-    else:
-        fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(profile.speed_batch, channels, size, size, generator=gen).to(runtime.device,
-                                                                                    memory_format=fmt)
-        rows = []
-        for case in speed_cases(channels):
-            torch.manual_seed(0)
-            mods: dict[str, nn.Module] = {"custom": case.custom()}
-            if case.autograd is not None:
-                mods["autograd"] = case.autograd()
-                mods["autograd"].load_state_dict(mods["custom"].state_dict())  # identical parameters
-            if case.standard is not None:
-                mods["standard"] = case.standard()
-                if case.same_as_standard:
-                    mods["standard"].load_state_dict(mods["custom"].state_dict(), strict=False)
-            for m in mods.values():
-                m.to(runtime.device, memory_format=fmt)
-            xin = x.relu() + 1e-3 if case.positive_input else x
-            t = time_forward_backward(mods, xin, repeats=profile.speed_repeats, warmup=2)
-            with torch.no_grad():
-                y = mods["custom"](xin)
-                ref = mods.get("autograd") or (mods["standard"] if case.same_as_standard else None)
-                diff = float((y - ref(xin)).abs().max()) if ref is not None else None
-            row = {"layer": case.layer, "variant": case.variant, "same_as_standard": case.same_as_standard,
-                   "custom_ms": t["custom"]["median_ms"],
-                   "autograd_ms": t["autograd"]["median_ms"] if "autograd" in t else None,
-                   "standard_ms": t["standard"]["median_ms"] if "standard" in t else None,
-                   "standard_layer": type(mods["standard"]).__name__ if "standard" in mods else None,
-                   "max_abs_diff_vs_reference": diff, "times_ms": {k: v["times_ms"] for k, v in t.items()}}
-            row["ratio_vs_autograd"] = row["custom_ms"] / row["autograd_ms"] if row["autograd_ms"] else None
-            row["ratio_vs_standard"] = row["custom_ms"] / row["standard_ms"] if row["standard_ms"] else None
-            log.info("speed %-22s %-28s custom %.2f ms | autograd %s | standard %s", case.layer, case.variant,
-                     row["custom_ms"], _ms(row["autograd_ms"]), _ms(row["standard_ms"]))
-            rows.append(row)
-        result = {"settings": settings, "input_shape": list(x.shape),
-                  "what": "median forward+backward wall time per call (ms), modules timed in rotation on the "
-                          "same input; ratio = custom / other", "rows": rows}
-        write_json(path, result)
-    atomic_write_text(out_dir / "layer_speed.md", _speed_markdown(result) + "\n")
-    block_plots.plot_layer_speed(result["rows"], plots_dir / "layer_speed.png",
-                         f"Custom layers: forward + backward time per batch "
-                         f"({settings['batch']}x{channels}x{size}x{size}, {settings['threads']} CPU threads)")
-    return result
-
-
-def _speed_markdown(result: dict) -> str:
-    st = result["settings"]
-
-    def ratio(v: float | None) -> str:
-        return "-" if v is None else f"×{v:.2f}"
-
-    rows = [[r["layer"], r["variant"], f"{r['custom_ms']:.2f}", _ms(r["autograd_ms"]), ratio(r["ratio_vs_autograd"]),
-             r["standard_layer"] or "-", _ms(r["standard_ms"]), ratio(r["ratio_vs_standard"]),
-             "-" if r["max_abs_diff_vs_reference"] is None else f"{r['max_abs_diff_vs_reference']:.1e}"]
-            for r in result["rows"]]
-    table = markdown_table(["layer", "variant", "custom (ms)", "autograd, same maths (ms)", "custom / autograd",
-                            "standard layer", "standard (ms)", "custom / standard", "max abs diff"], rows)
-    return "\n".join([f"Input {st['batch']}x{st['channels']}x{st['size']}x{st['size']} "
-                      f"({'channels_last, ' if st['channels_last'] else ''}{st['dtype']}, {st['threads']} threads, "
-                      f"{st['device']}); median of {st['repeats']} side-by-side rounds.", "", table])
-
-
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f} ms"
 
 
 # ------------------------------------------------------------------------------------ layers
-def layer_specs(classes: int, base_seeds: int) -> list[ModelSpec]:
-    """Base CNN (several seeds) + one spec per swapped layer; everything else identical."""
-    def cnn(**swap) -> Callable[[ExperimentConfig], nn.Module]:
-        return lambda c: SwappableCNN(WIDTH, 3, classes, **swap)
-
-    base_desc = f"SwappableCNN {WIDTH}-{2 * WIDTH}-{4 * WIDTH}: Conv2d, BN, ReLU, MaxPool2d(2); avg-pool head"
-    specs = [ModelSpec("base" if s == 0 else f"base_seed{s}", cnn(), base_desc + (f" (seed +{s})" if s else ""),
-                       group="base", variant="base", seed=s) for s in range(base_seeds)]
-    # group = the layer swapped; variant = what it is compared against (the base CNN's layer, or
-    # the native op with the same maths)
-    specs += [
-        ModelSpec("conv_ws", cnn(conv=functools.partial(CustomConv2d, weight_standardization=True)),
-                  "conv -> CustomConv2d with weight standardisation", group="conv", variant="nn.Conv2d"),
-        ModelSpec("attn_se", cnn(attention=lambda ch: ChannelAttention(ch, SE_REDUCTION)),
-                  f"+ ChannelAttention (SE, reduction {SE_REDUCTION}) after each activation", group="attention",
-                  variant="no attention"),
-        ModelSpec("attn_cbam", cnn(attention=lambda ch: CBAM(ch, SE_REDUCTION, kernel_size=7)),
-                  f"+ CBAM (SE r={SE_REDUCTION} + 7x7 spatial attention) after each activation", group="attention",
-                  variant="no attention"),
-        ModelSpec("act_swish", cnn(act=lambda: Swish(1.0, learnable=True)), "ReLU -> Swish, beta learnable (init 1)",
-                  group="activation", variant="nn.ReLU"),
-        ModelSpec("act_silu_native", cnn(act=nn.SiLU), "ReLU -> nn.SiLU (native Swish with beta = 1)",
-                  group="activation", variant="nn.ReLU"),
-        ModelSpec("pool_mixed", cnn(pool=lambda: MixedPool2d(2)), "MaxPool2d -> MixedPool2d (alpha learnable, init 0.5)",
-                  group="pooling", variant="nn.MaxPool2d"),
-        ModelSpec("pool_avg_native", cnn(pool=lambda: nn.AvgPool2d(2)), "MaxPool2d -> nn.AvgPool2d (native)",
-                  group="pooling", variant="nn.MaxPool2d"),
-        ModelSpec("head_gem", cnn(head_pool=lambda: GeMPool2d(p=3.0)), "avg-pool head -> GeMPool2d (p learnable, init 3)",
-                  group="head pooling", variant="nn.AdaptiveAvgPool2d"),
-    ]
-    return specs
+@dataclass(frozen=True)
+class LayerVariant:
+    name: str
+    layer: str                # the base CNN's layer that is swapped ("-" for the base CNN itself)
+    description: str
+    swap: dict                # SwappableCNN keyword arguments
 
 
-def _nan(v: float | None) -> float:
-    return np.nan if v is None else v
+LAYER_VARIANTS = (
+    LayerVariant("base", "-", f"SwappableCNN {WIDTH}-{2 * WIDTH}-{4 * WIDTH}: Conv2d, BN, ReLU, MaxPool2d(2); "
+                 "avg-pool head", {}),
+    LayerVariant("conv_ws", "conv", "conv -> CustomConv2d with weight standardisation",
+                 {"conv": functools.partial(CustomConv2d, weight_standardization=True)}),
+    LayerVariant("attn_se", "attention", f"+ ChannelAttention (SE, reduction {SE_REDUCTION}) after each activation",
+                 {"attention": lambda ch: ChannelAttention(ch, SE_REDUCTION)}),
+    LayerVariant("attn_cbam", "attention", f"+ CBAM (SE r={SE_REDUCTION} + 7x7 spatial attention) after each "
+                 "activation", {"attention": lambda ch: CBAM(ch, SE_REDUCTION, kernel_size=7)}),
+    LayerVariant("act_swish", "activation", "ReLU -> Swish, beta learnable (init 1)",
+                 {"act": lambda: Swish(1.0, learnable=True)}),
+    LayerVariant("act_silu_native", "activation", "ReLU -> nn.SiLU (native Swish with beta = 1)", {"act": nn.SiLU}),
+    LayerVariant("pool_mixed", "pooling", "MaxPool2d -> MixedPool2d (alpha learnable, init 0.5)",
+                 {"pool": lambda: MixedPool2d(2)}),
+    LayerVariant("pool_avg_native", "pooling", "MaxPool2d -> nn.AvgPool2d (native)", {"pool": lambda: nn.AvgPool2d(2)}),
+    LayerVariant("head_gem", "head pooling", "avg-pool head -> GeMPool2d (p learnable, init 3)",
+                 {"head_pool": lambda: GeMPool2d(p=3.0)}),
+)
+# Besides every variant against the base CNN: each custom layer against its native twin.
+NATIVE_PAIRS = (("act_swish", "act_silu_native"), ("pool_mixed", "pool_avg_native"), ("attn_cbam", "attn_se"))
+
+
+def _swappable(classes: int, swap: dict) -> Callable[[ExperimentConfig], nn.Module]:
+    return lambda c: SwappableCNN(WIDTH, 3, classes, **swap)
+
+
+def layer_specs(classes: int, seeds: int) -> list[ModelSpec]:
+    """Every variant for seeds ``0..seeds-1``, seed-major (a partial run covers every variant);
+    group = the layer swapped, variant = the variant's name."""
+    specs = [ModelSpec(v.name, _swappable(classes, v.swap), v.description, group=v.layer, variant=v.name)
+             for v in LAYER_VARIANTS]
+    return [s.with_seed(k) for k in range(seeds) for s in specs]
 
 
 def learned_scalars(model: nn.Module | None) -> dict:
@@ -265,201 +177,270 @@ def learned_scalars(model: nn.Module | None) -> dict:
     return out
 
 
-def analyse_layers(run: ExperimentRun, out_dir: Path, plots_dir: Path) -> dict:
-    """Compare every swap with the base CNN; write ``layers_comparison.{json,md}`` and the figures."""
-    records = run.records
-    base = [r for r in records if r.group == "base"]
-    base_acc = seed_statistics([_nan(r.summary.test_acc) for r in base])
-    base_epoch = seed_statistics([_nan(r.summary.epoch_time_s) for r in base])
-    rows = []
-    for r in records:
-        s = r.summary
-        kind, vs = ("base", "-") if r.group == "base" else (r.group, r.variant)
-        acc = _nan(s.test_acc)
-        rows.append({
-            "model": r.model, "swapped": kind, "compared_with": vs, "description": r.description,
-            "status": r.status, "test_acc": acc, "best_val_acc": _nan(s.best_val_acc),
-            "train_acc": _nan(s.final_train_acc),
-            "delta_vs_base_mean_pp": 100 * (acc - base_acc["mean"]),
-            "delta_vs_base_mean": acc - base_acc["mean"],   # the same as a fraction (README's "pp" format)
-            "params": s.params, "extra_params_vs_base": s.params - base[0].summary.params,
-            "mflops": s.mflops, "epoch_time_s": _nan(s.epoch_time_s),
-            "epoch_time_ratio_vs_base": _nan(s.epoch_time_s) / base_epoch["mean"],
-            "throughput_img_s": _nan(s.throughput_img_s),
-            "learned": learned_scalars(run.models.get(r.model)),
-        })
-    summary = {"base_test_acc": base_acc, "base_epoch_time_s": base_epoch, "rows": rows,
-               "data": records[0].data, "config": records[0].config,
-               "note": "delta_vs_base_mean_pp = test accuracy minus the mean over the base CNN's seeds, in "
-                       "percentage points; compare it with base_test_acc.std (seed noise)."}
-    write_json(out_dir / "layers_comparison.json", summary)
-    atomic_write_text(out_dir / "layers_comparison.md", _layers_markdown(summary) + "\n")
-    block_plots.plot_layer_swap(rows, base_acc, plots_dir / "layers_swap_summary.png",
-                        "CIFAR-10, one layer swapped at a time: test accuracy and training cost vs the base CNN")
-    viz.plot_learning_curves([r for r in records if r.group != "base" or r.seed == 0],
-                             plots_dir / "layers_learning_curves.png", "Layer swaps: learning curves")
-    viz.plot_accuracy_vs_cost(records, plots_dir / "layers_accuracy_vs_cost.png",
-                              "Layer swaps: test accuracy vs size and cost")
-    return summary
-
-
-def _layers_markdown(summary: dict) -> str:
-    b = summary["base_test_acc"]
-    rows = []
-    for r in summary["rows"]:
-        learned = "; ".join(f"{k} " + ", ".join(f"{v:.3f}" for v in vals) for k, vals in r["learned"].items())
-        rows.append([r["model"], r["swapped"], r["compared_with"], f"{100 * r['test_acc']:.2f} %",
-                     f"{r['delta_vs_base_mean_pp']:+.2f} pp", f"{r['params']:,} ({r['extra_params_vs_base']:+,})",
-                     f"{r['mflops']:.1f}", f"{r['epoch_time_s']:.1f}", f"{r['epoch_time_ratio_vs_base']:.2f}", learned])
-    table = markdown_table(["model", "swapped", "vs", "test acc", "Δ vs base mean", "params (+extra)", "MFLOPs",
-                            "s/epoch", "×base time", "learned"], rows)
-    return "\n".join([f"Base CNN over {b['n']} seeds: test accuracy {100 * b['mean']:.2f} ± {100 * b['std']:.2f} % "
-                      f"(mean ± std).", "", table])
-
-
 # ------------------------------------------------------------------------------------ blocks
-@dataclass(frozen=True)
-class BlockArch:
-    block: type[nn.Module]
-    widths: tuple[int, ...]
-    description: str
-    block_dropout: float = 0.0
+BLOCK_TYPES = {"basic": BasicBlock, "bottleneck": BottleneckBlock, "wide": WideBlock}
+STEM = 16                 # stem conv width of every net (CIFAR ResNet / WRN)
+BLOCKS_PER_STAGE = 1      # 3 stages x 1 block: what fits the budget 3 seeds x 2 regimes + the sweep
+WIDEN = 2                 # the wide block's canonical widen factor k on the basic widths
+CANONICAL_WIDTHS = {"basic": (16, 32, 64), "bottleneck": (64, 128, 256),   # bottleneck: inner 16-32-64, x4
+                    "wide": (16 * WIDEN, 32 * WIDEN, 64 * WIDEN)}
+MATCH_TARGET = "bottleneck"   # matched regime: every block at the canonical bottleneck's parameter count
+MATCH_TOL = 0.05
+WIDTH_STEP = 8            # widths are multiples of 8: a 21-wide net trained 2x slower than a 16-wide one here
+# The sweep: peak lr = factor x the recipe's lr (0.04 .. 1.6 at lr 0.1: five values over 40x);
+# factor 1 is the matched regime's own run (reused).
+SWEEP_FACTORS = (0.4, 1.0, 2.5, 6.3, 16.0)
 
 
-# One skeleton: stem conv 16 -> 3 stages x 1 block (stride 2 in stages 2, 3) -> GAP -> linear.
-# Bottleneck: output widths 4x basic, inner (3x3) widths = basic's. Wide: basic widths x k=2 and
-# dropout 0.3 between the two convs (WRN-style pre-activation block).
-BLOCK_ARCHS = {
-    "basic": BlockArch(BasicBlock, (16, 32, 64), "BasicBlock 3x3-3x3, widths 16-32-64"),
-    "bottleneck": BlockArch(BottleneckBlock, (64, 128, 256),
-                            "BottleneckBlock 1x1-3x3-1x1 (x4), inner 16-32-64, out 64-128-256"),
-    "wide": BlockArch(WideBlock, (32, 64, 128), "WideBlock (pre-act), k=2: widths 32-64-128, dropout 0.3",
-                      block_dropout=0.3),
-}
-STEM = 16
+def block_net(block: str, widths: Sequence[int], classes: int) -> nn.Module:
+    """The skeleton every block is compared in: stem conv -> 3 stages (stride 2 in stages 2, 3) -> GAP -> linear."""
+    return ResNet(BLOCK_TYPES[block], tuple(widths), (BLOCKS_PER_STAGE,) * len(widths), num_classes=classes,
+                  stem_channels=STEM, block_dropout=0.0)
 
 
-def build_block_net(arch: BlockArch, classes: int) -> Callable[[ExperimentConfig], nn.Module]:
-    return lambda c: ResNet(arch.block, arch.widths, (1,) * len(arch.widths), num_classes=classes,
-                            stem_channels=STEM, block_dropout=arch.block_dropout)
+def scaled_widths(base: Sequence[int], k: int) -> tuple[int, ...]:
+    """``base`` scaled by ``k / 64``, each width rounded to a multiple of :data:`WIDTH_STEP`."""
+    return tuple(max(WIDTH_STEP, WIDTH_STEP * int(w * k / (64 * WIDTH_STEP) + 0.5)) for w in base)
 
 
-def block_specs(classes: int, seeds: int, high_lr: float) -> list[ModelSpec]:
-    """``<block>_seed<k>`` for every seed (seed-major order, so a partial run covers all blocks),
-    then ``<block>_lr_high`` (seed 0, peak lr ``high_lr``)."""
-    specs = [ModelSpec(f"{name}_seed{s}", build_block_net(a, classes), a.description, group="seeds", variant=name,
-                       seed=s) for s in range(seeds) for name, a in BLOCK_ARCHS.items()]
-    specs += [ModelSpec(f"{name}_lr_high", build_block_net(a, classes), f"{a.description}; peak lr {high_lr:g}",
-                        group="high_lr", variant=name, lr=high_lr) for name, a in BLOCK_ARCHS.items()]
-    return specs
+def block_widths(regime: str, classes: int) -> dict[str, tuple[int, ...]]:
+    """Stage widths per block: the canonical ones, or the canonical ones scaled by one factor per block
+    (solved with ``solve_width_for_params``) so every net has the target block's parameter count."""
+    if regime == "canonical":
+        return dict(CANONICAL_WIDTHS)
+    target = count_parameters(block_net(MATCH_TARGET, CANONICAL_WIDTHS[MATCH_TARGET], classes))["total"]
+    out = {}
+    for block, base in CANONICAL_WIDTHS.items():
+        k, params = solve_width_for_params(lambda k, b=block, w=base: block_net(b, scaled_widths(w, k), classes),
+                                           target, lo=8, hi=512)
+        if relative_param_gap([params], target) > MATCH_TOL:
+            raise RuntimeError(f"{block}: no width within {MATCH_TOL:.0%} of {target:,} parameters ({params:,})")
+        out[block] = scaled_widths(base, k)
+    return out
 
 
-def analyse_blocks(records: list[RunRecord], out_dir: Path, plots_dir: Path, base_lr: float, high_lr: float) -> dict:
-    """Per block: accuracy mean ± std over seeds, costs, loss spread, gradient norms, high-lr behaviour."""
-    groups = {name: [r for r in records if r.group == "seeds" and r.variant == name] for name in BLOCK_ARCHS}
-    high = {name: next((r for r in records if r.group == "high_lr" and r.variant == name), None)
-            for name in BLOCK_ARCHS}
-    blocks = {}
+def _block_build(block: str, widths: tuple[int, ...], classes: int) -> Callable[[ExperimentConfig], nn.Module]:
+    return lambda c: block_net(block, widths, classes)
+
+
+def block_description(block: str, widths: Sequence[int], regime: str) -> str:
+    inner = f" (inner {'-'.join(str(w // 4) for w in widths)})" if block == "bottleneck" else ""
+    return (f"{BLOCK_TYPES[block].__name__} x{BLOCKS_PER_STAGE} per stage, widths {'-'.join(map(str, widths))}"
+            f"{inner}, stem {STEM}; {regime}")
+
+
+def block_specs(regime: str, widths: dict[str, tuple[int, ...]], classes: int, seeds: int) -> list[ModelSpec]:
+    """Every block of ``regime`` for seeds ``0..seeds-1`` (seed-major); group = regime, variant = block."""
+    specs = [ModelSpec(f"{b}_{regime}", _block_build(b, w, classes), block_description(b, w, regime), group=regime,
+                       variant=b) for b, w in widths.items()]
+    return [s.with_seed(k) for k in range(seeds) for s in specs]
+
+
+def sweep_specs(widths: dict[str, tuple[int, ...]], classes: int, base_lr: float, seeds: int) -> list[ModelSpec]:
+    """The matched nets at every lr of the sweep (group ``lr_sweep``, variant = block, ``lr`` set)."""
+    lrs = [base_lr if f == 1 else float(f"{f * base_lr:.4g}") for f in SWEEP_FACTORS]   # 0.04, not 0.0400..01
+    specs = [ModelSpec(f"{b}_lr{lr:g}", _block_build(b, w, classes), f"{block_description(b, w, 'matched')}; "
+                       f"peak lr {lr:g}", group="lr_sweep", variant=b, lr=lr) for lr in lrs for b, w in widths.items()]
+    return [s.with_seed(k) for k in range(seeds) for s in specs]
+
+
+def run_reusing(experiment: str, specs: list[ModelSpec], pool: Sequence[RunRecord], data: DatasetSplits,
+                cfg: ExperimentConfig, runtime: Runtime, results_dir: Path, force: bool, title: str) -> list[RunRecord]:
+    """``run_experiment`` for the specs whose run is not in ``pool`` already (a record with the same
+    config hash: same config, architecture, data and precision); the others are the pool's records."""
+    known = {r.config_hash: r for r in pool}
+    hashes = {s.name: config_hash(s, cfg, data, runtime) for s in specs}
+    fresh = [s for s in specs if hashes[s.name] not in known]
+    done = {r.model: r for r in run_experiment(experiment, fresh, data, cfg, runtime, results_dir, force=force,
+                                               title=title).records} if fresh else {}
+    for s in specs:
+        if s.name not in done:
+            log.info("%s/%s: the same run as %s/%s, reused", experiment, s.name, known[hashes[s.name]].experiment,
+                     known[hashes[s.name]].model)
+    return [done[s.name] if s.name in done else known[hashes[s.name]] for s in specs]
+
+
+# ---------------------------------------------------------------------------------- analysis
+def json_safe(obj):
+    """``obj`` with every NaN / infinite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def _mean(values: Sequence[float | None]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def experiment_timing(records: Sequence[RunRecord], experiment: str) -> dict:
+    """Training seconds and wall seconds of the runs made by ``experiment`` (reused runs count where made)."""
+    own = [r for r in records if r.experiment == experiment]
+    train, total = sum(r.timing.get("train_s", 0.0) for r in own), sum(r.timing.get("total_s", 0.0) for r in own)
+    return {"runs": len(own), "train_s": train, "total_s": total, "train_share": train / total if total else None}
+
+
+# A diverged run has no final accuracy: its last validation point before the divergence is not one.
+RUN_METRICS = {**METRICS, "final_val_acc": lambda r: r.summary.final_val_acc if r.completed else None}
+
+
+def variant_numbers(runs: Sequence[RunRecord]) -> dict:
+    """A variant over its seeds: every metric's mean and 95 % interval, plateau verdicts, size and cost."""
+    return {**summarise_runs(runs, RUN_METRICS), "models": [r.model for r in runs], "runs": len(runs),
+            "diverged": sum(not r.completed for r in runs), "diverged_at": [r.diverged_at for r in runs],
+            "plateau_status": [r.convergence.get("val_acc", {}).get("status") for r in runs],
+            "description": runs[0].description, "made_in": sorted({r.experiment for r in runs}),
+            "params": runs[0].params["total"], "mflops": runs[0].flops_per_image / 1e6,
+            "epoch_time_s": _mean([r.summary.epoch_time_s for r in runs]),
+            "throughput_img_s": _mean([r.summary.throughput_img_s for r in runs]),
+            "train_share": _mean([r.timing.get("train_share") for r in runs]),
+            "per_seed": {"seed": [r.seed for r in runs], "test_acc": [r.test_acc for r in runs],
+                         "final_val_acc": [RUN_METRICS["final_val_acc"](r) for r in runs]}}
+
+
+def difference_row(a: str, runs_a: Sequence[RunRecord], b: str, runs_b: Sequence[RunRecord]) -> dict:
+    """``a - b`` of test and final validation accuracy with 95 % intervals and the README's verdict."""
+    row: dict = {"a": a, "b": b}
+    for metric in ("test_acc", "final_val_acc"):
+        d = compare(runs_a, runs_b, RUN_METRICS[metric])
+        row[metric] = {**d.as_dict(), "verdict": verdict(d)}
+    return row
+
+
+def _by_variant(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
+    """``variant -> runs`` whatever their group (a reused run keeps the group of the experiment that made it)."""
+    return {v: [r for r in records if r.variant == v] for v in dict.fromkeys(r.variant for r in records)}
+
+
+def _status(records: Sequence[RunRecord]) -> dict:
+    bad = sum(not r.completed for r in records)
+    return {"runs": len(records), "diverged_runs": bad, "all_diverged": bool(records) and bad == len(records)}
+
+
+def layers_numbers(records: Sequence[RunRecord], learned: dict[str, dict] | None = None) -> dict:
+    """Every layer variant over seeds, each against the base CNN and each custom layer against its native twin."""
+    groups, learned = _by_variant(records), learned or {}
+    base = groups.get("base", [])
+    base_time = _mean([r.summary.epoch_time_s for r in base])
+    variants = {}
     for name, runs in groups.items():
-        if not runs:
-            continue
-        s0 = runs[0].summary
-        final = [_nan(r.summary.test_acc) for r in runs]
-        grad_tot = [total_grad_norm(r.grad_stats.l2) for r in runs if r.grad_stats.l2]
-        after_init = np.concatenate([g[1:] for g in grad_tot] + [np.array([np.nan])])  # NaN: never empty
-        blocks[name] = {
-            "description": runs[0].description, "seeds": [r.seed for r in runs],
-            "status": [r.status for r in runs],
-            "test_acc": seed_statistics(final),
-            "best_val_acc": seed_statistics([_nan(r.summary.best_val_acc) for r in runs]),
-            "train_acc": seed_statistics([_nan(r.summary.final_train_acc) for r in runs]),
-            "final_test_loss": seed_statistics([_nan(r.summary.test_loss) for r in runs]),
-            "params": s0.params, "mflops": s0.mflops,
-            "train_time_s": seed_statistics([_nan(r.summary.train_time_s) for r in runs]),
-            "epoch_time_s": seed_statistics([_nan(r.summary.epoch_time_s) for r in runs]),
-            "throughput_img_s": seed_statistics([_nan(r.summary.throughput_img_s) for r in runs]),
-            "val_loss_band": curve_band([r.history.val_loss for r in runs]),
-            "train_loss_band": curve_band([r.history.train_loss for r in runs]),
-            "val_acc_band": curve_band([r.history.val_acc for r in runs]),
-            "final_val_loss_rel_spread": relative_spread([r.history.val_loss[-1] for r in runs
-                                                             if r.history.val_loss]),
-            "grad_norm": {
-                "at_init": seed_statistics([g[0] for g in grad_tot]),
-                "median_after_init": _nan_stat(np.nanmedian, after_init),
-                "max_after_init": _nan_stat(np.nanmax, after_init),
-                # variability of the global gradient norm along training (std/mean over recorded steps)
-                "cv_along_training": seed_statistics([float(np.std(g[1:]) / np.mean(g[1:]))
-                                                         for g in grad_tot if len(g) > 2]),
-            },
-        }
-        h = high[name]
-        if h is not None:
-            hs = h.summary
-            hg = total_grad_norm(h.grad_stats.l2) if h.grad_stats.l2 else np.array([np.nan])
-            hg = np.append(hg, np.nan)  # so hg[1:] is never empty; NaN is ignored by the nan-reductions
-            same_seed = next((r for r in runs if r.seed == h.seed), runs[0]).summary
-            both = hs.test_acc is not None and same_seed.test_acc is not None
-            blocks[name]["high_lr"] = {
-                "lr": h.config["lr"], "status": h.status, "diverged_at": h.diverged_at,
-                "test_acc": hs.test_acc, "best_val_acc": hs.best_val_acc,
-                "delta_vs_same_seed_pp": 100 * (hs.test_acc - same_seed.test_acc) if both else None,
-                "delta_vs_seed_mean_pp": (100 * (hs.test_acc - blocks[name]["test_acc"]["mean"])
-                                          if hs.test_acc is not None else None),
-                # the two deltas as fractions, for the README's "pp" format
-                "delta_vs_same_seed": hs.test_acc - same_seed.test_acc if both else None,
-                "delta_vs_seed_mean": (hs.test_acc - blocks[name]["test_acc"]["mean"]
-                                       if hs.test_acc is not None else None),
-                "val_loss": h.history.val_loss, "train_loss": h.history.train_loss,
-                "grad_norm_median_after_init": _nan_stat(np.nanmedian, hg[1:]),
-                "grad_norm_max_after_init": _nan_stat(np.nanmax, hg[1:]),
-            }
-    summary = {"base_lr": base_lr, "high_lr": high_lr, "blocks": blocks, "data": records[0].data,
-               "config": {k: v for k, v in records[0].config.items() if k != "seed"},
-               "note": "test_acc etc.: mean / sample std (ddof=1) / min / max over seeds at the base lr; "
-                       "grad norms: global L2 norm of all conv/linear weight gradients, step 0 = initialisation."}
-    write_json(out_dir / "blocks_stability.json", summary)
-    atomic_write_text(out_dir / "blocks_stability.md", _blocks_markdown(summary) + "\n")
-
-    seed0 = [runs[0] for runs in groups.values() if runs]
-    block_plots.plot_seed_bands(groups, plots_dir / "blocks_loss_bands.png",
-                        f"Residual blocks: loss and accuracy per epoch, mean and min-max over seeds (lr {base_lr:g})")
-    block_plots.plot_grad_norm_traces(groups, high, plots_dir / "blocks_grad_norms.png",
-                              "Residual blocks: global gradient norm during training (mean and min-max over seeds)")
-    block_plots.plot_seed_accuracy(summary["blocks"], plots_dir / "blocks_accuracy_cost.png",
-                           "Residual blocks: test accuracy over seeds, size and cost")
-    block_plots.plot_high_lr(groups, high, plots_dir / "blocks_high_lr.png",
-                     f"Residual blocks at a higher learning rate: peak lr {high_lr:g} vs {base_lr:g}")
-    viz.plot_gradient_flow(seed0, plots_dir / "blocks_gradient_flow.png", "Residual blocks: gradient flow (seed 0)")
-    viz.plot_learning_curves(seed0, plots_dir / "blocks_learning_curves.png", "Residual blocks: learning curves (seed 0)")
-    return summary
+        v = variant_numbers(runs)
+        variants[name] = {**v, "layer": runs[0].group, "extra_params_vs_base": v["params"] - base[0].params["total"]
+                          if base else None, "epoch_time_ratio_vs_base": v["epoch_time_s"] / base_time,
+                          "learned": {r.model: learned.get(r.model, {}) for r in runs}}
+    return {**_status(records), "variants": variants,
+            "vs_base": [difference_row(n, runs, "base", base) for n, runs in groups.items() if n != "base" and base],
+            "custom_vs_native": [difference_row(a, groups[a], b, groups[b]) for a, b in NATIVE_PAIRS
+                                 if a in groups and b in groups],
+            "timing": experiment_timing(records, f"{SUBDIR}/layers"),
+            "data": records[0].data if records else {}, "config": records[0].config if records else {},
+            "note": "differences: mean(a) - mean(b), fractions, 95 % t interval, paired by seed; 'real' only when "
+                    "the interval excludes zero"}
 
 
-def _nan_stat(fn: Callable, values: np.ndarray) -> float:
-    """``fn`` (a NaN-ignoring numpy reduction) of ``values``, NaN when nothing finite is left."""
-    return float(fn(values)) if np.isfinite(values).any() else float("nan")
+def blocks_numbers(records: Sequence[RunRecord], regime: str, widths: dict[str, tuple[int, ...]]) -> dict:
+    """The blocks of one regime over seeds, every pair of blocks compared, params matched or not."""
+    groups = _by_variant(records)
+    blocks = {b: {**variant_numbers(runs), **stability_over_seeds(runs), "widths": list(widths.get(b, ()))}
+              for b, runs in groups.items()}
+    params, names = {b: v["params"] for b, v in blocks.items()}, list(groups)
+    gap = relative_param_gap(list(params.values()), params[MATCH_TARGET]) if MATCH_TARGET in params else None
+    return {**_status(records), "regime": regime, "blocks": blocks, "params": params, "param_gap_vs_target": gap,
+            "match_target": MATCH_TARGET, "match_tol": MATCH_TOL,
+            "differences": [difference_row(a, groups[a], b, groups[b]) for i, a in enumerate(names)
+                            for b in names[i + 1:]],
+            "timing": experiment_timing(records, f"{SUBDIR}/blocks_{regime}"),
+            "config": {k: v for k, v in records[0].config.items() if k != "seed"} if records else {},
+            "data": records[0].data if records else {}}
 
 
-def _pm(st: dict, scale: float = 100.0, unit: str = " %") -> str:
-    return f"{scale * st['mean']:.2f} ± {scale * st['std']:.2f}{unit}"
+def sweep_numbers(records: Sequence[RunRecord], base_lr: float) -> dict:
+    """Per block and lr: accuracies over seeds, divergence, spikes, gradient norms; the frontier per block."""
+    blocks = {b: {**sweep_points(runs), "params": runs[0].params["total"]} for b, runs in _by_variant(records).items()}
+    return {**_status(records), "base_lr": base_lr, "factors": list(SWEEP_FACTORS), "blocks": blocks,
+            "spike_definition": {"window_steps": SPIKE_WINDOW, "rises_percent": [100 * x for x in SPIKE_RISES],
+                                 "rule": "training loss of a step > (1 + rise) x mean of the previous window steps"},
+            "timing": experiment_timing(records, f"{SUBDIR}/lr_sweep")}
 
 
-def _blocks_markdown(summary: dict) -> str:
-    rows = []
-    for name, b in summary["blocks"].items():
-        hl = b.get("high_lr")
-        if hl is None:
-            high = "-"
-        elif hl["status"] != "completed":
-            high = f"{hl['status']} at epoch {hl['diverged_at']['epoch']}"
-        else:
-            high = f"{100 * hl['test_acc']:.2f} % ({hl['delta_vs_same_seed_pp']:+.2f} pp)"
-        rows.append([name, f"{b['params']:,}", f"{b['mflops']:.1f}", f"{_pm(b['test_acc'])} (n={b['test_acc']['n']})",
-                     f"{100 * b['test_acc']['min']:.2f}–{100 * b['test_acc']['max']:.2f} %", _pm(b["train_acc"]),
-                     f"{b['epoch_time_s']['mean']:.1f}", f"{b['grad_norm']['at_init']['mean']:.3g}",
-                     f"{b['grad_norm']['cv_along_training']['mean']:.2f}", high])
-    return markdown_table(["block", "params", "MFLOPs/img", "test acc (mean ± std)", "min-max", "train acc", "s/epoch",
-                           "grad norm at init", "grad-norm CV", f"lr {summary['high_lr']:g}: test acc (Δ same seed)"],
-                          rows)
+# ---------------------------------------------------------------------------- tables, files
+def _pct(s: dict) -> str:
+    if s["n"] == 0:
+        return "–"
+    half = "" if math.isnan(s["half_width"]) else f" ± {100 * s['half_width']:.2f}"
+    return f"{100 * s['mean']:.2f}{half} % (n={s['n']})"
+
+
+def _diff(row: dict, metric: str = "test_acc") -> str:
+    d = row[metric]
+    if math.isnan(d["mean_difference"]):
+        return f"– ({d['verdict']})"
+    ci = "" if math.isnan(d["ci95_low"]) else f" [{100 * d['ci95_low']:+.2f}, {100 * d['ci95_high']:+.2f}]"
+    return f"{100 * d['mean_difference']:+.2f} pp{ci}: {d['verdict']}"
+
+
+def _num(v: float | None, fmt: str = ".3g") -> str:
+    return "–" if v is None or not math.isfinite(v) else format(v, fmt)
+
+
+def _runs_note(n: dict) -> str:
+    if n["all_diverged"]:
+        return f"**Every run diverged ({n['diverged_runs']} of {n['runs']}).**"
+    return f"{n['runs']} runs, {n['diverged_runs']} diverged."
+
+
+def _diff_table(rows: Sequence[dict]) -> str:
+    return markdown_table(["a", "b", "test acc a − b [95 % CI]", "final val acc a − b [95 % CI]"],
+                          [[r["a"], r["b"], _diff(r), _diff(r, "final_val_acc")] for r in rows])
+
+
+def layers_markdown(n: dict) -> str:
+    rows = [[name, v["layer"], f"{v['params']:,}", _num(v["mflops"], ".1f"), _pct(v["test_acc"]),
+             _pct(v["final_val_acc"]), f"{v['converged']}/{v['runs']}", _num(v["epoch_time_s"], ".1f"),
+             _num(v["epoch_time_ratio_vs_base"], ".2f")] for name, v in n["variants"].items()]
+    return "\n\n".join([_runs_note(n), markdown_table(
+        ["variant", "layer swapped", "params", "MFLOPs/img", "test acc (95 % CI)", "final val acc (95 % CI)",
+         "val plateaued", "s/epoch", "× base time"], rows), _diff_table(n["vs_base"] + n["custom_vs_native"])]) + "\n"
+
+
+def blocks_markdown(n: dict) -> str:
+    rows = [[b, "-".join(map(str, v["widths"])), f"{v['params']:,}", _num(v["mflops"], ".1f"), _pct(v["test_acc"]),
+             _pct(v["final_val_acc"]), f"{v['converged']}/{v['runs']}", _num(v["epoch_time_s"], ".1f"),
+             _num(v["grad_norm_median"]["mean"])] for b, v in n["blocks"].items()]
+    gap = "–" if n["param_gap_vs_target"] is None else f"{100 * n['param_gap_vs_target']:.1f} %"
+    return "\n\n".join([f"Regime **{n['regime']}**; largest parameter gap to the {n['match_target']} net: {gap}. "
+                        + _runs_note(n), markdown_table(
+                            ["block", "widths", "params", "MFLOPs/img", "test acc (95 % CI)", "final val acc (95 % CI)",
+                             "val plateaued", "s/epoch", "median grad norm"], rows),
+                        _diff_table(n["differences"])]) + "\n"
+
+
+def sweep_markdown(n: dict) -> str:
+    rises = [f"{x:g}" for x in n["spike_definition"]["rises_percent"]]
+    rows = [[b, f"{p['lr']:g}", f"{p['n'] - p['diverged']}/{p['n']}", _pct(p["final_val_acc"]), _pct(p["test_acc"])]
+            + [_num(p["loss_spike_steps"][r], ".1f") for r in rises]
+            + [_num(p["grad_norm_median"]), _num(p["grad_norm_max"])]
+            for b, v in n["blocks"].items() for p in v["points"]]
+    frontier = [f"- {b}: " + (f"diverges from lr {v['frontier']['frontier']:g}" if v["frontier"]["frontier"] else
+                              "no divergence in the sweep")
+                + f"; best lr by validation: {_num(v['best_lr_by_val'], 'g')}" for b, v in n["blocks"].items()]
+    return "\n\n".join([_runs_note(n) + f" Spike: a step's training loss > (1 + x) × the mean of the previous "
+                        f"{n['spike_definition']['window_steps']} steps.", markdown_table(
+                            ["block", "peak lr", "completed", "final val acc", "test acc"]
+                            + [f"spike steps (x={r} %)" for r in rises] + ["grad norm median", "grad norm max"], rows),
+                        "\n".join(frontier)]) + "\n"
+
+
+def write_analysis(numbers: dict, markdown: str, exp_dir: Path, what: str) -> None:
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    write_json(exp_dir / "analysis.json", json_safe(numbers))
+    atomic_write_text(exp_dir / "analysis.md", markdown)
+    if numbers["all_diverged"]:
+        log.warning("%s: every run diverged (%d runs); the analysis says so in %s", what, numbers["runs"], exp_dir)
 
 
 # -------------------------------------------------------------------------------------- main
@@ -474,31 +455,68 @@ def main(argv: list[str] | None = None) -> int:
     profile = PROFILES[args.profile]
     todo = args.only or EXPERIMENTS
     log.info("profile %s (%s), runtime %s", args.profile, asdict(profile), runtime.describe())
+    wall0, timing = time.perf_counter(), {"profile": args.profile, "only": list(todo), "experiments": {}}
 
     if "speed" in todo:
-        run_speed(profile, runtime, out_dir, dirs.plots, args.force)
-    if not {"layers", "blocks"} & set(todo):
-        return 0
-    data = load_data(args, dirs, "cifar10", profile.train_subset, profile.test_subset, profile.val_size)
-    classes = data.num_classes
-    source = f"{data.source}, {len(data.train)} train / {len(data.test)} test"
+        run_speed(profile.speed_batch, profile.speed_repeats, runtime, out_dir, dirs.plots, args.force)
+        timing["speed_s"] = time.perf_counter() - wall0
+    if set(todo) - {"speed"}:
+        data = load_data(args, dirs, "cifar10", profile.train_subset, profile.test_subset, profile.val_size)
+        classes = data.num_classes
+        source = f"{data.source}, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test"
+        base = BASE_CONFIG.replace(eval_points=profile.eval_points, val_eval_samples=profile.val_eval_samples,
+                                   train_eval_samples=profile.train_eval_samples,
+                                   grad_sample_every=profile.grad_sample_every)
     if "layers" in todo:
-        cfg = apply_cli_overrides(LAYERS_CONFIG.replace(epochs=profile.layers_epochs,
-                                                        grad_sample_every=profile.grad_sample_every), args)
-        run = run_experiment(f"{SUBDIR}/layers", layer_specs(classes, profile.base_seeds), data, cfg, runtime,
-                             dirs.results, force=args.force, keep_models=True,
-                             title=f"CIFAR-10 layer swaps ({source})")
-        analyse_layers(run, out_dir, dirs.plots)
-        log.info("layers done: %s", out_dir / "layers_comparison.md")
+        cfg = apply_cli_overrides(base.replace(epochs=profile.layers_epochs), args)
+        run = run_experiment(f"{SUBDIR}/layers", layer_specs(classes, profile.seeds), data, cfg, runtime, dirs.results,
+                             force=args.force, keep_models=True, title=f"CIFAR-10 layer swaps ({source})")
+        numbers = layers_numbers(run.records, {name: learned_scalars(m) for name, m in run.models.items()})
+        write_analysis(numbers, layers_markdown(numbers), out_dir / "layers", "layers")
+        block_plots.plot_layer_swaps(numbers, dirs.plots / "layers_swap_summary.png",
+                                     f"CIFAR-10, one layer of the base CNN swapped at a time ({source})")
+        timing["experiments"]["layers"] = numbers["timing"]
+    pool: list[RunRecord] = []
+    if {"blocks", "lr_sweep"} & set(todo):
+        cfg = apply_cli_overrides(base.replace(epochs=profile.blocks_epochs), args)
     if "blocks" in todo:
-        cfg = apply_cli_overrides(LAYERS_CONFIG.replace(epochs=profile.blocks_epochs,
-                                                        grad_sample_every=profile.grad_sample_every), args)
-        high_lr = HIGH_LR_FACTOR * cfg.lr
-        records = run_experiment(f"{SUBDIR}/blocks", block_specs(classes, profile.block_seeds, high_lr), data,
-                                 cfg, runtime, dirs.results, force=args.force,
-                                 title=f"CIFAR-10 residual blocks ({source})").records
-        analyse_blocks(records, out_dir, dirs.plots, cfg.lr, high_lr)
-        log.info("blocks done: %s", out_dir / "blocks_stability.md")
+        regimes = {}
+        for regime in ("canonical", "matched"):
+            widths = block_widths(regime, classes)
+            records = run_reusing(f"{SUBDIR}/blocks_{regime}", block_specs(regime, widths, classes, profile.seeds),
+                                  pool, data, cfg, runtime, dirs.results, args.force,
+                                  f"CIFAR-10 residual blocks, {regime} ({source})")
+            pool += records
+            regimes[regime] = blocks_numbers(records, regime, widths)
+            write_analysis(regimes[regime], blocks_markdown(regimes[regime]), out_dir / f"blocks_{regime}",
+                           f"blocks ({regime})")
+            block_plots.plot_seed_bands(_by_variant(records), dirs.plots / f"blocks_{regime}_curves.png",
+                                        f"Residual blocks, {regime} configurations: mean and min-max over seeds "
+                                        f"(peak lr {cfg.lr:g})")
+            timing["experiments"][f"blocks_{regime}"] = regimes[regime]["timing"]
+        block_plots.plot_block_regimes(regimes, dirs.plots / "blocks_regimes.png",
+                                       f"Residual blocks on CIFAR-10 ({source})")
+    if "lr_sweep" in todo:
+        if not pool and not args.force:   # the sweep's base-lr runs may exist from an earlier invocation
+            pool = [r for regime in ("canonical", "matched") for r in load_records(out_dir / f"blocks_{regime}")]
+        records = run_reusing(f"{SUBDIR}/lr_sweep", sweep_specs(block_widths("matched", classes), classes, cfg.lr,
+                                                                 profile.sweep_seeds),
+                              pool, data, cfg, runtime, dirs.results, args.force,
+                              f"CIFAR-10 residual blocks, lr sweep ({source})")
+        numbers = sweep_numbers(records, cfg.lr)
+        write_analysis(numbers, sweep_markdown(numbers), out_dir / "lr_sweep", "lr sweep")
+        block_plots.plot_lr_sweep(numbers, dirs.plots / "blocks_lr_sweep.png",
+                                  f"Residual blocks (matched size) along a learning-rate sweep ({source})")
+        timing["experiments"]["lr_sweep"] = numbers["timing"]
+    wall = time.perf_counter() - wall0
+    train = sum(t["train_s"] for t in timing["experiments"].values())
+    # The script's wall time is that of a whole invocation: one of a part (--only) does not replace it.
+    write_json(out_dir / ("timing.json" if args.only is None else "timing_partial.json"), json_safe({
+        **timing, "wall_s": wall, "train_s_of_runs_made": train, "train_share_of_wall": train / wall,
+        "runtime": runtime.describe(),
+        "note": "wall_s is this invocation; train_s counts every run of the experiments at the time it was made, "
+                "so the share is the script's only when every run was trained in this invocation"}))
+    log.info("done in %.1f min: results in %s, figures in %s", wall / 60, out_dir, dirs.plots)
     return 0
 
 

@@ -1,21 +1,32 @@
-"""Figures of the custom-layer study (task 3): layer speed, layer swaps, and the residual-block
-comparison over seeds (loss bands, gradient-norm traces, accuracy per seed, higher learning rate).
+"""Figures of the custom-layer study (task 3): layer speed, the layer swaps against the base CNN,
+the residual blocks in two regimes over seeds, their curves, and the learning-rate sweep.
+
+Every figure reads the analysis dicts the script writes (``analysis.json`` before NaN -> None, so
+missing numbers are NaN or None) and draws what exists: a variant or block whose every run diverged
+is marked, never a crash. Accuracy is accuracy (%), validation and test are labelled apart.
 Shared style and helpers: ``utils.plot_common``.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import ticker
+from matplotlib.lines import Line2D
 
-from utils.gradient_stats import total_grad_norm
 from utils.statistics import curve_band
-from utils.plot_common import palette, save_figure, styled
+from utils.plot_common import palette, plain_minor_log_labels, save_figure, styled
 from utils.records import RunRecord
+
+DIVERGED_COLOR = "crimson"
+
+
+def _finite(v) -> bool:
+    return v is not None and math.isfinite(v)
 
 
 @styled
@@ -47,37 +58,6 @@ def plot_layer_speed(rows: Sequence[dict], path: Path, title: str) -> Path:
     return save_figure(fig, path)
 
 
-@styled
-def plot_layer_swap(rows: Sequence[dict], base_acc: dict, path: Path, title: str) -> Path:
-    """Left: test accuracy of each variant, with the base CNN's seed mean ± std as a band.
-    Right: training time per epoch relative to the base CNN's mean."""
-    names = [r["model"] for r in rows]
-    colors = ["0.6" if r["swapped"] == "base" else c for r, c in zip(rows, palette(len(rows)))]
-    fig, (ax_acc, ax_t) = plt.subplots(1, 2, figsize=(14, 0.45 * len(rows) + 2.5), layout="constrained")
-    acc = [100 * r["test_acc"] for r in rows]
-    ax_acc.barh(names, acc, color=colors)
-    m, s = 100 * base_acc["mean"], 100 * base_acc["std"]
-    ax_acc.axvspan(m - s, m + s, color="k", alpha=0.12, label=f"base mean ± std ({base_acc['n']} seeds)")
-    ax_acc.axvline(m, color="k", lw=1)
-    for i, (v, r) in enumerate(zip(acc, rows)):
-        ax_acc.annotate(f" {v:.2f} ({r['delta_vs_base_mean_pp']:+.2f} pp)", (v, i), va="center", fontsize=8)
-    lo = np.nanmin(acc) if np.isfinite(acc).any() else 0
-    ax_acc.set_xlim(max(0, lo - 8), min(100, np.nanmax(acc) + 6) if np.isfinite(acc).any() else 100)
-    ax_acc.set(xlabel="test accuracy (%)", title="Test accuracy (Δ vs base mean)")
-    ax_acc.legend(loc="lower right", fontsize=8)
-    ax_acc.invert_yaxis()
-    ratio = [r["epoch_time_ratio_vs_base"] for r in rows]
-    ax_t.barh(names, ratio, color=colors)
-    ax_t.axvline(1, color="k", lw=1)
-    for i, (v, r) in enumerate(zip(ratio, rows)):
-        ax_t.annotate(f" ×{v:.2f} ({r['epoch_time_s']:.1f} s)", (v, i), va="center", fontsize=8)
-    ax_t.set(xlabel="training time per epoch / base CNN's", title="Training cost (1 = base CNN)")
-    ax_t.set_xlim(0, np.nanmax(ratio) * 1.3)
-    ax_t.invert_yaxis()
-    fig.suptitle(title)
-    return save_figure(fig, path)
-
-
 def _band(ax, x, band: dict, color, label: str, scale: float = 1.0) -> None:
     mean, lo, hi = (scale * np.asarray(band[k], dtype=float) for k in ("mean", "min", "max"))
     ax.plot(x[:len(mean)], mean, "-o", ms=3, color=color, label=label)
@@ -87,130 +67,200 @@ def _band(ax, x, band: dict, color, label: str, scale: float = 1.0) -> None:
 @styled
 def plot_seed_bands(groups: dict[str, Sequence[RunRecord]], path: Path, title: str) -> Path:
     """Train loss, validation loss and validation accuracy along training: mean line and min-max
-    band over seeds, one colour per group (``groups``: label -> the records of its seeds)."""
+    band over seeds, one colour per group (``groups``: label -> the records of its seeds). A
+    diverged run's curve stops where it diverged; a group without any curve point is named in the
+    legend as diverged."""
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.6), layout="constrained")
     keys = (("train_loss", "training loss (running mean)", 1.0),
             ("val_loss", "validation loss (cross-entropy)", 1.0), ("val_acc", "validation accuracy (%)", 100.0))
     for color, (label, runs) in zip(palette(len(groups)), groups.items()):
-        if not runs:
-            continue
+        bad = sum(not r.completed for r in runs)
+        name = f"{label} (n={len(runs)}" + (f", {bad} diverged)" if bad else ")")
+        with_curves = [r for r in runs if r.history.epoch]
         for ax, (key, ylabel, scale) in zip(axes, keys):
-            band = curve_band([getattr(r.history, key) for r in runs])
-            x = np.asarray(max((r.history.epoch for r in runs), key=len), dtype=float)
-            _band(ax, x, band, color, f"{label} (n={len(runs)})", scale)
             ax.set(xlabel="epoch", ylabel=ylabel)
-    for ax in axes:
+            if not with_curves:
+                ax.plot([], [], "x", color=color, label=name + ": no curve")
+                continue
+            band = curve_band([getattr(r.history, key) for r in with_curves])
+            x = np.asarray(max((r.history.epoch for r in with_curves), key=len), dtype=float)
+            _band(ax, x, band, color, name, scale)
+    for ax, t in zip(axes, ("Training loss", "Validation loss", "Validation accuracy")):
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.legend(fontsize=8)
-    axes[0].set_title("Training loss")
-    axes[1].set_title("Validation loss")
-    axes[2].set_title("Validation accuracy")
+        ax.set_title(t)
     fig.suptitle(title)
     return save_figure(fig, path)
 
 
-def _lr_label(r: RunRecord, prefix: str = "") -> str:
-    return f"{prefix}lr {r.config['lr']:g}" + ("" if r.completed else f" ({r.status})")
+def _pct_values(values: Sequence[float | None]) -> np.ndarray:
+    return np.asarray([100 * v for v in values if _finite(v)], dtype=float)
 
 
-def _grad_band(runs: Sequence[RunRecord]) -> tuple[np.ndarray, dict] | None:
+def _acc_limits(summaries: Sequence[dict], seeds: Sequence[float | None] = (), pad: float = 4.0) -> tuple[float, float]:
+    """Accuracy-axis limits (%) around the means and seed values, inside [0, 100]: a 2-seed t interval
+    (t = 12.7) would otherwise stretch the axis far past 0-100 %."""
+    v = np.concatenate([_pct_values([s.get("mean") for s in summaries]), _pct_values(seeds)])
+    return (0.0, 100.0) if v.size == 0 else (max(0.0, v.min() - pad), min(100.0, v.max() + pad))
 
-    runs = [r for r in runs if r.grad_stats.l2]
-    if not runs:
-        return None
-    longest = max(runs, key=lambda r: len(r.grad_stats.step))
-    return np.asarray(longest.grad_stats.step), curve_band([total_grad_norm(r.grad_stats.l2) for r in runs])
+
+def _mean_ci(ax, pos: float, summary: dict, color, marker: str, filled: bool, horizontal: bool = False) -> bool:
+    """Mean (marker) with its 95 % interval (error bar) in percent at ``pos``; False if there is no mean."""
+    if not _finite(summary.get("mean")):
+        return False
+    half = summary.get("half_width")
+    err = 100 * half if _finite(half) else None
+    xy, kw = ((100 * summary["mean"], pos), {"xerr": err}) if horizontal else ((pos, 100 * summary["mean"]),
+                                                                              {"yerr": err})
+    ax.errorbar(*xy, **kw, fmt=marker, color=color, mfc=color if filled else "white", ms=7, capsize=4, zorder=3)
+    return True
 
 
 @styled
-def plot_grad_norm_traces(groups: dict[str, Sequence[RunRecord]], high: dict[str, RunRecord], path: Path,
-                          title: str) -> Path:
-    """Global gradient L2 norm vs optimisation step. Left: base lr, mean and min-max over seeds.
-    Right: the same mean (thin) against the single higher-lr run of each group (thick)."""
-    fig, (ax, ax_hi) = plt.subplots(1, 2, figsize=(15, 4.8), sharey=True, layout="constrained")
-    for color, (label, runs) in zip(palette(len(groups)), groups.items()):
-        gb = _grad_band(runs)
-        if gb is None:
-            continue
-        steps, band = gb
-        _band(ax, steps, band, color, f"{label} (n={len(runs)})")
-        ax_hi.plot(steps[:len(band["mean"])], band["mean"], color=color, lw=1, alpha=0.6,
-                   label=f"{label}, base lr (mean)")
-        h = high.get(label)
-        if h is not None and h.grad_stats.l2:
-            ax_hi.plot(h.grad_stats.step, total_grad_norm(h.grad_stats.l2), color=color, lw=2.2,
-                       label=_lr_label(h, prefix=f"{label}, "))
-    ax.set(yscale="log", xlabel="training step (batch)", ylabel="‖∇W‖₂ over all conv/linear weights",
-           title="Base learning rate: mean and min-max over seeds")
-    ax_hi.set(yscale="log", xlabel="training step (batch)", title="Higher learning rate (one seed)")
-    for a in (ax, ax_hi):
-        a.legend(fontsize=8)
+def plot_layer_swaps(numbers: dict, path: Path, title: str) -> Path:
+    """The layer study in three panels, one row per variant (``numbers``: the layers analysis):
+    test accuracy (mean, 95 % CI, every seed) and final validation accuracy; the test-accuracy
+    difference to the base CNN with its 95 % CI (red: the interval excludes zero, "real"; grey:
+    within noise); training time per epoch relative to the base CNN."""
+    variants = numbers["variants"]
+    names = list(variants)
+    diffs = {r["a"]: r["test_acc"] for r in numbers["vs_base"]}
+    fig, (ax_acc, ax_d, ax_t) = plt.subplots(1, 3, figsize=(16, 0.5 * len(names) + 2.6), sharey=True,
+                                             gridspec_kw={"width_ratios": [1.3, 1.3, 1]}, layout="constrained")
+    for i, name in enumerate(names):
+        v = variants[name]
+        color = "0.3" if name == "base" else "C0"
+        if _mean_ci(ax_acc, i, v["test_acc"], color, "o", True, horizontal=True):
+            seeds = _pct_values(v["per_seed"]["test_acc"])
+            ax_acc.scatter(seeds, np.full(seeds.size, i + 0.2), s=10, color="k", zorder=4)
+        else:
+            ax_acc.annotate(f"all {v['runs']} runs diverged", (0.02, i), xycoords=("axes fraction", "data"),
+                            color=DIVERGED_COLOR, va="center", fontsize=8)
+        _mean_ci(ax_acc, i - 0.2, v["final_val_acc"], color, "s", False, horizontal=True)
+        d = diffs.get(name)
+        if d is not None and _finite(d["mean_difference"]):
+            real = d["verdict"] == "real"
+            _mean_ci(ax_d, i, {"mean": d["mean_difference"], "half_width": d["half_width"]},
+                     "C3" if real else "0.55", "o", True, horizontal=True)
+            ax_d.annotate(d["verdict"], (100 * d["mean_difference"], i), xytext=(0, 6), textcoords="offset points",
+                          fontsize=8, ha="center", va="bottom")
+        ratio = v["epoch_time_ratio_vs_base"]
+        if _finite(ratio):
+            ax_t.barh(i, ratio, color=color, alpha=0.8, height=0.6)
+            ax_t.annotate(f" ×{ratio:.2f}", (ratio, i), va="center", fontsize=8)
+    ax_acc.set_xlim(*_acc_limits([s for v in variants.values() for s in (v["test_acc"], v["final_val_acc"])],
+                                 [x for v in variants.values() for x in v["per_seed"]["test_acc"]]))
+    spread = [abs(100 * d["mean_difference"]) for d in diffs.values() if _finite(d["mean_difference"])]
+    if spread:
+        ax_d.set_xlim(-3 * max(spread) - 1, 3 * max(spread) + 1)    # long (2-seed) intervals run off the edge
+    ax_acc.set_yticks(np.arange(len(names)), names)
+    ax_acc.set_ylim(len(names) - 0.5, -0.6)
+    ax_acc.legend(handles=[Line2D([], [], marker="o", color="0.3", ls="", label="test, mean ± 95 % CI"),
+                           Line2D([], [], marker=".", color="k", ls="", label="test, one seed"),
+                           Line2D([], [], marker="s", mfc="white", color="0.3", ls="",
+                                  label="final validation, mean ± 95 % CI")], fontsize=8, loc="lower left")
+    ax_acc.set(xlabel="accuracy (%)", title="Accuracy over seeds")
+    ax_d.axvline(0, color="k", lw=0.8)
+    ax_d.set(xlabel="test accuracy − base CNN's (pp)", title="Difference to the base CNN (95 % CI)")
+    ax_t.axvline(1, color="k", lw=0.8)
+    ax_t.set(xlabel="training time per epoch / base CNN's", title="Training cost")
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def _block_label(name: str, b: dict) -> str:
+    widths = "-".join(map(str, b.get("widths", [])))
+    return f"{name}\n{widths}\n{b['params'] / 1e3:.0f}k params, {b['mflops']:.0f} MFLOPs"
+
+
+@styled
+def plot_block_regimes(regimes: dict[str, dict], path: Path, title: str) -> Path:
+    """One panel per regime (``regimes``: regime -> the blocks analysis): per block, test accuracy
+    (mean, 95 % CI, every seed) and final validation accuracy, with widths, parameters and FLOPs
+    under each block; one accuracy axis for all panels."""
+    fig, axes = plt.subplots(1, len(regimes), figsize=(6.5 * max(len(regimes), 1), 5.2), squeeze=False,
+                             sharey=True, layout="constrained")
+    colors = dict(zip(("basic", "bottleneck", "wide"), palette(3)))
+    for ax, (regime, n) in zip(axes[0], regimes.items()):
+        blocks = n["blocks"]
+        for i, (name, b) in enumerate(blocks.items()):
+            color = colors.get(name, "C0")
+            if _mean_ci(ax, i - 0.1, b["test_acc"], color, "o", True):
+                seeds = _pct_values(b["per_seed"]["test_acc"])
+                ax.scatter(np.full(seeds.size, i - 0.1), seeds, s=10, color="k", zorder=4)
+                ax.annotate(f"{100 * b['test_acc']['mean']:.2f} %", (i - 0.1, 100 * b["test_acc"]["mean"]),
+                            xytext=(-9, 0), textcoords="offset points", fontsize=8, va="center", ha="right")
+            else:
+                ax.annotate(f"all {b['runs']} runs\ndiverged", (i, 0.5), xycoords=("data", "axes fraction"),
+                            color=DIVERGED_COLOR, ha="center", fontsize=9)
+            _mean_ci(ax, i + 0.15, b["final_val_acc"], color, "s", False)
+        ax.set_xticks(range(len(blocks)), [_block_label(k, b) for k, b in blocks.items()], fontsize=8)
+        ax.set_xlim(-0.6, len(blocks) - 0.4)
+        gap = n.get("param_gap_vs_target")
+        ax.set_title(f"{regime}" + (f" (parameters within {100 * gap:.1f} % of the {n['match_target']} net)"
+                                    if regime == "matched" and _finite(gap) else ""))
+    summaries = [s for n in regimes.values() for b in n["blocks"].values() for s in (b["test_acc"], b["final_val_acc"])]
+    axes[0][0].set_ylim(*_acc_limits(summaries, [x for n in regimes.values() for b in n["blocks"].values()
+                                                 for x in b["per_seed"]["test_acc"]]))
+    axes[0][0].set_ylabel("accuracy (%)")
+    axes[0][0].legend(handles=[Line2D([], [], marker="o", color="0.3", ls="", label="test, mean ± 95 % CI"),
+                               Line2D([], [], marker=".", color="k", ls="", label="test, one seed"),
+                               Line2D([], [], marker="s", mfc="white", color="0.3", ls="",
+                                      label="final validation, mean ± 95 % CI")], fontsize=8, loc="lower left")
     fig.suptitle(title)
     return save_figure(fig, path)
 
 
 @styled
-def plot_seed_accuracy(blocks: dict, path: Path, title: str) -> Path:
-    """Per block: test accuracy mean ± std with every seed as a dot (and the higher-lr run as a
-    cross); parameters; MFLOPs; training time per epoch. ``blocks``: the ``blocks`` dict of
-    ``blocks_stability.json``."""
-    names = list(blocks)
-    colors = palette(len(names))
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.6), gridspec_kw={"width_ratios": [1.6, 1, 1, 1]},
-                             layout="constrained")
-    x = np.arange(len(names))
-    ax = axes[0]
-    for i, (n, c) in enumerate(zip(names, colors)):
-        st = blocks[n]["test_acc"]
-        ax.bar(i, 100 * st["mean"], yerr=100 * st["std"], color=c, alpha=0.75, capsize=6)
-        vals = 100 * np.asarray(st["values"], dtype=float)
-        ax.scatter(np.full(len(vals), i) + np.linspace(-0.15, 0.15, len(vals)), vals, color="k", s=14, zorder=3,
-                   label="one seed" if i == 0 else None)
-        ax.annotate(f"{100 * st['mean']:.2f} ± {100 * st['std']:.2f}", (i, 100 * st["max"]), xytext=(0, 8),
-                    textcoords="offset points", ha="center", fontsize=8)
-        hl = blocks[n].get("high_lr")
-        if hl and hl.get("test_acc") is not None:
-            ax.scatter(i + 0.3, 100 * hl["test_acc"], marker="x", color="crimson", s=50, zorder=4,
-                       label=f"lr {hl['lr']:g} (seed 0)" if i == 0 else None)
-    accs = [100 * blocks[n]["test_acc"]["min"] for n in names]
-    lows = [100 * blocks[n]["high_lr"]["test_acc"] for n in names
-            if blocks[n].get("high_lr") and blocks[n]["high_lr"].get("test_acc") is not None]
-    ax.set_ylim(max(0, min(accs + lows) - 10), None)
-    ax.set_xticks(x, names)
-    ax.set(ylabel="test accuracy (%)", title="Test accuracy: mean ± std over seeds")
-    ax.legend(fontsize=8, loc="lower right")
-    for ax, (key, label) in zip(axes[1:], (("params", "parameters"), ("mflops", "forward MFLOPs per image"),
-                                           ("epoch_time_s", "training time per epoch (s)"))):
-        vals = [blocks[n][key]["mean"] if isinstance(blocks[n][key], dict) else blocks[n][key] for n in names]
-        ax.bar(x, vals, color=colors)
-        for i, v in enumerate(vals):
-            ax.annotate(f"{v:,.3g}" if key != "params" else f"{v:,}", (i, v), ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(x, names)
-        ax.set(ylabel=label, title=label[0].upper() + label[1:])
-    fig.suptitle(title)
-    return save_figure(fig, path)
-
-
-@styled
-def plot_high_lr(groups: dict[str, Sequence[RunRecord]], high: dict[str, RunRecord], path: Path, title: str) -> Path:
-    """Per block (one column): validation loss and accuracy along training at the base lr (mean and
-    min-max over seeds) and at the higher lr (one seed, dashed)."""
-    names = [n for n, runs in groups.items() if runs]
-    fig, axes = plt.subplots(2, len(names), figsize=(5.2 * len(names), 7.5), squeeze=False, layout="constrained")
-    for j, (name, color) in enumerate(zip(names, palette(len(names)))):
-        runs, h = groups[name], high.get(name)
-        for i, (key, ylabel, scale) in enumerate((("val_loss", "validation loss", 1.0),
-                                                  ("val_acc", "validation accuracy (%)", 100.0))):
-            ax = axes[i][j]
-            band = curve_band([getattr(r.history, key) for r in runs])
-            x = np.asarray(max((r.history.epoch for r in runs), key=len), dtype=float)
-            _band(ax, x, band, color, f"lr {runs[0].config['lr']:g} (n={len(runs)})", scale)
-            if h is not None and getattr(h.history, key):
-                hv = scale * np.asarray(getattr(h.history, key), dtype=float)
-                ax.plot(h.history.epoch, hv, "--s", ms=4, color="crimson", label=_lr_label(h))
-            ax.set(xlabel="epoch", ylabel=ylabel)
-            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-            ax.legend(fontsize=8)
-        axes[0][j].set_title(name)
+def plot_lr_sweep(numbers: dict, path: Path, title: str) -> Path:
+    """The learning-rate sweep (``numbers``: the sweep analysis), lr on a log axis, one colour per
+    block: final validation (solid) and test (dashed) accuracy, mean over seeds with a min-max band
+    when there are several; diverged runs as red crosses at the bottom and each block's divergence
+    frontier as a dotted line; loss-spike steps; median and maximum gradient norm."""
+    fig, (ax_acc, ax_sp, ax_g) = plt.subplots(1, 3, figsize=(18, 5), layout="constrained")
+    lrs = sorted({p["lr"] for b in numbers["blocks"].values() for p in b["points"]})
+    rises = [f"{x:g}" for x in numbers["spike_definition"]["rises_percent"]]
+    any_grad = False
+    for color, (name, b) in zip(palette(len(numbers["blocks"])), numbers["blocks"].items()):
+        pts = b["points"]
+        x = np.asarray([p["lr"] for p in pts], dtype=float)
+        for key, style, what in (("final_val_acc", "-o", "validation"), ("test_acc", "--^", "test")):
+            mean = np.asarray([100 * p[key]["mean"] if _finite(p[key]["mean"]) else np.nan for p in pts])
+            ax_acc.plot(x, mean, style, color=color, ms=5, label=f"{name}, {what}")
+            if max(p["n"] for p in pts) > 1:
+                vals = [_pct_values([r[key] for r in p["runs"]]) for p in pts]
+                lo = np.asarray([v.min() if v.size else np.nan for v in vals])
+                hi = np.asarray([v.max() if v.size else np.nan for v in vals])
+                ax_acc.fill_between(x, lo, hi, color=color, alpha=0.15 if key == "final_val_acc" else 0.07)
+        bad = [p["lr"] for p in pts for r in p["runs"] if r["status"] != "completed"]
+        ax_acc.scatter(bad, np.full(len(bad), 0.03), transform=ax_acc.get_xaxis_transform(), marker="x", s=60,
+                       color=DIVERGED_COLOR, zorder=5)
+        if b["frontier"]["frontier"] is not None:
+            ax_acc.axvline(b["frontier"]["frontier"], color=color, ls=":", lw=1.5)
+        for rise, style in zip(rises, ("-o", "--s")):
+            ax_sp.plot(x, [np.nan if p["loss_spike_steps"][rise] is None else p["loss_spike_steps"][rise] for p in pts],
+                       style, color=color, ms=4, label=f"{name}, loss > {rise} % above mean")
+        for key, style, what in (("grad_norm_median", "-o", "median"), ("grad_norm_max", "--s", "max")):
+            g = np.asarray([np.nan if p[key] is None else p[key] for p in pts], dtype=float)
+            any_grad |= bool(np.isfinite(g).any() and (g > 0).any())
+            ax_g.plot(x, g, style, color=color, ms=4, label=f"{name}, {what}")
+    extra = [Line2D([], [], marker="x", color=DIVERGED_COLOR, ls="", label="a diverged run"),
+             Line2D([], [], color="0.4", ls=":", label="divergence frontier")]
+    ax_acc.legend(handles=ax_acc.get_legend_handles_labels()[0] + extra, fontsize=7, loc="best")
+    ax_acc.set(ylabel="accuracy at the end of training (%)", title="Final validation and test accuracy")
+    ax_sp.set(ylabel="steps (mean over seeds)", title=f"Loss spikes (vs the mean of the previous "
+              f"{numbers['spike_definition']['window_steps']} steps)")
+    ax_g.set(ylabel="‖∇W‖₂ over all conv/linear weights", title="Gradient norm during training")
+    if any_grad:
+        ax_g.set_yscale("log")
+        plain_minor_log_labels(ax_g.yaxis)
+    for ax in (ax_acc, ax_sp, ax_g):
+        ax.set_xscale("log")
+        ax.set_xlabel("peak learning rate (log scale)")
+        if lrs:
+            ax.set_xticks(lrs, [f"{v:g}" for v in lrs])
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        if ax is not ax_acc and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(title)
     return save_figure(fig, path)
