@@ -284,13 +284,9 @@ def experiment_timing(records: Sequence[RunRecord], experiment: str) -> dict:
     return {"runs": len(own), "train_s": train, "total_s": total, "train_share": train / total if total else None}
 
 
-# A diverged run has no final accuracy: its last validation point before the divergence is not one.
-RUN_METRICS = {**METRICS, "final_val_acc": lambda r: r.summary.final_val_acc if r.completed else None}
-
-
 def variant_numbers(runs: Sequence[RunRecord]) -> dict:
     """A variant over its seeds: every metric's mean and 95 % interval, plateau verdicts, size and cost."""
-    return {**summarise_runs(runs, RUN_METRICS), "models": [r.model for r in runs], "runs": len(runs),
+    return {**summarise_runs(runs, METRICS), "models": [r.model for r in runs], "runs": len(runs),
             "diverged": sum(not r.completed for r in runs), "diverged_at": [r.diverged_at for r in runs],
             "plateau_status": [r.convergence.get("val_acc", {}).get("status") for r in runs],
             "description": runs[0].description, "made_in": sorted({r.experiment for r in runs}),
@@ -299,14 +295,14 @@ def variant_numbers(runs: Sequence[RunRecord]) -> dict:
             "throughput_img_s": _mean([r.summary.throughput_img_s for r in runs]),
             "train_share": _mean([r.timing.get("train_share") for r in runs]),
             "per_seed": {"seed": [r.seed for r in runs], "test_acc": [r.test_acc for r in runs],
-                         "final_val_acc": [RUN_METRICS["final_val_acc"](r) for r in runs]}}
+                         "final_val_acc": [METRICS["final_val_acc"](r) for r in runs]}}
 
 
 def difference_row(a: str, runs_a: Sequence[RunRecord], b: str, runs_b: Sequence[RunRecord]) -> dict:
     """``a - b`` of test and final validation accuracy with 95 % intervals and the README's verdict."""
     row: dict = {"a": a, "b": b}
     for metric in ("test_acc", "final_val_acc"):
-        d = compare(runs_a, runs_b, RUN_METRICS[metric])
+        d = compare(runs_a, runs_b, METRICS[metric])
         row[metric] = {**d.as_dict(), "verdict": verdict(d)}
     return row
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from matplotlib import colors as mcolors
 from matplotlib import pyplot as plt
-from torch import nn
 
 from utils import plot_common, plots_architecture, plots_blocks
 from utils import visualization_utils as viz

@@ -16,16 +16,21 @@ from utils.statistics import Difference, SeedSummary, difference, seed_summary
 
 Metric = Callable[[RunRecord], "float | None"]
 
+def _completed(metric: Metric) -> Metric:
+    """A diverged run has no final quality: its last pre-divergence values are not the run's result."""
+    return lambda r: metric(r) if r.completed else None
+
+
 # The metrics analyses summarise over seeds (fractions, seconds); None -> NaN -> counted as missing.
 METRICS: dict[str, Metric] = {
-    "test_acc": lambda r: r.test_acc,
-    "final_val_acc": lambda r: r.summary.final_val_acc,
-    "best_val_acc": lambda r: r.summary.best_val_acc,
-    "final_train_acc": lambda r: r.summary.final_train_acc,
-    "gap": lambda r: r.summary.gap,
-    "final_train_loss": lambda r: r.summary.final_train_loss,
-    "final_val_loss": lambda r: r.summary.final_val_loss,
-    "train_time_s": lambda r: r.summary.train_time_s,
+    "test_acc": _completed(lambda r: r.test_acc),
+    "final_val_acc": _completed(lambda r: r.summary.final_val_acc),
+    "best_val_acc": _completed(lambda r: r.summary.best_val_acc),
+    "final_train_acc": _completed(lambda r: r.summary.final_train_acc),
+    "gap": _completed(lambda r: r.summary.gap),
+    "final_train_loss": _completed(lambda r: r.summary.final_train_loss),
+    "final_val_loss": _completed(lambda r: r.summary.final_val_loss),
+    "train_time_s": _completed(lambda r: r.summary.train_time_s),
 }
 
 
