@@ -2,8 +2,10 @@
 
 :func:`effective_receptive_field` back-propagates from one output unit to the input;
 :func:`erf_extent_at` measures the square that holds a given share of the gradient mass around a
-centre (normally the unit's theoretical RF centre, ``utils.receptive_field.ReceptiveFieldRow.center``).
-Coordinates follow the convention of :mod:`utils.receptive_field`.
+centre (normally the unit's theoretical RF centre, ``utils.receptive_field.ReceptiveFieldRow.center``);
+:func:`erf_vs_flat_box` checks a claim about the ERF's shape against numbers: the same measures for
+a flat (uniform) box over the theoretical RF, which is what "every pixel of the RF counts alike"
+would give. Coordinates follow the convention of :mod:`utils.receptive_field`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from torch import Tensor, nn
 
 from utils.eval_mode import eval_mode
 
-__all__ = ["effective_receptive_field", "erf_extent_at"]
+__all__ = ["effective_receptive_field", "erf_extent_at", "flat_box", "erf_rms_radius", "mass_within",
+           "erf_vs_flat_box", "CONCENTRATED_RMS_RATIO"]
 
 
 class _StopForward(Exception):
@@ -153,3 +156,76 @@ def erf_extent_at(erf: Tensor, center: tuple[float, float], mass: float = 0.95) 
     return int(round(2 * d + 1))
 
 
+# ------------------------------------------------------------------- shape against a flat box
+# A tent (the ERF of a chain of box filters) has 1/sqrt(2) = 0.71 of a box's RMS radius; below
+# this ratio the ERF is called "concentrated towards the centre", between it and 1/this "close to
+# a flat box" (the review's reading of 12 vs 12.7 px would fall there).
+CONCENTRATED_RMS_RATIO = 0.85
+
+
+def _chebyshev(shape: tuple[int, int], center: tuple[float, float]) -> np.ndarray:
+    h, w = shape
+    return np.maximum(np.abs(np.arange(h) - center[0])[:, None], np.abs(np.arange(w) - center[1])[None, :])
+
+
+def flat_box(shape: tuple[int, int], rf: int, center: tuple[float, float]) -> Tensor:
+    """The uniform map over the theoretical RF: 1 on every pixel of the ``rf x rf`` square centred
+    on ``center`` (a half-pixel centre gives an even square, as for the RF itself), clipped to the
+    ``(H, W)`` image, normalised to sum to 1 (float64).
+
+    Raises:
+        ValueError: ``rf < 1``, or the square misses the image.
+    """
+    if rf < 1:
+        raise ValueError(f"rf must be >= 1, got {rf}")
+    box = torch.as_tensor(_chebyshev(shape, center) <= (rf - 1) / 2 + 1e-9, dtype=torch.float64)
+    if box.sum() == 0:
+        raise ValueError(f"the {rf}-px square around {center} misses the {shape} image")
+    return box / box.sum()
+
+
+def erf_rms_radius(erf: Tensor, center: tuple[float, float]) -> float:
+    """Root-mean-square Euclidean distance (px) of the map's mass from ``center``. Unlike a mass
+    square it moves continuously (no 1-2 px steps) and is not capped by the image border."""
+    values = erf.detach().to("cpu", torch.float64).numpy()
+    h, w = values.shape
+    d2 = (np.arange(h) - center[0])[:, None] ** 2 + (np.arange(w) - center[1])[None, :] ** 2
+    return float(np.sqrt((values * d2).sum() / values.sum()))
+
+
+def mass_within(erf: Tensor, center: tuple[float, float], side: float) -> float:
+    """Share of the map's mass inside the square of ``side`` px centred on ``center`` (pixels
+    whose centre lies within Chebyshev distance ``(side - 1) / 2``)."""
+    values = erf.detach().to("cpu", torch.float64).numpy()
+    inside = _chebyshev(values.shape, center) <= (side - 1) / 2 + 1e-9
+    return float(values[inside].sum() / values.sum())
+
+
+def erf_vs_flat_box(erf: Tensor, rf: int, center: tuple[float, float],
+                    masses: tuple[float, ...] = (0.5, 0.9, 0.95)) -> dict:
+    """The ERF's shape measured beside a flat box over the theoretical RF (same centre, same
+    image, same discrete measures), so "concentrated towards the centre" is a number:
+
+    * ``erf_extent`` / ``flat_box_extent``: side (px) of the centred square holding each share
+      of ``masses`` (:func:`erf_extent_at`);
+    * ``erf_rms_radius`` / ``flat_box_rms_radius`` and their ``rms_ratio``;
+    * ``erf_mass_in_half_rf`` / ``flat_box_mass_in_half_rf``: share of the mass in the central
+      square of half the RF's side;
+    * ``shape``: "concentrated towards the centre" when ``rms_ratio < CONCENTRATED_RMS_RATIO``,
+      "wider than a flat box" above its inverse, else "close to a flat box".
+    """
+    box = flat_box(tuple(erf.shape), rf, center)
+    rms, rms_box = erf_rms_radius(erf, center), erf_rms_radius(box, center)
+    ratio = rms / rms_box if rms_box > 0 else float("nan")
+    if ratio < CONCENTRATED_RMS_RATIO:
+        shape = "concentrated towards the centre"
+    elif ratio > 1 / CONCENTRATED_RMS_RATIO:
+        shape = "wider than a flat box"
+    else:
+        shape = "close to a flat box"
+    return {"theoretical_rf": int(rf), "center": [float(center[0]), float(center[1])],
+            "erf_extent": {str(m): erf_extent_at(erf, center, m) for m in masses},
+            "flat_box_extent": {str(m): erf_extent_at(box, center, m) for m in masses},
+            "erf_rms_radius": rms, "flat_box_rms_radius": rms_box, "rms_ratio": ratio,
+            "erf_mass_in_half_rf": mass_within(erf, center, rf / 2),
+            "flat_box_mass_in_half_rf": mass_within(box, center, rf / 2), "shape": shape}
