@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             run = run_parts(experiment, parts, data, depth_cfg, runtime, results, args.force,
                             f"Depth: plain vs residual ({title})")
             analyse_depth(run, data, runtime, results / experiment, dirs.plots, f"{experiment}_", cfg.batch_size)
-        else:
+        elif name == "nobn":
             experiment = f"depth_nobn{suffix}"
             run_nobn(args, data, depth_cfg, runtime, results, dirs.plots, profile, suffix)
         log.info("%s done in %.0f s: results in %s, figures in %s", name, time.perf_counter() - t1,

@@ -235,8 +235,10 @@ def test_every_run_diverged_is_reported_and_nothing_crashes(tmp_path):
     assert d["variants"]["plain/8"]["diverged"] == 2 and d["variants"]["plain/8"]["final_train_acc"]["n"] == 0
     assert not d["all_train_curves_plateaued"]
     json.dumps(d, allow_nan=False)                 # strict JSON: NaN written as null
+    timing = numbers.timing_summary(records)
+    assert timing["runs"] == 8 and timing["train_share"] == pytest.approx(0.8)
     assert "every compared variant diverged" in numbers.depth_markdown(
-        {**d, "divergence": report, "models": {}})
+        {**d, "divergence": report, "timing": timing, "models": {}})
     kernels = [fake_record(f"k{k}", group="kernel_size", variant=k, status="diverged") for k in ("3x3", "5x5")]
     k = numbers.json_safe(numbers.kernel_numbers(kernels))
     assert k["vs_reference"][0]["difference"]["test_acc"]["verdict"] == numbers.DIVERGED

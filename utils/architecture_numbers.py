@@ -57,6 +57,15 @@ def divergence_report(records: Sequence[RunRecord]) -> dict:
             "all_diverged": bool(records) and len(diverged) == len(records)}
 
 
+def timing_summary(records: Sequence[RunRecord]) -> dict:
+    """Wall time of an experiment's runs and the share spent in training steps (the rest:
+    evaluation, the final test pass, inference timing, checkpoints); analyses are not included."""
+    train = sum(r.timing.get("train_s") or 0.0 for r in records)
+    total = sum(r.timing.get("total_s") or 0.0 for r in records)
+    return {"runs": len(records), "train_s": train, "total_s": total, "train_share": train / total if total else None,
+            "min_run_train_share": min((r.timing.get("train_share") or 0.0 for r in records), default=None)}
+
+
 def first_seed(records: list[RunRecord]) -> list[RunRecord]:
     """One run per variant: the lowest seed of each (group, variant), in first-seen order."""
     best: dict[tuple[str, str], RunRecord] = {}
@@ -285,6 +294,11 @@ def _mean_pm(s: dict, scale: float = 100.0, unit: str = " %") -> str:
     return f"{scale * s['mean']:.2f} ± {scale * s['half_width']:.2f}{unit}"
 
 
+def timing_markdown(t: dict) -> str:
+    share = "–" if t["train_share"] is None else f"{100 * t['train_share']:.0f} %"
+    return f"{t['runs']} runs, {t['total_s'] / 60:.1f} min of wall time, {share} of it in training steps."
+
+
 def variants_markdown(variants: dict) -> str:
     """One row per variant: mean ± 95 % half-width over seeds."""
     rows = []
@@ -308,7 +322,8 @@ def kernel_markdown(analysis: dict) -> str:
     pm = analysis["param_matching"]
     lines = ["# Kernel size at equal parameters\n",
              f"Target: {pm['target_params']:,} parameters ({pm['reference']}), tolerance ±{100 * pm['tolerance']:.0f} %, "
-             f"worst gap {100 * pm['max_relative_gap']:.2f} %. Mean ± 95 % half-width over seeds.\n",
+             f"worst gap {100 * pm['max_relative_gap']:.2f} %. Mean ± 95 % half-width over seeds. "
+             f"{timing_markdown(analysis['timing'])}\n",
              variants_markdown(analysis["over_seeds"]["variants"]), "",
              differences_markdown(analysis["over_seeds"]["vs_reference"], ("test_acc", "final_val_acc")), "",
              "ERF of the first seed's trained net (centre unit of the last conv before the last pool) beside a "
@@ -334,7 +349,8 @@ def depth_markdown(analysis: dict) -> str:
     lines = ["# Depth: plain vs residual\n",
              f"Training accuracy = clean (eval-mode) accuracy on a fixed training subset at the end of training. "
              f"Every training curve plateaued: {analysis['all_train_curves_plateaued']}. Mean ± 95 % half-width "
-             "over seeds; differences paired by seed.\n", variants_markdown(analysis["variants"]), "",
+             f"over seeds; differences paired by seed. {timing_markdown(analysis['timing'])}\n",
+             variants_markdown(analysis["variants"]), "",
              f"**Deeper plain nets reach a higher training error:** {a['plain_degrades']}. "
              f"**Residual nets remove it:** {a['residual_removes_it']}.\n",
              *(f"- {s}" for s in a["plain"] + a["residual"] + a["residual_vs_plain"]), "",
@@ -349,6 +365,7 @@ def nobn_markdown(analysis: dict) -> str:
             for k, c in analysis["lr_choice"]["choices"].items()]
     return "\n".join([
         "# Without normalisation: residual connections vs initialisation\n",
-        f"Learning rate per net and init, chosen by pilot runs on validation ({analysis['lr_choice']['rule']}):\n",
+        f"Learning rate per net and init, chosen by pilot runs on validation ({analysis['lr_choice']['rule']}). "
+        f"Pilots: {timing_markdown(analysis['timing']['pilots'])} Finals: {timing_markdown(analysis['timing']['finals'])}\n",
         markdown_table(["net/init", "chosen lr", "final val acc per pilot lr"], rows), "",
         variants_markdown(analysis["variants"]), "", differences_markdown(analysis["differences"])]) + "\n"

@@ -154,7 +154,8 @@ def analyse_kernels(run: ExperimentRun, specs: list[ModelSpec], matching: dict, 
         table[rec.variant]["step_time"] = steps[rec.model]
     analysis = _write_analysis(out_dir, {
         "param_matching": {k: v for k, v in matching.items() if k != "variants"}, "erf_mass": ERF_MASS,
-        "analysis_images": n_images, "divergence": divergence, "over_seeds": numbers.kernel_numbers(run.records),
+        "analysis_images": n_images, "divergence": divergence, "timing": numbers.timing_summary(run.records),
+        "over_seeds": numbers.kernel_numbers(run.records),
         "variants": table}, numbers.kernel_markdown)
 
     title = data_title(data)
@@ -233,7 +234,8 @@ def analyse_depth(run: ExperimentRun, data: DatasetSplits, runtime: Runtime, out
             maps[rec.model] = [(f"{label}\nmean {a.mean():.2g}", a[0].numpy()) for label, a in acts.items()]
     zero_init = sorted({r.variant for r in run.records if r.group == "residual_zero_init"})
     depth = numbers.depth_numbers(run.records, controls=[(("residual_zero_init", v), ("residual", v)) for v in zero_init])
-    analysis = _write_analysis(out_dir, {"divergence": divergence, **depth, "models": table}, numbers.depth_markdown)
+    analysis = _write_analysis(out_dir, {"divergence": divergence, "timing": numbers.timing_summary(run.records),
+                                         **depth, "models": table}, numbers.depth_markdown)
 
     title = data_title(data)
     families = [("plain", {d: r for d, r in _by_depth(run.records, "plain").items() if d in depth["degradation_depths"]}),
@@ -273,7 +275,9 @@ def analyse_nobn(pilots: ExperimentRun, finals: ExperimentRun, choice: dict, ref
              + [(("plain", d), (plain, "kaiming")), (("residual", d), (res, "kaiming"))])
     ctrl = numbers.controls_numbers(finals.records, pairs, reference)
     grads = {r.model: numbers.gradient_numbers(r) for r in numbers.first_seed([*finals.records, *reference])}
-    analysis = _write_analysis(out_dir, {"divergence": divergence, "lr_choice": choice, **ctrl, "gradients": grads},
+    analysis = _write_analysis(out_dir, {"divergence": divergence, "lr_choice": choice, **ctrl, "gradients": grads,
+                                         "timing": {"pilots": numbers.timing_summary(pilots.records),
+                                                    "finals": numbers.timing_summary(finals.records)}},
                                numbers.nobn_markdown)
 
     title = data_title(data)

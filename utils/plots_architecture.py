@@ -77,7 +77,8 @@ def plot_receptive_fields(variants: Sequence[dict], path: Path, title: str, laye
     n = len(variants)
     rows = 4 if layer_panel else 3
     fig = plt.figure(figsize=(3.6 * n + 1.2, 13.5 if layer_panel else 10.5))
-    grid = fig.add_gridspec(rows, n, height_ratios=[1, 1, 1, 1.1][:rows], hspace=0.42, top=0.93)
+    grid = fig.add_gridspec(rows, n, height_ratios=[1, 1, 1, 1.1][:rows], hspace=0.42, wspace=0.3,
+                            top=0.93 if layer_panel else 0.9)
 
     def square(ax, side, center, **kw):
         half = side / 2
