@@ -1,31 +1,34 @@
 """Task 2: CNN architecture analysis: kernel size and depth, on CIFAR-10 by default.
 
-    python homework_cnn_architecture_analysis.py                       # standard profile, both studies
+    python homework_cnn_architecture_analysis.py                       # standard profile, every study
     python homework_cnn_architecture_analysis.py --only kernel --profile quick
     python homework_cnn_architecture_analysis.py --dataset mnist       # MNIST (too easy to separate them)
 
 Experiments (``--only``):
   kernel  3x3 vs 5x5 vs 7x7 vs 1x1+3x3 convolutions at the same parameter count (each within
-          +-2 % of the 3x3 reference, widths solved here), with theoretical receptive fields
-          layer by layer, the empirical effective receptive field (ERF) of the trained models,
-          first-layer activations and filters.
-  depth   plain CNNs with 2, 4 and 8 convolutions (BatchNorm), and a 20-layer family on the CIFAR
-          ResNet-20 widths: plain vs residual, each with and without BatchNorm. Per-layer gradient
-          norms at initialisation and during training (vanishing gradients), degradation curves,
-          feature maps at several depths.
+          +-2 % of the 3x3 reference, widths solved here), three seeds each; theoretical receptive
+          fields, the effective receptive field (ERF) of the trained nets checked against a flat
+          box over the theoretical RF, ERF growth layer by layer, first-layer activations/filters.
+  depth   plain vs residual nets (BN, Kaiming init) at three depths of the CIFAR ResNet (6n+2)
+          layout, plus plain nets with 2 and 4 convolutions, over seeds: the degradation problem
+          read on training accuracy (He et al. 2016, Fig. 1/6), accuracy and training time against
+          depth, feature maps; a zero-init-residual control.
+  nobn    plain-20 and ResNet-20 without normalisation, under PyTorch's default init and under
+          Kaiming init, each at a learning rate chosen on validation by pilot runs (kept as
+          ``depth_nobn_pilots/pilot_*.json``; ``--lr`` does not apply to them): residual
+          connections rescuing training vs a bad init.
   init    gradients at initialisation, no training: first/last conv gradient-norm ratio and per-layer
           norms of plain nets (PyTorch default init, Kaiming, Kaiming + BN) and BN ResNets at depths
           8/20/56 on one fixed batch of 256 training images, several seeds, beside the
           variance-propagation prediction (``utils.signal_propagation``). Seconds of CPU.
 
-Writes ``results/architecture_analysis/{kernel_size,depth}/`` (a JSON per model, summary.csv/md,
-``param_matching.json``, ``analysis.json`` and ``analysis.md``) and ``plots/architecture_analysis/``.
+Every choice is read on a validation split held out of the training set; the test set is evaluated
+once at the end of each run. Writes ``results/architecture_analysis/<experiment>/`` (a JSON per run,
+summary.csv/md, analysis.json/md) and ``plots/architecture_analysis/``.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import sys
 import time
@@ -33,71 +36,96 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from models.cnn_models import BasicBlock, KernelSizeCNN, PlainCNN, ResNet, resnet_like_plain
-from utils import visualization_utils as viz
+from utils import architecture_numbers as numbers
 from utils import plots_architecture as arch_plots
+from utils.architecture_study import analyse_depth, analyse_kernels, analyse_nobn, data_title
 from utils.cli import (apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
                        setup_logging)
-from utils.activations import collect_activations
-from utils.gradient_stats import gradient_flow_summary
-from utils.markdown import markdown_table
-from utils.model_stats import (conv_layer_costs, count_parameters, relative_param_gap, solve_width_for_params,
-                               within_tolerance)
-from utils.erf import effective_receptive_field, erf_extent_at
-from utils.receptive_field import layer_specs_from_module, receptive_field
-from utils.timing import time_forward_backward
 from utils.data import BatchLoader, DatasetSplits
 from utils.experiment import ExperimentConfig, ModelSpec
-from utils.files import atomic_write_text, write_json
-from utils.records import GradStats, RunRecord
-from utils.runner import ExperimentRun, run_experiment
+from utils.files import write_json
+from utils.model_stats import (count_parameters, relative_param_gap, solve_width_for_params,
+                               within_tolerance)
+from utils.records import write_summary
+from utils.runner import ExperimentRun, load_records, run_experiment
 from utils.runtime import Runtime, resolve_runtime
 from utils.signal_propagation import REGIME_SPECS, REGIMES, run_init_study, summarise_init_study
-from utils.training_utils import build_model
 
 log = logging.getLogger("architecture_analysis")
-EXPERIMENTS = ("kernel", "depth", "init")
+EXPERIMENTS = ("kernel", "depth", "nobn", "init")   # in this order ("nobn" reads the BN nets of "depth")
 PARAM_TOLERANCE = 0.02
-ERF_MASS = 0.95
 
 
 @dataclass(frozen=True)
 class Profile:
-    epochs: int
-    train_subset: int | None
+    train_subset: int | None      # stratified training images (after the validation hold-out)
     test_subset: int | None
-    kernel_width: int        # width of the 3x3 reference model: sets the common parameter target
-    analysis_images: int     # test images averaged for the ERF
-    val_size: int = 5000     # held out of the training set; every choice is read on it
+    kernel_width: int             # width of the 3x3 reference model: sets the common parameter target
+    kernel_epochs: int
+    kernel_seeds: int
+    depth_epochs: int             # the depth study and its no-normalisation control
+    depth_seeds: int
+    depths: tuple[int, ...]       # weighted layers (6n+2) of the plain and residual families
+    zero_init_seeds: int          # the zero-init-residual control at the middle depth (0: none)
+    nobn_lrs: tuple[float, ...]   # pilot learning rates of each no-normalisation net
+    nobn_pilot_epochs: int
+    nobn_seeds: int
+    analysis_images: int          # test images averaged for the ERF
+    eval_points: int = 12         # evaluations per run (the plateau verdict needs >= 3 in the last 20 %)
+    val_size: int = 5000          # held out of the training set; every choice is read on it
 
 
 PROFILES = {
-    "quick": Profile(epochs=1, train_subset=1000, test_subset=300, kernel_width=16, analysis_images=16, val_size=300),
-    # 11 models in <= 25 min on 2 CPU cores: 8k stratified train images x 4 epochs (250 SGD steps
-    # per model) + the full 10k test set after every epoch, which costs about as much as the
-    # training itself (the engine evaluates in batches of 1000, where a forward pass per image
-    # costs ~0.8x a training step at batch 128 on this CPU). Estimate for 2 threads: ~20 ms per
-    # training image and ~16 ms per evaluated image summed over the 11 models -> ~22 min.
-    # The measured wall time of the committed run is in results/study_run.json (scripts[1]).
-    "standard": Profile(epochs=4, train_subset=8000, test_subset=None, kernel_width=48, analysis_images=64),
-    "full": Profile(epochs=15, train_subset=None, test_subset=None, kernel_width=64, analysis_images=256),
+    "quick": Profile(train_subset=1000, test_subset=300, kernel_width=16, kernel_epochs=1, kernel_seeds=1,
+                     depth_epochs=1, depth_seeds=1, depths=(8, 20), zero_init_seeds=1, nobn_lrs=(0.01, 0.05),
+                     nobn_pilot_epochs=1, nobn_seeds=1, analysis_images=16, eval_points=4, val_size=300),
+    # Sized for ~27 min on the 2-core AVX-512-bf16 EPYC (bf16 autocast, 2 threads), i.e. 68-82 min
+    # on an AVX2-only CPU in fp32 (2.5-3x slower). Training cost per image (ms, batch 128, from a
+    # probe of a few steps per net timed in turns with the reference ResNet of 3200 img/s):
+    #   plain3 .17, plain5 .19, plain8 .23, resnet8 .27, plain20 .60, resnet20 .71, plain44 1.43,
+    #   resnet44 1.67 (5.27 per seed); no-BN plain20 .59, resnet20 .71; kernel nets at width 32:
+    #   3x3 .19, 5x5 .20, 7x7 .26, 1x1+3x3 .43 (1.08 per seed).
+    # depth:  (2 seeds x 5.27 + 1 zero-init x .71) ms x 10k images x 6 epochs = 675 s
+    # no-BN:  pilots 3 lrs x 2 inits x 1.30 ms x 10k x 2 epochs = 156 s; finals 2 inits x 1.30 x 60k = 156 s
+    # kernel: 3 seeds x 1.08 ms x 10k x 6 epochs = 194 s
+    # = 1180 s of training steps. Evaluation per run: 12 points x (2000 val + 1000 train) images +
+    # the 10k test images once + the inference timing, a forward pass costing ~1/4 of a training
+    # image: ~15k training-image equivalents, 20 % of a 60k-image run (>= 80 % train share; the
+    # 20k-image pilots with 4 points ~75 %). 1180 s / 0.8 = 1480 s + data, ERF, feature maps,
+    # side-by-side step times and figures (~2-3 min) = ~27 min; x 2.5-3 = 68-82 min in fp32.
+    # Each extra depth epoch costs ~2.6 min here (depth + no-BN finals).
+    "standard": Profile(train_subset=10_000, test_subset=None, kernel_width=32, kernel_epochs=6, kernel_seeds=3,
+                        depth_epochs=6, depth_seeds=2, depths=(8, 20, 44), zero_init_seeds=1,
+                        nobn_lrs=(0.002, 0.01, 0.05), nobn_pilot_epochs=2, nobn_seeds=1, analysis_images=64),
+    "full": Profile(train_subset=None, test_subset=None, kernel_width=48, kernel_epochs=30, kernel_seeds=3,
+                    depth_epochs=30, depth_seeds=3, depths=(20, 32, 56), zero_init_seeds=3,
+                    nobn_lrs=(0.002, 0.005, 0.01, 0.02, 0.05), nobn_pilot_epochs=10, nobn_seeds=3,
+                    analysis_images=256, eval_points=20),
 }
 
-# One config for both studies, fixed before any result was seen: SGD-Nesterov + one-cycle at the
-# usual batch-128 learning rate, light weight decay, no augmentation (4 epochs are too few for it
-# to pay off). No gradient clipping: exploding gradients must stay visible. Gradient statistics
-# every 10 steps give ~25 samples per run; clean train accuracy on a fixed 1000-image subset.
-ARCH_CONFIG = ExperimentConfig(batch_size=128, lr=0.05, optimizer="sgd", schedule="onecycle", weight_decay=5e-4,
-                               grad_sample_every=10, train_eval_samples=1000)
+# One config for every study, fixed before any result was seen: He et al.'s CIFAR recipe as far as
+# a CPU budget allows (SGD-Nesterov, batch 128, weight decay 1e-4, no augmentation, so that the
+# training error measures fitting alone), one-cycle at peak lr 0.05. Kaiming init (the engine's
+# default), zero-init residual off. No gradient clipping: divergence must stay visible. Curves on
+# fixed 2000 validation / 1000 training images (the profile's number of points per run); the test
+# set once at the end.
+ARCH_CONFIG = ExperimentConfig(batch_size=128, lr=0.05, optimizer="sgd", schedule="onecycle", weight_decay=1e-4,
+                               grad_sample_every=25, val_eval_samples=2000, train_eval_samples=1000)
+PILOT_EVAL_POINTS = 4   # pilots need only their final validation accuracy
 
 KERNEL_NAMES = {"3x3": "conv3x3", "5x5": "conv5x5", "7x7": "conv7x7", "1x1+3x3": "conv1x1_3x3"}
 # variant label -> KernelSizeCNN arguments
 KERNEL_VARIANTS = {"3x3": {"kernel_size": 3}, "5x5": {"kernel_size": 5}, "7x7": {"kernel_size": 7},
                    "1x1+3x3": {"kernel_size": 3, "reduce_1x1": True}}
+
+RESNET_WIDTHS = (16, 32, 64)           # the CIFAR ResNet of He et al. (2016), Sec. 4.2
+SHALLOW_PLAIN = {3: (32, 64), 5: (16, 32, 64, 64)}   # weighted layers -> conv widths (2 and 4 convs)
+NOBN_DEPTH = 20
+INITS = {"pytorch_default": "default_init", "kaiming": "kaiming"}   # init scheme -> name part
 
 
 def kernel_cnn(kernel: str, width: int, in_ch: int = 3, classes: int = 10,
@@ -107,7 +135,7 @@ def kernel_cnn(kernel: str, width: int, in_ch: int = 3, classes: int = 10,
                          **KERNEL_VARIANTS[kernel])
 
 
-# ------------------------------------------------------------------------------ kernel study
+# ------------------------------------------------------------------------------------ specs
 def match_kernel_widths(reference_width: int, in_ch: int = 3, classes: int = 10,
                         tol: float = PARAM_TOLERANCE) -> dict:
     """Stage widths giving every kernel variant the parameter count of the 3x3 model at
@@ -137,8 +165,10 @@ def match_kernel_widths(reference_width: int, in_ch: int = 3, classes: int = 10,
             "max_relative_gap": relative_param_gap(counts, target), "variants": variants}
 
 
-def kernel_specs(matching: dict, in_ch: int, classes: int) -> list[ModelSpec]:
-    specs = []
+def kernel_specs(matching: dict, in_ch: int, classes: int, seeds: int) -> list[ModelSpec]:
+    """Every kernel variant (``group="kernel_size"``, ``variant`` = its label) for seeds
+    ``0..seeds-1``, seed-major (a study stopped half-way has every variant at its first seed)."""
+    base = []
     for kernel, v in matching["variants"].items():
         widths = tuple(v["stage_widths"])
 
@@ -146,332 +176,117 @@ def kernel_specs(matching: dict, in_ch: int, classes: int) -> list[ModelSpec]:
             return kernel_cnn(kernel, widths[0], in_ch, classes, stage_widths=widths)
 
         layout = "1x1 (w/2) + 3x3 (w)" if kernel == "1x1+3x3" else f"{kernel} conv"
-        specs.append(ModelSpec(v["name"], build, f"3 stages of {layout}-BN-ReLU-maxpool, widths "
-                                                 f"{'-'.join(map(str, widths))}, GAP, linear",
-                               group="kernel_size", variant=kernel))
-    return specs
+        base.append(ModelSpec(v["name"], build, f"3 stages of {layout}-BN-ReLU-maxpool, widths "
+                                                f"{'-'.join(map(str, widths))}, GAP, linear",
+                              group="kernel_size", variant=kernel))
+    return [s.with_seed(k) for k in range(seeds) for s in base]
 
 
-def _erf_layer(model: KernelSizeCNN) -> tuple[nn.Module, int]:
-    """The ReLU before the last max-pool (the deepest full-resolution-of-its-stage map) and the
-    number of conv/pool specs up to it (for the theoretical RF rows)."""
-    feats = list(model.features)
-    last_pool = max(i for i, m in enumerate(feats) if isinstance(m, nn.MaxPool2d))
-    n_specs = sum(isinstance(m, (nn.Conv2d, nn.MaxPool2d)) for m in feats[:last_pool])
-    return feats[last_pool - 1], n_specs
+def _plain(widths, in_ch: int, classes: int, norm: bool = True) -> Callable[[ExperimentConfig], nn.Module]:
+    return lambda c: PlainCNN(list(widths), in_channels=in_ch, num_classes=classes, norm=norm)
 
 
-def _fixed_test_images(data: DatasetSplits, n: int, seed: int = 0) -> torch.Tensor:
-    """The same ``n`` test images (uint8) for every model and every run."""
-    idx = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(seed))[:n]
-    return data.test.images[idx]
+def _resnet(depth: int, in_ch: int, classes: int, norm: bool = True) -> Callable[[ExperimentConfig], nn.Module]:
+    n = blocks_per_stage(depth)
+    return lambda c: ResNet(BasicBlock, RESNET_WIDTHS, (n,) * 3, in_channels=in_ch, num_classes=classes, norm=norm)
 
 
-def side_by_side_step_times(models: dict[str, nn.Module], image_shape: tuple[int, ...], batch: int,
-                            runtime: Runtime, repeats: int = 9) -> dict:
-    """Forward+backward time of one training batch per model, measured round-robin.
-
-    Why next to the engine's training time: that one is wall time per model, measured at
-    different moments, so any other load on the machine lands on some models only. Here the
-    models take turns (``utils.timing.time_forward_backward`` rotates the order every
-    round), so a background load hits all of them alike and the ratios stay fair. Deep copies in
-    train mode: the BN running statistics of the trained models are not touched.
-    """
-    copies = {name: copy.deepcopy(m).train() for name, m in models.items()}
-    x = torch.randn((batch, *image_shape), generator=torch.Generator().manual_seed(0)).to(runtime.device)
-    if runtime.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    times = time_forward_backward(copies, x, repeats=repeats, warmup=2)  # median of `repeats` rounds
-    return {name: {"batch": batch, "median_ms_per_batch": t["median_ms"], "img_per_s": 1000.0 * batch / t["median_ms"]}
-            for name, t in times.items()}
+def blocks_per_stage(depth: int) -> int:
+    """``n`` of a CIFAR ResNet with ``depth = 6n + 2`` weighted layers (He et al. 2016, Sec. 4.2)."""
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"depth {depth} is not of the form 6n + 2 (8, 14, 20, 32, 44, 56, ...)")
+    return (depth - 2) // 6
 
 
-def _normaliser(data: DatasetSplits, runtime: Runtime) -> Callable[[torch.Tensor], torch.Tensor]:
-    loader = BatchLoader(data.test, 1, data.mean, data.std, device=runtime.device, channels_last=runtime.channels_last)
-    return loader.normalise
+def depth_specs(depths: tuple[int, ...], seeds: int, in_ch: int, classes: int) -> list[ModelSpec]:
+    """Plain (``group="plain"``) and residual (``group="residual"``) nets at each depth of the
+    6n+2 layout (``variant`` = weighted layers), plus plain nets with 2 and 4 convolutions, for
+    seeds ``0..seeds-1``, seed-major. Both families: widths 16/32/64, BN; the plain net is the
+    ResNet without its shortcuts (same convs, same strides)."""
+    widths = "/".join(map(str, RESNET_WIDTHS))
+    base = [ModelSpec(f"plain{d}", _plain(w, in_ch, classes), f"plain, {len(w)} conv3x3 ({'-'.join(map(str, w))}), "
+                      "BN, GAP, linear", group="plain", variant=str(d)) for d, w in SHALLOW_PLAIN.items()]
+    for d in depths:
+        n = blocks_per_stage(d)
+        base.append(ModelSpec(f"plain{d}", _plain(resnet_like_plain(n, RESNET_WIDTHS), in_ch, classes),
+                              f"plain-{d}: {d - 1} conv3x3 ({widths}, {2 * n} per stage + stem), BN, GAP, linear",
+                              group="plain", variant=str(d)))
+        base.append(ModelSpec(f"resnet{d}", _resnet(d, in_ch, classes),
+                              f"ResNet-{d}: stem + {3 * n} BasicBlocks ({widths}), BN, GAP, linear",
+                              group="residual", variant=str(d)))
+    return [s.with_seed(k) for k in range(seeds) for s in base]
 
 
-def analyse_kernels(run: ExperimentRun, specs: list[ModelSpec], matching: dict, data: DatasetSplits,
-                    cfg: ExperimentConfig, runtime: Runtime, out_dir: Path, plots: Path, prefix: str,
-                    n_images: int) -> dict:
-    """Receptive fields (theoretical + ERF at init and trained), FLOP breakdown, first-layer
-    activations and filters; writes ``analysis.json`` / ``analysis.md`` and the figures."""
-    images = _fixed_test_images(data, n_images)
-    x = _normaliser(data, runtime)(images)
-    records = run.records
-    rf_variants, table, first_acts, first_filters = [], {}, {}, {}
-    for spec, rec in zip(specs, records):
-        model = run.models[rec.model]
-        init_model = build_model(spec, spec.config_for(cfg))[0].to(runtime.device)   # as its run started
-        layer, n_specs = _erf_layer(model)
-        specs_all = layer_specs_from_module(model.features)
-        rows = receptive_field(specs_all)
-        unit_row = rows[n_specs - 1]
-        fmap = collect_activations(model, x[:1], {"erf": layer})["erf"]
-        h = fmap.shape[-2]
-        center = (unit_row.center(h // 2), unit_row.center(fmap.shape[-1] // 2))
-        erfs = {}
-        for tag, net in (("init", init_model), ("trained", model)):
-            init_layer = _erf_layer(net)[0]
-            erfs[tag] = effective_receptive_field(net, x, layer=init_layer).float().cpu()
-        extents = {tag: {str(m): erf_extent_at(e, center, m) for m in (0.5, 0.9, ERF_MASS)} for tag, e in erfs.items()}
-        # RMS distance of the gradient mass from the RF centre: unlike the 95 % square it is not
-        # capped by the image border, so it still orders ERFs larger than the image.
-        h_in, w_in = erfs["init"].shape
-        yy, xx = torch.meshgrid(torch.arange(h_in, dtype=torch.float64), torch.arange(w_in, dtype=torch.float64),
-                                indexing="ij")
-        rms = {tag: float(torch.sqrt((e.double() * ((yy - center[0]) ** 2 + (xx - center[1]) ** 2)).sum()))
-               for tag, e in erfs.items()}
-        kernel = spec.variant
-        costs = conv_layer_costs(model, data.image_shape)
-        flops_by_res: dict[str, int] = {}
-        params_by_res: dict[str, int] = {}
-        for c in costs:
-            key = f"{c['out_hw'][0]}x{c['out_hw'][1]}"
-            flops_by_res[key] = flops_by_res.get(key, 0) + c["flops"]
-            params_by_res[key] = params_by_res.get(key, 0) + c["params"]
-        s = rec.summary
-        table[spec.name] = {
-            "kernel": kernel, "stage_widths": matching["variants"][kernel]["stage_widths"],
-            "params": s.params, "param_gap": matching["variants"][kernel]["relative_gap"], "mflops": s.mflops,
-            "status": s.status, "final_test_acc": s.test_acc, "best_val_acc": s.best_val_acc,
-            "final_train_acc": s.final_train_acc, "train_time_s": s.train_time_s,
-            "epoch_time_s": s.epoch_time_s, "throughput_img_s": s.throughput_img_s,
-            "rf_layers": [{"layer": r.name, "size": r.size, "jump": r.jump, "start": r.start} for r in rows],
-            "erf_layer": f"features.{unit_row.name} (last conv, before the last max-pool)",
-            "erf_map_size": [int(fmap.shape[-2]), int(fmap.shape[-1])], "input_size": h_in,
-            "theoretical_rf": unit_row.size, "theoretical_rf_final": rows[-1].size, "erf_center": list(center),
-            "erf_extent_init": extents["init"], "erf_extent_trained": extents["trained"],
-            "erf_rms_radius_init": rms["init"], "erf_rms_radius_trained": rms["trained"],
-            "erf_center_share_trained": float(erfs["trained"][int(center[0]), int(center[1])]),
-            "conv_costs": costs, "flops_by_resolution": flops_by_res, "params_by_resolution": params_by_res,
-        }
-        rf_variants.append({"name": f"{spec.name} ({kernel})",
-                            "rf_layers": [(r.name, r.size) for r in rows[:n_specs]], "rf": unit_row.size,
-                            "center": center, "erf_init": erfs["init"].numpy(), "erf_trained": erfs["trained"].numpy(),
-                            "extent_init": extents["init"][str(ERF_MASS)],
-                            "extent_trained": extents["trained"][str(ERF_MASS)]})
-        first_conv = next(m for m in model.features if isinstance(m, nn.Conv2d))
-        first_relu = next(m for m in model.features if isinstance(m, nn.ReLU))
-        first_acts[f"{spec.name}"] = collect_activations(model, x[:3], {"a": first_relu})["a"].numpy()
-        first_filters[f"{spec.name}"] = first_conv.weight.detach().float().cpu().numpy()
-
-    steps = side_by_side_step_times(run.models, data.image_shape, cfg.batch_size, runtime)
-    for name, t in steps.items():
-        table[name]["step_time"] = t
-    analysis = {"param_matching": {k: v for k, v in matching.items() if k != "variants"}, "erf_mass": ERF_MASS,
-                "analysis_images": n_images, "models": table}
-    write_json(out_dir / "analysis.json", analysis)
-    atomic_write_text(out_dir / "analysis.md", kernel_markdown(analysis))
-    title = _data_title(data)
-    arch_plots.plot_architecture_bars(records, plots / f"{prefix}comparison.png",
-                               f"Kernel size at equal parameters ({title})", matching["target_params"], PARAM_TOLERANCE,
-                               step_ms={n: t["median_ms_per_batch"] for n, t in steps.items()})
-    viz.plot_learning_curves(records, plots / f"{prefix}learning_curves.png", f"Kernel size: learning curves ({title})")
-    arch_plots.plot_receptive_fields(rf_variants, plots / f"{prefix}receptive_fields.png",
-                              f"Receptive fields of the last conv layer: theoretical vs empirical ERF "
-                              f"(mean |gradient| over {n_images} test images)")
-    arch_plots.plot_first_layer_activations(images[:3].numpy(), first_acts, plots / f"{prefix}first_layer_activations.png",
-                                     "First conv layer activations (after BN+ReLU), 8 most active channels per model")
-    arch_plots.plot_first_layer_filters(first_filters, plots / f"{prefix}first_layer_filters.png",
-                                 "Learned first-layer filters (16 of largest norm, RGB, each scaled to its range)")
-    return analysis
+def zero_init_specs(depth: int, seeds: int, in_ch: int, classes: int) -> list[ModelSpec]:
+    """The labelled control: ResNet-``depth`` run with zero-init of each block's last BN gamma."""
+    spec = ModelSpec(f"resnet{depth}_zero_init", _resnet(depth, in_ch, classes),
+                     f"ResNet-{depth} as in the depth study, last BN gamma of every block zero-initialised",
+                     group="residual_zero_init", variant=str(depth))
+    return [spec.with_seed(k) for k in range(seeds)]
 
 
-def kernel_markdown(analysis: dict) -> str:
-    pm = analysis["param_matching"]
-    lines = ["# Kernel size at equal parameters\n",
-             f"Target: {pm['target_params']:,} parameters ({pm['reference']}), tolerance ±{100 * pm['tolerance']:.0f} %, "
-             f"worst gap {100 * pm['max_relative_gap']:.2f} %. ERF extent = side of the centred square holding "
-             f"{100 * analysis['erf_mass']:.0f} % of the mean |d unit / d input| over {analysis['analysis_images']} "
-             f"test images.\n"]
-    m95 = str(analysis["erf_mass"])
-    rows = []
-    for name, t in analysis["models"].items():
-        acc = "–" if t["final_test_acc"] is None else f"{100 * t['final_test_acc']:.2f} %"
-        tt = "–" if t["train_time_s"] is None else f"{t['train_time_s']:.0f} s"
-        rows.append([name, "-".join(map(str, t["stage_widths"])), f"{t['params']:,}", f"{100 * t['param_gap']:+.2f} %",
-                     f"{t['mflops']:.1f}", acc, tt, f"{t['step_time']['median_ms_per_batch']:.0f} ms",
-                     f"{t['theoretical_rf']} px", f"{t['erf_extent_init'][m95]} px", f"{t['erf_extent_trained'][m95]} px",
-                     f"{t['erf_rms_radius_init']:.1f} / {t['erf_rms_radius_trained']:.1f} px"])
-    lines.append(markdown_table(["model", "stage widths", "params", "gap", "MFLOPs/img", "test acc", "train time",
-                                 "fwd+bwd per batch (side by side)", "theoretical RF", "ERF95 init", "ERF95 trained",
-                                 "ERF RMS radius init / trained"], rows))
-    resolutions = list(next(iter(analysis["models"].values()))["flops_by_resolution"])
-    rows = [[name] + [f"{t['flops_by_resolution'][k] / 1e6:.1f} / {t['params_by_resolution'][k]:,}"
-                      for k in t["flops_by_resolution"]] for name, t in analysis["models"].items()]
-    lines += ["", "FLOPs by the resolution the convolutions run at (MFLOPs / parameters):", "",
-              markdown_table(["model", *resolutions], rows)]
-    return "\n".join(lines) + "\n"
+def nobn_specs(in_ch: int, classes: int, lrs: dict[str, tuple[float, ...]], seeds: int,
+               pilot: bool) -> dict[str, list[ModelSpec]]:
+    """Plain-20 and ResNet-20 without normalisation (``group`` = net, ``variant`` = init scheme,
+    ``lr`` = the spec's learning rate), by init scheme. ``lrs``: ``"<group>/<init>"`` -> the lrs
+    to run (pilots: the candidates, one seed; finals: the one chosen, ``seeds`` seeds)."""
+    nets = {f"plain{NOBN_DEPTH}_nobn": (_plain(resnet_like_plain(blocks_per_stage(NOBN_DEPTH), RESNET_WIDTHS), in_ch,
+                                               classes, norm=False), f"plain-{NOBN_DEPTH} without normalisation"),
+            f"resnet{NOBN_DEPTH}_nobn": (_resnet(NOBN_DEPTH, in_ch, classes, norm=False),
+                                         f"ResNet-{NOBN_DEPTH} without normalisation")}
+    out: dict[str, list[ModelSpec]] = {init: [] for init in INITS}
+    for init, part in INITS.items():
+        for net, (build, desc) in nets.items():
+            for lr in lrs[f"{net}/{init}"]:
+                name = f"pilot_{net}_{part}_lr{lr:g}" if pilot else f"{net}_{part}"
+                spec = ModelSpec(name, build, f"{desc}, init {init}, lr {lr:g}", group=net, variant=init, lr=lr)
+                out[init] += [spec] if pilot else [spec.with_seed(k) for k in range(seeds)]
+    return out
 
 
-# ------------------------------------------------------------------------------- depth study
-def depth_specs(in_ch: int, classes: int) -> list[ModelSpec]:
-    def plain(widths, **kw):
-        return lambda c: PlainCNN(widths, in_channels=in_ch, num_classes=classes, **kw)
-
-    def resnet(**kw):
-        return lambda c: ResNet(BasicBlock, (16, 32, 64), (3, 3, 3), in_channels=in_ch, num_classes=classes, **kw)
-
-    p20 = resnet_like_plain(3)
-    return [
-        ModelSpec("depth_2", plain([32, 64]), "plain, 2 conv3x3 (32, 64 stride 2), BN, GAP, linear",
-                  group="depth_plain", variant="2"),
-        ModelSpec("depth_4", plain([32, 32, 64, 64]), "plain, 4 conv3x3 (32-32-64-64), BN, GAP, linear",
-                  group="depth_plain", variant="4"),
-        ModelSpec("depth_8", plain([32, 32, 32, 64, 64, 64, 128, 128]),
-                  "plain, 8 conv3x3 (3x32, 3x64, 2x128), BN, GAP, linear", group="depth_plain", variant="8"),
-        ModelSpec("plain20_bn", plain(p20), "plain, 19 conv3x3 on ResNet-20 widths (16/32/64), BN, Kaiming init",
-                  group="depth20", variant="plain_bn"),
-        ModelSpec("resnet20_bn", resnet(), "ResNet-20: stem + 9 BasicBlocks (16/32/64), BN, Kaiming init",
-                  group="depth20", variant="resnet_bn"),
-        ModelSpec("plain20_nobn", plain(p20, norm=False, init="default"),
-                  "plain, 19 conv3x3 on ResNet-20 widths, NO normalisation, PyTorch default init",
-                  group="depth20", variant="plain_nobn"),
-        ModelSpec("resnet20_nobn", resnet(norm=False, init="default"),
-                  "ResNet-20 without normalisation, PyTorch default init", group="depth20",
-                  variant="resnet_nobn"),
-    ]
+def run_parts(experiment: str, parts: list[tuple[dict, list[ModelSpec]]], data: DatasetSplits,
+              cfg: ExperimentConfig, runtime: Runtime, results: Path, force: bool, title: str,
+              keep_models: bool = True) -> ExperimentRun:
+    """:func:`run_experiment` for each ``(config changes, specs)`` part into one experiment folder,
+    then one summary of all of them. Why parts: the init scheme and zero-init are experiment-wide
+    config fields (recorded in every run), so the runs that differ in them run as separate parts."""
+    merged = ExperimentRun([])
+    for changes, specs in parts:
+        if specs:
+            run = run_experiment(experiment, specs, data, cfg.replace(**changes), runtime, results, force=force,
+                                 keep_models=keep_models, title=title)
+            merged.records += run.records
+            merged.models.update(run.models)
+    write_summary(merged.records, results / experiment, title)
+    return merged
 
 
-def _grad_view(record: RunRecord) -> RunRecord:
-    """The record with projection-shortcut weights left out of its gradient statistics, so layer
-    index = position along the main path (same x axis for plain and residual nets)."""
-    g = record.grad_stats
-    keep = [i for i, n in enumerate(g.names) if "shortcut" not in n]
-    return dataclasses.replace(record, grad_stats=GradStats(
-        names=[g.names[i] for i in keep], step=g.step, l2=[[row[i] for i in keep] for row in g.l2],
-        mean_abs=[[row[i] for i in keep] for row in g.mean_abs]))
-
-
-def _zeros_as_nan(view: RunRecord) -> RunRecord:
-    """For log-scale plots: an exactly-zero gradient (ResNet blocks start as the identity because
-    their last BN scale is zero-initialised, so their convs get no gradient at step 0) is drawn
-    as a gap, not as a line down to -inf."""
-    g = view.grad_stats
-    return dataclasses.replace(view, grad_stats=dataclasses.replace(
-        g, l2=[[v if v > 0 else float("nan") for v in row] for row in g.l2]))
-
-
-def gradient_numbers(record: RunRecord) -> dict:
-    """First/last layer gradient ratio at initialisation and during training, per-layer norms."""
-    g = _grad_view(record).grad_stats
-    if not g.l2:
-        return {"samples": 0}
-    norms = np.asarray(g.l2, dtype=float)
-    finite = np.all(np.isfinite(norms), axis=1)
-    summ = gradient_flow_summary(g.names, np.where(np.isfinite(norms), norms, np.nan))
-    ratio = summ["first_last_ratio"]
-    later = ratio[1:][np.isfinite(ratio[1:])]
-    return {"samples": int(norms.shape[0]), "layers": g.names, "steps": g.step,
-            "ratio_first_last_init": float(ratio[0]),
-            "ratio_first_last_median_training": float(np.median(later)) if later.size else None,
-            "ratio_first_last_final": float(ratio[-1]),
-            "norm_first_init": float(norms[0, 0]), "norm_last_init": float(norms[0, -1]),
-            "init_norms": norms[0].tolist(), "median_norms": summ["median_norm"].tolist(),
-            "max_norm_seen": float(np.nanmax(np.where(np.isfinite(norms), norms, np.nan))),
-            "non_finite_samples": int((~finite).sum())}
-
-
-def _probe_layers(model: nn.Module, n: int = 5) -> list[tuple[str, nn.Module]]:
-    """~``n`` evenly spaced block outputs from input to output side, labelled by conv depth."""
-    if isinstance(model, ResNet):
-        points = [("conv 1 (stem)", model.stem)]
-        depth = 1
-        for block in (b for stage in model.stages for b in stage):
-            depth += 2
-            points.append((f"conv {depth} (block)", block))
-    else:
-        points = [(f"conv {i + 1}", blk) for i, blk in enumerate(model.features)]
-    idx = sorted(set(np.linspace(0, len(points) - 1, min(n, len(points))).round().astype(int).tolist()))
-    return [points[i] for i in idx]
-
-
-def analyse_depth(run: ExperimentRun, data: DatasetSplits, runtime: Runtime, out_dir: Path, plots: Path,
-                  prefix: str, batch: int) -> dict:
-    """Gradient ratios, theoretical RFs and feature maps; writes ``analysis.json/md`` + figures."""
-    image = _fixed_test_images(data, 1)
-    x = _normaliser(data, runtime)(image)
-    records = run.records
-    table, maps = {}, {}
-    for rec in records:
-        model, s = run.models[rec.model], rec.summary
-        rf = receptive_field(layer_specs_from_module(model))
-        n_convs = sum(isinstance(m, nn.Conv2d) for n, m in model.named_modules() if "shortcut" not in n)
-        table[rec.model] = {
-            "description": rec.description, "status": s.status, "diverged_at": rec.diverged_at,
-            "conv_layers": n_convs, "params": s.params, "mflops": s.mflops,
-            "final_test_acc": s.test_acc, "best_val_acc": s.best_val_acc,
-            "final_train_acc": s.final_train_acc,
-            "final_train_loss": rec.history.train_loss[-1] if rec.history.train_loss else None,
-            "train_time_s": s.train_time_s, "epoch_time_s": s.epoch_time_s,
-            "theoretical_rf_final": rf[-1].size if rf else None,
-            "gradients": gradient_numbers(rec),
-        }
-        acts = collect_activations(model, x, dict((label, m) for label, m in _probe_layers(model)))
-        # signal size along the depth (one test image): shrinks layer by layer when nothing keeps it up
-        table[rec.model]["feature_map_mean_activation"] = {label: float(a.mean()) for label, a in acts.items()}
-        if all(torch.isfinite(a).all() for a in acts.values()):
-            maps[rec.model] = [(f"{label}\nmean {a.mean():.2g}", a[0].numpy()) for label, a in acts.items()]
-        else:
-            log.warning("%s: non-finite activations (diverged weights); left out of the feature-map figure",
-                        rec.model)
-    steps = side_by_side_step_times(run.models, data.image_shape, batch, runtime)
-    for name, t in steps.items():
-        table[name]["step_time"] = t
-    analysis = {"models": table}
-    write_json(out_dir / "analysis.json", analysis)
-    atomic_write_text(out_dir / "analysis.md", depth_markdown(analysis))
-
-    title = _data_title(data)
-    by_name = {r.model: r for r in records}
-    grads = [_grad_view(r) for r in records]
-    arch_plots.plot_architecture_bars(records, plots / f"{prefix}comparison.png", f"Depth: size, cost and accuracy ({title})",
-                               step_ms={n: t["median_ms_per_batch"] for n, t in steps.items()})
-    viz.plot_learning_curves(records, plots / f"{prefix}learning_curves.png", f"Depth: learning curves ({title})")
-    viz.plot_gradient_norms_per_layer([_zeros_as_nan(g) for g in grads], plots / f"{prefix}gradient_norms_per_layer.png",
-                                      "Gradient L2 norm per layer (main path; shortcut projections left out)")
-    arch_plots.plot_gradient_ratio(grads, plots / f"{prefix}gradient_ratio.png",
-                            "Vanishing gradients: first-conv / last-layer gradient norm during training")
-    family = [g for g in grads if g.group == "depth20"]
-    shallow = [g for g in grads if g.group == "depth_plain"]
-    if family:
-        viz.plot_gradient_flow(family, plots / f"{prefix}gradient_flow_20_layers.png",
-                               "Gradient flow over training, 20-layer networks")
-    if shallow:
-        viz.plot_gradient_flow(shallow, plots / f"{prefix}gradient_flow_shallow.png",
-                               "Gradient flow over training, 2/4/8-layer plain networks")
-    groups = [(t, [by_name[n] for n in names if n in by_name]) for t, names in
-              (("with BatchNorm", ("depth_8", "plain20_bn", "resnet20_bn")),
-               ("without normalisation", ("plain20_nobn", "resnet20_nobn")))]
-    groups = [g for g in groups if g[1]]
-    if groups:
-        arch_plots.plot_plain_vs_residual(groups, plots / f"{prefix}plain_vs_residual.png",
-                                   f"Plain vs residual at the same depth ({title})")
-    if maps:
-        arch_plots.plot_feature_maps_by_depth(image[0].numpy(), maps, plots / f"{prefix}feature_maps.png",
-                                       "Feature maps at several depths (4 most active channels; "
-                                       "'mean' = mean activation of the layer)")
-    return analysis
-
-
-def depth_markdown(analysis: dict) -> str:
-    rows = []
-    for name, t in analysis["models"].items():
-        g = t["gradients"]
-        acc = "–" if t["final_test_acc"] is None else f"{100 * t['final_test_acc']:.2f} %"
-        loss = "–" if t["final_train_loss"] is None else f"{t['final_train_loss']:.3f}"
-        tt = "–" if t["train_time_s"] is None else f"{t['train_time_s']:.0f} s"
-        med = g.get("ratio_first_last_median_training")
-        rows.append([name, t["conv_layers"], f"{t['params']:,}", f"{t['mflops']:.1f}", t["status"], acc, loss, tt,
-                     f"{t['step_time']['median_ms_per_batch']:.0f} ms", f"{t['theoretical_rf_final']} px",
-                     f"{g.get('ratio_first_last_init', float('nan')):.3g}", "–" if med is None else f"{med:.3g}"])
-    table = markdown_table(["model", "convs", "params", "MFLOPs/img", "status", "test acc", "train loss (last epoch)",
-                            "train time", "fwd+bwd per batch (side by side)", "theoretical RF", "grad ratio at init",
-                            "grad ratio, median in training"], rows)
-    return "\n".join(["# Depth and residual connections\n",
-                      "Gradient ratio = ‖grad first conv weight‖ / ‖grad last (linear) layer weight‖; < 1: gradients "
-                      "shrink towards the input.\n", table]) + "\n"
+def run_nobn(args, data: DatasetSplits, cfg: ExperimentConfig, runtime: Runtime, results: Path, plots: Path,
+             profile: Profile, suffix: str) -> None:
+    """Pilots (one seed, ``nobn_pilot_epochs``, every candidate lr), the choice on validation, then
+    the finals at the chosen lr over seeds."""
+    in_ch, classes, title = data.image_shape[0], data.num_classes, data_title(data)
+    keys = [f"{net}{NOBN_DEPTH}_nobn/{init}" for net in ("plain", "resnet") for init in INITS]
+    pilot_specs = nobn_specs(in_ch, classes, {k: profile.nobn_lrs for k in keys}, 1, pilot=True)
+    pilot_cfg = cfg.replace(epochs=args.epochs or profile.nobn_pilot_epochs,
+                            eval_points=min(PILOT_EVAL_POINTS, cfg.eval_points))
+    pilots = run_parts(f"depth_nobn_pilots{suffix}", [({"init": i}, s) for i, s in pilot_specs.items()], data,
+                       pilot_cfg, runtime, results, args.force, f"No-BN lr pilots, read on validation ({title})",
+                       keep_models=False)
+    choice = numbers.choose_lr(pilots.records)
+    write_json(results / f"depth_nobn_pilots{suffix}" / "analysis.json", numbers.json_safe(choice))
+    chosen = {k: (choice["choices"][k]["chosen_lr"],) for k in keys}
+    final_specs = nobn_specs(in_ch, classes, chosen, profile.nobn_seeds, pilot=False)
+    experiment = f"depth_nobn{suffix}"
+    finals = run_parts(experiment, [({"init": i}, s) for i, s in final_specs.items()], data, cfg, runtime, results,
+                       args.force, f"Without normalisation: default vs Kaiming init ({title})")
+    # the BN nets of the same depth from the depth study, if it ran on the same data and budget
+    reference = [r for r in load_records(results / f"depth{suffix}")
+                 if (r.group, r.variant) in {("plain", str(NOBN_DEPTH)), ("residual", str(NOBN_DEPTH))}
+                 and r.config.get("epochs") == cfg.epochs and r.config.get("batch_size") == cfg.batch_size
+                 and r.data == data.describe()]
+    analyse_nobn(pilots, finals, choice, reference, data, results / experiment, plots, f"{experiment}_", NOBN_DEPTH,
+                 tuple(INITS))
 
 
 # ------------------------------------------------------------------------------ init study
@@ -520,14 +335,10 @@ def run_init_experiment(data: DatasetSplits, profile: InitStudyProfile, results_
 
 
 # ------------------------------------------------------------------------------------- main
-def _data_title(data: DatasetSplits) -> str:
-    return f"{'CIFAR-10' if data.name == 'cifar10' else 'MNIST'}, {len(data.train)} train / {len(data.test)} test"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(__doc__.splitlines()[0], EXPERIMENTS, default_plots="plots/architecture_analysis")
     parser.add_argument("--dataset", choices=("cifar10", "mnist"), default="cifar10",
-                        help="data set of both studies (CIFAR-10 separates the variants; MNIST is too easy)")
+                        help="data set of every study (CIFAR-10 separates the variants; MNIST is too easy)")
     args = parser.parse_args(argv)
     dirs = prepare_output_dirs(args)
     results = dirs.results / "architecture_analysis"
@@ -537,35 +348,41 @@ def main(argv: list[str] | None = None) -> int:
     log.info("profile %s, dataset %s, runtime %s", args.profile, args.dataset, runtime.describe())
     t0 = time.perf_counter()
     data = load_data(args, dirs, args.dataset, profile.train_subset, profile.test_subset, profile.val_size)
-    in_ch, classes = data.image_shape[0], data.num_classes
-    cfg = apply_cli_overrides(ARCH_CONFIG.replace(epochs=profile.epochs), args)
+    in_ch, classes, title = data.image_shape[0], data.num_classes, data_title(data)
+    cfg = apply_cli_overrides(ARCH_CONFIG.replace(eval_points=profile.eval_points), args)
+    depth_cfg = cfg.replace(epochs=args.epochs or profile.depth_epochs)
     suffix = "" if args.dataset == "cifar10" else f"_{args.dataset}"   # MNIST never overwrites CIFAR results
     for name in args.only or EXPERIMENTS:
-        if name == "init":
+        t1 = time.perf_counter()
+        if name == "kernel":
+            experiment = f"kernel_size{suffix}"
+            matching = match_kernel_widths(profile.kernel_width, in_ch, classes)
+            write_json(results / experiment / "param_matching.json", matching)
+            specs = kernel_specs(matching, in_ch, classes, profile.kernel_seeds)
+            kernel_cfg = cfg.replace(epochs=args.epochs or profile.kernel_epochs)
+            run = run_experiment(experiment, specs, data, kernel_cfg, runtime, results, force=args.force,
+                                 keep_models=True, title=f"Kernel size at equal parameters ({title})")
+            analyse_kernels(run, specs, matching, data, kernel_cfg, runtime, results / experiment, dirs.plots,
+                            f"{experiment}_", profile.analysis_images, PARAM_TOLERANCE)
+        elif name == "depth":
+            experiment = f"depth{suffix}"
+            zero_depth = profile.depths[len(profile.depths) // 2]
+            parts = [({}, depth_specs(profile.depths, profile.depth_seeds, in_ch, classes)),
+                     ({"zero_init_residual": True}, zero_init_specs(zero_depth, profile.zero_init_seeds, in_ch,
+                                                                    classes))]
+            run = run_parts(experiment, parts, data, depth_cfg, runtime, results, args.force,
+                            f"Depth: plain vs residual ({title})")
+            analyse_depth(run, data, runtime, results / experiment, dirs.plots, f"{experiment}_", cfg.batch_size)
+        elif name == "nobn":
+            experiment = f"depth_nobn{suffix}"
+            run_nobn(args, data, depth_cfg, runtime, results, dirs.plots, profile, suffix)
+        elif name == "init":
             experiment = f"init_study{suffix}"
             init = INIT_PROFILES[args.profile]
             run_init_experiment(data, init, results / experiment, dirs.plots,
                                 list(range(args.seed, args.seed + init.seeds)), name=experiment)
-        elif name == "kernel":
-            experiment = f"kernel_size{suffix}"
-            matching = match_kernel_widths(profile.kernel_width, in_ch, classes)
-            write_json(results / experiment / "param_matching.json", matching)
-            for v in matching["variants"].values():
-                log.info("kernel %-8s stage widths %-14s %s params (%+.2f %% vs target %s)", v["kernel"],
-                         "-".join(map(str, v["stage_widths"])), f"{v['params']:,}", 100 * v["relative_gap"],
-                         f"{matching['target_params']:,}")
-            specs = kernel_specs(matching, in_ch, classes)
-            run = run_experiment(experiment, specs, data, cfg, runtime, results, force=args.force,
-                                 keep_models=True, title=f"Kernel size at equal parameters ({_data_title(data)})")
-            analyse_kernels(run, specs, matching, data, cfg, runtime, results / experiment, dirs.plots,
-                            f"{experiment}_", profile.analysis_images)
-        else:
-            experiment = f"depth{suffix}"
-            run = run_experiment(experiment, depth_specs(in_ch, classes), data, cfg, runtime, results,
-                                 force=args.force, keep_models=True,
-                                 title=f"Depth and residual connections ({_data_title(data)})")
-            analyse_depth(run, data, runtime, results / experiment, dirs.plots, f"{experiment}_", cfg.batch_size)
-        log.info("%s done: results in %s, figures in %s", name, results / experiment, dirs.plots)
+        log.info("%s done in %.0f s: results in %s, figures in %s", name, time.perf_counter() - t1,
+                 results / experiment, dirs.plots)
     log.info("total wall time %.0f s", time.perf_counter() - t0)
     return 0
 

@@ -209,7 +209,7 @@ def pilot_numbers(records: list[RunRecord]) -> dict:
     res = {lr: v["final_val_acc"] for lr, v in table.get("pilot_resnet_regularised", {}).items()
            if v["final_val_acc"] is not None}
     return {"candidates": table, "chosen_lr_by_val": max(res, key=res.get) if res else None,
-            "config_lr": CIFAR_CONFIG.lr}
+            "config_lr": CIFAR_CONFIG.lr, "runs_wall_s": sum(r.timing["total_s"] for r in records)}
 
 
 # The models the assignment compares (the rest of the CIFAR runs are the regularisation ablation).

@@ -59,7 +59,7 @@ def plot_architecture_bars(records: Sequence[RunRecord], path: Path, title: str,
 
 
 @styled
-def plot_receptive_fields(variants: Sequence[dict], path: Path, title: str) -> Path:
+def plot_receptive_fields(variants: Sequence[dict], path: Path, title: str, layer_panel: bool = True) -> Path:
     """Theoretical RF vs empirical ERF, one column per variant.
 
     Each variant dict: ``name``, ``rf_layers`` (list of ``(layer label, RF size)``), ``rf``
@@ -69,13 +69,16 @@ def plot_receptive_fields(variants: Sequence[dict], path: Path, title: str) -> P
     (the input pixels that can influence the unit), ERF at initialisation, ERF after training
     (each map scaled to its own maximum: a shared scale leaves the spread-out ERFs of large
     kernels near-black; the share of the mass is read from the squares: dashed = theoretical
-    RF, solid = 95 % ERF), and below all of them the RF size layer by layer.
+    RF, solid = 95 % ERF), and below all of them the RF size layer by layer (``layer_panel``;
+    :func:`plot_rf_growth` draws the growth against the RF in pixels instead).
     """
     from matplotlib.patches import Rectangle
 
     n = len(variants)
-    fig = plt.figure(figsize=(3.6 * n + 1.2, 13.5))
-    grid = fig.add_gridspec(4, n, height_ratios=[1, 1, 1, 1.1], hspace=0.42, top=0.93)
+    rows = 4 if layer_panel else 3
+    fig = plt.figure(figsize=(3.6 * n + 1.2, 13.5 if layer_panel else 10.5))
+    grid = fig.add_gridspec(rows, n, height_ratios=[1, 1, 1, 1.1][:rows], hspace=0.42, wspace=0.3,
+                            top=0.93 if layer_panel else 0.9)
 
     def square(ax, side, center, **kw):
         half = side / 2
@@ -104,6 +107,9 @@ def plot_receptive_fields(variants: Sequence[dict], path: Path, title: str) -> P
             ax.grid(False)
     fig.colorbar(im, ax=fig.axes, shrink=0.35, location="right", anchor=(0, 0.75),
                  label="ERF: |∂unit/∂input| per pixel / its maximum in the map")
+    if not layer_panel:
+        fig.suptitle(title, y=0.975)
+        return save_figure(fig, path)
     ax = fig.add_subplot(grid[3, :])
     for color, v in zip(palette(n), variants):
         sizes = [s for _, s in v["rf_layers"]]
@@ -338,5 +344,73 @@ def plot_init_study(summary: Sequence[dict], path: Path, title: str) -> Path:
             ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
         ax.legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------- v2: seeds, RF growth
+def _mean_and_half(s: dict, scale: float) -> tuple[float, float]:
+    mean = s["mean"] if s["mean"] is not None else np.nan
+    half = s["half_width"] if s["half_width"] is not None and np.isfinite(s["half_width"]) else 0.0
+    return scale * mean, scale * half
+
+
+@styled
+def plot_variants_over_seeds(variants: dict, path: Path, title: str, target_params: int | None = None,
+                             tol: float = 0.02) -> Path:
+    """Parameters (with the ±tol band around ``target_params``), forward MFLOPs, training time and
+    test accuracy per variant; time and accuracy are means over seeds with their 95 % intervals.
+    ``variants``: label -> a dict of ``utils.architecture_numbers.variant_numbers``."""
+    names = list(variants)
+    colors = palette(len(names))
+    v = [variants[n] for n in names]
+    times = [_mean_and_half(x["train_time_s"], 1.0) for x in v]
+    accs = [_mean_and_half(x["test_acc"], 100.0) for x in v]
+    panels = (([x["params"] for x in v], None, "parameters", "{:,.0f}"),
+              ([x["mflops"] for x in v], None, "forward MFLOPs per image", "{:.1f}"),
+              ([t for t, _ in times], [h for _, h in times], "training time (s), mean ± 95 % CI", "{:.3g}"),
+              ([a for a, _ in accs], [h for _, h in accs], "test accuracy (%), mean ± 95 % CI", "{:.2f}"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 4.4), layout="constrained")
+    for ax, (vals, half, label, fmt) in zip(axes, panels):
+        ax.bar(names, vals, color=colors, yerr=half, capsize=5 if half else 0)
+        for i, val in enumerate(vals):
+            ax.annotate(fmt.format(val) + ("" if not half or not half[i] else f" ± {fmt.format(half[i])}"),
+                        (i, val), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+        ax.set(ylabel=label)
+        ax.tick_params(axis="x", rotation=15)
+    if target_params:
+        axes[0].axhspan(target_params * (1 - tol), target_params * (1 + tol), color="grey", alpha=0.25,
+                        label=f"target ±{100 * tol:.0f} %")
+        axes[0].legend(loc="lower right")
+    acc = [a for a in panels[-1][0] if np.isfinite(a)]
+    if acc:
+        axes[-1].set_ylim(max(0, min(acc) - 8), min(100, max(acc) + 4))
+    n_seeds = sorted({len(x["seeds"]) for x in v})
+    fig.suptitle(f"{title}; seeds per variant: {'/'.join(map(str, n_seeds))}")
+    return save_figure(fig, path)
+
+
+@styled
+def plot_rf_growth(variants: Sequence[dict], path: Path, title: str, image_size: int | None = None) -> Path:
+    """How the measured ERF grows with the theoretical RF, layer by layer, against the RF in pixels
+    (so nets with different numbers of layers line up). Each variant dict: ``name`` and
+    ``growth``, rows with ``theoretical_rf``, ``erf_extent_50`` / ``flat_box_extent_50`` (side of
+    the centred square holding half the mass) and ``erf_rms_radius`` / ``flat_box_rms_radius``.
+    Solid: the trained net's ERF; dashed: a flat box over the same RF (what "every pixel of the RF
+    counts alike" gives); below the dashed line the ERF is concentrated towards the centre."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    panels = (("erf_extent_50", "flat_box_extent_50", "side of the square holding 50 % of the ERF (px)"),
+              ("erf_rms_radius", "flat_box_rms_radius", "RMS distance of the ERF from the RF centre (px)"))
+    for color, v in zip(palette(len(variants)), variants):
+        rf = [row["theoretical_rf"] for row in v["growth"]]
+        for ax, (erf_key, box_key, _) in zip(axes, panels):
+            ax.plot(rf, [row[erf_key] for row in v["growth"]], "-", marker="o", color=color, label=f"{v['name']}: ERF")
+            ax.plot(rf, [row[box_key] for row in v["growth"]], "--", marker=".", color=color, alpha=0.7,
+                    label=f"{v['name']}: flat box over the RF")
+    for ax, (_, _, ylabel) in zip(axes, panels):
+        if image_size:
+            ax.axvline(image_size, color="k", ls=":", lw=1, label=f"image size ({image_size} px)")
+        ax.set(xlabel="theoretical receptive field of the layer (px)", ylabel=ylabel)
+    axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(title)
     return save_figure(fig, path)
