@@ -84,10 +84,12 @@ def _study_with_stand_ins(tmp_path: Path, second_script: str) -> subprocess.Comp
     for name, text in zip(run_study.SCRIPTS, (FINISHES, second_script, MUST_NOT_RUN)):
         (study / name).write_text(text)
     env = {**os.environ, "HOMEWORK_THREADS": "1", "HOMEWORK_DATA_DIR": "", "PYTHONPATH": str(ROOT)}
-    # a session of its own: the stand-in's Ctrl-C must not reach pytest
+    # a session of its own: the stand-in's Ctrl-C must not reach pytest; SIGINT restored to its default
+    # because a test run started in the background inherits it ignored (POSIX shells do that)
     return subprocess.run([sys.executable, str(study / "run_study.py"), "--profile", "quick", "--results-dir",
                            str(tmp_path / "r"), "--no-readme"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120, start_new_session=True)
+                          text=True, timeout=120, start_new_session=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _assert_interrupted_after_first_script(tmp_path: Path, out: subprocess.CompletedProcess) -> None:
