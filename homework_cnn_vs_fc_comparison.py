@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = resolve_runtime(args.device, args.precision)
     profile = PROFILES[args.profile]
     log.info("profile %s, runtime %s", args.profile, runtime.describe())
-    t0, train_s = time.perf_counter(), {}
+    t0, train_s, trained = time.perf_counter(), {}, 0
     loaded: dict[str, DatasetSplits] = {}
     for name in args.only or EXPERIMENTS:
         dataset = "mnist" if name == "mnist" else "cifar10"
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             run = run_experiment("cifar_pilots", pilot_specs(*shape), data, cfg, runtime, dirs.results,
                                  force=args.force, title=f"CIFAR-10 lr pilots, read on validation ({source})")
             write_json(dirs.results / "cifar_pilots" / "analysis.json", pilot_numbers(run.records))
-            train_s[name] = sum(r.timing["train_s"] for r in run.records)
+            train_s[name], trained = sum(r.timing["train_s"] for r in run.records), trained + len(run.trained)
             continue
         else:
             cfg = apply_cli_overrides(CIFAR_CONFIG.replace(epochs=profile.cifar_epochs), args)
@@ -284,10 +284,13 @@ def main(argv: list[str] | None = None) -> int:
         run = run_experiment(experiment, specs, data, cfg, runtime, dirs.results, force=args.force,
                              title=f"{title}: FC vs CNN ({source})")
         analyse(run.records, data, dirs.plots, name, title, dirs.results / experiment, pairs)
-        train_s[name] = sum(r.timing["train_s"] for r in run.records)
+        train_s[name], trained = sum(r.timing["train_s"] for r in run.records), trained + len(run.trained)
         log.info("%s done: results in %s, figures in %s", name, dirs.results / experiment, dirs.plots)
     wall = time.perf_counter() - t0
-    # Where the script's wall time went (finished runs re-used from disk count their original training time).
+    if not trained:   # everything re-used: the wall time of the run that trained them stays on record
+        log.info("no run trained in this call; %s kept", dirs.results / "cnn_vs_fc_comparison_run.json")
+        return 0
+    # Where the script's wall time went (runs trained in this call and re-used ones alike).
     write_json(dirs.results / "cnn_vs_fc_comparison_run.json",
                {"profile": args.profile, "experiments": list(train_s), "wall_s": wall, "train_s_by_experiment": train_s,
                 "train_share": sum(train_s.values()) / wall if wall > 0 else None, "runtime": runtime.describe()})

@@ -225,3 +225,12 @@ def test_validation_split_is_stratified_disjoint_and_normalised_without_it():
         data.with_validation(10)
     with pytest.raises(ValueError):
         raw.with_validation(len(raw.train))
+
+
+def test_cumulative_training_time_counts_every_step(runtime):
+    """Evaluation points that do not fall on epoch ends: the training time after an epoch's last point
+    belongs to the next point, so the curve ends at the run's whole training time."""
+    rec, _ = train_model(ModelSpec("tiny", _tiny_cnn), _splits(), CFG.replace(eval_points=4), runtime, experiment="t")
+    assert rec.history.step == [5, 10, 16, 21]
+    assert rec.history.train_time_s[-1] == pytest.approx(sum(rec.epoch_time_s), rel=1e-9)
+    assert rec.summary.train_time_s == pytest.approx(rec.timing["train_s"])

@@ -167,7 +167,7 @@ def summarise(record: RunRecord) -> Summary:
             out, epochs_run=h.epoch[-1], final_train_acc=h.train_eval_acc[-1], final_train_loss=h.train_eval_loss[-1],
             final_val_acc=h.val_acc[-1], best_val_acc=h.val_acc[best], best_val_epoch=h.epoch[best],
             final_val_loss=h.val_loss[-1], gap=h.train_eval_acc[-1] - h.val_acc[-1],
-            train_time_s=h.train_time_s[-1],
+            train_time_s=record.timing.get("train_s"),
             epoch_time_s=float(np.mean(record.epoch_time_s)) if record.epoch_time_s else None)
     inference = {k: v for k, v in record.inference.items() if k in ("latency_ms_batch1", "throughput_img_s")}
     return dataclasses.replace(out, **inference)

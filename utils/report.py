@@ -47,14 +47,16 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "x": lambda v: f"{v:.2f}x",
     "ci": lambda v: _ci(v),                      # a SeedSummary dict of fractions: "mean ± half-width %"
     "diff": lambda v: _diff(v),                  # a Difference dict (+ verdict) of fractions
+    "cipp": lambda v: _ci(v, unit="pp"),         # the same for a difference of fractions (e.g. a gap)
     "raw": str,
 }
 
 
-def _ci(s: dict) -> str:
+def _ci(s: dict, unit: str = "%") -> str:
+    sign = "+" if unit == "pp" else ""
     if s["half_width"] is None or s["half_width"] != s["half_width"]:   # one seed: no interval
-        return f"{100 * s['mean']:.2f} % (n={s['n']})"
-    return f"{100 * s['mean']:.2f} ± {100 * s['half_width']:.2f} % (n={s['n']})"
+        return f"{100 * s['mean']:{sign}.2f} {unit} (n={s['n']})"
+    return f"{100 * s['mean']:{sign}.2f} ± {100 * s['half_width']:.2f} {unit} (n={s['n']})"
 
 
 def _diff(d: dict) -> str:

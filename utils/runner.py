@@ -21,7 +21,7 @@ from torch import nn
 from utils.data import DatasetSplits
 from utils.experiment import ExperimentConfig, ModelSpec
 from utils.files import read_json, write_json
-from utils.records import SCHEMA_VERSION, RecordFormatError, RunRecord, write_summary
+from utils.records import SCHEMA_VERSION, RecordFormatError, RunRecord, summarise, write_summary
 from utils.runtime import Runtime
 from utils.training_utils import train_model
 
@@ -34,6 +34,7 @@ class ExperimentRun:
 
     records: list[RunRecord]
     models: dict[str, nn.Module] = field(default_factory=dict)
+    trained: list[str] = field(default_factory=list)    # runs trained by this call (the rest were re-used)
 
 
 def config_hash(spec: ModelSpec, cfg: ExperimentConfig, data: DatasetSplits, runtime: Runtime) -> str:
@@ -70,6 +71,10 @@ def run_experiment(experiment: str, specs: Sequence[ModelSpec], data: DatasetSpl
             log.info("%s/%s: finished result with the same config found, skipping (use --force to retrain)",
                      experiment, spec.name)
             record = old
+            fresh = summarise(record)    # the summary is derived data: re-derive it with today's code
+            if fresh != record.summary:
+                record.summary = fresh
+                write_json(path, record.to_dict())
         else:
             if old is not None:
                 log.info("%s/%s: result found but its weights are not; retraining for the analyses",
@@ -79,6 +84,7 @@ def run_experiment(experiment: str, specs: Sequence[ModelSpec], data: DatasetSpl
                 ckpt.unlink()
             record, model = train_model(spec, data, cfg, runtime, experiment=experiment, checkpoint_path=ckpt,
                                         config_hash=h)
+            result.trained.append(spec.name)
             write_json(path, record.to_dict())
             weights.parent.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), weights)

@@ -134,6 +134,7 @@ class Trainer:
     grads: GradStats
     step_loss: list[float]
     step: int = 0
+    unreported_s: float = 0.0   # training seconds since the last evaluation point (crosses epochs)
 
 
 @dataclass
@@ -183,14 +184,17 @@ def train_one_epoch(t: Trainer, loader: BatchLoader, desc: str, eval_after: set[
             if i in eval_after:
                 seconds = time.perf_counter() - t0
                 train_s += seconds
-                on_eval(Segment(float(loss_sum) / seen, int(correct) / seen, seconds))
+                on_eval(Segment(float(loss_sum) / seen, int(correct) / seen, t.unreported_s + seconds))
+                t.unreported_s = 0.0
                 t.model.train()
                 loss_sum.zero_()
                 correct.zero_()
                 seen, t0 = 0, time.perf_counter()
     finally:
         bar.close()
-    return train_s + (time.perf_counter() - t0 if seen else 0.0)
+    tail = time.perf_counter() - t0 if seen else 0.0   # after the epoch's last evaluation point
+    t.unreported_s += tail
+    return train_s + tail
 
 
 def _record_grads(grads: GradStats, step: int, params: list[Tensor]) -> None:
