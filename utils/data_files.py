@@ -222,7 +222,7 @@ def _decode_image_folder(ds, cache_dir: Path | None, split: str) -> ArrayDataset
     if cache_file is not None and cache_file.is_file():
         try:
             blob = torch.load(cache_file, weights_only=True)
-            log.info("CIFAR-10 %s: %d images from cache %s", split, len(blob["labels"]), cache_file)
+            log.info("CIFAR-10 %s: %d images from cache %s", split, len(blob["labels"]), cache_file.name)
             return ArrayDataset(blob["images"], blob["labels"])
         except Exception as exc:  # a broken cache is never trusted: decode again
             log.warning("ignoring unreadable cache %s (%s)", cache_file, _one_line(exc))
