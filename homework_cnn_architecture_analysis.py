@@ -14,9 +14,10 @@ Experiments (``--only``):
           read on training accuracy (He et al. 2016, Fig. 1/6), accuracy and training time against
           depth, feature maps; a zero-init-residual control.
   nobn    plain-20 and ResNet-20 without normalisation, under PyTorch's default init and under
-          Kaiming init, each at a learning rate chosen on validation by pilot runs (kept as
-          ``depth_nobn_pilots/pilot_*.json``; ``--lr`` does not apply to them): residual
-          connections rescuing training vs a bad init.
+          Kaiming init, each at a learning rate chosen on validation by pilot runs with the
+          finals' budget (kept as ``depth_nobn_pilots/pilot_*.json``; the chosen one is the
+          finals' first seed; ``--lr`` does not apply to them): residual connections rescuing
+          training vs a bad init.
   init    gradients at initialisation, no training: first/last conv gradient-norm ratio and per-layer
           norms of plain nets (PyTorch default init, Kaiming, Kaiming + BN) and BN ResNets at depths
           8/20/56 on one fixed batch of 256 training images, several seeds, beside the
@@ -51,12 +52,15 @@ from utils.files import write_json
 from utils.model_stats import (count_parameters, relative_param_gap, solve_width_for_params,
                                within_tolerance)
 from utils.records import write_summary
-from utils.runner import ExperimentRun, load_records, run_experiment
+from utils.runner import ExperimentRun, load_records, run_experiment, run_reusing
 from utils.runtime import Runtime, resolve_runtime
 from utils.signal_propagation import REGIME_SPECS, REGIMES, run_init_study, summarise_init_study
 
 log = logging.getLogger("architecture_analysis")
 EXPERIMENTS = ("kernel", "depth", "nobn", "init")   # in this order ("nobn" reads the BN nets of "depth")
+# where each experiment's training runs are (the init study trains nothing)
+RUN_FOLDERS = {"kernel": ("kernel_size",), "depth": ("depth",), "nobn": ("depth_nobn_pilots", "depth_nobn"),
+               "init": ()}
 PARAM_TOLERANCE = 0.02
 
 
@@ -72,7 +76,6 @@ class Profile:
     depths: tuple[int, ...]       # weighted layers (6n+2) of the plain and residual families
     zero_init_seeds: int          # the zero-init-residual control at the middle depth (0: none)
     nobn_lrs: tuple[float, ...]   # pilot learning rates of each no-normalisation net
-    nobn_pilot_epochs: int
     nobn_seeds: int
     analysis_images: int          # test images averaged for the ERF
     eval_points: int = 12         # evaluations per run (the plateau verdict needs >= 3 in the last 20 %)
@@ -82,28 +85,29 @@ class Profile:
 PROFILES = {
     "quick": Profile(train_subset=1000, test_subset=300, kernel_width=16, kernel_epochs=1, kernel_seeds=1,
                      depth_epochs=1, depth_seeds=1, depths=(8, 20), zero_init_seeds=1, nobn_lrs=(0.01, 0.05),
-                     nobn_pilot_epochs=1, nobn_seeds=1, analysis_images=16, eval_points=4, val_size=300),
-    # Sized for ~27 min on the 2-core AVX-512-bf16 EPYC (bf16 autocast, 2 threads), i.e. 68-82 min
-    # on an AVX2-only CPU in fp32 (2.5-3x slower). Training cost per image (ms, batch 128, from a
-    # probe of a few steps per net timed in turns with the reference ResNet of 3200 img/s):
-    #   plain3 .17, plain5 .19, plain8 .23, resnet8 .27, plain20 .60, resnet20 .71, plain44 1.43,
-    #   resnet44 1.67 (5.27 per seed); no-BN plain20 .59, resnet20 .71; kernel nets at width 32:
-    #   3x3 .19, 5x5 .20, 7x7 .26, 1x1+3x3 .43 (1.08 per seed).
-    # depth:  (2 seeds x 5.27 + 1 zero-init x .71) ms x 10k images x 6 epochs = 675 s
-    # no-BN:  pilots 3 lrs x 2 inits x 1.30 ms x 10k x 2 epochs = 156 s; finals 2 inits x 1.30 x 60k = 156 s
-    # kernel: 3 seeds x 1.08 ms x 10k x 6 epochs = 194 s
-    # = 1180 s of training steps. Evaluation per run: 12 points x (2000 val + 1000 train) images +
-    # the 10k test images once + the inference timing, a forward pass costing ~1/4 of a training
-    # image: ~15k training-image equivalents, 20 % of a 60k-image run (>= 80 % train share; the
-    # 20k-image pilots with 4 points ~75 %). 1180 s / 0.8 = 1480 s + data, ERF, feature maps,
-    # side-by-side step times and figures (~2-3 min) = ~27 min; x 2.5-3 = 68-82 min in fp32.
-    # Each extra depth epoch costs ~2.6 min here (depth + no-BN finals).
-    "standard": Profile(train_subset=10_000, test_subset=None, kernel_width=32, kernel_epochs=6, kernel_seeds=3,
-                        depth_epochs=6, depth_seeds=2, depths=(8, 20, 44), zero_init_seeds=1,
-                        nobn_lrs=(0.002, 0.01, 0.05), nobn_pilot_epochs=2, nobn_seeds=1, analysis_images=64),
+                     nobn_seeds=2, analysis_images=16, eval_points=4, val_size=300),
+    # Sized from the first v2 runs on the 2-core AVX-512-bf16 EPYC (bf16 autocast, 2 threads, 6 epochs,
+    # evaluation in batches of 1000): training seconds per run of 60k images were plain3 10, plain5 8,
+    # plain8 14, resnet8 16, plain20 34, resnet20 37, plain44 77, resnet44 80; no-BN plain20 / resnet20
+    # ~29 / ~31; the kernel nets ~15 each. Those 6-epoch curves were all still rising and 2 seeds gave
+    # intervals of +-15 pp (t = 12.7 at n = 2), so the standard profile trains 10 epochs (780 steps)
+    # for the depth study, its no-BN control and the kernel study, 3 seeds of every depth net and of
+    # the zero-init control, and evaluates in batches of 256 (benchmarks/eval_batch.py: 1.5-1.9x
+    # faster here than 1000):
+    #   depth  3 seeds x 276 s (the 8 nets of one seed at 6 epochs) x 10/6 + zero-init 3 x 62 s = 1570 s
+    #   no-BN  pilots 12 x 10 epochs (the finals' budget; the chosen one is the finals' seed 0)
+    #          + finals' seed 1: 4 x 10 epochs, ~50 s each                     =  600 + 200 s
+    #   kernel 3 seeds x 4 nets x 10 epochs                                      =  300 s
+    # = ~2670 s of training steps; evaluation (12 points x 3000 images + 10k test once + inference
+    # timing per run) ~15 % of that at batch 256; + data, init study, ERF, feature maps and figures
+    # (~3 min) => ~55 min here. fp32 on the AVX2-only EPYC is 2.5-3x slower: ~2.3-2.8 h there, over
+    # the 75-min budget; --epochs 4 and fewer seeds would be needed there.
+    "standard": Profile(train_subset=10_000, test_subset=None, kernel_width=32, kernel_epochs=10, kernel_seeds=3,
+                        depth_epochs=10, depth_seeds=3, depths=(8, 20, 44), zero_init_seeds=3,
+                        nobn_lrs=(0.002, 0.01, 0.05), nobn_seeds=2, analysis_images=64),
     "full": Profile(train_subset=None, test_subset=None, kernel_width=48, kernel_epochs=30, kernel_seeds=3,
                     depth_epochs=30, depth_seeds=3, depths=(20, 32, 56), zero_init_seeds=3,
-                    nobn_lrs=(0.002, 0.005, 0.01, 0.02, 0.05), nobn_pilot_epochs=10, nobn_seeds=3,
+                    nobn_lrs=(0.002, 0.005, 0.01, 0.02, 0.05), nobn_seeds=3,
                     analysis_images=256, eval_points=20),
 }
 
@@ -114,8 +118,8 @@ PROFILES = {
 # fixed 2000 validation / 1000 training images (the profile's number of points per run); the test
 # set once at the end.
 ARCH_CONFIG = ExperimentConfig(batch_size=128, lr=0.05, optimizer="sgd", schedule="onecycle", weight_decay=1e-4,
-                               grad_sample_every=25, val_eval_samples=2000, train_eval_samples=1000)
-PILOT_EVAL_POINTS = 4   # pilots need only their final validation accuracy
+                               grad_sample_every=25, val_eval_samples=2000, train_eval_samples=1000,
+                               eval_batch_size=256)
 
 KERNEL_NAMES = {"3x3": "conv3x3", "5x5": "conv5x5", "7x7": "conv7x7", "1x1+3x3": "conv1x1_3x3"}
 # variant label -> KernelSizeCNN arguments
@@ -263,23 +267,28 @@ def run_parts(experiment: str, parts: list[tuple[dict, list[ModelSpec]]], data: 
 
 def run_nobn(args, data: DatasetSplits, cfg: ExperimentConfig, runtime: Runtime, results: Path, plots: Path,
              profile: Profile, suffix: str) -> None:
-    """Pilots (one seed, ``nobn_pilot_epochs``, every candidate lr), the choice on validation, then
-    the finals at the chosen lr over seeds."""
+    """Pilots (seed 0, every candidate lr, the finals' whole budget), the choice on validation, then
+    the finals at the chosen lr over seeds; the chosen pilot is the finals' seed-0 run.
+
+    Why pilots as long as the finals: an unnormalised net that learns at an lr for a short pilot can
+    still die once the one-cycle schedule holds that lr longer (the first v2 run: plain-20 with
+    Kaiming init chose 0.05 on 2-epoch pilots and sat at chance after 6 epochs)."""
     in_ch, classes, title = data.image_shape[0], data.num_classes, data_title(data)
     keys = [f"{net}{NOBN_DEPTH}_nobn/{init}" for net in ("plain", "resnet") for init in INITS]
     pilot_specs = nobn_specs(in_ch, classes, {k: profile.nobn_lrs for k in keys}, 1, pilot=True)
-    pilot_cfg = cfg.replace(epochs=args.epochs or profile.nobn_pilot_epochs,
-                            eval_points=min(PILOT_EVAL_POINTS, cfg.eval_points))
     pilots = run_parts(f"depth_nobn_pilots{suffix}", [({"init": i}, s) for i, s in pilot_specs.items()], data,
-                       pilot_cfg, runtime, results, args.force, f"No-BN lr pilots, read on validation ({title})",
+                       cfg, runtime, results, args.force, f"No-BN lr pilots, read on validation ({title})",
                        keep_models=False)
     choice = numbers.choose_lr(pilots.records)
     write_json(results / f"depth_nobn_pilots{suffix}" / "analysis.json", numbers.json_safe(choice))
     chosen = {k: (choice["choices"][k]["chosen_lr"],) for k in keys}
     final_specs = nobn_specs(in_ch, classes, chosen, profile.nobn_seeds, pilot=False)
     experiment = f"depth_nobn{suffix}"
-    finals = run_parts(experiment, [({"init": i}, s) for i, s in final_specs.items()], data, cfg, runtime, results,
-                       args.force, f"Without normalisation: default vs Kaiming init ({title})")
+    finals = ExperimentRun([])
+    for init, specs in final_specs.items():
+        finals.records += run_reusing(experiment, specs, pilots.records, data, cfg.replace(init=init), runtime,
+                                      results, args.force, f"Without normalisation: default vs Kaiming init ({title})")
+    write_summary(finals.records, results / experiment, f"Without normalisation: default vs Kaiming init ({title})")
     # the BN nets of the same depth from the depth study, if it ran on the same data and budget
     reference = [r for r in load_records(results / f"depth{suffix}")
                  if (r.group, r.variant) in {("plain", str(NOBN_DEPTH)), ("residual", str(NOBN_DEPTH))}
@@ -352,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = apply_cli_overrides(ARCH_CONFIG.replace(eval_points=profile.eval_points), args)
     depth_cfg = cfg.replace(epochs=args.epochs or profile.depth_epochs)
     suffix = "" if args.dataset == "cifar10" else f"_{args.dataset}"   # MNIST never overwrites CIFAR results
+    timing = {"profile": args.profile, "dataset": args.dataset, "only": args.only, "experiments": {}}
     for name in args.only or EXPERIMENTS:
         t1 = time.perf_counter()
         if name == "kernel":
@@ -383,7 +393,18 @@ def main(argv: list[str] | None = None) -> int:
                                 list(range(args.seed, args.seed + init.seeds)), name=experiment)
         log.info("%s done in %.0f s: results in %s, figures in %s", name, time.perf_counter() - t1,
                  results / experiment, dirs.plots)
-    log.info("total wall time %.0f s", time.perf_counter() - t0)
+        runs = [r for folder in RUN_FOLDERS[name] for r in load_records(results / f"{folder}{suffix}")]
+        timing["experiments"][name] = {"wall_s": time.perf_counter() - t1, **numbers.timing_summary(runs)}
+    wall = time.perf_counter() - t0
+    train = sum(t["train_s"] for t in timing["experiments"].values())
+    # The script's wall time is that of a whole invocation: one of a part (--only) does not replace it.
+    write_json(results / (f"timing{suffix}.json" if args.only is None else f"timing_partial{suffix}.json"), {
+        **timing, "wall_s": wall, "train_s_of_runs": train, "train_share_of_wall": train / wall,
+        "runtime": runtime.describe(),
+        "note": "wall_s is this invocation (data loading, every experiment, analyses and figures); train_s counts "
+                "every run of the experiments at the time it was made, so the share is the script's only when "
+                "every run was trained in this invocation"})
+    log.info("total wall time %.0f s, %.0f %% of it in training steps", wall, 100 * train / wall)
     return 0
 
 

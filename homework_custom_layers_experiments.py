@@ -50,7 +50,7 @@ from utils.layer_speed import SE_REDUCTION, run_speed
 from utils.markdown import markdown_table
 from utils.model_stats import count_parameters, relative_param_gap, solve_width_for_params
 from utils.records import RunRecord
-from utils.runner import config_hash, load_records, run_experiment
+from utils.runner import load_records, run_experiment, run_reusing
 from utils.runtime import Runtime, resolve_runtime
 from utils.stability import SPIKE_RISES, SPIKE_WINDOW, stability_over_seeds, sweep_points
 
@@ -93,10 +93,10 @@ PROFILES = {
     #   training: layers 3 seeds x 60k images x sum(1/v) = 8.9 min; regimes 3 x 90k x (1/3740 + 1/1410
     #     + 1/1550 + 1/2080 + 1/2330) = 11.4 min; sweep 4 lrs x 90k x (1/2080 + 1/1410 + 1/2330) = 9.7 min
     #     -> 30 min
-    #   evaluation: 54 runs x (12 x 2,500 + 5,000 test + 3,600 inference images) = 8.8 min
-    #   + speed study ~0.5 min + data / figures ~0.5 min  => ~40 min on this 2-core AVX-512-bf16 EPYC,
-    #   training ~77 % of the runs' wall time (~85 % if the engine evaluated in batches of 256
-    #   instead of 1000: measured here 1.6-2x faster for these nets).
+    #   evaluation: 54 runs x (12 x 2,500 + 5,000 test + 3,600 inference images) = 8.8 min in batches
+    #   of 1000, ~4 min in batches of 256 (1.9-2.8x faster for these nets: benchmarks/eval_batch.py)
+    #   + speed study ~0.5 min + data / figures ~0.5 min  => ~36 min on this 2-core AVX-512-bf16 EPYC,
+    #   training ~85 % of the runs' wall time.
     # fp32 on the 2-core AVX2 EPYC: the v1 records (results/custom_layers: fp32 under precision
     # "auto", so a CPU without bf16) trained basic 935, bottleneck 307, wide 243, base CNN 1,240,
     # custom layers 670-1,260 img/s at batch 128: 3-5x slower than bf16 here (not 2.5-3x) -> ~126 min
@@ -112,8 +112,9 @@ PROFILES = {
 
 # One recipe for every run of the task, fixed before any result was seen: SGD-Nesterov + one-cycle
 # (as task 1), weight decay 5e-4, no augmentation; He init, no zero-init of residual ends, no dropout.
+# Evaluation in batches of 256: 1.5-2.8x faster than 1000 on the bf16 EPYC (benchmarks/eval_batch.py).
 BASE_CONFIG = ExperimentConfig(batch_size=128, lr=0.1, optimizer="sgd", schedule="onecycle", weight_decay=5e-4,
-                               init="kaiming", zero_init_residual=False, dropout=0.0)
+                               init="kaiming", zero_init_residual=False, dropout=0.0, eval_batch_size=256)
 WIDTH = 32             # SwappableCNN widths 32-64-128 (~95 k parameters, ~21 MFLOPs/image)
 
 
@@ -242,22 +243,6 @@ def sweep_specs(widths: dict[str, tuple[int, ...]], classes: int, base_lr: float
     specs = [ModelSpec(f"{b}_lr{lr:g}", _block_build(b, w, classes), f"{block_description(b, w, 'matched')}; "
                        f"peak lr {lr:g}", group="lr_sweep", variant=b, lr=lr) for lr in lrs for b, w in widths.items()]
     return [s.with_seed(k) for k in range(seeds) for s in specs]
-
-
-def run_reusing(experiment: str, specs: list[ModelSpec], pool: Sequence[RunRecord], data: DatasetSplits,
-                cfg: ExperimentConfig, runtime: Runtime, results_dir: Path, force: bool, title: str) -> list[RunRecord]:
-    """``run_experiment`` for the specs whose run is not in ``pool`` already (a record with the same
-    config hash: same config, architecture, data and precision); the others are the pool's records."""
-    known = {r.config_hash: r for r in pool}
-    hashes = {s.name: config_hash(s, cfg, data, runtime) for s in specs}
-    fresh = [s for s in specs if hashes[s.name] not in known]
-    done = {r.model: r for r in run_experiment(experiment, fresh, data, cfg, runtime, results_dir, force=force,
-                                               title=title).records} if fresh else {}
-    for s in specs:
-        if s.name not in done:
-            log.info("%s/%s: the same run as %s/%s, reused", experiment, s.name, known[hashes[s.name]].experiment,
-                     known[hashes[s.name]].model)
-    return [done[s.name] if s.name in done else known[hashes[s.name]] for s in specs]
 
 
 # ---------------------------------------------------------------------------------- analysis

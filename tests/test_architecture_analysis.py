@@ -305,7 +305,8 @@ def test_cli_quick_end_to_end(fake_cifar_folder, tmp_path):
     kernel_files = [f"{n}_seed0" for n in ("conv3x3", "conv5x5", "conv7x7", "conv1x1_3x3")]
     depth_files = [f"{n}_seed0" for n in ("plain3", "plain5", "plain8", "resnet8", "plain20", "resnet20",
                                           "resnet20_zero_init")]
-    nobn_files = [f"{n}_{i}_seed0" for n in ("plain20_nobn", "resnet20_nobn") for i in ("default_init", "kaiming")]
+    # the no-BN finals' seed 0 is the chosen pilot (same config: reused, not retrained); seed 1 is new
+    nobn_files = [f"{n}_{i}_seed1" for n in ("plain20_nobn", "resnet20_nobn") for i in ("default_init", "kaiming")]
     for sub, names in (("kernel_size", kernel_files), ("depth", depth_files), ("depth_nobn", nobn_files)):
         for n in names:
             rec = json.loads((root / sub / f"{n}.json").read_text())
@@ -331,6 +332,15 @@ def test_cli_quick_end_to_end(fake_cifar_folder, tmp_path):
     assert set(nobn["lr_choice"]["choices"]) == {f"{n}/{i}" for n in ("plain20_nobn", "resnet20_nobn")
                                                  for i in ("pytorch_default", "kaiming")}
     assert "plain/20" in nobn["variants"]                      # the BN reference from the depth study
+    for key, choice in nobn["lr_choice"]["choices"].items():
+        models = nobn["variants"][key]["models"]
+        assert models[0] == choice["candidates"][f"{choice['chosen_lr']:g}"]["model"] and len(models) == 2
+    assert not list((root / "depth_nobn").glob("*_seed0.json"))
+    assert nobn["timing"]["finals"]["runs"] == 4 and nobn["timing"]["pilots"]["runs"] == 8
+    timing = json.loads((root / "timing.json").read_text())    # the whole invocation's wall time
+    assert set(timing["experiments"]) == {"kernel", "depth", "nobn", "init"}
+    assert timing["experiments"]["nobn"]["runs"] == 12 and timing["experiments"]["init"]["runs"] == 0
+    assert 0 < timing["train_s_of_runs"] < timing["wall_s"] and timing["runtime"]["precision"] in ("fp32", "bf16")
     for png in ("kernel_size_comparison", "kernel_size_learning_curves", "kernel_size_receptive_fields",
                 "kernel_size_rf_growth", "kernel_size_first_layer_activations", "kernel_size_first_layer_filters",
                 "depth_plain_vs_residual", "depth_summary", "depth_comparison", "depth_feature_maps",

@@ -19,3 +19,11 @@ def test_levers_benchmark_smoke(capsys):
     for variant in ("engine", "nchw", "one_thread", "mkldnn_off", "sgd_for_loop", "no_item"):
         assert variant in out
     assert "inference_mode" in out
+
+
+def test_eval_batch_benchmark_smoke(capsys):
+    from benchmarks import eval_batch
+
+    assert eval_batch.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "ResNet (bottleneck)" in out and "batch 4" in out

@@ -3,6 +3,8 @@ divergence, skipping finished runs and atomic result files."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -15,8 +17,8 @@ from tests.conftest import class_pattern_images
 from utils.data import ArrayDataset, DatasetSplits
 from utils.experiment import ExperimentConfig, ModelSpec
 from utils.files import read_json, write_json
-from utils.records import RunRecord
-from utils.runner import run_experiment
+from utils.records import SCHEMA_VERSION, RunRecord
+from utils.runner import config_hash, run_experiment
 from utils.runtime import resolve_runtime
 from utils.training_utils import eval_schedule, lr_factor, train_model
 
@@ -165,6 +167,23 @@ def test_interrupted_run_resumes_to_the_same_final_metrics(runtime, tmp_path):
     assert resumed.predictions == reference.predictions and resumed.step_loss == reference.step_loss
     assert len(resumed.epoch_time_s) == 3
     assert not ckpt.exists()
+
+
+def test_eval_batch_changes_no_metric_and_keeps_earlier_runs_recognised(runtime):
+    spec = ModelSpec("tiny", _tiny_cnn)
+    big, _ = train_model(spec, _splits(), CFG, runtime, experiment="t")
+    small, _ = train_model(spec, _splits(), CFG.replace(eval_batch_size=7), runtime, experiment="t")
+    assert small.config["eval_batch_size"] == 7
+    assert small.history.train_loss == big.history.train_loss          # training is untouched
+    assert small.history.val_acc == big.history.val_acc and small.predictions == big.predictions
+    assert small.test_loss == pytest.approx(big.test_loss, rel=1e-5)
+    # runs made before the field existed (evaluated at 1000) keep their identity; other values do not
+    data = _splits()
+    legacy = {k: v for k, v in dataclasses.asdict(CFG).items() if k != "eval_batch_size"}
+    old_key = json.dumps({"schema": SCHEMA_VERSION, "config": legacy, "arch": str(_tiny_cnn(CFG)),
+                          "data": data.describe(), "precision": "fp32", "device": "cpu"}, sort_keys=True)
+    assert config_hash(spec, CFG, data, runtime) == hashlib.sha1(old_key.encode()).hexdigest()[:16]
+    assert config_hash(spec, CFG.replace(eval_batch_size=256), data, runtime) != config_hash(spec, CFG, data, runtime)
 
 
 def test_write_json_is_atomic(tmp_path, monkeypatch):

@@ -277,7 +277,8 @@ def analyse_nobn(pilots: ExperimentRun, finals: ExperimentRun, choice: dict, ref
     grads = {r.model: numbers.gradient_numbers(r) for r in numbers.first_seed([*finals.records, *reference])}
     analysis = _write_analysis(out_dir, {"divergence": divergence, "lr_choice": choice, **ctrl, "gradients": grads,
                                          "timing": {"pilots": numbers.timing_summary(pilots.records),
-                                                    "finals": numbers.timing_summary(finals.records)}},
+                                                    "finals": numbers.timing_summary(
+                                                        [r for r in finals.records if r.experiment == out_dir.name])}},
                                numbers.nobn_markdown)
 
     title = data_title(data)

@@ -76,7 +76,8 @@ def plot_degradation(families: Sequence[tuple[str, Mapping[int, Sequence[RunReco
                     ylabel="cross-entropy", yscale="log")
         plain_minor_log_labels(ax_loss.yaxis)
         for ax in (ax_acc, ax_loss):
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:     # nothing to name when every run diverged
+                ax.legend(fontsize=8)
             ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     fig.suptitle(title)
     return save_figure(fig, path)

@@ -37,10 +37,17 @@ class ExperimentRun:
     trained: list[str] = field(default_factory=list)    # runs trained by this call (the rest were re-used)
 
 
+# Config fields added after runs of this schema were made, with the value those runs used: a config
+# at that value hashes as it did before the field existed, so finished runs are still recognised.
+FIELDS_ADDED_WITH_LEGACY_VALUE = {"eval_batch_size": 1000}
+
+
 def config_hash(spec: ModelSpec, cfg: ExperimentConfig, data: DatasetSplits, runtime: Runtime) -> str:
     """Identity of a run: config, the architecture as built, the data used, and precision."""
     run_cfg = spec.config_for(cfg)
-    key = json.dumps({"schema": SCHEMA_VERSION, "config": dataclasses.asdict(run_cfg),
+    config = {k: v for k, v in dataclasses.asdict(run_cfg).items()
+              if not (k in FIELDS_ADDED_WITH_LEGACY_VALUE and v == FIELDS_ADDED_WITH_LEGACY_VALUE[k])}
+    key = json.dumps({"schema": SCHEMA_VERSION, "config": config,
                       "arch": str(spec.build(run_cfg)), "data": data.describe(), "precision": runtime.precision,
                       "device": runtime.device.type}, sort_keys=True)
     return hashlib.sha1(key.encode()).hexdigest()[:16]
@@ -132,3 +139,21 @@ def load_records(out_dir: Path) -> list[RunRecord]:
             except RecordFormatError:
                 log.info("skipping %s: not a run record of this schema", path)
     return records
+
+
+def run_reusing(experiment: str, specs: Sequence[ModelSpec], pool: Sequence[RunRecord], data: DatasetSplits,
+                cfg: ExperimentConfig, runtime: Runtime, results_dir: Path, force: bool = False,
+                title: str | None = None) -> list[RunRecord]:
+    """:func:`run_experiment` for the specs whose run is not in ``pool`` already (a record with the same
+    config hash: same config, architecture, data and precision, whatever its name or experiment); the
+    others are the pool's records, which keep the experiment that made them."""
+    known = {r.config_hash: r for r in pool}
+    hashes = {s.name: config_hash(s, cfg, data, runtime) for s in specs}
+    fresh = [s for s in specs if hashes[s.name] not in known]
+    done = {r.model: r for r in run_experiment(experiment, fresh, data, cfg, runtime, results_dir, force=force,
+                                               title=title).records} if fresh else {}
+    for s in specs:
+        if s.name not in done:
+            log.info("%s/%s: the same run as %s/%s, reused", experiment, s.name, known[hashes[s.name]].experiment,
+                     known[hashes[s.name]].model)
+    return [done[s.name] if s.name in done else known[hashes[s.name]] for s in specs]

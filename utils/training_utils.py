@@ -33,7 +33,6 @@ from utils.statistics import convergence_verdict
 
 log = logging.getLogger(__name__)
 
-EVAL_BATCH = 1000       # evaluation batch: large is fastest and needs no gradients' memory
 WARMUP_START = 0.1      # warm-up starts at this fraction of the peak lr
 PROGRESS_EVERY = 20     # steps between progress-bar updates
 
@@ -218,12 +217,12 @@ def make_loaders(data: DatasetSplits, cfg: ExperimentConfig, runtime: Runtime) -
     where = dict(device=runtime.device, channels_last=runtime.channels_last)
 
     def fixed(ds, n):   # the same images at every evaluation point, for every model of the study
-        return BatchLoader(stratified_subset(ds, n, seed=0), EVAL_BATCH, data.mean, data.std, **where)
+        return BatchLoader(stratified_subset(ds, n, seed=0), cfg.eval_batch_size, data.mean, data.std, **where)
 
     return Loaders(BatchLoader(data.train, cfg.batch_size, data.mean, data.std, shuffle=True, augment=cfg.augment,
                                seed=cfg.seed, drop_last=True, **where),
                    fixed(data.val, cfg.val_eval_samples), fixed(data.train, cfg.train_eval_samples),
-                   BatchLoader(data.test, EVAL_BATCH, data.mean, data.std, **where))
+                   BatchLoader(data.test, cfg.eval_batch_size, data.mean, data.std, **where))
 
 
 def eval_schedule(steps_per_epoch: int, epochs: int, points: int) -> dict[int, set[int]]:
