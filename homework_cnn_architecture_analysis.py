@@ -290,12 +290,13 @@ def run_nobn(args, data: DatasetSplits, cfg: ExperimentConfig, runtime: Runtime,
                                       results, args.force, f"Without normalisation: default vs Kaiming init ({title})")
     write_summary(finals.records, results / experiment, f"Without normalisation: default vs Kaiming init ({title})")
     # the BN nets of the same depth from the depth study, if it ran on the same data and budget
-    reference = [r for r in load_records(results / f"depth{suffix}")
-                 if (r.group, r.variant) in {("plain", str(NOBN_DEPTH)), ("residual", str(NOBN_DEPTH))}
-                 and r.config.get("epochs") == cfg.epochs and r.config.get("batch_size") == cfg.batch_size
-                 and r.data == data.describe()]
+    same_budget = [r for r in load_records(results / f"depth{suffix}")
+                   if r.config.get("epochs") == cfg.epochs and r.config.get("batch_size") == cfg.batch_size
+                   and r.data == data.describe()]
+    reference = [r for r in same_budget
+                 if (r.group, r.variant) in {("plain", str(NOBN_DEPTH)), ("residual", str(NOBN_DEPTH))}]
     analyse_nobn(pilots, finals, choice, reference, data, results / experiment, plots, f"{experiment}_", NOBN_DEPTH,
-                 tuple(INITS))
+                 tuple(INITS), depth_runs=same_budget)
 
 
 # ------------------------------------------------------------------------------ init study

@@ -344,7 +344,7 @@ def test_cli_quick_end_to_end(fake_cifar_folder, tmp_path):
     for png in ("kernel_size_comparison", "kernel_size_learning_curves", "kernel_size_receptive_fields",
                 "kernel_size_rf_growth", "kernel_size_first_layer_activations", "kernel_size_first_layer_filters",
                 "depth_plain_vs_residual", "depth_summary", "depth_comparison", "depth_feature_maps",
-                "depth_nobn_pilots", "depth_nobn_curves", "depth_nobn_gradient_ratio"):
+                "depth_nobn_pilots", "depth_nobn_curves", "depth_nobn_gradient_ratio", "depth_nobn_summary"):
         assert (plots / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -199,6 +199,13 @@ def _probe_layers(model: nn.Module, n: int = 5) -> list[tuple[str, nn.Module]]:
     return [points[i] for i in idx]
 
 
+def _by_group_variant(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
+    out: dict[tuple[str, str], list[RunRecord]] = {}
+    for r in records:
+        out.setdefault((r.group, r.variant), []).append(r)
+    return out
+
+
 def _by_depth(records: list[RunRecord], group: str) -> dict[int, list[RunRecord]]:
     out: dict[int, list[RunRecord]] = {}
     for r in records:
@@ -260,11 +267,24 @@ def analyse_depth(run: ExperimentRun, data: DatasetSplits, runtime: Runtime, out
 
 
 # ------------------------------------------------------------------- no-normalisation control
+INIT_LABELS = {"pytorch_default": "PyTorch default init", "kaiming": "Kaiming init"}
+
+
+def nobn_label(r: RunRecord) -> str:
+    """A no-BN control run (or its BN reference) as a legend names it: net, normalisation, init, lr."""
+    net = "ResNet" if r.group.startswith(("resnet", "residual")) else "plain"
+    norm = "no BN" if r.group.endswith("_nobn") else "BN"
+    status = "" if r.completed else f" ({r.status})"
+    return f"{net}, {norm}, {INIT_LABELS.get(r.init['scheme'], r.init['scheme'])}, lr {r.config['lr']:g}{status}"
+
+
 def analyse_nobn(pilots: ExperimentRun, finals: ExperimentRun, choice: dict, reference: list[RunRecord],
                  data: DatasetSplits, out_dir: Path, plots: Path, prefix: str, depth: int,
-                 inits: tuple[str, ...] = ("pytorch_default", "kaiming")) -> dict:
+                 inits: tuple[str, ...] = ("pytorch_default", "kaiming"),
+                 depth_runs: Sequence[RunRecord] = ()) -> dict:
     """The no-BN nets over seeds beside the BN nets of the same depth (``reference``), the lr each
-    pilot sweep chose, gradient ratios; writes ``analysis.json/md`` and the figures."""
+    pilot sweep chose, gradient ratios; writes ``analysis.json/md`` and the figures (with
+    ``depth_runs``, the depth study's runs on the same budget, also the summary against depth)."""
     divergence = {"pilots": numbers.divergence_report(pilots.records),
                   "finals": numbers.divergence_report(finals.records)}
     _log_divergence(out_dir.name, divergence["finals"])
@@ -289,7 +309,18 @@ def analyse_nobn(pilots: ExperimentRun, finals: ExperimentRun, choice: dict, ref
               for name, keys in ((f"plain-{d}", {("plain", d), (plain, "kaiming"), (plain, "pytorch_default")}),
                                  (f"ResNet-{d}", {("residual", d), (res, "kaiming"), (res, "pytorch_default")}))]
     arch_plots.plot_plain_vs_residual([g for g in groups if g[1]], plots / f"{prefix}curves.png",
-                                      f"With and without BatchNorm, PyTorch default vs Kaiming init ({title})")
+                                      f"With and without BatchNorm, PyTorch default vs Kaiming init ({title})",
+                                      label=nobn_label)
+    if depth_runs:           # the task's summary: the depth study's BN nets with these controls beside them
+        series = {f"{net}, BN, Kaiming init": {d: numbers.variant_numbers(runs) for d, runs
+                                               in _by_depth(list(depth_runs), group).items()}
+                  for net, group in (("plain", "plain"), ("ResNet", "residual"))}
+        for runs in _by_group_variant(finals.records).values():
+            series[nobn_label(runs[0])] = {depth: numbers.variant_numbers(runs)}
+        plots_depth.plot_depth_summary(series, plots / f"{prefix}summary.png",
+                                       f"Depth with and without BN, default vs Kaiming init (mean ± 95 % CI "
+                                       f"over seeds; {title})")
     arch_plots.plot_gradient_ratio([numbers.grad_view(r) for r in first], plots / f"{prefix}gradient_ratio.png",
-                                   "First-conv / last-layer gradient norm during training (first seed)")
+                                   "First-conv / last-layer gradient norm during training (first seed)",
+                                   label=nobn_label)
     return analysis

@@ -6,7 +6,7 @@ gradient ratio. Shared style and helpers: ``utils.plot_common``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -234,22 +234,23 @@ def plot_feature_maps_by_depth(image: np.ndarray, maps: dict, path: Path, title:
 
 
 @styled
-def plot_plain_vs_residual(groups: Sequence[tuple[str, Sequence[RunRecord]]], path: Path, title: str) -> Path:
+def plot_plain_vs_residual(groups: Sequence[tuple[str, Sequence[RunRecord]]], path: Path, title: str,
+                           label: Callable[[RunRecord], str] = lambda r: r.label) -> Path:
     """Degradation plot in the style of He et al. (2016), Fig. 1/6, drawn as accuracy: per group
-    of models (one column), the training loss and the train (dashed) / test (solid) accuracy per
-    epoch."""
+    of models (one column), the training loss and the train (dashed) / validation (solid) accuracy
+    per epoch; ``label`` names a run in the legends."""
     fig, axes = plt.subplots(2, len(groups), figsize=(7 * len(groups), 8.5), squeeze=False, layout="constrained")
     for col, (group_title, records) in enumerate(groups):
         for color, r in zip(palette(len(records)), records):
             h = r.history
             if not h.epoch:
-                axes[0, col].plot([], [], color=color, label=f"{r.label}: no finished epoch")
+                axes[0, col].plot([], [], color=color, label=f"{label(r)}: no finished epoch")
                 continue
-            axes[0, col].plot(h.epoch, h.train_loss, marker="o", color=color, label=r.label)
+            axes[0, col].plot(h.epoch, h.train_loss, marker="o", color=color, label=label(r))
             axes[1, col].plot(h.epoch, 100 * np.asarray(h.train_eval_acc), "--", marker="o", ms=3, color=color)
             test = "" if r.test_acc is None else f" (test acc {100 * r.test_acc:.1f} %)"
             axes[1, col].plot(h.epoch, 100 * np.asarray(h.val_acc), "-", marker="o", color=color,
-                              label=f"{r.label}{test}")
+                              label=f"{label(r)}{test}")
         axes[0, col].set(title=f"{group_title}: training loss", xlabel="epoch",
                          ylabel="training cross-entropy (running mean)", yscale="log")
         plain_minor_log_labels(axes[0, col].yaxis)
@@ -264,7 +265,8 @@ def plot_plain_vs_residual(groups: Sequence[tuple[str, Sequence[RunRecord]]], pa
 
 
 @styled
-def plot_gradient_ratio(records: Sequence[RunRecord], path: Path, title: str) -> Path:
+def plot_gradient_ratio(records: Sequence[RunRecord], path: Path, title: str,
+                        label: Callable[[RunRecord], str] = lambda r: r.label) -> Path:
     """First-layer / last-layer gradient norm ratio over training, all models in one panel
     (log scale; 1 = the input layer gets as much gradient as the output layer; a gap where the
     last layer's gradient is exactly 0)."""
@@ -274,7 +276,7 @@ def plot_gradient_ratio(records: Sequence[RunRecord], path: Path, title: str) ->
         if not g.l2:
             continue
         ratio = first_last_ratio(g.l2)
-        ax.plot(g.step, ratio, color=color, marker=".", label=f"{r.label} (first step {ratio[0]:.2g})")
+        ax.plot(g.step, ratio, color=color, marker=".", label=f"{label(r)} (first step {ratio[0]:.2g})")
     ax.axhline(1, color="k", lw=0.8)
     ax.set(yscale="log", xlabel="training step (batch)", ylabel="‖grad first conv‖ / ‖grad last layer‖",
            title=title)

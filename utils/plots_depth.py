@@ -99,13 +99,16 @@ def plot_depth_summary(series: Mapping[str, Mapping[int, dict]], path: Path, tit
     panels = (("final_train_acc", 100.0, "final training accuracy (%), clean"),
               ("test_acc", 100.0, "test accuracy (%)"), ("train_time_s", 1.0, "training time (s)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), layout="constrained")
-    markers = ("o", "s", "^", "D", "v", "P")
+    markers = ("o", "s", "^", "D", "v", "P", "X", "*")
     all_depths = sorted({d for by_depth in series.values() for d in by_depth})
+    singles = 0
     for (label, by_depth), color, marker in zip(series.items(), palette(len(series)), markers * 3):
         xs = sorted(by_depth)
+        # series measured at one depth (controls) sit side by side, not on top of each other
+        shift = 1.0 if len(xs) > 1 else 1.05 ** (singles := singles + 1)
         for ax, (metric, scale, _) in zip(axes, panels):
-            _errorbar(ax, xs, [by_depth[d][metric] for d in xs], scale, color=color, marker=marker,
-                      ls="-" if len(xs) > 1 else "none", label=label)
+            _errorbar(ax, [x * shift for x in xs], [by_depth[d][metric] for d in xs], scale, color=color,
+                      marker=marker, ls="-" if len(xs) > 1 else "none", label=label)
     for ax, (_, _, ylabel) in zip(axes, panels):
         ax.set(xscale="log", xlabel="depth (weighted layers: convs + linear)", ylabel=ylabel)
         ax.xaxis.set_major_locator(ticker.FixedLocator(all_depths))
