@@ -15,6 +15,9 @@ Experiments (``--only``):
             bottleneck's parameter count, within 5 %), every block over the same seeds.
   lr_sweep  the matched nets at five peak lrs over 40x: accuracy, loss spikes, gradient norms,
             divergence and the divergence frontier per block.
+  blocks_tuned  the matched nets again over the same seeds, at the one peak lr (for every block) that
+            the sweep's validation accuracy, averaged over the blocks, chose; the sweep's run at that
+            lr is seed 0 (reused). Reads the sweep's results when run on its own.
 
 Every block: Kaiming init, zero-init of residual ends off, no dropout. A run identical to one already
 made (same config hash: the matched bottleneck is the canonical one, the sweep's base-lr point is the
@@ -41,11 +44,11 @@ from models.cnn_models import BasicBlock, BottleneckBlock, ResNet, SwappableCNN,
 from models.custom_layers import CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, Swish
 from utils import plots_blocks as block_plots
 from utils.aggregate import METRICS, compare, summarise_runs, verdict
-from utils.cli import (apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
+from utils.cli import (UsageError, apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
                        setup_logging)
 from utils.data import DatasetSplits
 from utils.experiment import ExperimentConfig, ModelSpec
-from utils.files import atomic_write_text, write_json
+from utils.files import atomic_write_text, read_json, write_json
 from utils.layer_speed import SE_REDUCTION, run_speed
 from utils.markdown import markdown_table
 from utils.model_stats import count_parameters, relative_param_gap, solve_width_for_params
@@ -55,7 +58,7 @@ from utils.runtime import Runtime, resolve_runtime
 from utils.stability import SPIKE_RISES, SPIKE_WINDOW, stability_over_seeds, sweep_points
 
 log = logging.getLogger("custom_layers")
-EXPERIMENTS = ("speed", "layers", "blocks", "lr_sweep")
+EXPERIMENTS = ("speed", "layers", "blocks", "lr_sweep", "blocks_tuned")
 SUBDIR = "custom_layers"
 
 
@@ -339,6 +342,26 @@ def blocks_numbers(records: Sequence[RunRecord], regime: str, widths: dict[str, 
             "data": records[0].data if records else {}}
 
 
+def choose_common_lr(sweep: dict) -> dict:
+    """One peak lr for every block (equal hyper-parameters), read on validation only: the sweep lr
+    with the highest final validation accuracy averaged over the blocks; an lr at which any block
+    diverged or has no finished run is ruled out. ``sweep``: :func:`sweep_numbers`' output."""
+    by_block = {b: {p["lr"]: p for p in v["points"]} for b, v in sweep["blocks"].items()}
+    lrs = sorted({lr for points in by_block.values() for lr in points})
+    scores: dict[float, float | None] = {}
+    for lr in lrs:
+        points = [points.get(lr) for points in by_block.values()]
+        vals = [p["final_val_acc"]["mean"] if p and not p["diverged"] else None for p in points]
+        ok = bool(vals) and all(v is not None and math.isfinite(v) for v in vals)
+        scores[lr] = float(np.mean(vals)) if ok else None
+    valid = {lr: v for lr, v in scores.items() if v is not None}
+    chosen = max(valid, key=valid.get) if valid else None
+    return {"rule": "highest final validation accuracy averaged over the blocks (test set not read); an lr at "
+                    "which a block diverged is ruled out",
+            "mean_val_acc_by_lr": {f"{lr:g}": v for lr, v in scores.items()}, "chosen_lr": chosen,
+            "at_grid_edge": chosen is not None and chosen in (lrs[0], lrs[-1])}
+
+
 def sweep_numbers(records: Sequence[RunRecord], base_lr: float) -> dict:
     """Per block and lr: accuracies over seeds, divergence, spikes, gradient norms; the frontier per block."""
     blocks = {b: {**sweep_points(runs), "params": runs[0].params["total"]} for b, runs in _by_variant(records).items()}
@@ -416,6 +439,13 @@ def sweep_markdown(n: dict) -> str:
                         "\n".join(frontier)]) + "\n"
 
 
+def _read_sweep(path: Path) -> dict:
+    """The lr sweep's analysis, for ``--only blocks_tuned``; a clear error when the sweep has not run."""
+    if not path.is_file():
+        raise UsageError(f"blocks_tuned needs the lr sweep's results ({path}): run --only lr_sweep first")
+    return read_json(path)
+
+
 def write_analysis(numbers: dict, markdown: str, exp_dir: Path, what: str) -> None:
     exp_dir.mkdir(parents=True, exist_ok=True)
     write_json(exp_dir / "analysis.json", json_safe(numbers))
@@ -458,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                                      f"CIFAR-10, one layer of the base CNN swapped at a time ({source})")
         timing["experiments"]["layers"] = numbers["timing"]
     pool: list[RunRecord] = []
-    if {"blocks", "lr_sweep"} & set(todo):
+    if {"blocks", "lr_sweep", "blocks_tuned"} & set(todo):
         cfg = apply_cli_overrides(base.replace(epochs=profile.blocks_epochs), args)
     if "blocks" in todo:
         regimes = {}
@@ -489,6 +519,27 @@ def main(argv: list[str] | None = None) -> int:
         block_plots.plot_lr_sweep(numbers, dirs.plots / "blocks_lr_sweep.png",
                                   f"Residual blocks (matched size) along a learning-rate sweep ({source})")
         timing["experiments"]["lr_sweep"] = numbers["timing"]
+    if "blocks_tuned" in todo:
+        sweep = numbers if "lr_sweep" in todo else _read_sweep(out_dir / "lr_sweep" / "analysis.json")
+        choice = choose_common_lr(sweep)
+        if choice["chosen_lr"] is None:
+            log.warning("blocks_tuned: no sweep lr at which every block finished; nothing to run")
+        else:
+            pool = [r for exp in ("lr_sweep", "blocks_matched", "blocks_canonical")
+                    for r in load_records(out_dir / exp)] if not args.force else []
+            widths = block_widths("matched", classes)
+            tuned_cfg = cfg.replace(lr=choice["chosen_lr"])
+            records = run_reusing(f"{SUBDIR}/blocks_tuned", block_specs("tuned", widths, classes, profile.seeds),
+                                  pool, data, tuned_cfg, runtime, dirs.results, args.force,
+                                  f"CIFAR-10 residual blocks, matched, lr chosen on the sweep ({source})")
+            tuned = {**blocks_numbers(records, "tuned", widths), "lr_choice": choice}
+            write_analysis(tuned, f"Peak lr {choice['chosen_lr']:g} for every block: {choice['rule']} "
+                                  f"(grid edge: {choice['at_grid_edge']}).\n\n" + blocks_markdown(tuned),
+                           out_dir / "blocks_tuned", "blocks (tuned lr)")
+            block_plots.plot_seed_bands(_by_variant(records), dirs.plots / "blocks_tuned_curves.png",
+                                        f"Residual blocks, matched size, at the lr chosen on the sweep: mean and "
+                                        f"min-max over seeds (peak lr {choice['chosen_lr']:g})")
+            timing["experiments"]["blocks_tuned"] = tuned["timing"]
     wall = time.perf_counter() - wall0
     train = sum(t["train_s"] for t in timing["experiments"].values())
     # The script's wall time is that of a whole invocation: one of a part (--only) does not replace it.

@@ -29,6 +29,7 @@ from scipy import stats
 from torch import nn
 
 import homework_custom_layers_experiments as hw
+from utils.cli import run_cli
 from models.cnn_models import BasicBlock, BottleneckBlock, WideBlock
 from tests.fakes import fake_record
 from utils import plots_blocks
@@ -324,17 +325,49 @@ def test_cli_quick_end_to_end(fake_cifar_folder, tmp_path):
         assert {r["made_in"] for r in base_point["runs"]} <= {"custom_layers/blocks_matched",
                                                               "custom_layers/blocks_canonical"}
     assert not list((out / "lr_sweep").glob(f"*_lr{lr:g}_seed0.json"))     # not trained twice
+    tuned = json.loads((out / "blocks_tuned" / "analysis.json").read_text())
+    chosen = tuned["lr_choice"]["chosen_lr"]
+    assert chosen == hw.choose_common_lr(sweep)["chosen_lr"] and tuned["runs"] == 3 * seeds
+    assert tuned["config"]["lr"] == pytest.approx(chosen)
+    for b in hw.BLOCK_TYPES:    # seed 0 at the chosen lr is the sweep's (or the regimes') run, not retrained
+        assert tuned["blocks"][b]["made_in"][0] in {"custom_layers/lr_sweep", "custom_layers/blocks_matched",
+                                                    "custom_layers/blocks_canonical"}
+    assert not list((out / "blocks_tuned").glob("*_seed0.json"))
     timing = json.loads((out / "timing.json").read_text())
     assert timing["wall_s"] > 0 and set(timing["experiments"]) == {"layers", "blocks_canonical", "blocks_matched",
-                                                                   "lr_sweep"}
+                                                                   "lr_sweep", "blocks_tuned"}
     for name in ("layer_speed", "layers_swap_summary", "blocks_regimes", "blocks_canonical_curves",
-                 "blocks_matched_curves", "blocks_lr_sweep"):
+                 "blocks_matched_curves", "blocks_lr_sweep", "blocks_tuned_curves"):
         assert (plots / f"{name}.png").stat().st_size > 10_000, name
     # a second run reuses every finished model and the speed measurements (no retraining)
     before = {p: p.stat().st_mtime_ns for p in (out / "blocks_matched").glob("*_seed*.json")}
     assert hw.main(args + ["--only", "speed", "lr_sweep"]) == 0
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert json.loads((out / "timing.json").read_text()) == timing     # a partial run keeps the whole run's timing
+
+
+def test_common_lr_is_chosen_on_validation_over_every_block():
+    def point(lr, val, diverged=0):
+        return {"lr": lr, "diverged": diverged, "final_val_acc": {"mean": val}, "test_acc": {"mean": 1.0 - val}}
+    sweep = {"blocks": {"basic": {"points": [point(0.1, 0.60), point(0.4, 0.70), point(1.6, 0.72)]},
+                        "wide": {"points": [point(0.1, 0.62), point(0.4, 0.69), point(1.6, 0.56)]}}}
+    c = hw.choose_common_lr(sweep)
+    assert c["chosen_lr"] == 0.4 and not c["at_grid_edge"]              # 0.695 beats 0.61 and 0.64 at 1.6
+    assert c["mean_val_acc_by_lr"]["0.4"] == pytest.approx(0.695)
+    sweep["blocks"]["wide"]["points"][1] = point(0.4, float("nan"), diverged=1)
+    c = hw.choose_common_lr(sweep)
+    assert c["chosen_lr"] == 1.6 and c["at_grid_edge"] and c["mean_val_acc_by_lr"]["0.4"] is None
+    for p in sweep["blocks"]["wide"]["points"]:
+        p["diverged"] = 1
+    assert hw.choose_common_lr(sweep)["chosen_lr"] is None
+
+
+def test_blocks_tuned_without_the_sweep_is_one_clear_line(fake_cifar_folder, tmp_path, capsys):
+    results, plots, args = _cli_args(fake_cifar_folder, tmp_path)
+    assert run_cli(hw.main, args + ["--only", "blocks_tuned"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "run --only lr_sweep first" in errors[0] and "Traceback" not in err
 
 
 @pytest.mark.e2e
