@@ -22,7 +22,7 @@ Experiments (``--only``):
 Every block: Kaiming init, zero-init of residual ends off, no dropout. A run identical to one already
 made (same config hash: the matched bottleneck is the canonical one, the sweep's base-lr point is the
 matched run) is reused. Writes ``results/custom_layers/{layers,blocks_matched,blocks_canonical,
-lr_sweep}/`` (run JSONs, summary, analysis.json/md), ``layer_speed.{json,md}``, ``timing.json`` and
+lr_sweep,blocks_tuned}/`` (run JSONs, summary, analysis.json/md), ``layer_speed.{json,md}``, ``timing.json`` and
 ``plots/custom_layers/*.png``.
 """
 
@@ -99,7 +99,8 @@ PROFILES = {
     #   evaluation: 54 runs x (12 x 2,500 + 5,000 test + 3,600 inference images) = 8.8 min in batches
     #   of 1000, ~4 min in batches of 256 (1.9-2.8x faster for these nets: benchmarks/eval_batch.py)
     #   + speed study ~0.5 min + data / figures ~0.5 min  => ~36 min on this 2-core AVX-512-bf16 EPYC,
-    #   training ~85 % of the runs' wall time.
+    #   training ~85 % of the runs' wall time (measured: 35.3 min, 86 %). blocks_tuned adds 6 runs
+    #   (seeds 1-2 of the matched nets at the chosen lr; seed 0 is the sweep's): measured 5.5 min.
     # fp32 on the 2-core AVX2 EPYC: the v1 records (results/custom_layers: fp32 under precision
     # "auto", so a CPU without bf16) trained basic 935, bottleneck 307, wide 243, base CNN 1,240,
     # custom layers 670-1,260 img/s at batch 128: 3-5x slower than bf16 here (not 2.5-3x) -> ~126 min
