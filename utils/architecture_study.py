@@ -11,6 +11,7 @@ the divergence and writes what it can (sizes, costs, curves up to the divergence
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,6 +25,7 @@ from utils import architecture_numbers as numbers
 from utils import plots_architecture as arch_plots
 from utils import plots_depth
 from utils import visualization_utils as viz
+from utils.aggregate import by_variant
 from utils.activations import collect_activations
 from utils.data import BatchLoader, DatasetSplits
 from utils.erf import erf_growth, last_map_before_pool, unit_erf
@@ -199,13 +201,6 @@ def _probe_layers(model: nn.Module, n: int = 5) -> list[tuple[str, nn.Module]]:
     return [points[i] for i in idx]
 
 
-def _by_group_variant(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
-    out: dict[tuple[str, str], list[RunRecord]] = {}
-    for r in records:
-        out.setdefault((r.group, r.variant), []).append(r)
-    return out
-
-
 def _by_depth(records: list[RunRecord], group: str) -> dict[int, list[RunRecord]]:
     out: dict[int, list[RunRecord]] = {}
     for r in records:
@@ -270,12 +265,10 @@ def analyse_depth(run: ExperimentRun, data: DatasetSplits, runtime: Runtime, out
 INIT_LABELS = {"pytorch_default": "PyTorch default init", "kaiming": "Kaiming init"}
 
 
-def nobn_label(r: RunRecord) -> str:
-    """A no-BN control run (or its BN reference) as a legend names it: net, normalisation, init, lr."""
-    net = "ResNet" if r.group.startswith(("resnet", "residual")) else "plain"
-    norm = "no BN" if r.group.endswith("_nobn") else "BN"
+def run_label(r: RunRecord, net_norm: dict[str, str]) -> str:
+    """A run as the no-BN figures name it: net and normalisation (``net_norm``: group -> words), init, lr."""
     status = "" if r.completed else f" ({r.status})"
-    return f"{net}, {norm}, {INIT_LABELS.get(r.init['scheme'], r.init['scheme'])}, lr {r.config['lr']:g}{status}"
+    return f"{net_norm[r.group]}, {INIT_LABELS.get(r.init['scheme'], r.init['scheme'])}, lr {r.config['lr']:g}{status}"
 
 
 def analyse_nobn(pilots: ExperimentRun, finals: ExperimentRun, choice: dict, reference: list[RunRecord],
@@ -290,6 +283,8 @@ def analyse_nobn(pilots: ExperimentRun, finals: ExperimentRun, choice: dict, ref
     _log_divergence(out_dir.name, divergence["finals"])
     d = str(depth)
     plain, res = f"plain{d}_nobn", f"resnet{d}_nobn"
+    net_norm = {plain: "plain, no BN", res: "ResNet, no BN", "plain": "plain, BN", "residual": "ResNet, BN"}
+    label = functools.partial(run_label, net_norm=net_norm)
     pairs = ([((net, "kaiming"), (net, "pytorch_default")) for net in (plain, res)]
              + [((res, init), (plain, init)) for init in inits]
              + [(("plain", d), (plain, "kaiming")), (("residual", d), (res, "kaiming"))])
@@ -310,17 +305,17 @@ def analyse_nobn(pilots: ExperimentRun, finals: ExperimentRun, choice: dict, ref
                                  (f"ResNet-{d}", {("residual", d), (res, "kaiming"), (res, "pytorch_default")}))]
     arch_plots.plot_plain_vs_residual([g for g in groups if g[1]], plots / f"{prefix}curves.png",
                                       f"With and without BatchNorm, PyTorch default vs Kaiming init ({title})",
-                                      label=nobn_label)
+                                      label=label)
     if depth_runs:           # the task's summary: the depth study's BN nets with these controls beside them
-        series = {f"{net}, BN, Kaiming init": {d: numbers.variant_numbers(runs) for d, runs
-                                               in _by_depth(list(depth_runs), group).items()}
-                  for net, group in (("plain", "plain"), ("ResNet", "residual"))}
-        for runs in _by_group_variant(finals.records).values():
-            series[nobn_label(runs[0])] = {depth: numbers.variant_numbers(runs)}
+        series = {f"{net_norm[group]}, Kaiming init": {d: numbers.variant_numbers(runs) for d, runs
+                                                      in _by_depth(list(depth_runs), group).items()}
+                  for group in ("plain", "residual")}
+        for runs in by_variant(finals.records).values():
+            series[label(runs[0])] = {depth: numbers.variant_numbers(runs)}
         plots_depth.plot_depth_summary(series, plots / f"{prefix}summary.png",
                                        f"Depth with and without BN, default vs Kaiming init (mean ± 95 % CI "
                                        f"over seeds; {title})")
     arch_plots.plot_gradient_ratio([numbers.grad_view(r) for r in first], plots / f"{prefix}gradient_ratio.png",
                                    "First-conv / last-layer gradient norm during training (first seed)",
-                                   label=nobn_label)
+                                   label=label)
     return analysis
