@@ -21,7 +21,7 @@ Experiments (``--only``):
   init    gradients at initialisation, no training: first/last conv gradient-norm ratio and per-layer
           norms of plain nets (PyTorch default init, Kaiming, Kaiming + BN) and BN ResNets at depths
           8/20/56 on one fixed batch of 256 training images, several seeds, beside the
-          variance-propagation prediction (``utils.signal_propagation``). Seconds of CPU.
+          variance-propagation prediction (``utils.analysis.signal_propagation``). Seconds of CPU.
 
 Every choice is read on a validation split held out of the training set; the test set is evaluated
 once at the end of each run. Writes ``results/architecture_analysis/<experiment>/`` (a JSON per run,
@@ -41,20 +41,20 @@ import torch
 from torch import nn
 
 from models.cnn_models import BasicBlock, KernelSizeCNN, PlainCNN, ResNet, resnet_like_plain
-from utils import architecture_numbers as numbers
-from utils import plots_architecture as arch_plots
-from utils.architecture_study import analyse_depth, analyse_kernels, analyse_nobn, data_title
-from utils.cli import (apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
+from utils.studies.architecture import numbers
+from utils.studies.architecture import figures as arch_plots
+from utils.studies.architecture.analysis import analyse_depth, analyse_kernels, analyse_nobn, data_title
+from utils.engine.cli import (apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
                        setup_logging)
-from utils.data import BatchLoader, DatasetSplits
-from utils.experiment import ExperimentConfig, ModelSpec
-from utils.files import write_json
-from utils.model_stats import (count_parameters, relative_param_gap, solve_width_for_params,
+from utils.engine.data import BatchLoader, DatasetSplits
+from utils.engine.experiment import ExperimentConfig, ModelSpec
+from utils.engine.files import write_json
+from utils.engine.model_stats import (count_parameters, relative_param_gap, solve_width_for_params,
                                within_tolerance)
-from utils.records import write_summary
-from utils.runner import ExperimentRun, load_records, run_experiment, run_reusing
-from utils.runtime import Runtime, resolve_runtime
-from utils.signal_propagation import REGIME_SPECS, REGIMES, run_init_study, summarise_init_study
+from utils.engine.records import write_summary
+from utils.engine.runner import ExperimentRun, load_records, run_experiment, run_reusing
+from utils.engine.runtime import Runtime, resolve_runtime
+from utils.analysis.signal_propagation import REGIME_SPECS, REGIMES, run_init_study, summarise_init_study
 
 log = logging.getLogger("architecture_analysis")
 EXPERIMENTS = ("kernel", "depth", "nobn", "init")   # in this order ("nobn" reads the BN nets of "depth")
@@ -313,7 +313,7 @@ INIT_PROFILES = {"quick": InitStudyProfile((8, 20), 2), "standard": InitStudyPro
 
 def run_init_experiment(data: DatasetSplits, profile: InitStudyProfile, results_dir: Path, plots_dir: Path,
                         seeds: Sequence[int], name: str = "init_study") -> list[dict]:
-    """Gradients at initialisation, measured and predicted (``utils.signal_propagation``): one
+    """Gradients at initialisation, measured and predicted (``utils.analysis.signal_propagation``): one
     forward/backward per net on a fixed batch of training images, on the CPU; writes
     ``<results_dir>/<name>.json`` (summary per regime and depth, and every net) and
     ``<plots_dir>/<name>.png``. Returns the summary."""
@@ -327,7 +327,7 @@ def run_init_experiment(data: DatasetSplits, profile: InitStudyProfile, results_
     write_json(results_dir / f"{name}.json", {
         "description": "gradient norms at initialisation, one forward/backward per net in train mode (mean "
                        "cross-entropy), no training; ratio = ||dL/dW first conv|| / ||dL/dW last conv|| along the "
-                       "main path; prediction and its two readings: utils/signal_propagation.py",
+                       "main path; prediction and its two readings: utils/analysis/signal_propagation.py",
         "data": data.describe(), "batch": {"images": n, "split": "train", "index_seed": 0},
         "regimes": {r: {"description": REGIME_SPECS[r].description, "init_scheme": REGIME_SPECS[r].scheme,
                         "batchnorm": REGIME_SPECS[r].norm, "residual": REGIME_SPECS[r].residual,

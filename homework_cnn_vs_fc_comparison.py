@@ -29,16 +29,16 @@ import numpy as np
 from models.cnn_models import BasicBlock, ResNet, SimpleCNN
 from models.fc_models import FullyConnectedNet
 from utils import visualization_utils as viz
-from utils.aggregate import METRICS, by_variant, compare, summarise_runs, verdict
-from utils.classification import classification_summary
-from utils.cli import apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli, setup_logging
-from utils.data import DatasetSplits
-from utils.experiment import REGULARISATION_FIELDS, ExperimentConfig, ModelSpec, with_seeds
-from utils.files import write_json
-from utils.gradient_stats import gradient_flow_summary
-from utils.records import RunRecord
-from utils.runner import run_experiment
-from utils.runtime import resolve_runtime
+from utils.comparison_utils import METRICS, by_variant, compare, summarise_runs, verdict
+from utils.analysis.classification import classification_summary
+from utils.engine.cli import apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli, setup_logging
+from utils.engine.data import DatasetSplits
+from utils.engine.experiment import REGULARISATION_FIELDS, ExperimentConfig, ModelSpec, with_seeds
+from utils.engine.files import write_json
+from utils.engine.gradients import gradient_flow_summary
+from utils.engine.records import RunRecord
+from utils.engine.runner import run_experiment
+from utils.engine.runtime import resolve_runtime
 
 log = logging.getLogger("cnn_vs_fc")
 EXPERIMENTS = ("mnist", "cifar_pilot", "cifar")

@@ -42,20 +42,20 @@ from torch import nn
 
 from models.cnn_models import BasicBlock, BottleneckBlock, ResNet, SwappableCNN, WideBlock
 from models.custom_layers import CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, Swish
-from utils import plots_blocks as block_plots
-from utils.aggregate import METRICS, compare, summarise_runs, verdict
-from utils.cli import (UsageError, apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
+from utils.studies.custom_layers import figures as block_plots
+from utils.comparison_utils import METRICS, compare, summarise_runs, verdict
+from utils.engine.cli import (UsageError, apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
                        setup_logging)
-from utils.data import DatasetSplits
-from utils.experiment import ExperimentConfig, ModelSpec
-from utils.files import atomic_write_text, read_json, write_json
-from utils.layer_speed import SE_REDUCTION, run_speed
-from utils.markdown import markdown_table
-from utils.model_stats import count_parameters, relative_param_gap, solve_width_for_params
-from utils.records import RunRecord
-from utils.runner import load_records, run_experiment, run_reusing
-from utils.runtime import Runtime, resolve_runtime
-from utils.stability import SPIKE_RISES, SPIKE_WINDOW, stability_over_seeds, sweep_points
+from utils.engine.data import DatasetSplits
+from utils.engine.experiment import ExperimentConfig, ModelSpec
+from utils.engine.files import atomic_write_text, read_json, write_json
+from utils.studies.custom_layers.speed import SE_REDUCTION, run_speed
+from utils.engine.markdown import markdown_table
+from utils.engine.model_stats import count_parameters, relative_param_gap, solve_width_for_params
+from utils.engine.records import RunRecord
+from utils.engine.runner import load_records, run_experiment, run_reusing
+from utils.engine.runtime import Runtime, resolve_runtime
+from utils.analysis.stability import SPIKE_RISES, SPIKE_WINDOW, stability_over_seeds, sweep_points
 
 log = logging.getLogger("custom_layers")
 EXPERIMENTS = ("speed", "layers", "blocks", "lr_sweep", "blocks_tuned")

@@ -39,12 +39,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs  # noqa: E402
-from utils.cli import check_writable, positive_int, run_cli, threads_from_env  # noqa: E402
-from utils.experiment import ExperimentConfig  # noqa: E402
-from utils.files import write_json  # noqa: E402
-from utils.runtime import resolve_runtime  # noqa: E402
+from utils.engine.cli import check_writable, positive_int, run_cli, threads_from_env  # noqa: E402
+from utils.engine.experiment import ExperimentConfig  # noqa: E402
+from utils.engine.files import write_json  # noqa: E402
+from utils.engine.runtime import resolve_runtime  # noqa: E402
 from utils.training_utils import make_optimizer  # noqa: E402
-from utils.timing import rotated  # noqa: E402
+from utils.analysis.paired_timing import rotated  # noqa: E402
 
 log = logging.getLogger("bench_levers")
 

@@ -28,15 +28,15 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs  # noqa: E402
-from utils.cli import UsageError, cache_dir_from, check_writable, positive_int, run_cli, threads_from_env  # noqa: E402
-from utils.model_stats import count_flops  # noqa: E402
-from utils.data import DatasetSplits  # noqa: E402
-from utils.data_files import load_dataset, resolve_data_dir  # noqa: E402
-from utils.experiment import ExperimentConfig  # noqa: E402
-from utils.files import write_json  # noqa: E402
-from utils.runtime import resolve_runtime  # noqa: E402
+from utils.engine.cli import UsageError, cache_dir_from, check_writable, positive_int, run_cli, threads_from_env  # noqa: E402
+from utils.engine.model_stats import count_flops  # noqa: E402
+from utils.engine.data import DatasetSplits  # noqa: E402
+from utils.engine.data_files import load_dataset, resolve_data_dir  # noqa: E402
+from utils.engine.experiment import ExperimentConfig  # noqa: E402
+from utils.engine.files import write_json  # noqa: E402
+from utils.engine.runtime import resolve_runtime  # noqa: E402
 from utils.training_utils import evaluate, lr_factor, measure_inference, train_model  # noqa: E402
-from utils.data import BatchLoader  # noqa: E402
+from utils.engine.data import BatchLoader  # noqa: E402
 
 log = logging.getLogger("bench")
 

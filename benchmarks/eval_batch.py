@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.cnn_models import (BasicBlock, BottleneckBlock, PlainCNN, ResNet, SwappableCNN,  # noqa: E402
                                resnet_like_plain)
-from utils.cli import check_writable, positive_int, run_cli, threads_from_env  # noqa: E402
-from utils.files import write_json  # noqa: E402
-from utils.runtime import Runtime, resolve_runtime  # noqa: E402
-from utils.timing import rotated  # noqa: E402
+from utils.engine.cli import check_writable, positive_int, run_cli, threads_from_env  # noqa: E402
+from utils.engine.files import write_json  # noqa: E402
+from utils.engine.runtime import Runtime, resolve_runtime  # noqa: E402
+from utils.analysis.paired_timing import rotated  # noqa: E402
 
 log = logging.getLogger("eval_batch")
 BATCH_SIZES = (1000, 512, 256, 128)

@@ -87,7 +87,7 @@ class ResidualBlock(nn.Module):
     """A block computing ``residual(x) + shortcut(x)`` (a ReLU may follow the sum).
 
     Subclasses declare their structure for code that needs it (``models.init`` and
-    ``utils.receptive_field``):
+    ``utils.analysis.receptive_field``):
 
     * :meth:`residual_branch` / :meth:`shortcut_branch`: the modules of each branch in forward
       order (an empty shortcut is the identity);
@@ -321,7 +321,7 @@ class KernelSizeCNN(nn.Module):
     stage is a 1x1 conv to ``w_i // 2`` channels followed by the ``k x k`` conv to ``w_i`` (the
     Inception/bottleneck reduction; the study's "1x1+3x3" variant is ``k = 3`` with it). The
     experiment picks ``width`` per variant so all have the same number of parameters
-    (``utils.model_stats.solve_width_for_params``).
+    (``utils.engine.model_stats.solve_width_for_params``).
 
     ``stage_widths`` (optional) replaces ``(w, 2w, 4w)`` by explicit per-stage widths. Why: for a
     7x7 net the base width is ~21, where one width step changes the parameter count by ~10 %; the

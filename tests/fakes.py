@@ -1,11 +1,11 @@
-"""Synthetic :class:`~utils.records.RunRecord` objects for fast tests of analyses and figures."""
+"""Synthetic :class:`~utils.engine.records.RunRecord` objects for fast tests of analyses and figures."""
 
 from __future__ import annotations
 
 import numpy as np
 from torch import nn
 
-from utils.records import GradStats, History, RunRecord, summarise
+from utils.engine.records import GradStats, History, RunRecord, summarise
 
 CLASSES = [f"class {k}" for k in range(10)]
 

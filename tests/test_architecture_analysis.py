@@ -14,13 +14,14 @@ from torch import nn
 
 import homework_cnn_architecture_analysis as arch
 from models.cnn_models import KernelSizeCNN, PlainCNN, ResNet
-from utils import architecture_numbers as numbers
-from utils import plots_architecture, plots_depth
-from utils.erf import (effective_receptive_field, erf_growth, erf_vs_flat_box, flat_box, last_map_before_pool,
+from utils.studies.architecture import numbers
+from utils.studies.architecture import figures as plots_architecture
+from utils.studies.architecture import depth_figures as plots_depth
+from utils.analysis.erf import (effective_receptive_field, erf_growth, erf_vs_flat_box, flat_box, last_map_before_pool,
                        mass_within)
-from utils.model_stats import count_parameters
+from utils.engine.model_stats import count_parameters
 from tests.fakes import fake_record
-from utils.receptive_field import layer_specs_from_module, receptive_field
+from utils.analysis.receptive_field import layer_specs_from_module, receptive_field
 
 
 # ------------------------------------------------------------------------- parameter matching

@@ -1,4 +1,4 @@
-"""Tests for utils/classification.py."""
+"""Tests for utils/analysis/classification.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from utils.classification import classification_summary
+from utils.analysis.classification import classification_summary
 
 
 def test_classification_summary_by_hand():

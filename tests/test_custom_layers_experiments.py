@@ -1,5 +1,5 @@
-"""Tests for task 3 (homework_custom_layers_experiments.py) and its helpers (utils/stability.py,
-utils/layer_speed.py, utils/plots_blocks.py).
+"""Tests for task 3 (homework_custom_layers_experiments.py) and its helpers (utils/analysis/stability.py,
+utils/studies/custom_layers/speed.py, utils/studies/custom_layers/figures.py).
 
 Run from the repo root:  HOMEWORK_THREADS=1 python3 -m pytest tests/test_custom_layers_experiments.py -q
 
@@ -29,15 +29,15 @@ from scipy import stats
 from torch import nn
 
 import homework_custom_layers_experiments as hw
-from utils.cli import run_cli
+from utils.engine.cli import run_cli
 from models.cnn_models import BasicBlock, BottleneckBlock, WideBlock
 from tests.fakes import fake_record
-from utils import plots_blocks
-from utils.experiment import ExperimentConfig
-from utils.layer_speed import speed_cases
-from utils.model_stats import count_parameters
-from utils.records import GradStats, History, summarise
-from utils.stability import (divergence_frontier, grad_norm_stats, loss_spike_events, loss_spike_steps,
+from utils.studies.custom_layers import figures as plots_blocks
+from utils.engine.experiment import ExperimentConfig
+from utils.studies.custom_layers.speed import speed_cases
+from utils.engine.model_stats import count_parameters
+from utils.engine.records import GradStats, History, summarise
+from utils.analysis.stability import (divergence_frontier, grad_norm_stats, loss_spike_events, loss_spike_steps,
                              spike_counts)
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tests.conftest import CIFAR_CLASSES, write_fake_cifar_batches, write_fake_cifar_folder, write_fake_mnist
-from utils.data import ArrayDataset, BatchLoader, random_crop_flip, stratified_subset
-from utils.data_files import DataError, load_cifar10, load_mnist, resolve_data_dir
+from utils.engine.data import ArrayDataset, BatchLoader, random_crop_flip, stratified_subset
+from utils.engine.data_files import DataError, load_cifar10, load_mnist, resolve_data_dir
 
 
 def test_mnist_idx_files_load_as_uint8_tensors(fake_mnist):

@@ -1,4 +1,4 @@
-"""Tests for utils/erf.py: the empirical effective receptive field and its extent."""
+"""Tests for utils/analysis/erf.py: the empirical effective receptive field and its extent."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from utils.erf import effective_receptive_field, erf_extent_at
-from utils.receptive_field import LayerSpec, layer_specs_from_module, receptive_field
+from utils.analysis.erf import effective_receptive_field, erf_extent_at
+from utils.analysis.receptive_field import LayerSpec, layer_specs_from_module, receptive_field
 
 
 def erf_extent(erf: torch.Tensor, mass: float = 0.95) -> int:

@@ -1,4 +1,4 @@
-"""Tests for utils/eval_mode.py and utils/activations.py (both run a model in eval mode)."""
+"""Tests for utils/engine/eval_mode.py and utils/analysis/feature_maps.py (both run a model in eval mode)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from utils.activations import collect_activations
-from utils.eval_mode import eval_mode
+from utils.analysis.feature_maps import collect_activations
+from utils.engine.eval_mode import eval_mode
 
 
 def test_eval_mode_restores_each_modules_own_flag():

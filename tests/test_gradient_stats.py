@@ -1,4 +1,4 @@
-"""Tests for utils/gradient_stats.py."""
+"""Tests for utils/engine/gradients.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from utils.gradient_stats import MIN_NORM, first_last_ratio, gradient_flow_summary, total_grad_norm, weight_tensor_names
+from utils.engine.gradients import MIN_NORM, first_last_ratio, gradient_flow_summary, total_grad_norm, weight_tensor_names
 
 
 # ---------------------------------------------------------------------------------------------

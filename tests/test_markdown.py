@@ -1,10 +1,10 @@
-"""Tests for utils/markdown.py."""
+"""Tests for utils/engine/markdown.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from utils.markdown import markdown_table
+from utils.engine.markdown import markdown_table
 
 
 def test_markdown_table_layout():

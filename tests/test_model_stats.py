@@ -1,4 +1,4 @@
-"""Tests for utils/model_stats.py: parameter counts, width solving, FLOPs, per-layer conv costs."""
+"""Tests for utils/engine/model_stats.py: parameter counts, width solving, FLOPs, per-layer conv costs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from models.cnn_models import KernelSizeCNN
-from utils.model_stats import (
+from utils.engine.model_stats import (
     conv_layer_costs,
     count_flops,
     count_parameters,
@@ -15,7 +15,7 @@ from utils.model_stats import (
     solve_width_for_params,
     within_tolerance,
 )
-from utils.statistics import relative_spread
+from utils.analysis.statistics import relative_spread
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,10 +12,13 @@ import pytest
 from matplotlib import colors as mcolors
 from matplotlib import pyplot as plt
 
-from utils import plot_common, plots_architecture, plots_blocks
+
+from utils.studies.architecture import figures as plots_architecture
+
+from utils.studies.custom_layers import figures as plots_blocks
 from utils import visualization_utils as viz
 from tests.fakes import CLASSES, fake_record
-from utils.records import RecordFormatError, RunRecord
+from utils.engine.records import RecordFormatError, RunRecord
 
 @pytest.fixture(scope="module")
 def records() -> list[RunRecord]:
@@ -158,7 +161,7 @@ def test_cost_axis_is_log_only_over_a_decade_and_has_no_minor_labels(values, sca
     fig, ax = plt.subplots()
     try:
         ax.scatter(values, [1] * len(values))
-        plot_common.cost_axis(ax.xaxis, values)
+        viz.cost_axis(ax.xaxis, values)
         assert ax.get_xscale() == scale
         fig.canvas.draw()
         assert not any(t.get_text() for t in ax.xaxis.get_minorticklabels())
@@ -171,7 +174,7 @@ def test_cost_axis_is_log_only_over_a_decade_and_has_no_minor_labels(values, sca
 
 def test_importing_the_figure_modules_sets_no_global_style():
     code = ("import matplotlib; before = dict(matplotlib.rcParams); "
-            "import utils.visualization_utils, utils.plots_architecture, utils.plots_blocks; "
+            "import utils.visualization_utils, utils.studies.architecture.figures, utils.studies.custom_layers.figures; "
             "changed = sorted(k for k, v in matplotlib.rcParams.items() if before.get(k) != v "
             "and not k.startswith('backend')); print(changed); assert not changed")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(_repo_root()))

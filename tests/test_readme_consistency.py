@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from utils import report
+from utils.report import readme as report
 
 
 def test_readme_matches_results():
     rendered = report.render(report.TEMPLATE.read_text(), report.ROOT / "results")
-    assert report.README.read_text() == rendered, "README.md is stale: run `python -m utils.report`"
+    assert report.README.read_text() == rendered, "README.md is stale: run `python -m utils.report.readme`"
 
 
 def test_placeholders_resolve_and_format(tmp_path):

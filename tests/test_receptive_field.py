@@ -1,4 +1,4 @@
-"""Tests for utils/receptive_field.py: theoretical RF (hand-computed, published values, autograd
+"""Tests for utils/analysis/receptive_field.py: theoretical RF (hand-computed, published values, autograd
 support), the package's own layers, residual blocks, and refusal of what it cannot compute."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from torch import nn
 
 from models.cnn_models import BasicBlock, BottleneckBlock, ResidualBlock, ResNet, SwappableCNN, WideBlock
 from models.custom_layers import CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, SpatialAttention, Swish
-from utils.receptive_field import LayerSpec, ReceptiveFieldRow, layer_specs_from_module, receptive_field
+from utils.analysis.receptive_field import LayerSpec, ReceptiveFieldRow, layer_specs_from_module, receptive_field
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 
 import run_study
 from tests.conftest import write_fake_mnist
-from utils.cli import run_cli
+from utils.engine.cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 

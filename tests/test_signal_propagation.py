@@ -1,4 +1,4 @@
-"""Gradients at initialisation (utils/signal_propagation.py): the regimes build the nets and inits
+"""Gradients at initialisation (utils/analysis/signal_propagation.py): the regimes build the nets and inits
 they name, the variance-propagation prediction has the per-layer gains it derives, the measurement
 shows vanishing gradients under PyTorch's default init and not under Kaiming, and the figure is
 written."""
@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from models.cnn_models import ResNet
-from utils import plots_architecture
-from utils.signal_propagation import (REGIMES, convs_per_stage, gradient_norms_at_init, init_regime_model,
+from utils.studies.architecture import figures as plots_architecture
+from utils.analysis.signal_propagation import (REGIMES, convs_per_stage, gradient_norms_at_init, init_regime_model,
                                       main_path_convs, predicted_log10_ratio, predicted_profile, run_init_study,
                                       summarise_init_study)
 

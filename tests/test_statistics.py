@@ -1,4 +1,4 @@
-"""Tests for utils/statistics.py: per-seed summaries, curve bands, relative spread."""
+"""Tests for utils/analysis/statistics.py: per-seed summaries, curve bands, relative spread."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from utils.statistics import convergence_verdict, curve_band, difference, relative_spread, seed_statistics, seed_summary
+from utils.analysis.statistics import convergence_verdict, curve_band, difference, relative_spread, seed_statistics, seed_summary
 
 # Two-sided 95 % quantiles of Student's t, from printed tables (not from scipy).
 T975 = {3: 3.182446305284263, 4: 2.7764451051977987}

@@ -1,4 +1,4 @@
-"""Tests for utils/timing.py (no timed assertions: only the fields and the turn order)."""
+"""Tests for utils/analysis/paired_timing.py (no timed assertions: only the fields and the turn order)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from utils.timing import rotated, time_forward_backward
+from utils.analysis.paired_timing import rotated, time_forward_backward
 
 
 def test_rotated_puts_every_item_first_once_per_cycle():

@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from tests.conftest import class_pattern_images
-from utils.data import ArrayDataset, DatasetSplits
-from utils.experiment import ExperimentConfig, ModelSpec
-from utils.files import read_json, write_json
-from utils.records import SCHEMA_VERSION, RunRecord
-from utils.runner import config_hash, run_experiment
-from utils.runtime import resolve_runtime
+from utils.engine.data import ArrayDataset, DatasetSplits
+from utils.engine.experiment import ExperimentConfig, ModelSpec
+from utils.engine.files import read_json, write_json
+from utils.engine.records import SCHEMA_VERSION, RunRecord
+from utils.engine.runner import config_hash, run_experiment
+from utils.engine.runtime import resolve_runtime
 from utils.training_utils import eval_schedule, lr_factor, train_model
 
 RECORD_KEYS = {"schema_version", "experiment", "model", "status", "config", "config_hash", "data", "runtime",
@@ -236,7 +236,7 @@ def test_validation_split_is_stratified_disjoint_and_normalised_without_it():
     rows = lambda ds: {tuple(img.flatten().tolist()) for img in ds.images}        # noqa: E731
     assert not rows(data.val) & rows(data.train)                                  # disjoint
     assert data.mean != raw.mean or data.std != raw.std or True
-    from utils.data import channel_stats
+    from utils.engine.data import channel_stats
     assert data.mean == channel_stats(data.train.images)[0]                       # stats from train only
     assert data.describe()["n_val"] == 40 and data.describe()["val_seed"] == 3
     assert data.subsample(100, None, seed=0).val is data.val                      # subsets keep it

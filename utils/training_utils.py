@@ -1,8 +1,8 @@
 """The training loop: ``train_one_epoch`` and ``evaluate`` (pytorch/examples ``mnist/main.py``
-style), and ``train_model``, which runs them for one :class:`~utils.experiment.ModelSpec` and returns
-its :class:`~utils.records.RunRecord` beside the trained model.
+style), and ``train_model``, which runs them for one :class:`~utils.engine.experiment.ModelSpec` and returns
+its :class:`~utils.engine.records.RunRecord` beside the trained model.
 
-Hashing, skipping finished runs and writing result files live in :mod:`utils.runner`.
+Hashing, skipping finished runs and writing result files live in :mod:`utils.engine.runner`.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from models.init import InitRecord, init_weights
-from utils.checkpoints import load_checkpoint, save_checkpoint
-from utils.gradient_stats import weight_tensor_names
-from utils.model_stats import count_flops, count_parameters
-from utils.data import BatchLoader, DatasetSplits, stratified_subset
-from utils.experiment import ExperimentConfig, ModelSpec
-from utils.records import GradStats, History, RunRecord, summarise
-from utils.runtime import Runtime, seed_everything
-from utils.statistics import convergence_verdict
+from utils.engine.checkpoints import load_checkpoint, save_checkpoint
+from utils.engine.gradients import weight_tensor_names
+from utils.engine.model_stats import count_flops, count_parameters
+from utils.engine.data import BatchLoader, DatasetSplits, stratified_subset
+from utils.engine.experiment import ExperimentConfig, ModelSpec
+from utils.engine.records import GradStats, History, RunRecord, summarise
+from utils.engine.runtime import Runtime, seed_everything
+from utils.analysis.statistics import convergence_verdict
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from utils.eval_mode import eval_mode
-from utils.receptive_field import square_geometry
+from utils.engine.eval_mode import eval_mode
+from utils.analysis.receptive_field import square_geometry
 
 __all__ = [
     "count_parameters",
@@ -122,7 +122,7 @@ def solve_width_for_params(
 def relative_param_gap(params: Sequence[int], target: int) -> float:
     """Relative mismatch of a group of parameter counts to ``target``: ``max_i |p_i - target| / target``.
 
-    (The spread of a group around its own mean is :func:`utils.statistics.relative_spread`.)
+    (The spread of a group around its own mean is :func:`utils.analysis.statistics.relative_spread`.)
     """
     values = np.asarray(params, dtype=np.float64)
     if values.size == 0:

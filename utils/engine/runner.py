@@ -18,11 +18,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from utils.data import DatasetSplits
-from utils.experiment import ExperimentConfig, ModelSpec
-from utils.files import read_json, write_json
-from utils.records import SCHEMA_VERSION, RecordFormatError, RunRecord, summarise, write_summary
-from utils.runtime import Runtime
+from utils.engine.data import DatasetSplits
+from utils.engine.experiment import ExperimentConfig, ModelSpec
+from utils.engine.files import read_json, write_json
+from utils.engine.records import SCHEMA_VERSION, RecordFormatError, RunRecord, summarise, write_summary
+from utils.engine.runtime import Runtime
 from utils.training_utils import train_model
 
 log = logging.getLogger(__name__)

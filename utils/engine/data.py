@@ -5,7 +5,7 @@ each image dozens of times; turning a uint8 array into a PIL image and back for 
 far more than the small networks themselves on a 2-core CPU (see ``benchmarks/bench_training.py``).
 So each split is decoded once (by torchvision's own dataset classes), kept as one uint8 tensor
 ``(N, C, H, W)`` plus int64 labels, and batches are cut, augmented and normalised as whole tensors.
-Reading the files from disk: ``utils/data_files.py``.
+Reading the files from disk: ``utils/engine/data_files.py``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reading the data sets from disk into :class:`utils.data.DatasetSplits`.
+"""Reading the data sets from disk into :class:`utils.engine.data.DatasetSplits`.
 
 Where the files come from, in order:
   * MNIST: ``torchvision.datasets.MNIST`` under ``<data-dir>/MNIST/raw`` (downloaded if absent).
@@ -26,7 +26,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from utils.data import CIFAR10_CLASSES, DATASETS, MNIST_CLASSES, ArrayDataset, DataError, DatasetSplits
+from utils.engine.data import CIFAR10_CLASSES, DATASETS, MNIST_CLASSES, ArrayDataset, DataError, DatasetSplits
 
 log = logging.getLogger(__name__)
 

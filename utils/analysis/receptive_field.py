@@ -3,7 +3,7 @@
 :class:`LayerSpec` (geometry of one conv/pool), :func:`receptive_field` (the recurrence over a
 chain of them), :func:`layer_specs_from_module` (the chain of a real network: it knows the
 package's own layers, follows residual blocks, and refuses what it cannot compute). The empirical
-effective receptive field is in :mod:`utils.erf`.
+effective receptive field is in :mod:`utils.analysis.erf`.
 
 Coordinate convention (RF ``start``)
 ------------------------------------

@@ -17,11 +17,11 @@ from torch import nn
 
 from models.custom_layers import (CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, Swish,
                                   autograd_reference)
-from utils import plots_blocks as block_plots
-from utils.files import atomic_write_text, read_json, write_json
-from utils.markdown import markdown_table
-from utils.runtime import Runtime
-from utils.timing import time_forward_backward
+from utils.studies.custom_layers import figures as block_plots
+from utils.engine.files import atomic_write_text, read_json, write_json
+from utils.engine.markdown import markdown_table
+from utils.engine.runtime import Runtime
+from utils.analysis.paired_timing import time_forward_backward
 
 log = logging.getLogger("custom_layers")
 SE_REDUCTION = 8       # the layer study's SE reduction (32 channels -> hidden 4)

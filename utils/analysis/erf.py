@@ -2,10 +2,10 @@
 
 :func:`effective_receptive_field` back-propagates from one output unit to the input;
 :func:`erf_extent_at` measures the square that holds a given share of the gradient mass around a
-centre (normally the unit's theoretical RF centre, ``utils.receptive_field.ReceptiveFieldRow.center``);
+centre (normally the unit's theoretical RF centre, ``utils.analysis.receptive_field.ReceptiveFieldRow.center``);
 :func:`erf_vs_flat_box` checks a claim about the ERF's shape against numbers: the same measures for
 a flat (uniform) box over the theoretical RF, which is what "every pixel of the RF counts alike"
-would give. Coordinates follow the convention of :mod:`utils.receptive_field`.
+would give. Coordinates follow the convention of :mod:`utils.analysis.receptive_field`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from utils.activations import collect_activations
-from utils.eval_mode import eval_mode
-from utils.receptive_field import ReceptiveFieldRow, layer_specs_from_module, receptive_field
+from utils.analysis.feature_maps import collect_activations
+from utils.engine.eval_mode import eval_mode
+from utils.analysis.receptive_field import ReceptiveFieldRow, layer_specs_from_module, receptive_field
 
 log = logging.getLogger(__name__)
 

@@ -78,7 +78,7 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", threads: int 
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
     if dev.type == "cpu":
         # HOMEWORK_THREADS lets a second job share the machine without oversubscribing it.
-        from utils.cli import threads_from_env
+        from utils.engine.cli import threads_from_env
         torch.set_num_threads(threads or threads_from_env() or os.cpu_count() or 1)
     bf16_ok = torch.cuda.is_bf16_supported() if dev.type == "cuda" else cpu_supports_bf16()
     if precision == "bf16" and not bf16_ok:

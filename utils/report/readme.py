@@ -10,8 +10,8 @@ README and results cannot drift apart (``tests/test_readme_consistency.py`` re-r
 
 Keys may index lists (``history.test_acc.-1``) and contain dots (``params.per_layer.net.1``). Formats: see ``FORMATS``.
 
-    python -m utils.report            # rewrite README.md
-    python -m utils.report --check    # exit 1 if README.md is stale
+    python -m utils.report.readme            # rewrite README.md
+    python -m utils.report.readme --check    # exit 1 if README.md is stale
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from utils.files import atomic_write_text
-from utils.records import SCHEMA_VERSION, Summary, summary_markdown
+from utils.engine.files import atomic_write_text
+from utils.engine.records import SCHEMA_VERSION, Summary, summary_markdown
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "docs" / "README.template.md"
 README = ROOT / "README.md"
 PLACEHOLDER = re.compile(r"\{\{\s*([^}|]+?)\s*(?:\|\s*(\w+)\s*)?\}\}")
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         if README.read_text() != text:
-            print("README.md is stale: run `python -m utils.report`", file=sys.stderr)
+            print("README.md is stale: run `python -m utils.report.readme`", file=sys.stderr)
             return 1
         return 0
     atomic_write_text(README, text)

@@ -1,6 +1,6 @@
 """Figures of the architecture analysis (task 2): size/cost bars, receptive fields, first-layer
 activations and filters, feature maps by depth, plain vs residual curves and the first/last-layer
-gradient ratio. Shared style and helpers: ``utils.plot_common``.
+gradient ratio. Shared style and helpers: ``utils.visualization_utils``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import ticker
 
-from utils.plot_common import palette, plain_minor_log_labels, save_figure, styled
-from utils.gradient_stats import first_last_ratio
-from utils.records import RunRecord
+from utils.visualization_utils import palette, plain_minor_log_labels, save_figure, styled
+from utils.engine.gradients import first_last_ratio
+from utils.engine.records import RunRecord
 
 
 def _num(v: float | None) -> float:
@@ -290,7 +290,7 @@ INIT_REGIME_LABELS = {"pytorch_default": "plain, PyTorch default init", "kaiming
 
 @styled
 def plot_init_study(summary: Sequence[dict], path: Path, title: str) -> Path:
-    """Gradients at initialisation, measured vs predicted (``utils.signal_propagation``).
+    """Gradients at initialisation, measured vs predicted (``utils.analysis.signal_propagation``).
 
     ``summary``: rows of ``summarise_init_study``. Left: ``||grad first conv|| / ||grad last conv||``
     against depth per regime, measured (mean of log10 over seeds, bars = min-max) and predicted
@@ -362,7 +362,7 @@ def plot_variants_over_seeds(variants: dict, path: Path, title: str, target_para
                              tol: float = 0.02) -> Path:
     """Parameters (with the ±tol band around ``target_params``), forward MFLOPs, training time and
     test accuracy per variant; time and accuracy are means over seeds with their 95 % intervals.
-    ``variants``: label -> a dict of ``utils.architecture_numbers.variant_numbers``."""
+    ``variants``: label -> a dict of ``utils.studies.architecture.numbers.variant_numbers``."""
     names = list(variants)
     colors = palette(len(names))
     v = [variants[n] for n in names]

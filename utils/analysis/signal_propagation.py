@@ -50,8 +50,8 @@ from torch import Tensor, nn
 
 from models.cnn_models import BasicBlock, PlainCNN, ResidualBlock, ResNet, resnet_like_plain
 from models.init import InitRecord, init_weights
-from utils.gradient_stats import first_last_ratio
-from utils.statistics import seed_summary
+from utils.engine.gradients import first_last_ratio
+from utils.analysis.statistics import seed_summary
 
 __all__ = ["REGIMES", "REGIME_SPECS", "convs_per_stage", "init_regime_model", "main_path_convs", "gradient_norms_at_init",
            "predicted_profile", "predicted_log10_ratio", "InitStudyRow", "run_init_study", "summarise_init_study"]

@@ -4,7 +4,7 @@ the residual blocks in two regimes over seeds, their curves, and the learning-ra
 Every figure reads the analysis dicts the script writes (``analysis.json`` before NaN -> None, so
 missing numbers are NaN or None) and draws what exists: a variant or block whose every run diverged
 is marked, never a crash. Accuracy is accuracy (%), validation and test are labelled apart.
-Shared style and helpers: ``utils.plot_common``.
+Shared style and helpers: ``utils.visualization_utils``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import numpy as np
 from matplotlib import ticker
 from matplotlib.lines import Line2D
 
-from utils.statistics import curve_band
-from utils.plot_common import palette, plain_minor_log_labels, save_figure, styled
-from utils.records import RunRecord
+from utils.analysis.statistics import curve_band
+from utils.visualization_utils import palette, plain_minor_log_labels, save_figure, styled
+from utils.engine.records import RunRecord
 
 DIVERGED_COLOR = "crimson"
 

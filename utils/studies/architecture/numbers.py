@@ -1,6 +1,6 @@
 """The numbers of the architecture study (task 2) that follow from run records alone.
 
-Pure functions of :class:`~utils.records.RunRecord` lists (no models, no data), so they are tested
+Pure functions of :class:`~utils.engine.records.RunRecord` lists (no models, no data), so they are tested
 on synthetic records (``tests/fakes.py``) and never crash on an experiment whose runs diverged:
 
 * :func:`divergence_report`: which runs diverged, and whether all of them did;
@@ -27,10 +27,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from utils.aggregate import METRICS, by_variant, compare, summarise_runs, verdict
-from utils.gradient_stats import gradient_flow_summary
-from utils.markdown import markdown_table
-from utils.records import GradStats, RunRecord
+from utils.comparison_utils import METRICS, by_variant, compare, summarise_runs, verdict
+from utils.engine.gradients import gradient_flow_summary
+from utils.engine.markdown import markdown_table
+from utils.engine.records import GradStats, RunRecord
 
 PRIMARY = "final_train_acc"                       # the degradation question is about training error
 DIFF_METRICS = ("final_train_acc", "final_train_loss", "final_val_acc", "test_acc")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from utils.data import MAX_SEED, DataError, DatasetSplits
-from utils.data_files import DATA_DIR_ENV, load_dataset, resolve_data_dir
+from utils.engine.data import MAX_SEED, DataError, DatasetSplits
+from utils.engine.data_files import DATA_DIR_ENV, load_dataset, resolve_data_dir
 
 PROFILES = ("quick", "standard", "full")
 CACHE_DIR_ENV = "HOMEWORK_CACHE_DIR"
@@ -225,8 +225,8 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     UsageError / DataError / RuntimeUnavailable -> ``error: <message>`` on stderr, 2;
     Ctrl-C or SIGTERM -> ``interrupted_message``, 130. The signal handlers are restored afterwards.
     """
-    # imported here: utils.runtime itself uses this module's validated reader (threads_from_env)
-    from utils.runtime import RuntimeUnavailable
+    # imported here: utils.engine.runtime itself uses this module's validated reader (threads_from_env)
+    from utils.engine.runtime import RuntimeUnavailable
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _raise_interrupt)

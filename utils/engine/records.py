@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from utils.files import atomic_write_text
-from utils.markdown import markdown_table
+from utils.engine.files import atomic_write_text
+from utils.engine.markdown import markdown_table
 
 SCHEMA_VERSION = 3
 
@@ -119,7 +119,7 @@ class RunRecord:
     history: History
     epoch_time_s: list[float]         # training seconds of each epoch (no evaluation)
     timing: dict                      # train_s, eval_s, total_s, train_share of this run's wall time
-    convergence: dict                 # plateau verdicts (utils.statistics.ConvergenceVerdict) by curve
+    convergence: dict                 # plateau verdicts (utils.analysis.statistics.ConvergenceVerdict) by curve
     test_loss: float | None           # the test set, evaluated once at the end (None if diverged)
     test_acc: float | None
     inference: dict                   # latency / throughput; {} if the run diverged
@@ -200,7 +200,7 @@ PLATEAU_WORDS = {True: "yes", False: "still improving", None: "too short to tell
 
 
 def summary_markdown(summaries: Sequence[Summary]) -> str:
-    """The standard results table of runs' summaries (also embedded in README by ``utils.report``)."""
+    """The standard results table of runs' summaries (also embedded in README by ``utils.report.readme``)."""
     rows = []
     for s in summaries:
         status = "" if s.status == "completed" else f" ({s.status})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from utils.eval_mode import eval_mode
+from utils.engine.eval_mode import eval_mode
 
 __all__ = ["collect_activations"]
 

@@ -2,7 +2,7 @@
 seeds: mean with its 95 % interval per metric, and differences between variants with theirs.
 
 A difference is called real in README only when its interval excludes zero
-(:attr:`utils.statistics.Difference.excludes_zero`); otherwise it is "within noise".
+(:attr:`utils.analysis.statistics.Difference.excludes_zero`); otherwise it is "within noise".
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import math
 from collections import defaultdict
 from typing import Callable, Sequence
 
-from utils.records import RunRecord
-from utils.statistics import Difference, SeedSummary, difference, seed_summary
+from utils.engine.records import RunRecord
+from utils.analysis.statistics import Difference, SeedSummary, difference, seed_summary
 
 Metric = Callable[[RunRecord], "float | None"]
 

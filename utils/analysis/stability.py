@@ -1,5 +1,5 @@
 """Training stability as numbers: loss spikes, gradient-norm statistics and the divergence frontier
-of a learning-rate sweep. Pure functions of what a :class:`~utils.records.RunRecord` holds
+of a learning-rate sweep. Pure functions of what a :class:`~utils.engine.records.RunRecord` holds
 (``step_loss``, ``grad_stats.l2``, ``status``); nothing here trains or plots.
 
 Definitions (used by task 3's lr sweep and quoted in README):
@@ -13,7 +13,7 @@ Definitions (used by task 3's lr sweep and quoted in README):
   training when the loss is small, so compare counts between runs of one recipe (e.g. along an lr
   sweep) rather than reading one count on its own.
 * **gradient-norm statistics** (:func:`grad_norm_stats`): the global L2 norm of all tracked weight
-  gradients (``utils.gradient_stats.total_grad_norm``) at each sampled step: at initialisation
+  gradients (``utils.engine.gradients.total_grad_norm``) at each sampled step: at initialisation
   (the first sample), median, 90th percentile and maximum over the run, and max / median.
 * **divergence frontier** (:func:`divergence_frontier`): the smallest learning rate at which any
   run of the sweep diverged (a non-finite loss or gradient, ``status == "diverged"``), ``None`` if
@@ -28,9 +28,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from utils.gradient_stats import total_grad_norm
-from utils.records import RunRecord
-from utils.statistics import seed_summary
+from utils.engine.gradients import total_grad_norm
+from utils.engine.records import RunRecord
+from utils.analysis.statistics import seed_summary
 
 __all__ = ["SPIKE_WINDOW", "SPIKE_RISES", "loss_spike_steps", "loss_spike_events", "spike_counts",
            "grad_norm_stats", "Frontier", "divergence_frontier", "run_stability", "stability_over_seeds",

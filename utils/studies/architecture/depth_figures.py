@@ -3,7 +3,7 @@ the shape of He et al. (2016) Fig. 1/6 (drawn as accuracy, the package's convent
 summary of accuracy and training time against depth, and the learning-rate pilots.
 
 Inputs are typed records grouped by the caller (family -> depth -> runs over seeds) or the
-per-variant dicts of :mod:`utils.architecture_numbers`. Shared style: :mod:`utils.plot_common`.
+per-variant dicts of :mod:`utils.studies.architecture.numbers`. Shared style: :mod:`utils.visualization_utils`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import ticker
 
-from utils.plot_common import palette, plain_minor_log_labels, save_figure, styled
-from utils.records import RunRecord
-from utils.statistics import curve_band
+from utils.visualization_utils import palette, plain_minor_log_labels, save_figure, styled
+from utils.engine.records import RunRecord
+from utils.analysis.statistics import curve_band
 
 
 def _mean_curve(runs: Sequence[RunRecord], field: str) -> tuple[np.ndarray, dict] | None:
@@ -95,7 +95,7 @@ def plot_depth_summary(series: Mapping[str, Mapping[int, dict]], path: Path, tit
     """Final clean training accuracy, test accuracy and training time against depth (weighted
     layers, log axis), one line per series (e.g. "plain, BN"); points are means over seeds with
     their 95 % intervals (none drawn for a single seed). ``series``: label -> depth -> a variant
-    dict of ``utils.architecture_numbers.variant_numbers``."""
+    dict of ``utils.studies.architecture.numbers.variant_numbers``."""
     panels = (("final_train_acc", 100.0, "final training accuracy (%), clean"),
               ("test_acc", 100.0, "test accuracy (%)"), ("train_time_s", 1.0, "training time (s)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), layout="constrained")

@@ -3,7 +3,7 @@ and ERFs, FLOPs by resolution, side-by-side step times, feature maps, gradient r
 ``analyse_*`` writes its experiment's ``analysis.json`` / ``analysis.md`` and figures.
 
 The numbers that follow from run records alone (over seeds, differences, verdicts, markdown) are in
-:mod:`utils.architecture_numbers`; the experiments themselves (models, specs, profiles) in
+:mod:`utils.studies.architecture.numbers`; the experiments themselves (models, specs, profiles) in
 ``homework_cnn_architecture_analysis.py``. Every analysis also runs when runs diverged: it reports
 the divergence and writes what it can (sizes, costs, curves up to the divergence, the ERF at init).
 """
@@ -21,22 +21,22 @@ import torch
 from torch import nn
 
 from models.cnn_models import ResNet
-from utils import architecture_numbers as numbers
-from utils import plots_architecture as arch_plots
-from utils import plots_depth
+from utils.studies.architecture import numbers
+from utils.studies.architecture import figures as arch_plots
+from utils.studies.architecture import depth_figures as plots_depth
 from utils import visualization_utils as viz
-from utils.aggregate import by_variant
-from utils.activations import collect_activations
-from utils.data import BatchLoader, DatasetSplits
-from utils.erf import erf_growth, last_map_before_pool, unit_erf
-from utils.experiment import ExperimentConfig, ModelSpec
-from utils.files import atomic_write_text, write_json
-from utils.model_stats import conv_layer_costs
-from utils.receptive_field import layer_specs_from_module, receptive_field
-from utils.records import RunRecord
-from utils.runner import ExperimentRun
-from utils.runtime import Runtime
-from utils.timing import time_forward_backward
+from utils.comparison_utils import by_variant
+from utils.analysis.feature_maps import collect_activations
+from utils.engine.data import BatchLoader, DatasetSplits
+from utils.analysis.erf import erf_growth, last_map_before_pool, unit_erf
+from utils.engine.experiment import ExperimentConfig, ModelSpec
+from utils.engine.files import atomic_write_text, write_json
+from utils.engine.model_stats import conv_layer_costs
+from utils.analysis.receptive_field import layer_specs_from_module, receptive_field
+from utils.engine.records import RunRecord
+from utils.engine.runner import ExperimentRun
+from utils.engine.runtime import Runtime
+from utils.analysis.paired_timing import time_forward_backward
 from utils.training_utils import build_model
 
 log = logging.getLogger("architecture_analysis")
@@ -67,7 +67,7 @@ def side_by_side_step_times(models: dict[str, nn.Module], image_shape: tuple[int
 
     Why next to the engine's training time: that one is wall time per model, measured at
     different moments, so any other load on the machine lands on some models only. Here the
-    models take turns (``utils.timing.time_forward_backward`` rotates the order every round), so
+    models take turns (``utils.analysis.paired_timing.time_forward_backward`` rotates the order every round), so
     a background load hits all of them alike and the ratios stay fair. Deep copies in train mode:
     the BN running statistics of the trained models are not touched.
     """
@@ -211,7 +211,7 @@ def _by_depth(records: list[RunRecord], group: str) -> dict[int, list[RunRecord]
 
 def analyse_depth(run: ExperimentRun, data: DatasetSplits, runtime: Runtime, out_dir: Path, plots: Path,
                   prefix: str, batch: int) -> dict:
-    """Degradation numbers over seeds (``utils.architecture_numbers.depth_numbers``); per variant
+    """Degradation numbers over seeds (``utils.studies.architecture.numbers.depth_numbers``); per variant
     (first seed): conv layers, theoretical RF, gradient ratios, side-by-side step time, feature
     maps. Writes ``analysis.json/md`` and the figures."""
     divergence = numbers.divergence_report(run.records)
