@@ -8,9 +8,10 @@ module per concept under ``models/layers/``.
 
 Layers
     * :class:`CustomConv2d`     conv2d + optional Weight Standardization + per-channel gate
-    * :class:`ChannelAttention` squeeze-and-excitation channel attention
+    * :class:`ChannelAttention` channel attention: squeeze-and-excitation (``pool_types=("avg",)``, the
+                                default) or CBAM's avg + max descriptors (``pool_types=("avg", "max")``)
     * :class:`SpatialAttention` CBAM spatial attention
-    * :class:`CBAM`             channel attention followed by spatial attention
+    * :class:`CBAM`             CBAM as published: avg + max channel attention, then spatial attention
     * :class:`Swish`            x * sigmoid(beta * x), beta learnable or fixed
     * :class:`GeMPool2d`        generalised-mean pooling, p learnable or fixed
     * :class:`MixedPool2d`      learnable mix of max and average pooling

@@ -43,6 +43,7 @@ LAYERS: Dict[str, Callable[[], nn.Module]] = {
     "conv": lambda: CustomConv2d(4, 3, 3, padding=1),
     "conv_ws_gate": lambda: CustomConv2d(4, 3, 3, weight_standardization=True, channel_gate=True),
     "se": lambda: ChannelAttention(4, reduction=2),
+    "ca_avgmax": lambda: ChannelAttention(4, reduction=2, pool_types=("avg", "max")),
     "spatial": lambda: SpatialAttention(3),
     "cbam": lambda: CBAM(4, reduction=2, kernel_size=3),
     "swish": lambda: Swish(beta=1.3),
@@ -241,6 +242,10 @@ BAD_ARGUMENTS = {
     "conv_eps_nan": lambda: CustomConv2d(3, 4, 3, eps=NAN),
     "se_channels_zero": lambda: ChannelAttention(0),
     "se_reduction_zero": lambda: ChannelAttention(8, reduction=0),
+    "se_pool_types_empty": lambda: ChannelAttention(8, pool_types=()),
+    "se_pool_types_unknown": lambda: ChannelAttention(8, pool_types=("avg", "lp")),
+    "se_pool_types_repeat": lambda: ChannelAttention(8, pool_types=("max", "max")),
+    "se_pool_types_not_a_sequence": lambda: ChannelAttention(8, pool_types=None),
     "spatial_kernel_zero": lambda: SpatialAttention(0),
     "spatial_kernel_negative": lambda: SpatialAttention(-1),
     "spatial_kernel_even": lambda: SpatialAttention(4),
@@ -248,6 +253,7 @@ BAD_ARGUMENTS = {
     "cbam_channels_zero": lambda: CBAM(0),
     "cbam_kernel_even": lambda: CBAM(8, kernel_size=4),
     "cbam_no_stage": lambda: CBAM(8, use_channel=False, use_spatial=False),
+    "cbam_pool_types": lambda: CBAM(8, pool_types=("mean",)),
     "swish_beta_nan": lambda: Swish(beta=NAN),
     "swish_beta_inf": lambda: Swish(beta=-INF),
     "mixed_kernel_zero": lambda: MixedPool2d(0),
@@ -259,7 +265,7 @@ BAD_ARGUMENTS = {
 
 @pytest.mark.parametrize("case", list(BAD_ARGUMENTS))
 def test_bad_constructor_argument_raises_clear_value_error(case: str) -> None:
-    layer = {"gem": "GeMPool2d", "conv": "CustomConv2d", "se": "ChannelAttention", "spatial": "SpatialAttention",
+    layer = {"gem": "GeMPool2d", "conv": "CustomConv2d", "se": "ChannelAttention", "ca": "ChannelAttention", "spatial": "SpatialAttention",
              "cbam": "CBAM|ChannelAttention|SpatialAttention", "swish": "Swish", "mixed": "MixedPool2d"}
     with pytest.raises(ValueError, match=layer[case.split("_")[0]]):
         BAD_ARGUMENTS[case]()
@@ -270,6 +276,7 @@ BAD_INPUTS = {
     "conv_5d": (lambda: CustomConv2d(3, 4, 3), (2, 3, 1, 8, 8)),
     "conv_2d": (lambda: CustomConv2d(3, 4, 3), (3, 8)),
     "se_channels": (lambda: ChannelAttention(8, 2), (2, 6, 4, 4)),
+    "ca_avgmax_3d": (lambda: ChannelAttention(6, 2, pool_types=("avg", "max")), (6, 4, 4)),
     "spatial_3d": (lambda: SpatialAttention(3), (6, 4, 4)),
     "gem_window_too_big": (lambda: GeMPool2d(kernel_size=5), (2, 3, 4, 8)),
     "gem_3d": (lambda: GeMPool2d(), (3, 4, 4)),
