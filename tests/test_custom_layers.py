@@ -295,7 +295,8 @@ def test_swish_beta1_equals_silu(dtype: torch.dtype) -> None:
 def test_gem_p1_equals_avg_pool(kernel_size, stride, dtype: torch.dtype) -> None:
     torch.manual_seed(5)
     x = (torch.rand(2, 3, 7, 9, dtype=dtype) + 0.1).requires_grad_()
-    m = GeMPool2d(kernel_size, stride, p=1.0).to(dtype)
+    # fixed p: exactly 1 (a learnable p = p_min + softplus(p_raw) is 1 only up to the rounding of p_raw)
+    m = GeMPool2d(kernel_size, stride, p=1.0, learnable=False).to(dtype)
     got = _grads(m, x, [])
     ref = (lambda t: F.adaptive_avg_pool2d(t, 1)) if kernel_size is None else (lambda t: F.avg_pool2d(t, kernel_size, stride))
     want = _grads(ref, x, [])
