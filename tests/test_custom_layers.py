@@ -370,6 +370,9 @@ def test_se_is_the_default_channel_attention_and_cbam_keeps_an_se_option() -> No
     assert CBAM(8, 4, pool_types=("avg",)).channel.pool_types == ("avg",)
     assert ChannelAttention(8, 4, pool_types=["max", "avg"]).pool_types == ("avg", "max")  # canonical order
     assert ChannelAttention(8, 4, pool_types="max").pool_types == ("max",)
+    # the repr is part of a run's identity (config hash): SE's is unchanged, CBAM's differs from the former CBAM's
+    assert repr(ChannelAttention(8, 4)) == "ChannelAttention(8, reduction=4, hidden=2)"
+    assert "pool_types=('avg', 'max')" in repr(CBAM(8, 4)) and "pool_types" not in repr(CBAM(8, 4, pool_types="avg"))
 
 
 @pytest.mark.parametrize("shape", [(1, 6, 5, 3), (3, 6, 1, 7), (1, 6, 1, 1), (2, 6, 11, 9)],

@@ -190,7 +190,9 @@ class ChannelAttention(AutogradSwitch, nn.Module):
                          x, self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias, self.pool_types)
 
     def extra_repr(self) -> str:
-        return f"{self.channels}, reduction={self.reduction}, hidden={self.hidden}, pool_types={self.pool_types}"
+        # pool_types only when not SE's: an SE layer's repr (part of a run's config hash) is as before
+        pools = "" if self.pool_types == ("avg",) else f", pool_types={self.pool_types}"
+        return f"{self.channels}, reduction={self.reduction}, hidden={self.hidden}{pools}"
 
 
 # --------------------------------------------------------------------------- #
