@@ -13,7 +13,8 @@ Layers
     * :class:`SpatialAttention` CBAM spatial attention
     * :class:`CBAM`             CBAM as published: avg + max channel attention, then spatial attention
     * :class:`Swish`            x * sigmoid(beta * x), beta learnable or fixed
-    * :class:`GeMPool2d`        generalised-mean pooling, p fixed or learnable (kept >= p_min: p = p_min + softplus(p_raw))
+    * :class:`GeMPool2d`        generalised-mean pooling, p fixed or learnable (kept >= p_min:
+                                ``p = p_min + softplus(p_raw)``)
     * :class:`MixedPool2d`      learnable mix of max and average pooling
 
 Autograd reference

@@ -431,7 +431,8 @@ def test_channel_attention_max_ties_go_to_one_position(layout: str) -> None:
 
 
 def test_channel_attention_max_path_reaches_only_the_argmax() -> None:
-    """Remove the direct path and the avg path (max only, G * w subtracted): each channel's gradient sits at its argmax."""
+    """Remove the direct path and the avg path (max only, G * w subtracted): each channel's gradient sits at its
+    argmax."""
     torch.manual_seed(20)
     m = ChannelAttention(4, reduction=2, pool_types=("max",)).double()
     x = torch.randn(2, 4, 3, 5, dtype=F64, requires_grad=True)

@@ -37,7 +37,8 @@ from timm.layers.activations import Swish as TimmSwish  # noqa: E402
 from timm.layers.activations_me import SwishMe  # noqa: E402
 from timm.layers.cbam import CbamModule, ChannelAttn, SpatialAttn  # noqa: E402
 
-from models.custom_layers import CBAM, ChannelAttention, CustomConv2d, MixedPool2d, SpatialAttention, Swish  # noqa: E402
+from models.custom_layers import (CBAM, ChannelAttention, CustomConv2d, MixedPool2d, SpatialAttention,  # noqa: E402
+                                  Swish)
 
 F64 = torch.float64
 TOL = dict(rtol=1e-10, atol=1e-12)
@@ -184,7 +185,8 @@ STD_CONV = {
 def test_weight_standardized_conv_matches_timm_std_conv2d(option: str, weight_scale: float) -> None:
     """Both standardise each filter with its biased variance, (W - mean) / sqrt(var + eps); timm's eps is 1e-6 and
     ours 1e-5 by default, so ours is built with timm's. With filters of std ~1e-3 (var ~ eps) a different eps or an
-    unbiased variance would show. timm's StdConv2d has no bias by default: turned on, as ours; no gate (timm has none)."""
+    unbiased variance would show. timm's StdConv2d has no bias by default: turned on, as ours; no gate (timm has
+    none)."""
     kw = STD_CONV[option]
     torch.manual_seed(4)
     ours = CustomConv2d(kw["in_channels"], kw["out_channels"], kw["kernel_size"], stride=kw.get("stride", 1),

@@ -13,7 +13,8 @@ from torch.nn import init
 
 from models.layers._common import AutogradSwitch, Grads, check_4d, first_order_backward, fp32_forward, positive_int
 
-__all__ = ["POOL_TYPES", "channel_attention_fwd", "channel_attention_bwd", "ChannelAttentionFunction", "ChannelAttention",
+__all__ = ["POOL_TYPES",
+           "channel_attention_fwd", "channel_attention_bwd", "ChannelAttentionFunction", "ChannelAttention",
            "spatial_attention_fwd", "spatial_attention_bwd", "SpatialAttentionFunction", "SpatialAttention", "CBAM"]
 
 
