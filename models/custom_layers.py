@@ -8,11 +8,13 @@ module per concept under ``models/layers/``.
 
 Layers
     * :class:`CustomConv2d`     conv2d + optional Weight Standardization + per-channel gate
-    * :class:`ChannelAttention` squeeze-and-excitation channel attention
+    * :class:`ChannelAttention` channel attention: squeeze-and-excitation (``pool_types=("avg",)``, the
+                                default) or CBAM's avg + max descriptors (``pool_types=("avg", "max")``)
     * :class:`SpatialAttention` CBAM spatial attention
-    * :class:`CBAM`             channel attention followed by spatial attention
+    * :class:`CBAM`             CBAM as published: avg + max channel attention, then spatial attention
     * :class:`Swish`            x * sigmoid(beta * x), beta learnable or fixed
-    * :class:`GeMPool2d`        generalised-mean pooling, p learnable or fixed
+    * :class:`GeMPool2d`        generalised-mean pooling, p fixed or learnable (kept >= p_min:
+                                ``p = p_min + softplus(p_raw)``)
     * :class:`MixedPool2d`      learnable mix of max and average pooling
 
 Autograd reference
@@ -51,8 +53,8 @@ from models.layers.attention import (CBAM, ChannelAttention, ChannelAttentionFun
                                      SpatialAttentionFunction, channel_attention_bwd, channel_attention_fwd,
                                      spatial_attention_bwd, spatial_attention_fwd)
 from models.layers.conv import CustomConv2d, CustomConv2dFunction, conv2d_ws_bwd, conv2d_ws_fwd
-from models.layers.pooling import (GeMPool2d, GeMPoolFunction, MixedPool2d, MixedPoolFunction, gem_pool_bwd,
-                                   gem_pool_fwd, mixed_pool_bwd, mixed_pool_fwd)
+from models.layers.pooling import (GeMPool2d, GeMPoolFunction, MixedPool2d, MixedPoolFunction, gem_exponent_bwd,
+                                   gem_exponent_fwd, gem_pool_bwd, gem_pool_fwd, mixed_pool_bwd, mixed_pool_fwd)
 
 __all__ = [
     "CustomConv2d", "CustomConv2dFunction", "conv2d_ws_fwd", "conv2d_ws_bwd",
@@ -60,7 +62,7 @@ __all__ = [
     "SpatialAttention", "SpatialAttentionFunction", "spatial_attention_fwd", "spatial_attention_bwd",
     "CBAM",
     "Swish", "SwishFunction", "swish_fwd", "swish_bwd",
-    "GeMPool2d", "GeMPoolFunction", "gem_pool_fwd", "gem_pool_bwd",
+    "GeMPool2d", "GeMPoolFunction", "gem_pool_fwd", "gem_pool_bwd", "gem_exponent_fwd", "gem_exponent_bwd",
     "MixedPool2d", "MixedPoolFunction", "mixed_pool_fwd", "mixed_pool_bwd",
     "autograd_reference",
 ]

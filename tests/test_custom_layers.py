@@ -61,6 +61,8 @@ CASES: Dict[str, Tuple[Callable[[], nn.Module], int, bool]] = {
         lambda: CustomConv2d(3, 4, 3, stride=(2, 1), padding=(1, 2), dilation=(2, 1),
                              weight_standardization=True, channel_gate=True), 3, False),
     "se": (lambda: ChannelAttention(6, reduction=2), 6, False),
+    "ca_avgmax": (lambda: ChannelAttention(6, reduction=2, pool_types=("avg", "max")), 6, False),
+    "ca_max": (lambda: ChannelAttention(5, reduction=2, pool_types=("max",)), 5, False),
     "spatial": (lambda: SpatialAttention(3), 4, False),
     "cbam": (lambda: CBAM(6, reduction=2, kernel_size=3), 6, False),
     "swish_learnable": (lambda: Swish(beta=1.3), 3, False),
@@ -125,7 +127,8 @@ def test_gradcheck_input_and_params(name: str) -> None:
     assert gradcheck(f, (x, *params), eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["conv_ws_gate_geom", "se", "spatial", "swish_learnable", "gem_window", "mixed_overlap"])
+@pytest.mark.parametrize("name", ["conv_ws_gate_geom", "se", "ca_avgmax", "spatial", "swish_learnable", "gem_window",
+                                  "mixed_overlap"])
 @pytest.mark.parametrize("which", ["input_only", "params_only"])
 def test_partial_requires_grad(name: str, which: str) -> None:
     """needs_input_grad paths: skipping some gradients must not change the others."""
@@ -292,7 +295,8 @@ def test_swish_beta1_equals_silu(dtype: torch.dtype) -> None:
 def test_gem_p1_equals_avg_pool(kernel_size, stride, dtype: torch.dtype) -> None:
     torch.manual_seed(5)
     x = (torch.rand(2, 3, 7, 9, dtype=dtype) + 0.1).requires_grad_()
-    m = GeMPool2d(kernel_size, stride, p=1.0).to(dtype)
+    # fixed p: exactly 1 (a learnable p = p_min + softplus(p_raw) is 1 only up to the rounding of p_raw)
+    m = GeMPool2d(kernel_size, stride, p=1.0, learnable=False).to(dtype)
     got = _grads(m, x, [])
     ref = (lambda t: F.adaptive_avg_pool2d(t, 1)) if kernel_size is None else (lambda t: F.avg_pool2d(t, kernel_size, stride))
     want = _grads(ref, x, [])
@@ -331,6 +335,114 @@ def test_cbam_equals_composition(use_channel: bool, use_spatial: bool) -> None:
     ref = autograd_reference(m)
     _assert_list_close(_grads(m, x, params), _grads(ref, x, list(ref.parameters())), **TOL[F64])
     assert (m.channel is not None) == use_channel and (m.spatial is not None) == use_spatial
+
+
+def _mlp(m: ChannelAttention, s: Tensor) -> Tensor:
+    return F.linear(F.relu(F.linear(s, m.fc1_weight, m.fc1_bias)), m.fc2_weight, m.fc2_bias)
+
+
+def test_cbam_is_cbam_as_published() -> None:
+    """Woo et al. 2018, eq. 2 and 3: M_c = sigmoid(MLP(AvgPool(x)) + MLP(MaxPool(x))) (one shared MLP), then
+    M_s = sigmoid(conv7x7([mean_c, max_c])), written out with plain torch ops (amax, not our forward)."""
+    torch.manual_seed(16)
+    m = CBAM(8, reduction=4).double()
+    assert m.channel.pool_types == ("avg", "max") and m.spatial.kernel_size == 7
+    x = torch.randn(2, 8, 9, 7, dtype=F64)
+    x1 = x * torch.sigmoid(_mlp(m.channel, x.mean((2, 3))) + _mlp(m.channel, x.amax((2, 3))))[:, :, None, None]
+    maps = torch.cat([x1.mean(1, keepdim=True), x1.amax(1, keepdim=True)], dim=1)
+    want = x1 * torch.sigmoid(F.conv2d(maps, m.spatial.weight, m.spatial.bias, padding=3))
+    torch.testing.assert_close(m(x), want, **TOL[F64])
+
+
+@pytest.mark.parametrize("pool_types", [("avg",), ("max",), ("avg", "max")])
+def test_channel_attention_forward_by_hand(pool_types) -> None:
+    torch.manual_seed(17)
+    m = ChannelAttention(6, reduction=3, pool_types=pool_types).double()
+    x = torch.randn(3, 6, 5, 4, dtype=F64)
+    pooled = {"avg": x.mean((2, 3)), "max": x.amax((2, 3))}
+    z = sum(_mlp(m, pooled[k]) for k in pool_types)
+    torch.testing.assert_close(m(x), x * torch.sigmoid(z)[:, :, None, None], **TOL[F64])
+
+
+def test_se_is_the_default_channel_attention_and_cbam_keeps_an_se_option() -> None:
+    """The layer study's SE variant is ChannelAttention(ch, r); CBAM(pool_types=("avg",)) is the former CBAM."""
+    assert ChannelAttention(8, 4).pool_types == ("avg",)
+    assert CBAM(8, 4, pool_types=("avg",)).channel.pool_types == ("avg",)
+    assert ChannelAttention(8, 4, pool_types=["max", "avg"]).pool_types == ("avg", "max")  # canonical order
+    assert ChannelAttention(8, 4, pool_types="max").pool_types == ("max",)
+    # the repr is part of a run's identity (config hash): SE's is unchanged, CBAM's differs from the former CBAM's
+    assert repr(ChannelAttention(8, 4)) == "ChannelAttention(8, reduction=4, hidden=2)"
+    assert "pool_types=('avg', 'max')" in repr(CBAM(8, 4)) and "pool_types" not in repr(CBAM(8, 4, pool_types="avg"))
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 5, 3), (3, 6, 1, 7), (1, 6, 1, 1), (2, 6, 11, 9)],
+                         ids=["n1_odd", "one_row", "1x1", "odd"])
+@pytest.mark.parametrize("pool_types", [("avg", "max"), ("max",)])
+def test_channel_attention_max_gradcheck_odd_sizes(pool_types, shape) -> None:
+    """float64 gradcheck of the max path, input and all parameters; random inputs, so no ties."""
+    torch.manual_seed(18)
+    m = ChannelAttention(6, reduction=2, pool_types=pool_types).double()
+    x = torch.randn(*shape, dtype=F64, requires_grad=True)
+    names = [n for n, _ in m.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+
+    def f(x_: Tensor, *ps: Tensor) -> Tensor:
+        return functional_call(m, dict(zip(names, ps)), (x_,))
+
+    assert gradcheck(f, (x, *params), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def _tied_input(n: int, c: int, h: int, w: int, seed: int) -> Tuple[Tensor, Tensor]:
+    """Random input whose every (sample, channel) has its maximum at exactly two positions; and those positions."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h * w, dtype=F64, generator=g)
+    pos = torch.stack([torch.randperm(h * w, generator=g)[:2] for _ in range(n * c)]).view(n, c, 2)
+    x.scatter_(2, pos, (x.amax(2, keepdim=True) + 1.0).expand(n, c, 2))
+    return x.view(n, c, h, w), pos
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_channel_attention_max_ties_go_to_one_position(layout: str) -> None:
+    """With tied maxima the hand-written backward routes each channel's max gradient to one of the tied positions
+    (as max(dim) with indices, i.e. exactly the autograd twin); amax's even split differs only there, by a transfer
+    between the two tied positions (same total)."""
+    torch.manual_seed(19)
+    m = ChannelAttention(6, reduction=2, pool_types=("avg", "max")).double()
+    x, pos = _tied_input(2, 6, 5, 7, seed=3)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    got = _grads(m, x, list(m.parameters()))
+    ref = autograd_reference(m)
+    _assert_list_close(got, _grads(ref, x, list(ref.parameters())), **TOL[F64])
+
+    def amax_version(t: Tensor) -> Tensor:  # the same layer with amax, whose backward splits ties evenly
+        z = _mlp(m, t.mean((2, 3))) + _mlp(m, t.amax((2, 3)))
+        return t * torch.sigmoid(z)[:, :, None, None]
+
+    even = _grads(amax_version, x, [])
+    torch.testing.assert_close(got[0], even[0], **TOL[F64])
+    d = (got[1] - even[1]).flatten(2)
+    at_ties = d.gather(2, pos)
+    rest = d.scatter(2, pos, 0.0)
+    torch.testing.assert_close(rest, torch.zeros_like(rest), rtol=0, atol=1e-12)  # only the tied positions differ
+    torch.testing.assert_close(at_ties.sum(2), torch.zeros(2, 6, dtype=F64), rtol=0, atol=1e-12)  # same total
+    assert (at_ties.abs() > 1e-9).all()  # one tied position got all of it, the other none: not an even split
+
+
+def test_channel_attention_max_path_reaches_only_the_argmax() -> None:
+    """Remove the direct path and the avg path (max only, G * w subtracted): each channel's gradient sits at its
+    argmax."""
+    torch.manual_seed(20)
+    m = ChannelAttention(4, reduction=2, pool_types=("max",)).double()
+    x = torch.randn(2, 4, 3, 5, dtype=F64, requires_grad=True)
+    y = m(x)
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    w = (y / x).detach()  # the attention weight, broadcast
+    max_path = (gx - w).flatten(2)
+    onehot = F.one_hot(x.flatten(2).argmax(2), 15).to(F64)
+    torch.testing.assert_close(max_path * (1 - onehot), torch.zeros_like(max_path), rtol=0, atol=1e-12)
+    assert ((max_path * onehot).abs().sum(2) > 0).all()
 
 
 def test_cbam_requires_a_stage() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,8 @@ from torch.autograd.function import FunctionCtx
 from models.layers._common import (AutogradSwitch, Grads, avg_pool2d_adjoint, check_4d, check_window, finite_float,
                                    first_order_backward, fp32_forward, int_pair, size_2_t)
 
-__all__ = ["gem_pool_fwd", "gem_pool_bwd", "GeMPoolFunction", "GeMPool2d",
+__all__ = ["gem_pool_fwd", "gem_pool_bwd", "gem_exponent_fwd", "gem_exponent_bwd", "gem_exponent_inverse",
+           "gem_pool_param_fwd", "GeMPoolFunction", "GeMPool2d",
            "mixed_pool_fwd", "mixed_pool_bwd", "MixedPoolFunction", "MixedPool2d"]
 
 
@@ -124,33 +125,92 @@ def gem_pool_bwd(grad_y: Tensor, x: Tensor, p: Tensor, m: Tensor, y: Tensor, sca
     return grad_x, grad_p
 
 
+# Learnable p is stored as p_raw with p = p_min + softplus(p_raw).  F.softplus is linear above
+# its threshold (the documented default, 20; passed explicitly), and the backward mirrors that.
+_SOFTPLUS_THRESHOLD = 20.0
+
+
+def gem_exponent_fwd(p_param: Tensor, p_min: Optional[float]) -> Tensor:
+    r"""The GeM exponent from its stored parameter: ``p = p_min + softplus(p_raw)``, or ``p_param`` itself if
+    ``p_min`` is None (a fixed, unconstrained ``p``).  ``p > p_min`` for every finite ``p_raw``, and
+    ``p >= p_min`` in floating point, however negative ``p_raw`` gets."""
+    if p_min is None:
+        return p_param
+    return p_min + F.softplus(p_param, beta=1.0, threshold=_SOFTPLUS_THRESHOLD)
+
+
+def gem_exponent_bwd(grad_p: Tensor, p_raw: Tensor) -> Tensor:
+    r"""Backward of :func:`gem_exponent_fwd` (with ``p_min``): ``dL/dp_raw = dL/dp * sigmoid(p_raw)``
+    (``softplus' = sigmoid``), and ``dL/dp`` above the threshold, where ``F.softplus`` returns ``p_raw``."""
+    return grad_p * torch.where(p_raw > _SOFTPLUS_THRESHOLD, 1.0, torch.sigmoid(p_raw))
+
+
+def gem_exponent_inverse(p: Union[float, Tensor], p_min: float) -> Tensor:
+    r"""``p_raw`` with ``gem_exponent_fwd(p_raw, p_min) == p`` (``p > p_min``): ``log(expm1(p - p_min))``, as
+    ``d + log(-expm1(-d))`` (no overflow for large ``d = p - p_min``)."""
+    d = torch.as_tensor(p, dtype=torch.float64) - p_min
+    if not bool((d > 0).all()):
+        raise ValueError(f"GeMPool2d: a learnable p must be > p_min = {p_min}, got {p}")
+    return torch.where(d > _SOFTPLUS_THRESHOLD, d, d + torch.log(-torch.expm1(-d)))
+
+
+def gem_pool_param_fwd(x: Tensor, p_param: Tensor, p_min: Optional[float], kernel_size: Optional[Tuple[int, int]],
+                       stride: Optional[Tuple[int, int]], eps: float) -> GeMForward:
+    """:func:`gem_pool_fwd` at ``p = gem_exponent_fwd(p_param, p_min)``: the forward of :class:`GeMPoolFunction`."""
+    return gem_pool_fwd(x, gem_exponent_fwd(p_param, p_min), kernel_size, stride, eps)
+
+
 class GeMPoolFunction(torch.autograd.Function):
-    """GeM with the backward of :func:`gem_pool_bwd`; ``apply(x, p, kernel_size_or_None, stride, eps)``."""
+    """GeM with the backward of :func:`gem_pool_bwd` (and :func:`gem_exponent_bwd` through the softplus).
+
+    ``apply(x, p_param, p_min, kernel_size_or_None, stride, eps)``: ``p_min=None`` means ``p_param`` is
+    ``p`` itself; otherwise ``p = p_min + softplus(p_param)`` and the gradient returned is ``dL/dp_param``.
+    """
 
     @staticmethod
     @fp32_forward
-    def forward(ctx: FunctionCtx, x: Tensor, p: Tensor, kernel_size: Optional[Tuple[int, int]],
-                stride: Optional[Tuple[int, int]], eps: float) -> Tensor:
+    def forward(ctx: FunctionCtx, x: Tensor, p_param: Tensor, p_min: Optional[float],
+                kernel_size: Optional[Tuple[int, int]], stride: Optional[Tuple[int, int]], eps: float) -> Tensor:
+        p = gem_exponent_fwd(p_param, p_min)
         out = gem_pool_fwd(x, p, kernel_size, stride, eps)
         ctx.pool = (kernel_size, stride, eps)  # type: ignore[attr-defined]
+        ctx.p_min = p_min  # type: ignore[attr-defined]
         # x (not u): xc and u are recomputed in backward, so only one
-        # input-sized tensor is kept alive.  m, y and the scale are pooled-size.
-        ctx.save_for_backward(x, p, out.m, out.y, out.scale)
+        # input-sized tensor is kept alive.  m, y and the scale are pooled-size; p and p_param 0-dim.
+        ctx.save_for_backward(x, p, out.m, out.y, out.scale, p_param)
         return out.y
 
     @staticmethod
     @first_order_backward
     def backward(ctx: FunctionCtx, grad_y: Tensor) -> Grads:
-        grads = gem_pool_bwd(grad_y, *ctx.saved_tensors, *ctx.pool,  # type: ignore[attr-defined]
-                             needs=ctx.needs_input_grad[:2])
-        return (*grads, None, None, None)
+        *saved, p_param = ctx.saved_tensors  # type: ignore[attr-defined]
+        grad_x, grad_p = gem_pool_bwd(grad_y, *saved, *ctx.pool,  # type: ignore[attr-defined]
+                                      needs=ctx.needs_input_grad[:2])
+        if grad_p is not None and ctx.p_min is not None:  # type: ignore[attr-defined]
+            grad_p = gem_exponent_bwd(grad_p, p_param)
+        return grad_x, grad_p, None, None, None, None
 
 
 class GeMPool2d(AutogradSwitch, nn.Module):
     """Generalised-mean pooling ``y = avg_pool(max(x, eps)^p)^(1/p)``.
 
     ``p=1`` is average pooling (for inputs >= eps), ``p -> inf`` tends to max
-    pooling.  ``p`` is a learnable scalar or a fixed buffer.
+    pooling.  ``p`` is learnable or a fixed buffer.
+
+    A learnable ``p`` is kept valid during training by a reparameterisation: the parameter is
+    ``p_raw`` and ``p = p_min + softplus(p_raw)``, so ``p >= p_min`` whatever the optimiser does
+    (an unconstrained ``p`` could reach 0, where the output jumps to the window maximum and the
+    gradients are NaN, or go negative).  The default floor ``p_min = 1`` keeps GeM between
+    average pooling (``p = 1``) and max pooling; a smaller positive floor admits the means below the
+    average.  The chain rule through the softplus is in the hand-written backward
+    (:func:`gem_exponent_bwd`).  ``p_raw`` starts at the value giving ``p`` (3 by default).
+
+    Attributes:
+        p: the effective exponent, a detached 0-dim tensor (``p_min + softplus(p_raw)``, or the fixed
+            value); read-only.  Its gradient lives in ``p_raw.grad``.
+        p_raw: the learnable parameter (learnable ``p`` only).
+        p_fixed: the buffer holding a fixed ``p`` (``learnable=False`` only).
+        p_min: the floor of a learnable ``p`` (``None`` for a fixed one).
 
     Shape:
         global (``kernel_size=None``): ``(N, C, H, W)`` -> ``(N, C, 1, 1)``.
@@ -160,19 +220,24 @@ class GeMPool2d(AutogradSwitch, nn.Module):
     Args:
         kernel_size: window, or ``None`` for global pooling.
         stride: defaults to ``kernel_size``.
-        p: initial exponent (> 0).
-        learnable: make ``p`` an ``nn.Parameter``.
+        p: initial exponent (finite, > 0; > ``p_min`` if learnable).
+        learnable: learn ``p`` (as ``p_raw``, see above); otherwise ``p`` is a fixed buffer.
         eps: clamp floor (inputs below it count as ``eps`` and get no gradient), finite and > 0.
+        p_min: floor of a learnable ``p`` (finite, > 0; ignored for a fixed ``p``).
 
     Raises:
-        ValueError: a ``p`` or ``eps`` that is not finite and > 0, a kernel size or stride
-        that is not a positive integer (or pair), a ``stride`` without ``kernel_size``; in
-        forward, an input that is not 4-D or smaller than the window.
+        ValueError: a ``p``, ``eps`` or ``p_min`` that is not finite and > 0, a learnable ``p`` not
+        above ``p_min``, a kernel size or stride that is not a positive integer (or pair), a
+        ``stride`` without ``kernel_size``; in forward, an input that is not 4-D or smaller than
+        the window.
 
     Numerics: each window is divided by its maximum before the power (see
     :func:`gem_pool_fwd`), so float32 output and gradients stay finite and
     accurate for p up to at least 20 over inputs from 1e-6 to 1e4
     (tests/test_custom_layers_reliability.py checks this against float64).
+
+    State dicts of the former layout (one entry ``p``, the exponent itself) still load: the value
+    is converted to ``p_raw`` (or ``p_fixed``).
     """
 
     def __init__(
@@ -182,6 +247,7 @@ class GeMPool2d(AutogradSwitch, nn.Module):
         p: float = 3.0,
         learnable: bool = True,
         eps: float = 1e-6,
+        p_min: float = 1.0,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -195,21 +261,56 @@ class GeMPool2d(AutogradSwitch, nn.Module):
             raise ValueError(f"{name}: stride={stride!r} needs a kernel_size (global pooling has no stride)")
         self.learnable = learnable
         self.eps = finite_float(name, "eps", eps, positive=True)
-        p_t = torch.tensor(p)
+        p_min = finite_float(name, "p_min", p_min, positive=True)
+        self.p_min: Optional[float] = p_min if learnable else None
         if learnable:
-            self.p = nn.Parameter(p_t)
+            if not p > p_min:
+                raise ValueError(f"{name}: a learnable p must be > p_min = {p_min} (p = p_min + softplus(p_raw)), "
+                                 f"got p={p}; lower p_min or use learnable=False")
+            self.p_raw = nn.Parameter(gem_exponent_inverse(p, p_min).to(torch.get_default_dtype()))
         else:
-            self.register_buffer("p", p_t)
+            self.register_buffer("p_fixed", torch.tensor(p))
+
+    @property
+    def p(self) -> Tensor:
+        """The effective exponent, detached: ``p_min + softplus(p_raw)`` (learnable) or the fixed value."""
+        if self.p_min is None:
+            return self.p_fixed.detach()
+        return gem_exponent_fwd(self.p_raw.detach(), self.p_min)
+
+    def _p_param(self) -> Tensor:
+        return self.p_fixed if self.p_min is None else self.p_raw
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, local_metadata: Dict[str, Any],
+                              strict: bool, missing_keys: List[str], unexpected_keys: List[str],
+                              error_msgs: List[str]) -> None:
+        # The former layout stored the exponent itself as "p" (a Parameter or a buffer); convert it.
+        legacy = state_dict.get(prefix + "p")
+        own = prefix + ("p_fixed" if self.p_min is None else "p_raw")
+        if isinstance(legacy, Tensor) and own not in state_dict:
+            del state_dict[prefix + "p"]
+            if self.p_min is None:
+                state_dict[own] = legacy
+            elif not bool((legacy > self.p_min).all()):
+                error_msgs.append(f"{prefix}p = {float(legacy)} is not above this GeMPool2d's p_min = {self.p_min}: "
+                                  "load it into GeMPool2d(p_min=...) with a lower floor, or learnable=False")
+                return
+            else:
+                state_dict[own] = gem_exponent_inverse(legacy, self.p_min).to(legacy.dtype)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def forward(self, x: Tensor) -> Tensor:
         check_4d(x, "GeMPool2d")
         if self.kernel_size is not None:
             check_window(x, self.kernel_size, "GeMPool2d")
-        return self._run(GeMPoolFunction, gem_pool_fwd, x, self.p, self.kernel_size, self.stride, self.eps)
+        return self._run(GeMPoolFunction, gem_pool_param_fwd, x, self._p_param(), self.p_min, self.kernel_size,
+                         self.stride, self.eps)
 
     def extra_repr(self) -> str:
         k = "global" if self.kernel_size is None else f"kernel_size={self.kernel_size}, stride={self.stride}"
-        return f"{k}, p={float(self.p.detach()):.4g}, learnable={self.learnable}, eps={self.eps}"
+        floor = "" if self.p_min is None else f", p_min={self.p_min:.4g}"
+        return f"{k}, p={float(self.p):.4g}, learnable={self.learnable}{floor}, eps={self.eps}"
 
 
 # --------------------------------------------------------------------------- #
