@@ -1,7 +1,7 @@
 """Which CPU levers pay for the engine's training step, and which do not.
 
-    python benchmarks/bench_levers.py                 # writes results/benchmarks/levers.json
-    python benchmarks/bench_levers.py --smoke         # tiny, for CI (no compile, no bf16)
+    python -m benchmarks.bench_levers                 # writes results/benchmarks/levers.json
+    python -m benchmarks.bench_levers --smoke         # tiny, for CI (no compile, no bf16)
 
 The step is the engine's (forward, cross-entropy, ``loss.item()`` divergence guard, backward,
 SGD-Nesterov) on the project's MNIST CNN (batch 128) and CIFAR-10 ResNet (batch 256), on a fixed
@@ -36,15 +36,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs  # noqa: E402
-from utils.engine.cli import check_writable, positive_int, run_cli, threads_from_env  # noqa: E402
-from utils.engine.experiment import ExperimentConfig  # noqa: E402
-from utils.engine.files import write_json  # noqa: E402
-from utils.engine.runtime import resolve_runtime  # noqa: E402
-from utils.training_utils import make_optimizer  # noqa: E402
-from utils.analysis.paired_timing import rotated  # noqa: E402
+from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs
+from utils.engine.cli import check_writable, positive_int, run_cli, threads_from_env
+from utils.engine.experiment import ExperimentConfig
+from utils.engine.files import write_json
+from utils.engine.runtime import resolve_runtime
+from utils.training_utils import make_optimizer
+from utils.analysis.paired_timing import rotated
 
 log = logging.getLogger("bench_levers")
 

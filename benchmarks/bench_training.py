@@ -1,7 +1,7 @@
 """Training and inference throughput: the textbook PyTorch loop vs this package's engine.
 
-    python benchmarks/bench_training.py --data-dir ./data            # writes results/benchmarks/
-    python benchmarks/bench_training.py --smoke                      # tiny, for CI
+    python -m benchmarks.bench_training --data-dir ./data            # writes results/benchmarks/
+    python -m benchmarks.bench_training --smoke                      # tiny, for CI
 
 (a) textbook: a Dataset that, like torchvision's MNIST/CIFAR10 classes, keeps the uint8 arrays and
     turns every sample into a PIL image, then ``ToTensor`` + ``Normalize``; ``DataLoader(shuffle=True)``
@@ -25,18 +25,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs  # noqa: E402
-from utils.engine.cli import UsageError, cache_dir_from, check_writable, positive_int, run_cli, threads_from_env  # noqa: E402
-from utils.engine.model_stats import count_flops  # noqa: E402
-from utils.engine.data import DatasetSplits  # noqa: E402
-from utils.engine.data_files import load_dataset, resolve_data_dir  # noqa: E402
-from utils.engine.experiment import ExperimentConfig  # noqa: E402
-from utils.engine.files import write_json  # noqa: E402
-from utils.engine.runtime import resolve_runtime  # noqa: E402
-from utils.training_utils import evaluate, lr_factor, measure_inference, train_model  # noqa: E402
-from utils.engine.data import BatchLoader  # noqa: E402
+from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs
+from utils.engine.cli import UsageError, cache_dir_from, check_writable, positive_int, run_cli, threads_from_env
+from utils.engine.model_stats import count_flops
+from utils.engine.data import DatasetSplits
+from utils.engine.data_files import load_dataset, resolve_data_dir
+from utils.engine.experiment import ExperimentConfig
+from utils.engine.files import write_json
+from utils.engine.runtime import resolve_runtime
+from utils.training_utils import evaluate, lr_factor, measure_inference, train_model
+from utils.engine.data import BatchLoader
 
 log = logging.getLogger("bench")
 

@@ -1,7 +1,7 @@
 """How fast the engine evaluates at different evaluation batch sizes (``ExperimentConfig.eval_batch_size``).
 
-    python benchmarks/eval_batch.py              # writes results/benchmarks/eval_batch.json
-    python benchmarks/eval_batch.py --smoke      # tiny, for CI: checks it runs
+    python -m benchmarks.eval_batch              # writes results/benchmarks/eval_batch.json
+    python -m benchmarks.eval_batch --smoke      # tiny, for CI: checks it runs
 
 Evaluation is a forward pass in eval mode under ``torch.inference_mode`` with the engine's runtime
 (channels_last, bf16 autocast where the CPU has bf16). Each net of tasks 2 and 3 is timed on a fixed
@@ -23,14 +23,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.cnn_models import (BasicBlock, BottleneckBlock, PlainCNN, ResNet, SwappableCNN,  # noqa: E402
+from models.cnn_models import (BasicBlock, BottleneckBlock, PlainCNN, ResNet, SwappableCNN,
                                resnet_like_plain)
-from utils.engine.cli import check_writable, positive_int, run_cli, threads_from_env  # noqa: E402
-from utils.engine.files import write_json  # noqa: E402
-from utils.engine.runtime import Runtime, resolve_runtime  # noqa: E402
-from utils.analysis.paired_timing import rotated  # noqa: E402
+from utils.engine.cli import check_writable, positive_int, run_cli, threads_from_env
+from utils.engine.files import write_json
+from utils.engine.runtime import Runtime, resolve_runtime
+from utils.analysis.paired_timing import rotated
 
 log = logging.getLogger("eval_batch")
 BATCH_SIZES = (1000, 512, 256, 128)

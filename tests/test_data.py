@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import CIFAR_CLASSES, write_fake_cifar_batches, write_fake_cifar_folder, write_fake_mnist
+from tests.data_files import CIFAR_CLASSES, write_fake_cifar_batches, write_fake_cifar_folder, write_fake_mnist
 from utils.engine.data import ArrayDataset, BatchLoader, random_crop_flip, stratified_subset
 from utils.engine.data_files import DataError, load_cifar10, load_mnist, resolve_data_dir
 

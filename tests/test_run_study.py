@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import run_study
-from tests.conftest import write_fake_mnist
+from tests.data_files import write_fake_mnist
 from utils.engine.cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import class_pattern_images
+from tests.data_files import class_pattern_images
 from utils.engine.data import ArrayDataset, DatasetSplits
 from utils.engine.experiment import ExperimentConfig, ModelSpec
 from utils.engine.files import read_json, write_json

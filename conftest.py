@@ -1,1 +1,0 @@
-# Repo-root conftest: makes `models` and `utils` importable in tests.
