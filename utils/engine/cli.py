@@ -292,7 +292,11 @@ def _check_subset_size(option: str, size: int | None, data: DatasetSplits, avail
 
 
 def apply_cli_overrides(cfg, args: argparse.Namespace):
-    """The profile's ExperimentConfig with ``--epochs/--batch-size/--lr/--seed/--device/--precision``."""
+    """The profile's ExperimentConfig with ``--epochs/--batch-size/--lr/--seed``.
+
+    ``--device/--precision`` are not config fields: they go to ``resolve_runtime`` (the Runtime is
+    the one place that says where and in which precision a run ran).
+    """
     changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
                if v is not None}
-    return cfg.replace(**changes, seed=args.seed, device=args.device, precision=args.precision)
+    return cfg.replace(**changes, seed=args.seed)

@@ -35,8 +35,6 @@ class ExperimentConfig:
     grad_clip: float | None = None    # max global grad norm; None = off
     flip_tta: bool = False            # average logits of x and its mirror image at test time
     seed: int = 0
-    device: str = "auto"              # "auto" | "cpu" | "cuda"
-    precision: str = "auto"           # "auto" | "fp32" | "bf16"
     grad_sample_every: int = 25       # record per-layer gradient stats every k steps
     # Initialisation is a recorded choice (models/init.py): He/Kaiming fan_in for the ReLU nets by
     # default, PyTorch's default init as a named control; zero-init of each residual branch's end
