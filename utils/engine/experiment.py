@@ -14,6 +14,9 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
+# engine -> models is the allowed direction (models import nothing from utils), so no cycle
+from models.init import INIT_SCHEMES
+
 REGULARISATION_FIELDS = ("weight_decay", "label_smoothing", "augment", "dropout")
 
 
@@ -51,8 +54,6 @@ class ExperimentConfig:
     eval_batch_size: int = 1000
 
     def __post_init__(self) -> None:
-        from models.init import INIT_SCHEMES
-
         if min(self.epochs, self.batch_size, self.eval_points, self.eval_batch_size) <= 0 or not self.lr > 0:
             raise ValueError("epochs, batch sizes, lr and eval_points must be positive")
         if self.init not in INIT_SCHEMES:
