@@ -27,11 +27,10 @@ from pathlib import Path
 import torch
 
 from utils.report import readme as report
-from utils.engine.cli import (PROFILES, cache_dir_from, check_writable, ignore_interrupts, profile_output_dir, run_cli,
-                       threads_from_env)
+from utils.engine.cli import (PROFILES, cache_dir_from, check_writable, ignore_interrupts, profile_output_dir, run_cli)
 from utils.engine.data_files import resolve_data_dir
 from utils.engine.files import write_json
-from utils.engine.runtime import resolve_runtime
+from utils.engine.runtime import resolve_runtime, threads_from_env
 
 ROOT = Path(__file__).resolve().parent
 SCRIPTS = ("homework_cnn_vs_fc_comparison.py", "homework_cnn_architecture_analysis.py",

@@ -38,10 +38,10 @@ from torch import nn
 
 
 from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs
-from utils.engine.cli import check_writable, positive_int, run_cli, threads_from_env
+from utils.engine.cli import check_writable, positive_int, run_cli
 from utils.engine.experiment import ExperimentConfig
 from utils.engine.files import write_json
-from utils.engine.runtime import resolve_runtime
+from utils.engine.runtime import resolve_runtime, threads_from_env
 from utils.training_utils import make_optimizer
 from utils.analysis.paired_timing import rotated
 

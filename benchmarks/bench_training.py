@@ -27,13 +27,13 @@ from torch.utils.data import DataLoader, Dataset
 
 
 from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs
-from utils.engine.cli import UsageError, cache_dir_from, check_writable, positive_int, run_cli, threads_from_env
+from utils.engine.cli import UsageError, cache_dir_from, check_writable, positive_int, run_cli
 from utils.engine.model_stats import count_flops
 from utils.engine.data import DatasetSplits
 from utils.engine.data_files import load_dataset, resolve_data_dir
 from utils.engine.experiment import ExperimentConfig
 from utils.engine.files import write_json
-from utils.engine.runtime import resolve_runtime
+from utils.engine.runtime import resolve_runtime, threads_from_env
 from utils.training_utils import evaluate, lr_factor, measure_inference, train_model
 from utils.engine.data import BatchLoader
 

@@ -26,9 +26,9 @@ from torch import nn
 
 from models.cnn_models import (BasicBlock, BottleneckBlock, PlainCNN, ResNet, SwappableCNN,
                                resnet_like_plain)
-from utils.engine.cli import check_writable, positive_int, run_cli, threads_from_env
+from utils.engine.cli import check_writable, positive_int, run_cli
 from utils.engine.files import write_json
-from utils.engine.runtime import Runtime, resolve_runtime
+from utils.engine.runtime import Runtime, resolve_runtime, threads_from_env
 from utils.analysis.paired_timing import rotated
 
 log = logging.getLogger("eval_batch")

@@ -16,7 +16,8 @@ from benchmarks import bench_levers, bench_training
 import homework_cnn_vs_fc_comparison as task1
 import homework_custom_layers_experiments as task3
 from tests.data_files import write_fake_cifar_folder, write_fake_mnist
-from utils.engine.cli import UsageError, build_parser, load_data, prepare_output_dirs, run_cli, threads_from_env
+from utils.engine.cli import UsageError, build_parser, load_data, prepare_output_dirs, run_cli
+from utils.engine.runtime import threads_from_env
 
 SCRIPTS = {"task1": task1, "task2": task2, "task3": task3}
 

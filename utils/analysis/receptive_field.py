@@ -25,13 +25,13 @@ from torch import nn
 from models.cnn_models import KernelSizeCNN, PlainCNN, ResidualBlock, ResNet, SimpleCNN, SwappableCNN
 from models.custom_layers import CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, SpatialAttention, Swish
 from models.fc_models import FullyConnectedNet
+from utils.engine.model_stats import square_geometry
 
 __all__ = [
     "LayerSpec",
     "ReceptiveFieldRow",
     "receptive_field",
     "layer_specs_from_module",
-    "square_geometry",
 ]
 
 
@@ -126,16 +126,6 @@ def receptive_field(layers: Sequence[LayerSpec]) -> list[ReceptiveFieldRow]:
         jump = jump * spec.stride
         rows.append(ReceptiveFieldRow(name=spec.name, size=size, jump=jump, start=start))
     return rows
-
-
-def square_geometry(value: int | tuple[int, ...], what: str, name: str) -> int:
-    """Collapse an int-or-tuple hyper-parameter to one int, refusing non-square geometry."""
-    if isinstance(value, int):
-        return value
-    values = tuple(int(v) for v in value)
-    if len(set(values)) != 1:
-        raise ValueError(f"{name}: non-square {what} {values}; only square geometry is supported")
-    return values[0]
 
 
 def _conv_leading_padding(padding: int | tuple[int, ...] | str, k: int, d: int, name: str) -> int:

@@ -19,37 +19,13 @@ from typing import Callable, Sequence
 
 from utils.engine.data import MAX_SEED, DataError, DatasetSplits
 from utils.engine.data_files import DATA_DIR_ENV, load_dataset, resolve_data_dir
+from utils.engine.errors import UsageError
+from utils.engine.runtime import RuntimeUnavailable, threads_from_env
 
 PROFILES = ("quick", "standard", "full")
 CACHE_DIR_ENV = "HOMEWORK_CACHE_DIR"
-THREADS_ENV = "HOMEWORK_THREADS"
-MAX_THREADS = 1024      # far above any machine this runs on; beyond it torch/OpenMP fail obscurely
 DEFAULT_CACHE_DIR = "data/cache"
 log = logging.getLogger(__name__)
-
-
-class UsageError(RuntimeError):
-    """A problem with what the user asked for; reported in one line, exit code 2."""
-
-
-# ----------------------------------------------------------------------- environment variables
-def threads_from_env() -> int | None:
-    """``$HOMEWORK_THREADS`` as a thread count, ``None`` when unset or empty (= all cores).
-
-    Raises :class:`UsageError` for anything but a whole number in 1..MAX_THREADS, so a typo is
-    reported before any work starts instead of surfacing as a traceback inside torch.
-    """
-    text = os.environ.get(THREADS_ENV, "").strip()
-    if not text:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_THREADS:
-        raise UsageError(f"{THREADS_ENV}={text!r} is not a number of CPU threads between 1 and {MAX_THREADS}; "
-                         f"set e.g. {THREADS_ENV}=2, or unset it to use all cores")
-    return value
 
 
 def cache_dir_from(cli_value: str | None) -> Path:
@@ -225,9 +201,6 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     UsageError / DataError / RuntimeUnavailable -> ``error: <message>`` on stderr, 2;
     Ctrl-C or SIGTERM -> ``interrupted_message``, 130. The signal handlers are restored afterwards.
     """
-    # imported here: utils.engine.runtime itself uses this module's validated reader (threads_from_env)
-    from utils.engine.runtime import RuntimeUnavailable
-
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -292,7 +265,11 @@ def _check_subset_size(option: str, size: int | None, data: DatasetSplits, avail
 
 
 def apply_cli_overrides(cfg, args: argparse.Namespace):
-    """The profile's ExperimentConfig with ``--epochs/--batch-size/--lr/--seed/--device/--precision``."""
+    """The profile's ExperimentConfig with ``--epochs/--batch-size/--lr/--seed``.
+
+    ``--device/--precision`` are not config fields: they go to ``resolve_runtime`` (the Runtime is
+    the one place that says where and in which precision a run ran).
+    """
     changes = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
                if v is not None}
-    return cfg.replace(**changes, seed=args.seed, device=args.device, precision=args.precision)
+    return cfg.replace(**changes, seed=args.seed)

@@ -14,6 +14,9 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
+# engine -> models is the allowed direction (models import nothing from utils), so no cycle
+from models.init import INIT_SCHEMES
+
 REGULARISATION_FIELDS = ("weight_decay", "label_smoothing", "augment", "dropout")
 
 
@@ -35,8 +38,6 @@ class ExperimentConfig:
     grad_clip: float | None = None    # max global grad norm; None = off
     flip_tta: bool = False            # average logits of x and its mirror image at test time
     seed: int = 0
-    device: str = "auto"              # "auto" | "cpu" | "cuda"
-    precision: str = "auto"           # "auto" | "fp32" | "bf16"
     grad_sample_every: int = 25       # record per-layer gradient stats every k steps
     # Initialisation is a recorded choice (models/init.py): He/Kaiming fan_in for the ReLU nets by
     # default, PyTorch's default init as a named control; zero-init of each residual branch's end
@@ -53,8 +54,6 @@ class ExperimentConfig:
     eval_batch_size: int = 1000
 
     def __post_init__(self) -> None:
-        from models.init import INIT_SCHEMES
-
         if min(self.epochs, self.batch_size, self.eval_points, self.eval_batch_size) <= 0 or not self.lr > 0:
             raise ValueError("epochs, batch sizes, lr and eval_points must be positive")
         if self.init not in INIT_SCHEMES:

@@ -15,16 +15,26 @@ import torch
 from torch import Tensor, nn
 
 from utils.engine.eval_mode import eval_mode
-from utils.analysis.receptive_field import square_geometry
 
 __all__ = [
     "count_parameters",
+    "square_geometry",
     "solve_width_for_params",
     "relative_param_gap",
     "within_tolerance",
     "count_flops",
     "conv_layer_costs",
 ]
+
+
+def square_geometry(value: int | tuple[int, ...], what: str, name: str) -> int:
+    """Collapse an int-or-tuple hyper-parameter to one int, refusing non-square geometry."""
+    if isinstance(value, int):
+        return value
+    values = tuple(int(v) for v in value)
+    if len(set(values)) != 1:
+        raise ValueError(f"{name}: non-square {what} {values}; only square geometry is supported")
+    return values[0]
 
 
 def count_parameters(model: nn.Module) -> dict:

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from utils.engine.architecture import describe_architecture
 from utils.engine.data import DatasetSplits
 from utils.engine.experiment import ExperimentConfig, ModelSpec
 from utils.engine.files import read_json, write_json
@@ -37,19 +38,17 @@ class ExperimentRun:
     trained: list[str] = field(default_factory=list)    # runs trained by this call (the rest were re-used)
 
 
-# Config fields added after runs of this schema were made, with the value those runs used: a config
-# at that value hashes as it did before the field existed, so finished runs are still recognised.
-FIELDS_ADDED_WITH_LEGACY_VALUE = {"eval_batch_size": 1000}
-
-
 def config_hash(spec: ModelSpec, cfg: ExperimentConfig, data: DatasetSplits, runtime: Runtime) -> str:
-    """Identity of a run: config, the architecture as built, the data used, and precision."""
+    """Identity of a run: config, the architecture as built, the data used, and precision.
+
+    The architecture enters as its structural description (:func:`describe_architecture`: per
+    module its name, class, parameter/buffer shapes and hyper-parameters), never as text, so a
+    repr or docstring edit keeps every finished run recognised.
+    """
     run_cfg = spec.config_for(cfg)
-    config = {k: v for k, v in dataclasses.asdict(run_cfg).items()
-              if not (k in FIELDS_ADDED_WITH_LEGACY_VALUE and v == FIELDS_ADDED_WITH_LEGACY_VALUE[k])}
-    key = json.dumps({"schema": SCHEMA_VERSION, "config": config,
-                      "arch": str(spec.build(run_cfg)), "data": data.describe(), "precision": runtime.precision,
-                      "device": runtime.device.type}, sort_keys=True)
+    key = json.dumps({"schema": SCHEMA_VERSION, "config": dataclasses.asdict(run_cfg),
+                      "arch": describe_architecture(spec.build(run_cfg)), "data": data.describe(),
+                      "precision": runtime.precision, "device": runtime.device.type}, sort_keys=True)
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 

@@ -14,7 +14,11 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from utils.engine.errors import UsageError
+
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+THREADS_ENV = "HOMEWORK_THREADS"
+MAX_THREADS = 1024      # far above any machine this runs on; beyond it torch/OpenMP fail obscurely
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -71,6 +75,25 @@ class Runtime:
                 "cpu": platform.processor() or platform.machine(), "cpu_capabilities": cpu_capabilities()}
 
 
+def threads_from_env() -> int | None:
+    """``$HOMEWORK_THREADS`` as a thread count, ``None`` when unset or empty (= all cores).
+
+    Raises :class:`UsageError` for anything but a whole number in 1..MAX_THREADS, so a typo is
+    reported before any work starts instead of surfacing as a traceback inside torch.
+    """
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_THREADS:
+        raise UsageError(f"{THREADS_ENV}={text!r} is not a number of CPU threads between 1 and {MAX_THREADS}; "
+                         f"set e.g. {THREADS_ENV}=2, or unset it to use all cores")
+    return value
+
+
 def resolve_runtime(device: str = "auto", precision: str = "auto", threads: int | None = None) -> Runtime:
     """Pick device and precision. ``auto`` precision = bf16 autocast where the hardware has it."""
     if device == "cuda" and not torch.cuda.is_available():
@@ -78,7 +101,6 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", threads: int 
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
     if dev.type == "cpu":
         # HOMEWORK_THREADS lets a second job share the machine without oversubscribing it.
-        from utils.engine.cli import threads_from_env
         torch.set_num_threads(threads or threads_from_env() or os.cpu_count() or 1)
     bf16_ok = torch.cuda.is_bf16_supported() if dev.type == "cuda" else cpu_supports_bf16()
     if precision == "bf16" and not bf16_ok:
