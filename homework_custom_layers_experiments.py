@@ -43,7 +43,7 @@ from torch import nn
 from models.cnn_models import BasicBlock, BottleneckBlock, ResNet, SwappableCNN, WideBlock
 from models.custom_layers import CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, Swish
 from utils.studies.custom_layers import figures as block_plots
-from utils.comparison_utils import METRICS, compare, summarise_runs, verdict
+from utils.comparison_utils import METRICS, compare, json_safe, summarise_runs, verdict
 from utils.engine.cli import (UsageError, apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
                        setup_logging)
 from utils.engine.data import DatasetSplits
@@ -250,15 +250,6 @@ def sweep_specs(widths: dict[str, tuple[int, ...]], classes: int, base_lr: float
 
 
 # ---------------------------------------------------------------------------------- analysis
-def json_safe(obj):
-    """``obj`` with every NaN / infinite float replaced by None (JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
 
 
 def _mean(values: Sequence[float | None]) -> float:

@@ -7,12 +7,16 @@ A difference is called real in README only when its interval excludes zero
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from utils.engine.records import RunRecord
-from utils.analysis.statistics import Difference, SeedSummary, difference, seed_summary
+from utils.analysis.statistics import (Difference, convergence_verdict, difference, grad_rms, paired_bootstrap,
+                                      seed_summary)
 
 Metric = Callable[[RunRecord], "float | None"]
 
@@ -72,9 +76,126 @@ def verdict(d: Difference) -> str:
     return "real" if d.excludes_zero else "within noise"
 
 
-def summary_of(summary: SeedSummary | dict) -> str:
-    """``mean ± half-width`` in percent for an accuracy-like summary."""
-    s = summary if isinstance(summary, dict) else summary.as_dict()
-    if math.isnan(s["half_width"]):
-        return f"{100 * s['mean']:.2f} %"
-    return f"{100 * s['mean']:.2f} ± {100 * s['half_width']:.2f} %"
+NO_PAIRS = "diverged or missing (no complete pair to compare)"
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN/inf float (numpy floats too) replaced by None (strict JSON)."""
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def variant_key(group: str, variant: str) -> str:
+    """The ``analysis.json`` key of a variant: ``"group/variant"``."""
+    return f"{group}/{variant}"
+
+
+def pair_by_seed(a: Sequence[RunRecord], b: Sequence[RunRecord], metric: Metric | None = None
+                 ) -> tuple[list[tuple[RunRecord, RunRecord]], int]:
+    """Runs of ``a`` and ``b`` paired by seed, and how many pairs were dropped: a pair is dropped
+    when either side is missing, did not complete, or has no value of ``metric``. The one rule for
+    diverged or missing runs, in every task; no fallback to unpaired intervals."""
+    ra, rb = {r.seed: r for r in a}, {r.seed: r for r in b}
+    pairs, dropped = [], 0
+    for seed in sorted(set(ra) | set(rb)):
+        x, y = ra.get(seed), rb.get(seed)
+        ok = x is not None and y is not None and x.completed and y.completed
+        if ok and metric is not None:
+            vx, vy = metric(x), metric(y)
+            ok = vx is not None and vy is not None and math.isfinite(vx) and math.isfinite(vy)
+        if ok:
+            pairs.append((x, y))
+        else:
+            dropped += 1
+    return pairs, dropped
+
+
+def compare_paired(a: Sequence[RunRecord], b: Sequence[RunRecord], metric: str) -> Difference:
+    """``a - b`` of ``metric`` paired by seed (:func:`pair_by_seed`). Test accuracy: a paired
+    bootstrap over seeds and test images (:func:`~utils.analysis.statistics.paired_bootstrap`)
+    when every paired run has test predictions of the same images; otherwise (and for every other
+    metric) the paired t interval over seeds. ``interval_method`` says which."""
+    fn = METRICS[metric]
+    pairs, dropped = pair_by_seed(a, b, fn)
+    if metric == "test_acc" and pairs and all(x.predictions is not None and y.predictions is not None
+                                              and y.labels == x.labels and len(x.labels) == len(pairs[0][0].labels)
+                                              for x, y in pairs):
+        ca = np.stack([np.asarray(x.predictions) == np.asarray(x.labels) for x, _ in pairs]).astype(float)
+        cb = np.stack([np.asarray(y.predictions) == np.asarray(y.labels) for _, y in pairs]).astype(float)
+        return paired_bootstrap(ca, cb, n_pairs_dropped=dropped)
+    d = difference([fn(x) for x, _ in pairs], [fn(y) for _, y in pairs], paired=True)
+    return dataclasses.replace(d, n_pairs_dropped=dropped)
+
+
+def difference_with_verdict(a: Sequence[RunRecord], b: Sequence[RunRecord], metrics: Sequence[str]) -> dict:
+    """``{metric: Difference dict + "verdict"}`` for ``a - b``: the one difference-with-verdict."""
+    out = {}
+    for m in metrics:
+        d = compare_paired(a, b, m)
+        out[m] = {**d.as_dict(), "verdict": verdict(d) if d.n else NO_PAIRS}
+    return out
+
+
+def convergence_of(record: RunRecord) -> dict:
+    """Protocol-v3 plateau verdicts of a run's validation and clean-train accuracy curves, computed
+    from ``record.history`` (the engine stores curves, analyses judge them)."""
+    h = record.history
+    out = {}
+    for name in ("val_acc", "train_eval_acc"):
+        values = getattr(h, name)
+        if values:
+            out[name] = json_safe(convergence_verdict(h.step, values, lr=h.lr if len(h.lr) == len(values) else None
+                                                      ).as_dict())
+    return out
+
+
+def grad_rms_of(record: RunRecord) -> dict:
+    """Per-parameter gradient scale ``||g|| / sqrt(numel)`` of each tracked tensor of ``record``.
+    numel: the parameters owned by the tensor's module (``params.per_layer``: weight + bias; the
+    bias is a small share of a conv or linear layer)."""
+    g, per = record.grad_stats, record.params.get("per_layer", {})
+    numel = [per.get(n.rsplit(".", 1)[0], 0) for n in g.names]
+    if not g.l2 or not all(numel):
+        return {"names": list(g.names), "rms": None, "numel": numel}
+    return {"names": list(g.names), "numel": numel, "rms": grad_rms(g.l2, numel).tolist()}
+
+
+def variant_numbers(runs: Sequence[RunRecord]) -> dict:
+    """The one ``analysis.json`` entry of a variant over its seeds: every metric over the finished
+    runs (mean, 95 % t interval, n, n_missing), seeds, statuses, size and cost, and the v3 plateau
+    verdicts of each run (with their window sizes)."""
+    first = runs[0]
+    conv = [convergence_of(r) for r in runs]
+    return {**summarise_runs([r for r in runs if r.completed]), "seeds": [r.seed for r in runs],
+            "status": [r.status for r in runs], "diverged": sum(not r.completed for r in runs),
+            "models": [r.model for r in runs], "description": first.description,
+            "made_in": sorted({r.experiment for r in runs}), "params": first.params["total"],
+            "mflops": first.flops_per_image / 1e6, "lr": first.config.get("lr"), "init": first.init,
+            "convergence": conv,
+            "per_seed": {"seed": [r.seed for r in runs], "test_acc": [r.test_acc for r in runs]}}
+
+
+def format_mean_ci(s: dict, scale: float = 100.0, unit: str = " %") -> str:
+    """``"85.12 ± 0.50 % (n=3)"`` for a :class:`SeedSummary` dict; ``"85.12 % (n=1)"``; ``"–"``."""
+    mean, half, n = s.get("mean"), s.get("half_width"), s.get("n", 0)
+    if not n or mean is None or not math.isfinite(mean):
+        return "–"
+    if half is None or not math.isfinite(half):
+        return f"{scale * mean:.2f}{unit} (n={n})"
+    return f"{scale * mean:.2f} ± {scale * half:.2f}{unit} (n={n})"
+
+
+def format_difference(d: dict, scale: float = 100.0, unit: str = " pp") -> str:
+    """``"+1.23 pp [+0.50, +2.00] (n=3, df=2)"`` for a :class:`Difference` dict."""
+    m = d.get("mean_difference")
+    if m is None or not math.isfinite(m):
+        return "–"
+    lo, hi, df = d.get("ci95_low"), d.get("ci95_high"), d.get("df")
+    ci = f" [{scale * lo:+.2f}, {scale * hi:+.2f}]" if lo is not None and math.isfinite(lo) else ""
+    dfs = f", df={df:g}" if df is not None and math.isfinite(df) else ""
+    return f"{scale * m:+.2f}{unit}{ci} (n={d.get('n', d.get('n_a'))}{dfs})"

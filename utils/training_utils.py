@@ -29,7 +29,6 @@ from utils.engine.data import BatchLoader, DatasetSplits, stratified_subset
 from utils.engine.experiment import ExperimentConfig, ModelSpec
 from utils.engine.records import GradStats, History, RunRecord, summarise
 from utils.engine.runtime import Runtime, seed_everything
-from utils.analysis.statistics import convergence_verdict
 
 log = logging.getLogger(__name__)
 
@@ -245,14 +244,6 @@ def build_model(spec: ModelSpec, cfg: ExperimentConfig) -> tuple[nn.Module, Init
     return model, init_weights(model, cfg.init, cfg.zero_init_residual)
 
 
-def _verdicts(h: History) -> dict:
-    if not h.val_acc:
-        return {}
-    def json_safe(d: dict) -> dict:   # NaN is not JSON: "no number" is None
-        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
-
-    return {name: json_safe(convergence_verdict(h.step, values).as_dict())
-            for name, values in (("val_acc", h.val_acc), ("train_eval_acc", h.train_eval_acc))}
 
 
 def train_model(spec: ModelSpec, data: DatasetSplits, base_cfg: ExperimentConfig, runtime: Runtime, *,
@@ -333,7 +324,7 @@ def train_model(spec: ModelSpec, data: DatasetSplits, base_cfg: ExperimentConfig
         params=params, flops_per_image=flops, history=history, epoch_time_s=epoch_times,
         timing={"train_s": train_s, "total_s": total_s, "eval_and_other_s": total_s - train_s,
                 "train_share": train_s / total_s if total_s > 0 else None},
-        convergence=_verdicts(history), test_loss=test.loss if test else None, test_acc=test.acc if test else None,
+        convergence={}, test_loss=test.loss if test else None, test_acc=test.acc if test else None,
         inference=inference, grad_stats=t.grads, step_loss=t.step_loss,
         predictions=test.preds.tolist() if test else None, labels=data.test.labels.tolist(),
         class_names=list(data.class_names), summary=None)  # type: ignore[arg-type]

@@ -3,8 +3,12 @@
 * :func:`seed_summary`: mean, sample std and the 95 % t confidence interval of per-seed values;
 * :func:`difference`: the difference of two models' means with its 95 % interval (Welch, or
   paired by seed); a difference may be called real only when the interval excludes zero;
-* :func:`convergence_verdict`: whether a (validation) curve had plateaued at the end of a run;
-* :func:`seed_statistics`, :func:`curve_band`, :func:`relative_spread`: plain descriptive helpers.
+* :func:`paired_bootstrap`: the paired difference of two models' test accuracy with an interval
+  that carries seed noise *and* test-set sampling noise (seeds and test images resampled jointly);
+* :func:`convergence_verdict`: whether a curve had plateaued at the end of a run, judged against
+  the noise of its own fit (protocol v3);
+* :func:`grad_rms`: per-parameter gradient scale ``||g|| / sqrt(numel)``;
+* :func:`curve_band`: a plain descriptive helper.
 
 Inputs are plain numbers (one per seed / run); NaN marks a run without a value (e.g. diverged) and
 is left out (and counted) everywhere.
@@ -20,8 +24,15 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["SeedSummary", "seed_summary", "Difference", "difference", "ConvergenceVerdict", "convergence_verdict",
-           "seed_statistics", "curve_band", "relative_spread"]
+__all__ = ["SeedSummary", "seed_summary", "Difference", "difference", "paired_bootstrap", "ConvergenceVerdict",
+           "convergence_verdict", "curve_band", "grad_rms", "T_PAIRED", "T_WELCH", "BOOTSTRAP"]
+
+# The names of the interval methods, as written into every analysis.json (``interval_method``).
+T_PAIRED = "paired_t_over_seeds"
+T_WELCH = "welch_t_over_seeds"
+BOOTSTRAP = "paired_bootstrap_seeds_and_test_images"
+BOOTSTRAP_RESAMPLES = 4000
+BOOTSTRAP_RNG_SEED = 0
 
 CONFIDENCE = 0.95
 
@@ -90,9 +101,18 @@ class Difference:
     n_a: int
     n_b: int
     df: float
+    interval_method: str = T_PAIRED
+    n_pairs_dropped: int = 0          # pairs left out because a side diverged or was missing
+    n_test_images: int | None = None  # images resampled (bootstrap only)
+    resamples: int | None = None      # bootstrap resamples (bootstrap only)
+
+    @property
+    def n(self) -> int:
+        """Seeds (pairs) behind the interval (``n_a`` for a paired difference)."""
+        return self.n_a if self.paired else min(self.n_a, self.n_b)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "n": self.n}
 
 
 def _interval(diff: float, se: float, df: float) -> tuple[float, float, float]:
@@ -141,61 +161,108 @@ def difference(a: Sequence[float], b: Sequence[float], paired: bool = False) -> 
             df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1)) if se > 0 else math.inf
             low, high, half = _interval(diff, se, df)
     excludes = bool(low > 0 or high < 0)   # False for NaN
-    return Difference(diff, low, high, half, excludes, paired, n_a, n_b, df)
+    return Difference(diff, low, high, half, excludes, paired, n_a, n_b, df, T_PAIRED if paired else T_WELCH)
+
+
+def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
+                     rng_seed: int = BOOTSTRAP_RNG_SEED, n_pairs_dropped: int = 0) -> Difference:
+    """Paired difference of test accuracy ``a - b`` with a 95 % percentile bootstrap interval over
+    seeds *and* test images.
+
+    ``correct_a[i, j]`` is 1 when model a's run with the ``i``-th seed got test image ``j`` right
+    (``correct_b`` the same for b, same seeds in the same order, same test images: a paired design).
+    One resample draws ``n`` seeds with replacement and, jointly, the ``m`` test images with
+    replacement (the same draw for both models, so the pairing is kept), and takes the mean of
+    ``correct_a - correct_b`` over the drawn (seed, image) cells. The interval is the 2.5 / 97.5 %
+    percentiles of ``resamples`` such means (fixed ``rng_seed``: reproducible). Seed noise (which
+    nets training produced) and test-set sampling noise (which images were drawn for the test
+    set) both widen it; a seed-only t interval misses the second. ``df = n - 1`` is reported for
+    the seed dimension (the bootstrap does not use it). With fewer than two seeds: NaN interval.
+    """
+    a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"need two (seeds, images) arrays of one shape, got {a.shape} and {b.shape}")
+    d = a - b
+    n, m = d.shape
+    diff = float(d.mean()) if d.size else math.nan
+    if n < 2 or m == 0:
+        return Difference(diff, math.nan, math.nan, math.nan, False, True, n, n, math.nan, BOOTSTRAP,
+                          n_pairs_dropped, m, resamples)
+    rng = np.random.default_rng(rng_seed)
+    means = np.empty(resamples)
+    chunk = max(1, min(resamples, 2_000_000 // max(m, 1)))
+    for start in range(0, resamples, chunk):
+        k = min(chunk, resamples - start)
+        img_counts = rng.multinomial(m, np.full(m, 1.0 / m), size=k)          # (k, m)
+        seed_counts = rng.multinomial(n, np.full(n, 1.0 / n), size=k)         # (k, n)
+        per_seed = img_counts @ d.T / m                                       # (k, n): image-resampled means
+        means[start:start + k] = (per_seed * seed_counts).sum(axis=1) / n
+    low, high = (float(q) for q in np.percentile(means, [50 * (1 - CONFIDENCE), 50 * (1 + CONFIDENCE)]))
+    low, high = min(low, diff), max(high, diff)
+    half = max(diff - low, high - diff)
+    return Difference(diff, low, high, half, bool(low > 0 or high < 0), True, n, n, float(n - 1), BOOTSTRAP,
+                      n_pairs_dropped, m, resamples)
 
 
 @dataclass(frozen=True)
 class ConvergenceVerdict:
     """Whether a curve had plateaued by its end (see :func:`convergence_verdict` for the rule).
 
-    ``status``: ``"converged"`` (improved by at most ``tol`` over the final window, and got worse
-    by at most ``tol``), ``"declining"`` (got worse by more than ``tol``: a plateau
-    too, e.g. a validation loss rising from over-fitting), ``"still_improving"``, ``"too_short"``
-    (fewer than ``min_points`` points in the final window) or ``"not_finite"`` (NaN/inf values:
-    a diverged run). ``plateaued`` is True for converged/declining, False for still_improving and
-    None when no verdict is possible. ``improvement`` is the fitted change over the window in the
-    better direction (positive = better), NaN without a verdict.
+    ``status``: ``"still_improving"`` / ``"declining"`` (the fitted gain over the final window is
+    beyond both ``tol`` and twice its own standard error), ``"converged"`` (the gain is within
+    ``tol``), ``"flat"`` (the gain exceeds ``tol`` but not 2 SE: no trend the noise lets one
+    see), ``"too_short"`` (fewer than ``min_points`` points in the window) or ``"not_finite"``
+    (a diverged run). ``plateaued``: True for converged/flat/declining, False for
+    still_improving, None without a verdict. ``improvement``: fitted change over the window,
+    positive = better; ``improvement_se`` its standard error. ``window_points``: the points the
+    verdict read. ``anneal_in_window``: the learning rate changed by more than
+    :data:`ANNEAL_RATIO` inside the window (see the rule's step 5).
     """
 
     status: str
     plateaued: bool | None
     improvement: float
+    improvement_se: float
     tol: float
     window: float
     window_start: float
     window_points: int
+    min_points: int
     higher_is_better: bool
+    anneal_in_window: bool | None
+    rule: str = "v3: fitted gain vs tol and 2 SE"
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
+MIN_WINDOW_POINTS = 8
+ANNEAL_RATIO = 1.5
+
+
 def convergence_verdict(steps: Sequence[float], values: Sequence[float], window: float = 0.2, tol: float = 0.005,
-                        higher_is_better: bool = True, min_points: int = 3) -> ConvergenceVerdict:
-    """Had the curve ``values`` (at ``steps``: epochs or optimiser steps) plateaued by its end?
+                        higher_is_better: bool = True, min_points: int = MIN_WINDOW_POINTS,
+                        lr: Sequence[float] | None = None) -> ConvergenceVerdict:
+    """Had the curve ``values`` (at ``steps``) plateaued by its end? The rule (protocol v3):
 
-    The rule, precisely:
-
-    1. The final window is the points with ``step >= s_last - window * (s_last - s_first)``:
-       the last ``window`` (default 20 %) of the run, measured in steps, not in points.
-    2. A least-squares line is fitted to the window's points; ``improvement = slope * (s_last -
-       window_start)`` is the change over the window that the line predicts, signed so that
-       positive is better (``higher_is_better``: accuracy; False: loss). The fit, rather than
-       last-minus-first, keeps one noisy evaluation from deciding the verdict.
-    3. ``improvement > tol`` -> "still_improving"; ``improvement < -tol`` -> "declining";
-       otherwise "converged". ``tol`` is in the curve's own units (default 0.005: half a
-       percentage point of accuracy, or 0.005 of a loss).
-    4. Fewer than ``min_points`` (default 3) points in the window -> "too_short": a line through
-       two points is the noise of two evaluations; evaluate more often to get a verdict.
-       Any non-finite value -> "not_finite".
-
-    Noise: with ``n`` evenly spaced window points of independent noise ``sigma`` the fitted
-    improvement scatters by about ``sigma * sqrt(12 / n)``; keep that well below ``tol`` (evaluate
-    on enough images, often enough) for the verdict to mean something.
+    1. The final window is the points with ``step >= s_last - window * (s_last - s_first)``
+       (the last 20 % of the run, in steps).
+    2. Fewer than ``min_points`` (8) points in that window -> ``"too_short"``: a line through 3
+       points is the noise of 3 evaluations, not a verdict (a 20 % window needs ``eval_points >=
+       36``-40 per run). Non-finite values -> ``"not_finite"``.
+    3. A least-squares line through the window; ``gain = slope * span`` (signed: positive is
+       better) and its standard error ``se = se(slope) * span`` from the fit's residuals.
+    4. ``gain > tol and gain > 2 se`` -> "still_improving"; ``gain < -tol and gain < -2 se`` ->
+       "declining"; ``|gain| <= tol`` -> "converged"; otherwise "flat" (a gain beyond ``tol``
+       that the curve's own noise cannot tell from zero).
+    5. Annealing: with ``lr`` given, ``anneal_in_window`` flags a window in which the learning rate
+       changed by more than a factor :data:`ANNEAL_RATIO` (a one-cycle or cosine run's final 20 %).
+       The verdict is still read on the window (the run's end is what it is), but a
+       "still_improving" there may be the anneal's doing; readers must show the flag with it.
 
     Raises:
         ValueError: lengths differ, steps not strictly increasing, window not in (0, 1], tol < 0,
-            or min_points < 2.
+            or min_points < 3.
     """
     x = np.asarray(steps, dtype=np.float64).ravel()
     y = np.asarray(values, dtype=np.float64).ravel()
@@ -205,46 +272,45 @@ def convergence_verdict(steps: Sequence[float], values: Sequence[float], window:
         raise ValueError(f"window must be in (0, 1], got {window}")
     if not tol >= 0.0:
         raise ValueError(f"tol must be >= 0, got {tol}")
-    if min_points < 2:
-        raise ValueError(f"min_points must be >= 2, got {min_points}")
+    if min_points < 3:
+        raise ValueError(f"min_points must be >= 3, got {min_points}")
     if x.size > 1 and not np.all(np.diff(x) > 0):
         raise ValueError("steps must be strictly increasing")
 
-    def verdict(status: str, plateaued: bool | None, improvement: float, start: float, points: int):
-        return ConvergenceVerdict(status, plateaued, improvement, tol, window, start, points, higher_is_better)
+    def verdict(status, plateaued, gain, se, start, points, anneal=None):
+        return ConvergenceVerdict(status, plateaued, gain, se, tol, window, start, points, min_points,
+                                  higher_is_better, anneal)
 
     if x.size == 0:
-        return verdict("too_short", None, math.nan, math.nan, 0)
+        return verdict("too_short", None, math.nan, math.nan, math.nan, 0)
     start = float(x[-1] - window * (x[-1] - x[0]))
     in_window = x >= start
     points = int(in_window.sum())
     if not np.all(np.isfinite(y)) or not np.all(np.isfinite(x)):
-        return verdict("not_finite", None, math.nan, start, points)
+        return verdict("not_finite", None, math.nan, math.nan, start, points)
     if points < min_points:
-        return verdict("too_short", None, math.nan, start, points)
-    slope = float(np.polyfit(x[in_window], y[in_window], 1)[0])
-    improvement = slope * float(x[-1] - start) * (1.0 if higher_is_better else -1.0)
-    if improvement > tol:
-        return verdict("still_improving", False, improvement, start, points)
-    if improvement < -tol:
-        return verdict("declining", True, improvement, start, points)
-    return verdict("converged", True, improvement, start, points)
-
-
-def seed_statistics(values: Sequence[float]) -> dict:
-    """Mean, sample std (ddof=1; 0 for a single value), min, max and n of per-seed values.
-
-    NaN entries (e.g. a diverged run without a final accuracy) are dropped and counted in
-    ``n_missing``.
-    """
-    arr = np.asarray(values, dtype=np.float64)
-    ok = arr[np.isfinite(arr)]
-    if ok.size == 0:
-        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": 0,
-                "n_missing": int(arr.size), "values": arr.tolist()}
-    return {"mean": float(ok.mean()), "std": float(ok.std(ddof=1)) if ok.size > 1 else 0.0,
-            "min": float(ok.min()), "max": float(ok.max()), "n": int(ok.size),
-            "n_missing": int(arr.size - ok.size), "values": arr.tolist()}
+        return verdict("too_short", None, math.nan, math.nan, start, points)
+    anneal = None
+    if lr is not None:
+        rates = np.asarray(lr, dtype=np.float64).ravel()
+        if rates.shape == x.shape:
+            w = rates[in_window]
+            anneal = bool(w.min() <= 0 or w.max() / w.min() > ANNEAL_RATIO)
+    xs, ys = x[in_window], y[in_window]
+    span = float(xs[-1] - xs[0])
+    slope, intercept = np.polyfit(xs, ys, 1)
+    resid = ys - (slope * xs + intercept)
+    sxx = float(((xs - xs.mean()) ** 2).sum())
+    se_slope = math.sqrt(float((resid ** 2).sum()) / (points - 2) / sxx) if sxx > 0 else math.inf
+    sign = 1.0 if higher_is_better else -1.0
+    gain, se = float(slope) * span * sign, se_slope * span
+    if gain > tol and gain > 2 * se:
+        return verdict("still_improving", False, gain, se, start, points, anneal)
+    if gain < -tol and gain < -2 * se:
+        return verdict("declining", True, gain, se, start, points, anneal)
+    if abs(gain) <= tol:
+        return verdict("converged", True, gain, se, start, points, anneal)
+    return verdict("flat", True, gain, se, start, points, anneal)
 
 
 def curve_band(curves: Sequence[Sequence[float]]) -> dict:
@@ -270,14 +336,22 @@ def curve_band(curves: Sequence[Sequence[float]]) -> dict:
     return {"mean": mean.tolist(), "min": lo.tolist(), "max": hi.tolist(), "n": n.astype(int).tolist()}
 
 
-def relative_spread(values: Sequence[float]) -> float:
-    """``(max - min) / |mean|`` of the finite values: a scale-free spread (0 = identical).
 
-    E.g. the spread of a group of parameter counts around its own mean, or of final losses over
-    seeds. NaN when no finite value is left or the mean is 0.
+def grad_rms(l2: Sequence[Sequence[float]] | np.ndarray, numel: Sequence[int]) -> np.ndarray:
+    """Per-parameter gradient scale ``||g|| / sqrt(numel)`` of each tracked tensor (columns of ``l2``,
+    ``(samples, tensors)``): the root mean square of one gradient entry. Raw L2 norms grow with a
+    tensor's size, so a 3x3x512x512 conv looks "larger" than a 10-unit head at equal per-weight
+    scale; compare layers or models on this instead.
+
+    Raises:
+        ValueError: a column count that is not ``len(numel)``, or a non-positive numel.
     """
-    arr = np.asarray(values, dtype=np.float64)
-    arr = arr[np.isfinite(arr)]
-    if arr.size == 0 or arr.mean() == 0:
-        return math.nan
-    return float((arr.max() - arr.min()) / abs(arr.mean()))
+    arr = np.asarray(l2, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    sizes = np.asarray(numel, dtype=np.float64)
+    if arr.size and arr.shape[1] != sizes.size:
+        raise ValueError(f"{arr.shape[1]} norm columns but {sizes.size} sizes")
+    if np.any(sizes <= 0):
+        raise ValueError("numel must be positive")
+    return arr / np.sqrt(sizes)

@@ -130,10 +130,7 @@ def solve_width_for_params(
 
 
 def relative_param_gap(params: Sequence[int], target: int) -> float:
-    """Relative mismatch of a group of parameter counts to ``target``: ``max_i |p_i - target| / target``.
-
-    (The spread of a group around its own mean is :func:`utils.analysis.statistics.relative_spread`.)
-    """
+    """Relative mismatch of a group of parameter counts to ``target``: ``max_i |p_i - target| / target``."""
     values = np.asarray(params, dtype=np.float64)
     if values.size == 0:
         raise ValueError("params is empty")

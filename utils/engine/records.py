@@ -119,7 +119,7 @@ class RunRecord:
     history: History
     epoch_time_s: list[float]         # training seconds of each epoch (no evaluation)
     timing: dict                      # train_s, eval_s, total_s, train_share of this run's wall time
-    convergence: dict                 # plateau verdicts (utils.analysis.statistics.ConvergenceVerdict) by curve
+    convergence: dict                 # legacy (schema 3 files): engine writes {}; analyses compute verdicts from history
     test_loss: float | None           # the test set, evaluated once at the end (None if diverged)
     test_acc: float | None
     inference: dict                   # latency / throughput; {} if the run diverged

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from utils.comparison_utils import METRICS, by_variant, compare, summarise_runs, verdict
+from utils.comparison_utils import METRICS, by_variant, compare, json_safe, summarise_runs, verdict  # noqa: F401
 from utils.engine.gradients import gradient_flow_summary
 from utils.engine.markdown import markdown_table
 from utils.engine.records import GradStats, RunRecord
@@ -36,15 +36,6 @@ PRIMARY = "final_train_acc"                       # the degradation question is 
 DIFF_METRICS = ("final_train_acc", "final_train_loss", "final_val_acc", "test_acc")
 
 
-def json_safe(obj: Any) -> Any:
-    """``obj`` with every NaN/inf float replaced by None (strict JSON; "no number")."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 # --------------------------------------------------------------------------------- runs
