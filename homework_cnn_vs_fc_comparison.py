@@ -29,7 +29,7 @@ import numpy as np
 from models.cnn_models import BasicBlock, ResNet, SimpleCNN
 from models.fc_models import FullyConnectedNet
 from utils import visualization_utils as viz
-from utils.comparison_utils import METRICS, by_variant, compare, summarise_runs, verdict
+from utils.comparison_utils import METRICS, by_variant, compare, convergence_of, summarise_runs, verdict
 from utils.analysis.classification import classification_summary
 from utils.engine.cli import apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli, setup_logging
 from utils.engine.data import DatasetSplits
@@ -167,7 +167,7 @@ def run_numbers(r: RunRecord) -> dict:
             "grad_first_last_ratio_init": float(flow["first_last_ratio"][0]),
             "grad_first_last_ratio_median": flow["median_first_last_ratio"], "grad_layers": len(g.names),
             "training_pflop": training_pflop(r), "test_acc_per_pflop": r.test_acc / max(training_pflop(r), 1e-12),
-            "convergence": r.convergence, "train_share": r.timing["train_share"]}
+            "convergence": convergence_of(r), "train_share": r.timing["train_share"]}
 
 
 def comparisons(groups: dict[tuple[str, str], list[RunRecord]], pairs: list[tuple[tuple, tuple]]) -> dict:

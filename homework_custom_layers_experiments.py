@@ -43,7 +43,7 @@ from torch import nn
 from models.cnn_models import BasicBlock, BottleneckBlock, ResNet, SwappableCNN, WideBlock
 from models.custom_layers import CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, Swish
 from utils.studies.custom_layers import figures as block_plots
-from utils.comparison_utils import METRICS, compare, json_safe, summarise_runs, verdict
+from utils.comparison_utils import METRICS, compare, convergence_of, json_safe, summarise_runs, verdict
 from utils.engine.cli import (UsageError, apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
                        setup_logging)
 from utils.engine.data import DatasetSplits
@@ -268,7 +268,7 @@ def variant_numbers(runs: Sequence[RunRecord]) -> dict:
     """A variant over its seeds: every metric's mean and 95 % interval, plateau verdicts, size and cost."""
     return {**summarise_runs(runs, METRICS), "models": [r.model for r in runs], "runs": len(runs),
             "diverged": sum(not r.completed for r in runs), "diverged_at": [r.diverged_at for r in runs],
-            "plateau_status": [r.convergence.get("val_acc", {}).get("status") for r in runs],
+            "plateau_status": [convergence_of(r).get("val_acc", {}).get("status") for r in runs],
             "description": runs[0].description, "made_in": sorted({r.experiment for r in runs}),
             "params": runs[0].params["total"], "mflops": runs[0].flops_per_image / 1e6,
             "epoch_time_s": _mean([r.summary.epoch_time_s for r in runs]),

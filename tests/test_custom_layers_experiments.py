@@ -148,7 +148,7 @@ def _diverged_before_any_evaluation(r):
     """What ``--lr 1e30`` gives: non-finite loss at the second step, before the first evaluation point."""
     r = dataclasses.replace(r, history=History(), step_loss=[2.3], epoch_time_s=[],
                             grad_stats=GradStats(names=["w"], step=[0], l2=[[1.5]], mean_abs=[[0.1]]),
-                            convergence={}, diverged_at={"epoch": 1, "step": 1, "reason": "loss became nan"})
+                            diverged_at={"epoch": 1, "step": 1, "reason": "loss became nan"})
     return dataclasses.replace(r, summary=summarise(r))
 
 

@@ -56,7 +56,7 @@ def summarise_runs(runs: Sequence[RunRecord], metrics: dict[str, Metric] = METRI
     out = {name: seed_summary(values(runs, m)).as_dict() for name, m in metrics.items()}
     out["seeds"] = [r.seed for r in runs]
     out["status"] = [r.status for r in runs]
-    out["converged"] = sum(bool(r.summary.converged) for r in runs)
+    out["converged"] = sum(bool(convergence_of(r).get("val_acc", {}).get("plateaued")) for r in runs)
     return out
 
 

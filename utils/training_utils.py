@@ -324,7 +324,7 @@ def train_model(spec: ModelSpec, data: DatasetSplits, base_cfg: ExperimentConfig
         params=params, flops_per_image=flops, history=history, epoch_time_s=epoch_times,
         timing={"train_s": train_s, "total_s": total_s, "eval_and_other_s": total_s - train_s,
                 "train_share": train_s / total_s if total_s > 0 else None},
-        convergence={}, test_loss=test.loss if test else None, test_acc=test.acc if test else None,
+        test_loss=test.loss if test else None, test_acc=test.acc if test else None,
         inference=inference, grad_stats=t.grads, step_loss=t.step_loss,
         predictions=test.preds.tolist() if test else None, labels=data.test.labels.tolist(),
         class_names=list(data.class_names), summary=None)  # type: ignore[arg-type]

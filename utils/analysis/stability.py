@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from utils.engine.gradients import total_grad_norm
+from utils.comparison_utils import convergence_of
 from utils.engine.records import RunRecord
 from utils.analysis.statistics import seed_summary
 
@@ -170,7 +171,7 @@ def run_stability(r: RunRecord) -> dict:
     return {"model": r.model, "seed": r.seed, "lr": r.config["lr"], "status": r.status, "diverged_at": r.diverged_at,
             "final_val_acc": r.summary.final_val_acc if done else None, "test_acc": r.test_acc,
             "made_in": r.experiment,
-            "plateau": r.convergence.get("val_acc", {}).get("status"), "spikes": spike_counts(r.step_loss),
+            "plateau": convergence_of(r).get("val_acc", {}).get("status"), "spikes": spike_counts(r.step_loss),
             "grad_norm": grad_norm_stats(r.grad_stats.l2)}
 
 

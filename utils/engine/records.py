@@ -20,7 +20,7 @@ import numpy as np
 from utils.engine.files import atomic_write_text
 from utils.engine.markdown import markdown_table
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class RecordFormatError(ValueError):
@@ -69,8 +69,8 @@ class Summary:
     """The headline numbers of a run (what summary tables show); ``None`` where a run diverged.
 
     ``final_*`` are at the end of training; ``gap`` = clean train accuracy - validation accuracy
-    at the end; ``converged`` is the plateau verdict of the validation-accuracy curve (None: too
-    short to judge); ``test_acc`` is the one evaluation of the test set.
+    at the end; ``test_acc`` is the one evaluation of the test set. Whether a curve had plateaued
+    is an analysis of ``history`` (:func:`utils.comparison_utils.convergence_of`), not a field.
     """
 
     model: str
@@ -85,7 +85,6 @@ class Summary:
     best_val_epoch: float | None = None
     final_val_loss: float | None = None
     gap: float | None = None
-    converged: bool | None = None
     test_acc: float | None = None
     test_loss: float | None = None
     train_time_s: float | None = None
@@ -119,7 +118,6 @@ class RunRecord:
     history: History
     epoch_time_s: list[float]         # training seconds of each epoch (no evaluation)
     timing: dict                      # train_s, eval_s, total_s, train_share of this run's wall time
-    convergence: dict                 # legacy (schema 3 files): engine writes {}; analyses compute verdicts from history
     test_loss: float | None           # the test set, evaluated once at the end (None if diverged)
     test_acc: float | None
     inference: dict                   # latency / throughput; {} if the run diverged
@@ -159,8 +157,7 @@ def summarise(record: RunRecord) -> Summary:
     h = record.history
     out = Summary(model=record.model, status=record.status, params=record.params["total"],
                   mflops=record.flops_per_image / 1e6, test_acc=record.test_acc, test_loss=record.test_loss,
-                  train_share=record.timing.get("train_share"),
-                  converged=record.convergence.get("val_acc", {}).get("plateaued"))
+                  train_share=record.timing.get("train_share"))
     if h.val_acc:
         best = int(np.argmax(h.val_acc))
         out = dataclasses.replace(
@@ -196,9 +193,6 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.2f} %"
 
 
-PLATEAU_WORDS = {True: "yes", False: "still improving", None: "too short to tell"}
-
-
 def summary_markdown(summaries: Sequence[Summary]) -> str:
     """The standard results table of runs' summaries (also embedded in README by ``utils.report.readme``)."""
     rows = []
@@ -208,9 +202,8 @@ def summary_markdown(summaries: Sequence[Summary]) -> str:
         rows.append([
             f"{s.model}{status}", f"{s.params:,}", f"{s.mflops:.1f}", _pct(s.final_train_acc), _pct(s.final_val_acc),
             _pct(s.test_acc), "–" if s.gap is None else f"{100 * s.gap:+.2f} pp",
-            PLATEAU_WORDS[s.converged] if done else "–",
             "–" if s.train_time_s is None else f"{s.train_time_s:.0f} s",
             "–" if s.latency_ms_batch1 is None else f"{s.latency_ms_batch1:.2f} ms",
             "–" if s.throughput_img_s is None else f"{s.throughput_img_s:,.0f} img/s"])
     return markdown_table(["model", "params", "MFLOPs/img", "train acc (clean)", "val acc", "test acc",
-                           "gap train−val", "val plateaued", "train time", "latency b=1", "throughput"], rows)
+                           "gap train−val", "train time", "latency b=1", "throughput"], rows)

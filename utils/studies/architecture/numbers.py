@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from utils.comparison_utils import METRICS, by_variant, compare, json_safe, summarise_runs, verdict  # noqa: F401
+from utils.comparison_utils import METRICS, by_variant, compare, convergence_of, json_safe, summarise_runs, verdict  # noqa: F401
 from utils.engine.gradients import gradient_flow_summary
 from utils.engine.markdown import markdown_table
 from utils.engine.records import GradStats, RunRecord
@@ -68,8 +68,8 @@ def first_seed(records: list[RunRecord]) -> list[RunRecord]:
 
 def train_plateau(runs: Sequence[RunRecord]) -> dict:
     """The engine's plateau verdicts of the clean training-accuracy curve, counted over runs."""
-    statuses = [r.convergence.get("train_eval_acc", {}).get("status", "missing") for r in runs]
-    improving = [r.convergence.get("train_eval_acc", {}).get("improvement") for r in runs]
+    statuses = [convergence_of(r).get("train_eval_acc", {}).get("status", "missing") for r in runs]
+    improving = [convergence_of(r).get("train_eval_acc", {}).get("improvement") for r in runs]
     return {"statuses": statuses, "improvement_last_window": improving,
             "plateaued": sum(s in ("converged", "declining") for s in statuses), "runs": len(runs)}
 
@@ -84,7 +84,7 @@ def variant_numbers(runs: Sequence[RunRecord]) -> dict:
             "models": [r.model for r in runs], "params": first.params["total"],
             "mflops": first.flops_per_image / 1e6, "lr": first.config.get("lr"), "init": first.init,
             "train_plateau": train_plateau(runs),
-            "val_plateau": [r.convergence.get("val_acc", {}).get("status", "missing") for r in runs],
+            "val_plateau": [convergence_of(r).get("val_acc", {}).get("status", "missing") for r in runs],
             "train_share": [r.timing.get("train_share") for r in runs]}
 
 
