@@ -29,7 +29,8 @@ import torch
 from utils.report import readme as report
 from utils.engine.cli import (PROFILES, cache_dir_from, check_writable, ignore_interrupts, profile_output_dir, run_cli)
 from utils.engine.data_files import resolve_data_dir
-from utils.engine.files import write_json
+from utils.engine.files import read_json, write_json
+from utils.engine.invocation import legs_since
 from utils.engine.runtime import resolve_runtime, threads_from_env
 
 ROOT = Path(__file__).resolve().parent
@@ -118,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_study(args: argparse.Namespace, common: list[str], record: dict, results: Path) -> int:
-    code, interrupted = _run_scripts(common, record, args.profile)
+    code, interrupted = _run_scripts(common, record, args.profile, results)
     try:
-        write_json(results / "study_run.json", record)
+        write_json(results / "study_run.json", {**record, "earlier_runs": _earlier_runs(results / "study_run.json")})
     except OSError as exc:
         print(f"error: could not write {results / 'study_run.json'} ({exc.strerror or exc})", file=sys.stderr)
         return 130 if interrupted else 2
@@ -138,7 +139,27 @@ def _run_study(args: argparse.Namespace, common: list[str], record: dict, result
     return 0
 
 
-def _run_scripts(common: list[str], record: dict, profile: str) -> tuple[int, bool]:
+def _earlier_runs(path: Path) -> list[dict]:
+    """The study's earlier invocations (a study resumed over sessions and machines keeps them all)."""
+    old = read_json(path)
+    if not isinstance(old, dict) or "scripts" not in old:
+        return []
+    return [*old.get("earlier_runs", []), {k: v for k, v in old.items() if k != "earlier_runs"}]
+
+
+def script_cost(results: Path, script: str, started: str) -> dict:
+    """What a script's own invocation log says about its call(s) since ``started``: training share
+    (training seconds of runs trained in the call / its wall time), and the precision and CPU it ran on."""
+    legs = legs_since(results, Path(script).stem, started)
+    wall, train = sum(leg["wall_s"] for leg in legs), sum(leg["train_s"] for leg in legs)
+    return {"train_s": train, "train_share": train / wall if wall > 0 else None,
+            "runs_trained": sum(leg["trained"] for leg in legs),
+            "precision": sorted({leg["runtime"]["precision"] for leg in legs}),
+            "cpu": sorted({leg["runtime"]["cpu_capabilities"]["model"] for leg in legs}),
+            "cpu_flags": [leg["runtime"]["cpu_capabilities"]["flags"] for leg in legs[-1:]]}
+
+
+def _run_scripts(common: list[str], record: dict, profile: str, results: Path) -> tuple[int, bool]:
     """Run the scripts in turn, filling ``record``; ``(last exit code, whether interrupted)``."""
     t_start = time.perf_counter()
     code, interrupted = 0, False
@@ -148,7 +169,8 @@ def _run_scripts(common: list[str], record: dict, profile: str) -> tuple[int, bo
             print(f"== {script} ({profile})", flush=True)
             code, interrupted = run_script(ROOT / script, common)
             interrupted = interrupted or code == 130      # the script alone was interrupted
-            entry = {"script": script, "wall_s": time.perf_counter() - t0, "exit_code": code}
+            entry = {"script": script, "wall_s": time.perf_counter() - t0, "exit_code": code,
+                     **script_cost(results, script, record["started"])}
             # a script that finished during the grace period is recorded as finished
             record["scripts"].append({**entry, "interrupted": True} if interrupted and code != 0 else entry)
             if interrupted or code != 0:
