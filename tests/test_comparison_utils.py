@@ -5,7 +5,7 @@ import math
 
 from tests.fakes import fake_record
 from utils.analysis.statistics import BOOTSTRAP, T_PAIRED
-from utils.comparison_utils import (NO_PAIRS, compare_paired, difference_with_verdict, format_difference,
+from utils.comparison_utils import (MIXED_PRECISION, NO_PAIRS, compare_paired, runtime_of, difference_with_verdict, format_difference,
                                     format_mean_ci, grad_rms_of, json_safe, pair_by_seed, variant_numbers)
 
 
@@ -41,3 +41,23 @@ def test_formatters_and_json_safe():
     json.dumps(v, allow_nan=False)
     assert v["convergence"][0]["val_acc"]["window_points"] >= 0          # the verdict carries its window
     assert len(grad_rms_of(_runs("a", 0.9)[0])["rms"]) > 0
+
+
+def _on(runs, precision, cpu="CPU A"):
+    for r in runs:
+        r.runtime = {"device": "cpu", "precision": precision, "cpu_capabilities": {"model": cpu}}
+    return runs
+
+
+def test_runs_of_different_precisions_get_no_verdict():
+    a, b = _on(_runs("a", 0.9), "bf16"), _on(_runs("b", 0.5), "fp32")
+    row = difference_with_verdict(a, b, ["test_acc"])["test_acc"]
+    assert row["verdict"] == MIXED_PRECISION and row["excludes_zero"]      # the interval alone would call it real
+    assert row["runtimes"] == ["bf16 on cpu (CPU A)", "fp32 on cpu (CPU A)"]
+
+
+def test_one_precision_on_two_machines_keeps_its_verdict_and_names_both():
+    a, b = _on(_runs("a", 0.9), "bf16", "CPU A"), _on(_runs("b", 0.5), "bf16", "CPU B")
+    row = difference_with_verdict(a, b, ["test_acc"])["test_acc"]
+    assert row["verdict"] == "real" and len(row["runtimes"]) == 2
+    assert runtime_of(a[0]) == "bf16 on cpu (CPU A)"

@@ -132,12 +132,30 @@ def compare_paired(a: Sequence[RunRecord], b: Sequence[RunRecord], metric: str) 
     return dataclasses.replace(d, n_pairs_dropped=dropped)
 
 
+MIXED_PRECISION = "not comparable: the runs were trained at different precisions"
+
+
+def runtime_of(record: RunRecord) -> str:
+    """Where a run was trained, as one label: precision, device and CPU model (the study trains
+    every model of one comparison on one machine at one precision; this is how a reader checks)."""
+    rt = record.runtime or {}
+    cpu = (rt.get("cpu_capabilities") or {}).get("model", rt.get("cpu", "?"))
+    return f"{rt.get('precision', '?')} on {rt.get('device', '?')} ({cpu})"
+
+
 def difference_with_verdict(a: Sequence[RunRecord], b: Sequence[RunRecord], metrics: Sequence[str]) -> dict:
-    """``{metric: Difference dict + "verdict"}`` for ``a - b``: the one difference-with-verdict."""
+    """``{metric: Difference dict + "verdict" + "runtimes"}`` for ``a - b``: the one
+    difference-with-verdict. ``runtimes``: where the compared runs were trained
+    (:func:`runtime_of`); runs of different precisions get no verdict (:data:`MIXED_PRECISION`),
+    runs of one precision on different machines keep theirs and show both machines."""
+    runs = [*a, *b]
+    runtimes = sorted({runtime_of(r) for r in runs})
+    precisions = {(r.runtime or {}).get("precision") for r in runs}
     out = {}
     for m in metrics:
         d = compare_paired(a, b, m)
-        out[m] = {**d.as_dict(), "verdict": verdict(d) if d.n else NO_PAIRS}
+        word = MIXED_PRECISION if len(precisions) > 1 else verdict(d) if d.n else NO_PAIRS
+        out[m] = {**d.as_dict(), "verdict": word, "runtimes": runtimes}
     return out
 
 
@@ -176,7 +194,7 @@ def variant_numbers(runs: Sequence[RunRecord]) -> dict:
             "models": [r.model for r in runs], "description": first.description,
             "made_in": sorted({r.experiment for r in runs}), "params": first.params["total"],
             "mflops": first.flops_per_image / 1e6, "lr": first.config.get("lr"), "init": first.init,
-            "convergence": conv,
+            "convergence": conv, "runtimes": sorted({runtime_of(r) for r in runs}),
             "per_seed": {"seed": [r.seed for r in runs], "test_acc": [r.test_acc for r in runs]}}
 
 
