@@ -70,18 +70,6 @@ class SimpleCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def check_constructor_init(init: str | None) -> None:
-    """Constructors no longer initialise (``models.init.init_weights`` does, after building).
-
-    ``init=None``, ``"default"`` or ``"pytorch_default"`` (what a fresh module has anyway) is
-    accepted so existing callers keep working; anything else would be silently ignored, so it is
-    refused.
-    """
-    if init not in (None, "default", "pytorch_default"):
-        raise ValueError(f"init={init!r}: models keep PyTorch's default init when built; apply a scheme "
-                         "afterwards with models.init.init_weights(model, scheme)")
-
-
 # ------------------------------------------------------------------------------------- blocks
 class ResidualBlock(nn.Module):
     """A block computing ``residual(x) + shortcut(x)`` (a ReLU may follow the sum).
@@ -241,16 +229,15 @@ class ResNet(nn.Module):
 
     ``stage_channels[i]`` is the output width of stage ``i``, ``blocks_per_stage[i]`` its number of
     blocks; every stage after the first halves the resolution in its first block. For
-    pre-activation blocks a final BN-ReLU precedes the pooling. Built with PyTorch's default init
-    (see :func:`check_constructor_init` for ``init``).
+    pre-activation blocks a final BN-ReLU precedes the pooling. Built with PyTorch's default init;
+    ``models.init.init_weights`` applies a scheme afterwards.
     """
 
     def __init__(self, block: type[ResidualBlock] = BasicBlock, stage_channels: Sequence[int] = (32, 64, 128),
                  blocks_per_stage: Sequence[int] = (1, 1, 1), in_channels: int = 3, num_classes: int = 10,
                  stem_channels: int | None = None, norm: bool = True, dropout: float = 0.0,
-                 block_dropout: float = 0.0, stem_pool: bool = False, init: str | None = None) -> None:
+                 block_dropout: float = 0.0, stem_pool: bool = False) -> None:
         super().__init__()
-        check_constructor_init(init)
         if len(stage_channels) != len(blocks_per_stage):
             raise ValueError("stage_channels and blocks_per_stage must have the same length")
         stem_ch = stem_channels or stage_channels[0]
@@ -290,13 +277,12 @@ class PlainCNN(nn.Module):
     the "plain" network of He et al. (2016), used to show what depth does without residuals.
     Built with PyTorch's default conv init (variance ``1/(3 fan_in)``), under which an
     unnormalised deep chain shrinks its signal and gradients layer by layer; ``models.init``
-    gives it He init (see :func:`check_constructor_init` for ``init``).
+    gives it He init.
     """
 
     def __init__(self, channels: Sequence[int], in_channels: int = 3, num_classes: int = 10, norm: bool = True,
-                 kernel_size: int = 3, dropout: float = 0.0, init: str | None = None) -> None:
+                 kernel_size: int = 3, dropout: float = 0.0) -> None:
         super().__init__()
-        check_constructor_init(init)
         layers, c = [], in_channels
         for i, width in enumerate(channels):
             stride = 2 if (i > 0 and width > c) else 1

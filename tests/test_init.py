@@ -117,6 +117,5 @@ def test_errors():
         init_weights(nn.Linear(2, 2), "xavier")
     with pytest.raises(ValueError, match="no residual blocks"):
         init_weights(PlainCNN([4, 8]), "kaiming", zero_init_residual=True)
-    with pytest.raises(ValueError, match="init_weights"):
-        ResNet(init="kaiming")                      # constructors no longer initialise
-    ResNet(BasicBlock, (4,), (1,), init="default")  # the no-op spelling is still accepted
+    with pytest.raises(TypeError):
+        ResNet(init="kaiming")                      # constructors do not initialise: init_weights does

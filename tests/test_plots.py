@@ -35,7 +35,7 @@ def _assert_png(path) -> None:
 
 RECORD_FIGURES = [viz.plot_learning_curves, viz.plot_generalisation_gap, viz.plot_accuracy_vs_cost,
                   viz.plot_parameter_breakdown, viz.plot_timing, viz.plot_confusion_matrices,
-                  viz.plot_per_class_accuracy, viz.plot_gradient_flow, viz.plot_gradient_norms_per_layer,
+                  viz.plot_gradient_flow,
                   plots_architecture.plot_architecture_bars, plots_architecture.plot_gradient_ratio]
 
 

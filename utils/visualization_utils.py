@@ -361,25 +361,6 @@ def plot_confusion_matrices(records: Sequence[RunRecord], path: Path, title: str
     return save_figure(fig, path)
 
 
-@styled
-def plot_per_class_accuracy(records: Sequence[RunRecord], path: Path, title: str) -> Path:
-    """Test accuracy of each class, grouped bars per model."""
-    done = [r for r in records if r.predictions]
-    classes = done[0].class_names
-    x = np.arange(len(classes))
-    width = 0.8 / len(done)
-    fig, ax = plt.subplots(figsize=(12, 4.8), layout="constrained")
-    for i, (color, r) in enumerate(zip(palette(len(done)), done)):
-        labels, preds = np.asarray(r.labels), np.asarray(r.predictions)
-        acc = [100 * float((preds[labels == k] == k).mean()) if (labels == k).any() else np.nan
-               for k in range(len(classes))]
-        ax.bar(x + (i - (len(done) - 1) / 2) * width, acc, width, color=color, label=r.model)
-    ax.set_xticks(x, classes, rotation=20)
-    ax.set(ylabel="test accuracy of the class (%)", title=title, ylim=(0, 100))
-    fig.legend(ncol=len(done), loc="outside lower center")
-    return save_figure(fig, path)
-
-
 def _image_hwc(img: np.ndarray) -> np.ndarray:
     """``(C, H, W)`` uint8 -> ``(H, W)`` or ``(H, W, C)`` for imshow, without rescaling."""
     a = np.asarray(img)
@@ -509,34 +490,3 @@ def plot_gradient_flow(records: Sequence[RunRecord], path: Path, title: str) -> 
     logarithmic colour scale (so the panels compare), exact zeros in red, and below it the
     first-layer / last-layer norm ratio over training for all models."""
     return save_figure(gradient_flow_figure(records, title), path)
-
-
-@styled
-def plot_gradient_norms_per_layer(records: Sequence[RunRecord], path: Path, title: str) -> Path:
-    """Gradient L2 norm per layer (log scale) at the first recorded step (initialisation) and as
-    the median over training, one line per model: where gradients vanish or explode. An exactly
-    zero norm cannot sit on a log axis: it is a gap in the line and a cross at the bottom."""
-    from matplotlib.transforms import blended_transform_factory
-
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), layout="constrained")
-    zero_seen = {ax: False for ax in axes}
-    for color, r in zip(palette(len(records)), records):
-        if not r.grad_stats.l2:
-            continue
-        norms = np.asarray(r.grad_stats.l2, dtype=float)
-        depth = np.arange(1, norms.shape[1] + 1)
-        for ax, line in ((axes[0], norms[0]), (axes[1], np.nanmedian(norms, axis=0))):
-            ax.plot(depth, np.where(line > 0, line, np.nan), marker="o", ms=3, color=color, label=r.label)
-            zeros = depth[line == 0]
-            if zeros.size:
-                zero_seen[ax] = True
-                ax.scatter(zeros, np.full(zeros.size, 0.03), marker="x", color=color, clip_on=False,
-                           transform=blended_transform_factory(ax.transData, ax.transAxes))
-    axes[0].set(title="At initialisation (first recorded step)")
-    axes[1].set(title="Median over training")
-    for ax in axes:
-        ax.set(yscale="log", xlabel="layer (input → output)", ylabel="gradient L2 norm of the weights")
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-        ax.legend(fontsize=8, title="× at the bottom: norm exactly 0" if zero_seen[ax] else None, title_fontsize=8)
-    fig.suptitle(title)
-    return save_figure(fig, path)
