@@ -3,8 +3,6 @@ divergence, skipping finished runs and atomic result files."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -17,7 +15,7 @@ from tests.data_files import class_pattern_images
 from utils.engine.data import ArrayDataset, DatasetSplits
 from utils.engine.experiment import ExperimentConfig, ModelSpec
 from utils.engine.files import read_json, write_json
-from utils.engine.records import SCHEMA_VERSION, RunRecord
+from utils.engine.records import RunRecord
 from utils.engine.runner import config_hash, run_experiment
 from utils.engine.runtime import resolve_runtime
 from utils.training_utils import eval_schedule, lr_factor, train_model

@@ -198,7 +198,6 @@ def summary_markdown(summaries: Sequence[Summary]) -> str:
     rows = []
     for s in summaries:
         status = "" if s.status == "completed" else f" ({s.status})"
-        done = s.final_val_acc is not None
         rows.append([
             f"{s.model}{status}", f"{s.params:,}", f"{s.mflops:.1f}", _pct(s.final_train_acc), _pct(s.final_val_acc),
             _pct(s.test_acc), "–" if s.gap is None else f"{100 * s.gap:+.2f} pp",
