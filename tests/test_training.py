@@ -245,3 +245,13 @@ def test_cumulative_training_time_counts_every_step(runtime):
     assert rec.history.step == [5, 10, 16, 21]
     assert rec.history.train_time_s[-1] == pytest.approx(sum(rec.epoch_time_s), rel=1e-9)
     assert rec.summary.train_time_s == pytest.approx(rec.timing["train_s"])
+
+
+def test_a_builder_that_ignores_dropout_is_refused():
+    from utils.training_utils import build_model
+    ignores = ModelSpec("no_dropout", lambda c: nn.Linear(4, 2), overrides={"dropout": 0.3})
+    with pytest.raises(ValueError, match="ignores cfg.dropout"):
+        build_model(ignores, ignores.config_for(ExperimentConfig()))
+    reads = ModelSpec("dropout", lambda c: nn.Sequential(nn.Dropout(c.dropout), nn.Linear(4, 2)),
+                      overrides={"dropout": 0.3})
+    build_model(reads, reads.config_for(ExperimentConfig()))

@@ -241,7 +241,20 @@ def build_model(spec: ModelSpec, cfg: ExperimentConfig) -> tuple[nn.Module, Init
     the ERF at initialisation) call this too."""
     seed_everything(cfg.seed)
     model = spec.build(cfg)
+    check_dropout_applied(model, cfg.dropout, spec.name)
     return model, init_weights(model, cfg.init, cfg.zero_init_residual)
+
+
+def check_dropout_applied(model: nn.Module, p: float, name: str) -> None:
+    """A run configured with dropout must have a dropout layer of that rate: a builder that ignores
+    ``cfg.dropout`` would otherwise label an unregularised run "dropout" without a word.
+
+    Raises:
+        ValueError: ``p > 0`` and no ``nn.Dropout*`` module of the model has rate ``p``.
+    """
+    if p > 0 and not any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p == p for m in model.modules()):
+        raise ValueError(f"{name}: the config asks for dropout {p:g} but the model has no dropout layer of that "
+                         "rate; its builder ignores cfg.dropout")
 
 
 

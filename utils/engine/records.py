@@ -3,7 +3,7 @@
 A :class:`RunRecord` is what the engine returns and what every analysis, figure and the README
 renderer read. It is written as JSON (``results/<experiment>/<model>.json``) with the same field
 names; :meth:`RunRecord.from_dict` refuses a file whose fields do not match, so a renamed field fails
-in the fast unit tests (``tests/test_records.py``), not three minutes into an end-to-end run.
+in the fast unit tests (``tests/test_training.py``), not three minutes into an end-to-end run.
 """
 
 from __future__ import annotations
