@@ -67,9 +67,19 @@ def evaluate(model: nn.Module, loader: BatchLoader, runtime: Runtime, flip_tta: 
     return Evaluation(loss_sum / n, correct / n, torch.cat(preds))
 
 
+# A run's own inference numbers: one measurement on whatever else the machine was doing, so a
+# description of the run, not evidence for a speed comparison (benchmarks/ and
+# utils.analysis.paired_timing measure those, interleaved and repeated).
+INFERENCE_BATCH = 512
+INFERENCE_REPEATS = 5
+LATENCY_SAMPLES = 30
+WARMUP_CALLS = 2          # first calls pay for allocation and kernel selection
+LATENCY_WARMUP_CALLS = 5  # batch-1 calls take a few more to settle
+
+
 @torch.inference_mode()
-def measure_inference(model: nn.Module, loader: BatchLoader, runtime: Runtime, batch: int = 512,
-                      repeats: int = 5, latency_samples: int = 30) -> dict:
+def measure_inference(model: nn.Module, loader: BatchLoader, runtime: Runtime, batch: int = INFERENCE_BATCH,
+                      repeats: int = INFERENCE_REPEATS, latency_samples: int = LATENCY_SAMPLES) -> dict:
     """Batch-1 latency (median ms) and large-batch throughput (median images/s), after warm-up."""
     model.eval()
     x_all = loader.normalise(loader.ds.images[:max(batch, latency_samples)])
@@ -82,10 +92,10 @@ def measure_inference(model: nn.Module, loader: BatchLoader, runtime: Runtime, b
         return time.perf_counter() - t0
 
     with runtime.autocast():
-        for _ in range(2):
+        for _ in range(WARMUP_CALLS):
             model(big)
         throughput = big.shape[0] / float(np.median([timed(big) for _ in range(repeats)]))
-        for i in range(5):
+        for i in range(LATENCY_WARMUP_CALLS):
             model(x_all[i:i + 1])
         latency = [timed(x_all[i:i + 1]) for i in range(latency_samples)]
     return {"latency_ms_batch1": 1000 * float(np.median(latency)), "throughput_img_s": throughput,

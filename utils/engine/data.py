@@ -28,6 +28,8 @@ DISPLAY_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 # (BatchLoader's seed * 100_003 + epoch then stays far below torch's limit of 2**64).
 MAX_SEED = 2**31 - 1
 SEED_LIMIT = 2**32 - 1
+SEED_STRIDE = 100_003     # a prime beyond any epoch count: (seed, epoch) pairs never share a shuffle
+CROP_PAD = 4              # random-crop padding of the augmentation (the CIFAR standard)
 
 
 class DataError(RuntimeError):
@@ -235,12 +237,12 @@ class BatchLoader:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        gen = torch.Generator().manual_seed(self.seed * SEED_STRIDE + self.epoch)
         n = len(self.ds)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             images = self.ds.images[idx]
             if self.augment:
-                images = random_crop_flip(images, pad=4, generator=gen)
+                images = random_crop_flip(images, pad=CROP_PAD, generator=gen)
             yield self.normalise(images), self.ds.labels[idx].to(self.device, non_blocking=True)
