@@ -1,19 +1,25 @@
 """Side-by-side timing: several candidates measured in turns, so machine drift hits all alike.
 
 :func:`rotated` is the turn order shared with ``benchmarks/bench_levers.py``;
-:func:`time_forward_backward` times forward + backward of several modules on one input.
+:func:`time_forward_backward` times forward + backward of several modules on one input;
+:func:`time_training_steps` times whole training steps (forward under the training precision, loss,
+backward, optimizer step) of several models, and :func:`paired_ratios` turns such rounds into
+per-round ratios against a reference: the paired statistic every speed claim quotes.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Sequence, TypeVar
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Sequence, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["rotated", "time_forward_backward"]
+__all__ = ["rotated", "time_forward_backward", "time_training_steps", "paired_ratios", "MIN_REPEATS"]
+
+MIN_REPEATS = 5     # a speed claim rests on at least this many alternating rounds
 
 T = TypeVar("T")
 
@@ -89,3 +95,76 @@ def time_forward_backward(
             for n, v in times.items()}
 
 
+
+
+def _spread(v: Sequence[float]) -> dict:
+    q25, q50, q75 = (float(q) for q in np.percentile(v, [25, 50, 75]))
+    return {"median": q50, "q25": q25, "q75": q75, "min": float(np.min(v)), "max": float(np.max(v)), "n": len(v)}
+
+
+def time_training_steps(models: "dict[str, nn.Module]", x: Tensor, y: Tensor, *, repeats: int = 7, warmup: int = 2,
+                        autocast: Callable[[], ContextManager] = nullcontext, lr: float = 0.01) -> dict:
+    """Wall time of one training step of each model, measured side by side in rotating rounds.
+
+    A step is what training does: ``zero_grad``, forward under ``autocast()`` (pass the run's
+    ``Runtime.autocast`` to time at the training precision, e.g. bf16 with fp32 islands), cross
+    entropy, backward, an SGD-momentum step. Each model gets its own optimizer on its own
+    parameters (the models are trained a little by the timing: time copies if that matters).
+
+    Returns:
+        ``{"rounds_ms": {name: [ms per round]}, "step_ms": {name: spread}, "images_per_s": {name: spread},
+        "repeats", "warmup", "batch"}``; a spread is median, quartiles, min, max and n.
+
+    Raises:
+        ValueError: no models, ``repeats`` < 1 or ``warmup`` < 0.
+    """
+    if not models:
+        raise ValueError("models is empty")
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    names = list(models)
+    opts = {n: torch.optim.SGD(models[n].parameters(), lr=lr, momentum=0.9) for n in names}
+
+    def step(name: str) -> float:
+        m, opt = models[name], opts[name]
+        m.train()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+        return 1000.0 * (time.perf_counter() - t0)
+
+    rounds: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(warmup + repeats):
+        for name in rotated(names, r):
+            t = step(name)
+            if r >= warmup:
+                rounds[name].append(t)
+    batch = int(x.shape[0])
+    return {"rounds_ms": rounds, "step_ms": {n: _spread(v) for n, v in rounds.items()},
+            "images_per_s": {n: _spread([1000.0 * batch / t for t in v]) for n, v in rounds.items()},
+            "repeats": repeats, "warmup": warmup, "batch": batch}
+
+
+def paired_ratios(rounds_ms: "dict[str, Sequence[float]]", reference: str) -> dict:
+    """Per-round time ratios ``t(model) / t(reference)`` of side-by-side rounds, summarised.
+
+    Both were measured in the same round, so the machine's drift between rounds cancels in the
+    ratio; the median over rounds with its quartiles is the paired speed statistic ("x1.73
+    (quartiles 1.70-1.77, n=7)"), where a ratio of two medians would not be.
+
+    Raises:
+        KeyError: ``reference`` was not timed. ValueError: rounds of different lengths.
+    """
+    ref = np.asarray(rounds_ms[reference], dtype=np.float64)
+    out = {}
+    for name, v in rounds_ms.items():
+        arr = np.asarray(v, dtype=np.float64)
+        if arr.shape != ref.shape:
+            raise ValueError(f"{name}: {arr.size} rounds, the reference has {ref.size}")
+        out[name] = _spread((arr / ref).tolist())
+    return out
