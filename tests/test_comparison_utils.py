@@ -33,7 +33,7 @@ def test_no_pairs_verdict():
 
 
 def test_formatters_and_json_safe():
-    assert format_mean_ci({"mean": 0.8512, "half_width": 0.005, "n": 3}) == "85.12 ± 0.50 % (n=3)"
+    assert format_mean_ci({"mean": 0.8512, "half_width": 0.005, "n": 3}) == "85.12 ± 0.50 % (n=3, df=2)"
     assert format_mean_ci({"mean": 0.8512, "half_width": math.nan, "n": 1}) == "85.12 % (n=1)"
     assert format_difference({"mean_difference": 0.0123, "ci95_low": 0.005, "ci95_high": 0.02, "n": 3,
                               "df": 2.0}) == "+1.23 pp [+0.50, +2.00] (n=3, df=2)"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from utils.analysis.statistics import (BOOTSTRAP, T_PAIRED, T_WELCH, convergence_verdict, curve_band, difference, grad_rms,
-                                      paired_bootstrap, seed_summary)
+from utils.analysis.statistics import (BOOTSTRAP, BOOTSTRAP_MEAN, T_PAIRED, T_WELCH, convergence_verdict, curve_band, difference, grad_rms,
+                                      bootstrap_mean, paired_bootstrap, seed_summary)
 
 # Two-sided 95 % quantiles of Student's t, from printed tables (not from scipy).
 T975 = {3: 3.182446305284263, 4: 2.7764451051977987}
@@ -208,3 +208,19 @@ def test_verdict_errors():
         convergence_verdict([1, 1, 2], [1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="window"):
         convergence_verdict([1, 2], [1.0, 1.0], window=0)
+
+
+def test_bootstrap_mean_carries_test_set_noise_that_a_seed_t_interval_misses():
+    rng = np.random.default_rng(0)
+    # three seeds that agree almost exactly (seed noise ~0), 2,000 test images at 65 %
+    base = rng.random(2000) < 0.65
+    correct = np.stack([base ^ (rng.random(2000) < 0.01) for _ in range(3)]).astype(float)
+    t = seed_summary(correct.mean(axis=1))
+    b = bootstrap_mean(correct, resamples=2000)
+    binomial_se = math.sqrt(0.65 * 0.35 / 2000)                        # ~1.07 pp
+    assert b.interval_method == BOOTSTRAP_MEAN and b.n == 3 and b.as_dict()["df"] == 2.0
+    assert b.ci95_low <= b.mean <= b.ci95_high
+    assert b.half_width > 1.5 * binomial_se > t.half_width             # the bootstrap sees the test set's noise
+    assert math.isnan(bootstrap_mean(correct[:1]).half_width)          # one seed: no interval
+    with pytest.raises(ValueError):
+        bootstrap_mean(np.zeros(5))

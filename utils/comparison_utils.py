@@ -15,8 +15,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from utils.engine.records import RunRecord
-from utils.analysis.statistics import (Difference, convergence_verdict, difference, grad_rms, paired_bootstrap,
-                                      seed_summary)
+from utils.analysis.statistics import (Difference, bootstrap_mean, convergence_verdict, difference, grad_rms,
+                                      paired_bootstrap, seed_summary)
 
 Metric = Callable[[RunRecord], "float | None"]
 
@@ -50,10 +50,25 @@ def values(runs: Sequence[RunRecord], metric: Metric) -> list[float]:
     return [math.nan if (v := metric(r)) is None else float(v) for r in runs]
 
 
+def test_correct(runs: Sequence[RunRecord]) -> np.ndarray | None:
+    """``(runs, test images)`` 0/1 array of which test images each run got right, or None when a
+    run has no predictions, the runs were tested on different images, or a run's predictions do
+    not reproduce its ``test_acc`` (then they are not what the accuracy was computed from)."""
+    if not runs or any(r.predictions is None or r.test_acc is None or r.labels != runs[0].labels for r in runs):
+        return None
+    correct = np.stack([np.asarray(r.predictions) == np.asarray(r.labels) for r in runs]).astype(float)
+    if not np.allclose(correct.mean(axis=1), [r.test_acc for r in runs], rtol=0, atol=1e-9):
+        return None
+    return correct
+
+
 def summarise_runs(runs: Sequence[RunRecord], metrics: dict[str, Metric] = METRICS) -> dict[str, dict]:
     """Every metric of ``runs`` as a :class:`SeedSummary` dict, plus the seeds, statuses and how
     many runs the plateau criterion calls converged."""
     out = {name: seed_summary(values(runs, m)).as_dict() for name, m in metrics.items()}
+    correct = test_correct([r for r in runs if r.completed])
+    if "test_acc" in metrics and correct is not None:
+        out["test_acc"] = {**bootstrap_mean(correct).as_dict(), "n_missing": out["test_acc"]["n_missing"]}
     out["seeds"] = [r.seed for r in runs]
     out["status"] = [r.status for r in runs]
     out["converged"] = sum(bool(convergence_of(r).get("val_acc", {}).get("plateaued")) for r in runs)
@@ -122,12 +137,9 @@ def compare_paired(a: Sequence[RunRecord], b: Sequence[RunRecord], metric: str) 
     metric) the paired t interval over seeds. ``interval_method`` says which."""
     fn = METRICS[metric]
     pairs, dropped = pair_by_seed(a, b, fn)
-    if metric == "test_acc" and pairs and all(x.predictions is not None and y.predictions is not None
-                                              and y.labels == x.labels and len(x.labels) == len(pairs[0][0].labels)
-                                              for x, y in pairs):
-        ca = np.stack([np.asarray(x.predictions) == np.asarray(x.labels) for x, _ in pairs]).astype(float)
-        cb = np.stack([np.asarray(y.predictions) == np.asarray(y.labels) for _, y in pairs]).astype(float)
-        return paired_bootstrap(ca, cb, n_pairs_dropped=dropped)
+    correct = test_correct([r for pair in pairs for r in pair]) if metric == "test_acc" and pairs else None
+    if correct is not None:      # rows: a's runs and b's, alternating, in seed order
+        return paired_bootstrap(correct[0::2], correct[1::2], n_pairs_dropped=dropped)
     d = difference([fn(x) for x, _ in pairs], [fn(y) for _, y in pairs], paired=True)
     return dataclasses.replace(d, n_pairs_dropped=dropped)
 
@@ -199,13 +211,13 @@ def variant_numbers(runs: Sequence[RunRecord]) -> dict:
 
 
 def format_mean_ci(s: dict, scale: float = 100.0, unit: str = " %") -> str:
-    """``"85.12 ± 0.50 % (n=3)"`` for a :class:`SeedSummary` dict; ``"85.12 % (n=1)"``; ``"–"``."""
+    """``"85.12 ± 0.50 % (n=3, df=2)"`` for a :class:`SeedSummary` dict; ``"85.12 % (n=1)"``; ``"–"``."""
     mean, half, n = s.get("mean"), s.get("half_width"), s.get("n", 0)
     if not n or mean is None or not math.isfinite(mean):
         return "–"
     if half is None or not math.isfinite(half):
         return f"{scale * mean:.2f}{unit} (n={n})"
-    return f"{scale * mean:.2f} ± {scale * half:.2f}{unit} (n={n})"
+    return f"{scale * mean:.2f} ± {scale * half:.2f}{unit} (n={n}, df={n - 1})"
 
 
 def format_difference(d: dict, scale: float = 100.0, unit: str = " pp") -> str:
