@@ -16,6 +16,7 @@ from torch import nn
 from tests.data_files import class_pattern_images
 from utils.engine.data import ArrayDataset, DatasetSplits
 from utils.engine.experiment import ExperimentConfig, ModelSpec
+from utils.engine.errors import OutputError
 from utils.engine.files import read_json, write_json
 from utils.engine.records import SCHEMA_VERSION, RunRecord
 from utils.engine.runner import config_hash, run_experiment
@@ -137,7 +138,7 @@ def test_finished_runs_are_skipped_and_corrupt_results_rerun(runtime, tmp_path, 
     assert read_json(tmp_path / "exp" / "tiny.json")["history"]["epoch"][-1] == 2.0
 
 
-def test_interrupted_run_resumes_to_the_same_final_metrics(runtime, tmp_path):
+def test_interrupted_run_resumes_to_the_same_final_metrics(runtime, tmp_path, caplog):
     cfg = CFG.replace(epochs=3, dropout=0.2)
     reference = run_experiment("ref", [ModelSpec("tiny", _tiny_cnn)], _splits(), cfg, runtime, tmp_path).records[0]
 
@@ -159,9 +160,11 @@ def test_interrupted_run_resumes_to_the_same_final_metrics(runtime, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_experiment("ref2", [spec], _splits(), cfg, runtime, tmp_path)
     ckpt = tmp_path / "ref2" / "checkpoints" / "tiny.pt"
-    assert ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] == 2
+    assert ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] == 2
     assert not (tmp_path / "ref2" / "tiny.json").exists()   # nothing half-written
-    resumed = run_experiment("ref2", [spec], _splits(), cfg, runtime, tmp_path).records[0]
+    with caplog.at_level(logging.INFO):
+        resumed = run_experiment("ref2", [spec], _splits(), cfg, runtime, tmp_path).records[0]
+    assert "resuming from the checkpoint at epoch 2" in caplog.text     # resumed, not retrained
     for key in ("train_loss", "val_loss", "val_acc", "step"):
         assert getattr(resumed.history, key) == getattr(reference.history, key)
     assert resumed.predictions == reference.predictions and resumed.step_loss == reference.step_loss
@@ -189,7 +192,7 @@ def test_write_json_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="disk full"):
         write_json(path, {"a": 2})
     monkeypatch.undo()
     assert read_json(path) == {"a": 1}               # the old file is intact
