@@ -16,7 +16,7 @@ _FIXES = {
     errno.EDQUOT: "free space within your disk quota (or point the output options elsewhere)",
     errno.EISDIR: "it is a folder: move or remove that folder",
     errno.ENOTDIR: "a part of that path is a file, not a folder: move or remove that file",
-    errno.EEXIST: "a file occupies that path: move or remove it",
+    errno.EEXIST: "a file occupies that path (or a folder above it): move or remove that file",
     errno.ENOENT: "a folder of that path vanished while the run wrote into it: check the disk and the folder",
     errno.EACCES: "give yourself write permission there (or point the output options elsewhere)",
     errno.EPERM: "give yourself write permission there (or point the output options elsewhere)",

@@ -47,19 +47,24 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     On failure the temp file is removed and the previous ``path`` is untouched.
     """
     path = Path(path)
+    make_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with open(tmp, "wb") as fh:
-                write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _write_temp(tmp, write)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             raise
+
+
+def _write_temp(tmp: Path, write: Callable[[BinaryIO], None]) -> None:
+    """The one place bytes reach the disk: on a full disk it is here that the OSError arises."""
+    with open(tmp, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -103,8 +108,8 @@ class _LogFile(logging.FileHandler):
 def open_log_file(path: Path) -> logging.FileHandler:
     """A logging handler appending to ``path`` (created with its folder)."""
     path = Path(path)
+    make_dir(path.parent)
     with writing(path, "the log file"):
-        path.parent.mkdir(parents=True, exist_ok=True)
         return _LogFile(path, mode="a", encoding="utf-8")
 
 
