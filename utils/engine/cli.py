@@ -148,9 +148,9 @@ def prepare_output_dirs(args: argparse.Namespace) -> OutputDirs:
     results = Path(args.results_dir or profile_output_dir("results", args.profile))
     dirs = OutputDirs(results, Path(args.plots_dir) if args.plots_dir else default_plots_dir(results, args),
                       cache_dir_from(args.cache_dir), resolve_data_dir(args.data_dir))
-    for label, path in (("results", dirs.results), ("plots", dirs.plots)):
-        check_writable(label, path)
-    acquire_results_lock(dirs.results)
+    check_writable("results", dirs.results)
+    acquire_results_lock(dirs.results)        # before anything else is written
+    check_writable("plots", dirs.plots)
     return dirs
 
 

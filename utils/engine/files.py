@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
-import torch
 
 from utils.engine.errors import OutputError
 
@@ -81,6 +80,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 def save_torch(path: Path, obj: Any) -> None:
     """``torch.save`` (checkpoints, weights, caches), atomic like every other write."""
+    import torch    # here: the lock (utils.engine.lock) and the JSON writers are used by light processes
+
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
