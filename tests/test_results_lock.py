@@ -45,7 +45,7 @@ def holder(tmp_path):
 def test_second_invocation_on_a_locked_folder_stops_with_one_line(script, holder, tmp_path, fake_data_dir):
     out = subprocess.run([sys.executable, str(ROOT / script), "--profile", "quick", "--data-dir", str(fake_data_dir),
                           "--results-dir", str(tmp_path / "results")], cwd=tmp_path, env=_env(),
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=120)    # without the lock it would train
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr

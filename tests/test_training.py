@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,6 +171,48 @@ def test_interrupted_run_resumes_to_the_same_final_metrics(runtime, tmp_path, ca
     assert resumed.predictions == reference.predictions and resumed.step_loss == reference.step_loss
     assert len(resumed.epoch_time_s) == 3
     assert not ckpt.exists()
+
+
+class _Payload:
+    """What a tampered checkpoint could carry: unpickling it runs code (here: creates a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_checkpoint_carrying_code_is_refused_and_the_run_retrains(runtime, tmp_path, caplog):
+    spec, data, cfg = ModelSpec("tiny", _tiny_cnn), _splits(), CFG.replace(epochs=2)
+    marker = tmp_path / "payload_ran"
+    ckpt = tmp_path / "exp" / "checkpoints" / "tiny.pt"      # where the resume of this run reads
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"config_hash": config_hash(spec, cfg, data, runtime), "epoch": 1, "payload": _Payload(marker)},
+               ckpt)
+    with caplog.at_level(logging.INFO):
+        run = run_experiment("exp", [spec], data, cfg, runtime, tmp_path)
+    assert not marker.exists()                                # nothing in the file was executed
+    assert f"refusing checkpoint {ckpt}" in caplog.text and "training from scratch" in caplog.text
+    assert "resuming" not in caplog.text and run.trained == ["tiny"]
+    assert run.records[0].status == "completed" and len(run.records[0].epoch_time_s) == 2
+
+
+def test_checkpoint_holds_tensors_and_plain_values_only(runtime, tmp_path):
+    """Every random generator's state survives the round trip through a weights_only load."""
+    import random
+
+    import numpy as np
+
+    from utils.engine.checkpoints import restore_rng, rng_state
+
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    write_path = tmp_path / "rng.pt"
+    torch.save(rng_state(), write_path)
+    expected = torch.rand(3), np.random.rand(3), random.random()
+    restore_rng(torch.load(write_path, weights_only=True))
+    again = torch.rand(3), np.random.rand(3), random.random()
+    assert torch.equal(expected[0], again[0]) and (expected[1] == again[1]).all() and expected[2] == again[2]
 
 
 def test_eval_batch_changes_no_metric_but_is_part_of_the_identity(runtime):
