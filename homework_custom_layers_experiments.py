@@ -48,7 +48,7 @@ from utils.engine.cli import (UsageError, apply_cli_overrides, build_parser, loa
                        setup_logging)
 from utils.engine.data import DatasetSplits
 from utils.engine.experiment import ExperimentConfig, ModelSpec
-from utils.engine.files import atomic_write_text, read_json, write_json
+from utils.engine.files import atomic_write_text, make_dir, read_json, write_json
 from utils.studies.custom_layers.speed import SE_REDUCTION, run_speed
 from utils.engine.markdown import markdown_table
 from utils.engine.model_stats import count_parameters, relative_param_gap, solve_width_for_params
@@ -439,7 +439,6 @@ def _read_sweep(path: Path) -> dict:
 
 
 def write_analysis(numbers: dict, markdown: str, exp_dir: Path, what: str) -> None:
-    exp_dir.mkdir(parents=True, exist_ok=True)
     write_json(exp_dir / "analysis.json", json_safe(numbers))
     atomic_write_text(exp_dir / "analysis.md", markdown)
     if numbers["all_diverged"]:
@@ -451,8 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(__doc__.splitlines()[0], EXPERIMENTS, default_plots="plots/custom_layers")
     args = parser.parse_args(argv)
     dirs = prepare_output_dirs(args)
-    out_dir = dirs.results / SUBDIR
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_dir(dirs.results / SUBDIR)
     setup_logging(out_dir / "custom_layers_experiments.log", args.verbose)
     runtime = resolve_runtime(args.device, args.precision)
     profile = PROFILES[args.profile]

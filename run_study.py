@@ -8,6 +8,8 @@ Each script runs in its own process (its own log, its own exit code). The wall t
 script and of the whole study is written to ``results/study_run.json`` (with the machine it ran on
 and whether finished models were skipped), then README.md is re-rendered from ``results/``.
 A failing script stops the study with its exit code; the timings so far are still written.
+The study holds the results folder's lock (``utils/engine/lock.py``) from start to end, and its
+scripts write under it; a second study or script on the same folder stops at once (exit 2).
 Ctrl-C or SIGTERM stops it too: the script in progress saves its finished models and exits, the
 record is written with ``"status": "interrupted"``, and the exit code is 130; running the same
 command again skips the finished models and resumes the rest.
@@ -29,8 +31,10 @@ import torch
 from utils.report import readme as report
 from utils.engine.cli import (PROFILES, cache_dir_from, check_writable, ignore_interrupts, profile_output_dir, run_cli)
 from utils.engine.data_files import resolve_data_dir
+from utils.engine.errors import OutputError
 from utils.engine.files import read_json, write_json
 from utils.engine.invocation import legs_since
+from utils.engine.lock import acquire_results_lock, child_env
 from utils.engine.runtime import resolve_runtime, threads_from_env
 
 ROOT = Path(__file__).resolve().parent
@@ -57,9 +61,9 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def run_script(path: Path, args: list[str]) -> tuple[int, bool]:
-    """Run one script to its end: ``(exit code, whether it was interrupted)``."""
-    child = subprocess.Popen([sys.executable, str(path), *args])
+def run_script(path: Path, args: list[str], env: dict[str, str] | None = None) -> tuple[int, bool]:
+    """Run one script to its end (in environment ``env``): ``(exit code, whether it was interrupted)``."""
+    child = subprocess.Popen([sys.executable, str(path), *args], env=env)
     try:
         return child.wait(), False
     except KeyboardInterrupt as exc:
@@ -101,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir_from(None)
     results = Path(args.results_dir or profile_output_dir("results", args.profile))
     check_writable("results", results)
+    lock = acquire_results_lock(results)      # released by run_cli
     common = ["--profile", args.profile, "--results-dir", str(results)]
     if args.data_dir:
         common += ["--data-dir", args.data_dir]
@@ -112,18 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return _run_study(args, common, record, results)
+        return _run_study(args, common, record, results, child_env(lock))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _run_study(args: argparse.Namespace, common: list[str], record: dict, results: Path) -> int:
-    code, interrupted = _run_scripts(common, record, args.profile, results)
+def _run_study(args: argparse.Namespace, common: list[str], record: dict, results: Path,
+               env: dict[str, str]) -> int:
+    code, interrupted = _run_scripts(common, record, args.profile, results, env)
     try:
         write_json(results / "study_run.json", {**record, "earlier_runs": _earlier_runs(results / "study_run.json")})
-    except OSError as exc:
-        print(f"error: could not write {results / 'study_run.json'} ({exc.strerror or exc})", file=sys.stderr)
+    except OutputError as exc:       # reported here: an interrupted study still ends with 130
+        print(f"error: {exc}", file=sys.stderr)
         return 130 if interrupted else 2
     per_script = ", ".join(f"{s['script']}: {s['wall_s'] / 60:.1f} min" for s in record["scripts"])
     print(f"== study {record['status']} in {record['total_wall_s'] / 60:.1f} min ({per_script})", flush=True)
@@ -159,15 +165,17 @@ def script_cost(results: Path, script: str, started: str) -> dict:
             "cpu_flags": [leg["runtime"]["cpu_capabilities"]["flags"] for leg in legs[-1:]]}
 
 
-def _run_scripts(common: list[str], record: dict, profile: str, results: Path) -> tuple[int, bool]:
-    """Run the scripts in turn, filling ``record``; ``(last exit code, whether interrupted)``."""
+def _run_scripts(common: list[str], record: dict, profile: str, results: Path,
+                 env: dict[str, str]) -> tuple[int, bool]:
+    """Run the scripts in turn (in environment ``env``), filling ``record``; ``(last exit code, whether
+    interrupted)``."""
     t_start = time.perf_counter()
     code, interrupted = 0, False
     try:
         for script in SCRIPTS:
             t0 = time.perf_counter()
             print(f"== {script} ({profile})", flush=True)
-            code, interrupted = run_script(ROOT / script, common)
+            code, interrupted = run_script(ROOT / script, common, env)
             interrupted = interrupted or code == 130      # the script alone was interrupted
             entry = {"script": script, "wall_s": time.perf_counter() - t0, "exit_code": code,
                      **script_cost(results, script, record["started"])}

@@ -115,7 +115,7 @@ def test_sigterm_is_passed_on_to_the_running_script_and_recorded(tmp_path):
 def test_interrupt_between_scripts_is_recorded(tmp_path, monkeypatch, capsys):
     calls = []
 
-    def fake_run_script(path, args):
+    def fake_run_script(path, args, env=None):
         calls.append(path.name)
         if len(calls) == 2:
             raise KeyboardInterrupt

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from tests.data_files import class_pattern_images
 from utils.engine.data import ArrayDataset, DatasetSplits
 from utils.engine.experiment import ExperimentConfig, ModelSpec
+from utils.engine.errors import OutputError
 from utils.engine.files import read_json, write_json
 from utils.engine.records import RunRecord
 from utils.engine.runner import config_hash, run_experiment
@@ -134,7 +136,7 @@ def test_finished_runs_are_skipped_and_corrupt_results_rerun(runtime, tmp_path, 
     assert read_json(tmp_path / "exp" / "tiny.json")["history"]["epoch"][-1] == 2.0
 
 
-def test_interrupted_run_resumes_to_the_same_final_metrics(runtime, tmp_path):
+def test_interrupted_run_resumes_to_the_same_final_metrics(runtime, tmp_path, caplog):
     cfg = CFG.replace(epochs=3, dropout=0.2)
     reference = run_experiment("ref", [ModelSpec("tiny", _tiny_cnn)], _splits(), cfg, runtime, tmp_path).records[0]
 
@@ -156,14 +158,58 @@ def test_interrupted_run_resumes_to_the_same_final_metrics(runtime, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_experiment("ref2", [spec], _splits(), cfg, runtime, tmp_path)
     ckpt = tmp_path / "ref2" / "checkpoints" / "tiny.pt"
-    assert ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] == 2
+    assert ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] == 2
     assert not (tmp_path / "ref2" / "tiny.json").exists()   # nothing half-written
-    resumed = run_experiment("ref2", [spec], _splits(), cfg, runtime, tmp_path).records[0]
+    with caplog.at_level(logging.INFO):
+        resumed = run_experiment("ref2", [spec], _splits(), cfg, runtime, tmp_path).records[0]
+    assert "resuming from the checkpoint at epoch 2" in caplog.text     # resumed, not retrained
     for key in ("train_loss", "val_loss", "val_acc", "step"):
         assert getattr(resumed.history, key) == getattr(reference.history, key)
     assert resumed.predictions == reference.predictions and resumed.step_loss == reference.step_loss
     assert len(resumed.epoch_time_s) == 3
     assert not ckpt.exists()
+
+
+class _Payload:
+    """What a tampered checkpoint could carry: unpickling it runs code (here: creates a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_checkpoint_carrying_code_is_refused_and_the_run_retrains(runtime, tmp_path, caplog):
+    spec, data, cfg = ModelSpec("tiny", _tiny_cnn), _splits(), CFG.replace(epochs=2)
+    marker = tmp_path / "payload_ran"
+    ckpt = tmp_path / "exp" / "checkpoints" / "tiny.pt"      # where the resume of this run reads
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"config_hash": config_hash(spec, cfg, data, runtime), "epoch": 1, "payload": _Payload(marker)},
+               ckpt)
+    with caplog.at_level(logging.INFO):
+        run = run_experiment("exp", [spec], data, cfg, runtime, tmp_path)
+    assert not marker.exists()                                # nothing in the file was executed
+    assert f"refusing checkpoint {ckpt}" in caplog.text and "training from scratch" in caplog.text
+    assert "resuming" not in caplog.text and run.trained == ["tiny"]
+    assert run.records[0].status == "completed" and len(run.records[0].epoch_time_s) == 2
+
+
+def test_checkpoint_holds_tensors_and_plain_values_only(runtime, tmp_path):
+    """Every random generator's state survives the round trip through a weights_only load."""
+    import random
+
+    import numpy as np
+
+    from utils.engine.checkpoints import restore_rng, rng_state
+
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    write_path = tmp_path / "rng.pt"
+    torch.save(rng_state(), write_path)
+    expected = torch.rand(3), np.random.rand(3), random.random()
+    restore_rng(torch.load(write_path, weights_only=True))
+    again = torch.rand(3), np.random.rand(3), random.random()
+    assert torch.equal(expected[0], again[0]) and (expected[1] == again[1]).all() and expected[2] == again[2]
 
 
 def test_eval_batch_changes_no_metric_but_is_part_of_the_identity(runtime):
@@ -186,7 +232,7 @@ def test_write_json_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="disk full"):
         write_json(path, {"a": 2})
     monkeypatch.undo()
     assert read_json(path) == {"a": 1}               # the old file is intact

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from models.init import InitRecord, init_weights
-from utils.engine.checkpoints import load_checkpoint, save_checkpoint
+from utils.engine.checkpoints import load_checkpoint, restore_rng, save_checkpoint
 from utils.engine.gradients import weight_tensor_names
 from utils.engine.model_stats import count_flops, count_parameters
 from utils.engine.data import BatchLoader, DatasetSplits, stratified_subset
@@ -297,7 +297,7 @@ def train_model(spec: ModelSpec, data: DatasetSplits, base_cfg: ExperimentConfig
         t.scheduler.load_state_dict(state["scheduler"])
         history, t.grads, start_epoch = History(**state["history"]), GradStats(**state["grads"]), state["epoch"]
         epoch_times, t.step_loss = state["epoch_time_s"], state["step_loss"]
-        torch.set_rng_state(state["rng"])
+        restore_rng(state["rng"])
         log.info("%s/%s: resuming from the checkpoint at epoch %d", experiment, spec.name, start_epoch)
     log.info("%s/%s: %s params, %.1f MFLOPs/image, init %s, %s", experiment, spec.name, f"{params['total']:,}",
              flops / 1e6, init.scheme + (" + zero-init residual" if init.zero_init_residual else ""),

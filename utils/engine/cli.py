@@ -1,8 +1,9 @@
 """Command line shared by the three homework scripts: one parser, one error policy.
 
-Every user-facing failure (missing data, bad arguments, unwritable folders, no CUDA) ends in one
-line on stderr and exit code 2; Ctrl-C / SIGTERM ends with code 130 after the finished results and
-the checkpoint of the run in progress are on disk.
+Every user-facing failure (missing data, bad arguments, a file that cannot be written, a results
+folder another run is writing to, no CUDA) ends in one line on stderr and exit code 2; Ctrl-C /
+SIGTERM ends with code 130 after the finished results and the checkpoint of the run in progress are
+on disk.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Callable, Sequence
 
 from utils.engine.data import MAX_SEED, DataError, DatasetSplits
 from utils.engine.data_files import DATA_DIR_ENV, load_dataset, resolve_data_dir
-from utils.engine.errors import UsageError
+from utils.engine.errors import OutputError, UsageError
+from utils.engine.files import open_log_file
+from utils.engine.lock import acquire_results_lock, release_results_locks
 from utils.engine.runtime import RuntimeUnavailable, threads_from_env
 
 PROFILES = ("quick", "standard", "full")
@@ -138,14 +141,16 @@ def profile_output_dir(standard: str | Path, profile: str) -> Path:
 
 def prepare_output_dirs(args: argparse.Namespace) -> OutputDirs:
     """The first step of every script, before any work: check the environment variables and the
-    data and cache folders, then create and check the output folders. Bad input raises
+    data and cache folders, then create and check the output folders, and take the results
+    folder's lock (:mod:`utils.engine.lock`; released by :func:`run_cli`). Bad input raises
     :class:`UsageError` / :class:`DataError` (one line, exit code 2 under :func:`run_cli`)."""
     threads_from_env()
     results = Path(args.results_dir or profile_output_dir("results", args.profile))
     dirs = OutputDirs(results, Path(args.plots_dir) if args.plots_dir else default_plots_dir(results, args),
                       cache_dir_from(args.cache_dir), resolve_data_dir(args.data_dir))
-    for label, path in (("results", dirs.results), ("plots", dirs.plots)):
-        check_writable(label, path)
+    check_writable("results", dirs.results)
+    acquire_results_lock(dirs.results)        # before anything else is written
+    check_writable("plots", dirs.plots)
     return dirs
 
 
@@ -165,7 +170,7 @@ def check_writable(label: str, path: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise UsageError(f"the {label} folder {path} is not writable ({exc.strerror or exc})") from None
+        raise OutputError(path, exc, f"the {label} folder") from None
 
 
 def setup_logging(log_file: Path | None, verbose: bool) -> None:
@@ -178,8 +183,7 @@ def setup_logging(log_file: Path | None, verbose: bool) -> None:
     console.setFormatter(fmt)
     root.addHandler(console)
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file, mode="a")
+        fh = open_log_file(log_file)
         fh.setFormatter(fmt)
         root.addHandler(fh)
     for noisy in ("matplotlib", "PIL"):
@@ -198,8 +202,9 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
             interrupted_message: str = INTERRUPTED) -> int:
     """Run a script's ``main`` with the package's error policy; returns the exit code.
 
-    UsageError / DataError / RuntimeUnavailable -> ``error: <message>`` on stderr, 2;
-    Ctrl-C or SIGTERM -> ``interrupted_message``, 130. The signal handlers are restored afterwards.
+    UsageError (OutputError included: any failed write) / DataError / RuntimeUnavailable ->
+    ``error: <message>`` on stderr, 2; Ctrl-C or SIGTERM -> ``interrupted_message``, 130. The signal
+    handlers are restored and the results-folder locks released afterwards.
     """
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -213,6 +218,7 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
         print(interrupted_message, file=sys.stderr)
         return 130
     finally:
+        release_results_locks()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from utils.engine.data import CIFAR10_CLASSES, DATASETS, MNIST_CLASSES, ArrayDataset, DataError, DatasetSplits
+from utils.engine.errors import one_line
+from utils.engine.files import save_torch
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def load_mnist(root: Path, download: bool = True) -> DatasetSplits:
             datasets.MNIST(str(root), train=True, download=True)
         except Exception as exc:  # network, disk and archive errors come in many types
             raise DataError(_missing_msg("MNIST", root, MNIST_LAYOUT)
-                            + f" (download failed: {_one_line(exc)})") from None
+                            + f" (download failed: {one_line(exc)})") from None
     # torchvision asserts on a bad header and misreads a truncated file: check each file first, so the
     # message names it.
     for prefix in ("train", "t10k"):
@@ -129,7 +131,7 @@ def _read_errors(what: str, fix: str) -> Iterator[None]:
     except DataError:
         raise
     except Exception as exc:
-        detail = type(exc).__name__ + (f": {_one_line(exc)}" if str(exc).strip() else "")
+        detail = type(exc).__name__ + (f": {one_line(exc)}" if str(exc).strip() else "")
         raise DataError(f"{what} ({detail}); {fix}") from None
 
 
@@ -152,7 +154,7 @@ def load_cifar10(root: Path, download: bool = True, cache_dir: Path | None = Non
         datasets.CIFAR10(str(root), train=True, download=True)
     except Exception as exc:  # network, disk and archive errors come in many types
         raise DataError(_missing_msg("CIFAR-10", root, CIFAR_LAYOUT)
-                        + f" (download failed: {_one_line(exc)})") from None
+                        + f" (download failed: {one_line(exc)})") from None
     return _load_cifar10_batches(root)
 
 
@@ -199,7 +201,7 @@ def _image_folder(split_dir: Path):
         raise DataError(f"class folder {empty[0] if empty else split_dir} holds no images "
                         f"({', '.join(IMG_EXTENSIONS[:3])}, ...); copy the class's images into it") from None
     except Exception as exc:
-        raise DataError(f"cannot list the image folder {split_dir} ({_one_line(exc)}); check that it is "
+        raise DataError(f"cannot list the image folder {split_dir} ({one_line(exc)}); check that it is "
                         f"readable and holds one folder per class") from None
     if tuple(ds.classes) != CIFAR10_CLASSES:
         raise DataError(f"{split_dir} has class folders {ds.classes}; expected the 10 CIFAR-10 classes "
@@ -225,7 +227,7 @@ def _decode_image_folder(ds, cache_dir: Path | None, split: str) -> ArrayDataset
             log.info("CIFAR-10 %s: %d images from cache %s", split, len(blob["labels"]), cache_file.name)
             return ArrayDataset(blob["images"], blob["labels"])
         except Exception as exc:  # a broken cache is never trusted: decode again
-            log.warning("ignoring unreadable cache %s (%s)", cache_file, _one_line(exc))
+            log.warning("ignoring unreadable cache %s (%s)", cache_file, one_line(exc))
 
     def decode(item: tuple[str, int]) -> np.ndarray:
         from PIL import Image
@@ -250,13 +252,7 @@ def _decode_image_folder(ds, cache_dir: Path | None, split: str) -> ArrayDataset
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.as_tensor([label for _, label in ds.samples], dtype=torch.long)
     if cache_file is not None:
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(".tmp")
-            torch.save({"images": images, "labels": labels}, tmp)
-            os.replace(tmp, cache_file)
-        except OSError as exc:
-            log.warning("could not write cache %s (%s); continuing without it", cache_file, _one_line(exc))
+        save_torch(cache_file, {"images": images, "labels": labels})
     return ArrayDataset(images, labels)
 
 
@@ -280,6 +276,3 @@ def _missing_msg(name: str, root: Path, layout: str) -> str:
     return (f"{name} not found in {Path(root).resolve()} (expected {layout}); pass --data-dir or set "
             f"{DATA_DIR_ENV} to a folder holding it, or allow the torchvision download")
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -21,7 +21,7 @@ from torch import nn
 from utils.engine.architecture import describe_architecture
 from utils.engine.data import DatasetSplits
 from utils.engine.experiment import ExperimentConfig, ModelSpec
-from utils.engine.files import read_json, write_json
+from utils.engine.files import make_dir, read_json, remove_file, save_torch, write_json
 from utils.engine.records import SCHEMA_VERSION, RecordFormatError, RunRecord, summarise, write_summary
 from utils.engine.runtime import Runtime
 from utils.training_utils import train_model
@@ -61,8 +61,7 @@ def run_experiment(experiment: str, specs: Sequence[ModelSpec], data: DatasetSpl
     ``keep_models`` the trained models are returned too (reloaded from ``checkpoints/<model>.final.pt``
     for skipped runs, retrained if those weights are gone).
     """
-    out_dir = Path(results_dir) / experiment
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_dir(Path(results_dir) / experiment)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"{experiment}: two specs share a name: {sorted(n for n in names if names.count(n) > 1)}")
@@ -86,16 +85,14 @@ def run_experiment(experiment: str, specs: Sequence[ModelSpec], data: DatasetSpl
                 log.info("%s/%s: result found but its weights are not; retraining for the analyses",
                          experiment, spec.name)
             ckpt = out_dir / "checkpoints" / f"{spec.name}.pt"
-            if force and ckpt.exists():
-                ckpt.unlink()
+            if force:
+                remove_file(ckpt)
             record, model = train_model(spec, data, cfg, runtime, experiment=experiment, checkpoint_path=ckpt,
                                         config_hash=h)
             result.trained.append(spec.name)
             write_json(path, record.to_dict())
-            weights.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), weights)
-            if ckpt.exists():
-                ckpt.unlink()
+            save_torch(weights, model.state_dict())
+            remove_file(ckpt)
         result.records.append(record)
         if keep_models:
             result.models[spec.name] = model
