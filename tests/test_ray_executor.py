@@ -162,3 +162,21 @@ def test_failure_report_names_every_run():
     assert str(exc).splitlines() == ["1 of 3 runs of exp failed (the other results are saved; the same command "
                                      "retries the failed ones):", "  exp/m: ValueError: x"]
     assert isinstance(exc, UsageError)   # exit code 2 under run_cli
+
+
+@needs_ray
+def test_interrupt_cancels_the_outstanding_runs(ray_instance, data, runtime, tmp_path, monkeypatch):
+    from utils.engine import runner
+
+    cancelled = []
+    real_cancel = ray_instance.cancel
+    monkeypatch.setattr(ray_instance, "cancel", lambda ref, **kw: (cancelled.append(ref), real_cancel(ref, **kw)))
+
+    def interrupted(outcome):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "write_outcome", interrupted)
+    specs = [ModelSpec(f"mlp_{k}", _mlp, seed=k) for k in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("exp", specs, data, CFG, runtime, tmp_path, executor=make_executor("ray"))
+    assert len(cancelled) == 2 and not list((tmp_path / "exp").glob("*.json"))

@@ -162,7 +162,7 @@ def _load_final_weights(job: TrainJob, runtime: Runtime) -> nn.Module | None:
     if not path.is_file():
         return None
     try:
-        weights = torch.load(path, weights_only=True)
+        weights = torch.load(path, weights_only=True, map_location="cpu")   # a GPU run read on any machine
         return _model_from_weights(job, runtime, weights)
     except Exception as exc:
         log.warning("ignoring unreadable weights %s (%s)", path, exc)
