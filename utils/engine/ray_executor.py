@@ -105,6 +105,8 @@ class RayExecutor:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 job = pending.pop(done[0])
+                log.info("%s: back from Ray (%d of %d runs still running or queued)", job.name, len(pending),
+                         len(jobs))
                 yield self._outcome(ray, done[0], job)
         except BaseException:   # Ctrl-C / SIGTERM, or the driver failing to write: stop the rest
             self._cancel(ray, pending)
