@@ -116,6 +116,8 @@ def make_executor(name: str = "local", ray_address: str | None = None) -> Execut
     """The executor the command line asked for. ``ray`` without Ray installed is a
     :class:`UsageError` (one line, exit code 2) raised before any work."""
     if name == "local":
+        if ray_address:
+            raise UsageError("--ray-address is for --executor ray; add --executor ray to train on that cluster")
         return LocalExecutor()
     if name != "ray":
         raise UsageError(f"unknown executor {name!r}; choose from {', '.join(EXECUTORS)}")

@@ -24,6 +24,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from utils.engine.data import DatasetSplits
+from utils.engine.errors import UsageError
 from utils.engine.executors import JobOutcome, TrainJob
 from utils.engine.runtime import THREADS_ENV, Runtime
 from utils.training_utils import train_model
@@ -123,7 +124,12 @@ class RayExecutor:
     def _connect(self, ray) -> None:
         if ray.is_initialized():
             return
-        ray.init(address=self.address, include_dashboard=False)
+        try:
+            ray.init(address=self.address, include_dashboard=False)
+        except ConnectionError as exc:
+            raise UsageError(f"could not connect to the Ray cluster at --ray-address {self.address} ({exc}); "
+                             f"start it with `ray start --head`, or leave --ray-address out for a local "
+                             f"instance") from None
         self._started_here = True
         log.info("Ray: %s, resources %s", self.address or "local instance", ray.cluster_resources())
 
@@ -132,8 +138,8 @@ class RayExecutor:
         """Warn when no node can hold one task: Ray would keep it pending for ever."""
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         if not any(n.get("CPU", 0) >= resources.num_cpus and n.get("GPU", 0) >= resources.num_gpus for n in nodes):
-            log.warning("no Ray node has %d CPUs%s free for one run; the runs wait until one joins (set %s to "
-                        "fewer threads per run)", resources.num_cpus, " and a GPU" if resources.num_gpus else "",
+            log.warning("no Ray node has %d CPUs%s for one run; the runs wait until such a node joins (set %s "
+                        "to fewer threads per run)", resources.num_cpus, " and a GPU" if resources.num_gpus else "",
                         THREADS_ENV)
 
     def _cancel(self, ray, pending: dict[Any, TrainJob]) -> None:
