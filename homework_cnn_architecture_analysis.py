@@ -47,6 +47,7 @@ from utils.studies.architecture.analysis import analyse_depth, analyse_kernels, 
 from utils.engine.cli import (apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
                        setup_logging)
 from utils.engine.data import BatchLoader, DatasetSplits
+from utils.engine.executors import Executor, executor_from_args
 from utils.engine.experiment import ExperimentConfig, ModelSpec
 from utils.engine.files import write_json
 from utils.engine.model_stats import (count_parameters, relative_param_gap, solve_width_for_params,
@@ -250,7 +251,7 @@ def nobn_specs(in_ch: int, classes: int, lrs: dict[str, tuple[float, ...]], seed
 
 def run_parts(experiment: str, parts: list[tuple[dict, list[ModelSpec]]], data: DatasetSplits,
               cfg: ExperimentConfig, runtime: Runtime, results: Path, force: bool, title: str,
-              keep_models: bool = True) -> ExperimentRun:
+              keep_models: bool = True, executor: Executor | None = None) -> ExperimentRun:
     """:func:`run_experiment` for each ``(config changes, specs)`` part into one experiment folder,
     then one summary of all of them. Why parts: the init scheme and zero-init are experiment-wide
     config fields (recorded in every run), so the runs that differ in them run as separate parts."""
@@ -258,7 +259,7 @@ def run_parts(experiment: str, parts: list[tuple[dict, list[ModelSpec]]], data: 
     for changes, specs in parts:
         if specs:
             run = run_experiment(experiment, specs, data, cfg.replace(**changes), runtime, results, force=force,
-                                 keep_models=keep_models, title=title)
+                                 keep_models=keep_models, title=title, executor=executor)
             merged.records += run.records
             merged.models.update(run.models)
     write_summary(merged.records, results / experiment, title)
@@ -266,7 +267,7 @@ def run_parts(experiment: str, parts: list[tuple[dict, list[ModelSpec]]], data: 
 
 
 def run_nobn(args, data: DatasetSplits, cfg: ExperimentConfig, runtime: Runtime, results: Path, plots: Path,
-             profile: Profile, suffix: str) -> None:
+             profile: Profile, suffix: str, executor: Executor | None = None) -> None:
     """Pilots (seed 0, every candidate lr, the finals' whole budget), the choice on validation, then
     the finals at the chosen lr over seeds; the chosen pilot is the finals' seed-0 run.
 
@@ -278,7 +279,7 @@ def run_nobn(args, data: DatasetSplits, cfg: ExperimentConfig, runtime: Runtime,
     pilot_specs = nobn_specs(in_ch, classes, {k: profile.nobn_lrs for k in keys}, 1, pilot=True)
     pilots = run_parts(f"depth_nobn_pilots{suffix}", [({"init": i}, s) for i, s in pilot_specs.items()], data,
                        cfg, runtime, results, args.force, f"No-BN lr pilots, read on validation ({title})",
-                       keep_models=False)
+                       keep_models=False, executor=executor)
     choice = numbers.choose_lr(pilots.records)
     write_json(results / f"depth_nobn_pilots{suffix}" / "analysis.json", numbers.json_safe(choice))
     chosen = {k: (choice["choices"][k]["chosen_lr"],) for k in keys}
@@ -287,7 +288,8 @@ def run_nobn(args, data: DatasetSplits, cfg: ExperimentConfig, runtime: Runtime,
     finals = ExperimentRun([])
     for init, specs in final_specs.items():
         finals.records += run_reusing(experiment, specs, pilots.records, data, cfg.replace(init=init), runtime,
-                                      results, args.force, f"Without normalisation: default vs Kaiming init ({title})")
+                                      results, args.force, f"Without normalisation: default vs Kaiming init ({title})",
+                                      executor=executor)
     write_summary(finals.records, results / experiment, f"Without normalisation: default vs Kaiming init ({title})")
     # the BN nets of the same depth from the depth study, if it ran on the same data and budget
     same_budget = [r for r in load_records(results / f"depth{suffix}")
@@ -354,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     results = dirs.results / "architecture_analysis"
     setup_logging(results / "architecture_analysis.log", args.verbose)
     runtime = resolve_runtime(args.device, args.precision)
+    executor = executor_from_args(args)
     profile = PROFILES[args.profile]
     log.info("profile %s, dataset %s, runtime %s", args.profile, args.dataset, runtime.describe())
     t0 = time.perf_counter()
@@ -372,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             specs = kernel_specs(matching, in_ch, classes, profile.kernel_seeds)
             kernel_cfg = cfg.replace(epochs=args.epochs or profile.kernel_epochs)
             run = run_experiment(experiment, specs, data, kernel_cfg, runtime, results, force=args.force,
-                                 keep_models=True, title=f"Kernel size at equal parameters ({title})")
+                                 keep_models=True, title=f"Kernel size at equal parameters ({title})",
+                                 executor=executor)
             analyse_kernels(run, specs, matching, data, kernel_cfg, runtime, results / experiment, dirs.plots,
                             f"{experiment}_", profile.analysis_images, PARAM_TOLERANCE)
         elif name == "depth":
@@ -382,11 +386,11 @@ def main(argv: list[str] | None = None) -> int:
                      ({"zero_init_residual": True}, zero_init_specs(zero_depth, profile.zero_init_seeds, in_ch,
                                                                     classes))]
             run = run_parts(experiment, parts, data, depth_cfg, runtime, results, args.force,
-                            f"Depth: plain vs residual ({title})")
+                            f"Depth: plain vs residual ({title})", executor=executor)
             analyse_depth(run, data, runtime, results / experiment, dirs.plots, f"{experiment}_", cfg.batch_size)
         elif name == "nobn":
             experiment = f"depth_nobn{suffix}"
-            run_nobn(args, data, depth_cfg, runtime, results, dirs.plots, profile, suffix)
+            run_nobn(args, data, depth_cfg, runtime, results, dirs.plots, profile, suffix, executor)
         elif name == "init":
             experiment = f"init_study{suffix}"
             init = INIT_PROFILES[args.profile]

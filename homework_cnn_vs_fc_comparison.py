@@ -33,6 +33,7 @@ from utils.comparison_utils import METRICS, by_variant, compare, convergence_of,
 from utils.analysis.classification import classification_summary
 from utils.engine.cli import apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli, setup_logging
 from utils.engine.data import DatasetSplits
+from utils.engine.executors import executor_from_args
 from utils.engine.experiment import REGULARISATION_FIELDS, ExperimentConfig, ModelSpec, with_seeds
 from utils.engine.files import write_json
 from utils.engine.gradients import gradient_flow_summary
@@ -255,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     dirs = prepare_output_dirs(args)
     setup_logging(dirs.results / "cnn_vs_fc_comparison.log", args.verbose)
     runtime = resolve_runtime(args.device, args.precision)
+    executor = executor_from_args(args)
     profile = PROFILES[args.profile]
     log.info("profile %s, runtime %s", args.profile, runtime.describe())
     t0, train_s, trained = time.perf_counter(), {}, 0
@@ -273,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "cifar_pilot":
             cfg = apply_cli_overrides(CIFAR_CONFIG.replace(epochs=profile.pilot_epochs), args)
             run = run_experiment("cifar_pilots", pilot_specs(*shape), data, cfg, runtime, dirs.results,
-                                 force=args.force, title=f"CIFAR-10 lr pilots, read on validation ({source})")
+                                 force=args.force, title=f"CIFAR-10 lr pilots, read on validation ({source})",
+                                 executor=executor)
             write_json(dirs.results / "cifar_pilots" / "analysis.json", pilot_numbers(run.records))
             train_s[name], trained = sum(r.timing["train_s"] for r in run.records), trained + len(run.trained)
             continue
@@ -282,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             specs, experiment, title, pairs = (cifar_specs(*shape, profile.seeds), "cifar_comparison", "CIFAR-10",
                                                CIFAR_PAIRS)
         run = run_experiment(experiment, specs, data, cfg, runtime, dirs.results, force=args.force,
-                             title=f"{title}: FC vs CNN ({source})")
+                             title=f"{title}: FC vs CNN ({source})", executor=executor)
         analyse(run.records, data, dirs.plots, name, title, dirs.results / experiment, pairs)
         train_s[name], trained = sum(r.timing["train_s"] for r in run.records), trained + len(run.trained)
         log.info("%s done: results in %s, figures in %s", name, dirs.results / experiment, dirs.plots)

@@ -47,6 +47,7 @@ from utils.comparison_utils import METRICS, compare, convergence_of, json_safe, 
 from utils.engine.cli import (UsageError, apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
                        setup_logging)
 from utils.engine.data import DatasetSplits
+from utils.engine.executors import executor_from_args
 from utils.engine.experiment import ExperimentConfig, ModelSpec
 from utils.engine.files import atomic_write_text, make_dir, read_json, write_json
 from utils.studies.custom_layers.speed import SE_REDUCTION, run_speed
@@ -453,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = make_dir(dirs.results / SUBDIR)
     setup_logging(out_dir / "custom_layers_experiments.log", args.verbose)
     runtime = resolve_runtime(args.device, args.precision)
+    executor = executor_from_args(args)
     profile = PROFILES[args.profile]
     todo = args.only or EXPERIMENTS
     log.info("profile %s (%s), runtime %s", args.profile, asdict(profile), runtime.describe())
@@ -471,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     if "layers" in todo:
         cfg = apply_cli_overrides(base.replace(epochs=profile.layers_epochs), args)
         run = run_experiment(f"{SUBDIR}/layers", layer_specs(classes, profile.seeds), data, cfg, runtime, dirs.results,
-                             force=args.force, keep_models=True, title=f"CIFAR-10 layer swaps ({source})")
+                             force=args.force, keep_models=True, title=f"CIFAR-10 layer swaps ({source})",
+                             executor=executor)
         numbers = layers_numbers(run.records, {name: learned_scalars(m) for name, m in run.models.items()})
         write_analysis(numbers, layers_markdown(numbers), out_dir / "layers", "layers")
         block_plots.plot_layer_swaps(numbers, dirs.plots / "layers_swap_summary.png",
@@ -486,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             widths = block_widths(regime, classes)
             records = run_reusing(f"{SUBDIR}/blocks_{regime}", block_specs(regime, widths, classes, profile.seeds),
                                   pool, data, cfg, runtime, dirs.results, args.force,
-                                  f"CIFAR-10 residual blocks, {regime} ({source})")
+                                  f"CIFAR-10 residual blocks, {regime} ({source})", executor=executor)
             pool += records
             regimes[regime] = blocks_numbers(records, regime, widths)
             write_analysis(regimes[regime], blocks_markdown(regimes[regime]), out_dir / f"blocks_{regime}",
@@ -503,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         records = run_reusing(f"{SUBDIR}/lr_sweep", sweep_specs(block_widths("matched", classes), classes, cfg.lr,
                                                                  profile.sweep_seeds),
                               pool, data, cfg, runtime, dirs.results, args.force,
-                              f"CIFAR-10 residual blocks, lr sweep ({source})")
+                              f"CIFAR-10 residual blocks, lr sweep ({source})", executor=executor)
         numbers = sweep_numbers(records, cfg.lr)
         write_analysis(numbers, sweep_markdown(numbers), out_dir / "lr_sweep", "lr sweep")
         block_plots.plot_lr_sweep(numbers, dirs.plots / "blocks_lr_sweep.png",
@@ -521,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
             tuned_cfg = cfg.replace(lr=choice["chosen_lr"])
             records = run_reusing(f"{SUBDIR}/blocks_tuned", block_specs("tuned", widths, classes, profile.seeds),
                                   pool, data, tuned_cfg, runtime, dirs.results, args.force,
-                                  f"CIFAR-10 residual blocks, matched, lr chosen on the sweep ({source})")
+                                  f"CIFAR-10 residual blocks, matched, lr chosen on the sweep ({source})",
+                                  executor=executor)
             tuned = {**blocks_numbers(records, "tuned", widths), "lr_choice": choice}
             write_analysis(tuned, f"Peak lr {choice['chosen_lr']:g} for every block: {choice['rule']} "
                                   f"(grid edge: {choice['at_grid_edge']}).\n\n" + blocks_markdown(tuned),

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 from utils.engine.data import MAX_SEED, DataError, DatasetSplits
 from utils.engine.data_files import DATA_DIR_ENV, load_dataset, resolve_data_dir
 from utils.engine.errors import OutputError, UsageError
+from utils.engine.executors import EXECUTORS
 from utils.engine.files import open_log_file
 from utils.engine.lock import acquire_results_lock, release_results_locks
 from utils.engine.runtime import RuntimeUnavailable, threads_from_env
@@ -120,6 +121,13 @@ def build_parser(description: str, experiments: Sequence[str], default_plots: st
     p.add_argument("--only", nargs="+", metavar="NAME", choices=list(experiments), default=None, action=_StoreUnique,
                    help=f"run only these experiments: {', '.join(experiments)}")
     p.add_argument("--force", action="store_true", help="retrain models whose finished results exist")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: train the runs one after the other in this process (resumable from checkpoints); "
+                        "ray: as Ray tasks, in parallel, each with $HOMEWORK_THREADS CPUs (and one GPU with "
+                        "--device cuda); needs pip install .[ray]")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="with --executor ray: the cluster to use, as `ray start --head` prints it (default: start "
+                        "a local Ray instance)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 

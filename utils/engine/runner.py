@@ -3,6 +3,10 @@ experiment's summary tables.
 
 A run's identity is its ``config_hash`` (configuration, architecture as built, data, precision): a
 finished result with the same hash is skipped, a checkpoint with the same hash is resumed.
+
+Planning (which runs to train, their identity and output paths), executing (an
+:mod:`~utils.engine.executors` executor: this process, or a Ray cluster) and writing the outcomes
+(here, in the driver, as each arrives) are separate steps, so where a run trains changes no file.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ from torch import nn
 
 from utils.engine.architecture import describe_architecture
 from utils.engine.data import DatasetSplits
+from utils.engine.executors import Executor, JobOutcome, LocalExecutor, RunPaths, RunsFailed, TrainJob
 from utils.engine.experiment import ExperimentConfig, ModelSpec
 from utils.engine.files import make_dir, read_json, remove_file, save_torch, write_json
 from utils.engine.records import SCHEMA_VERSION, RecordFormatError, RunRecord, summarise, write_summary
 from utils.engine.runtime import Runtime
-from utils.training_utils import train_model
 
 log = logging.getLogger(__name__)
 
@@ -54,50 +58,89 @@ def config_hash(spec: ModelSpec, cfg: ExperimentConfig, data: DatasetSplits, run
 
 def run_experiment(experiment: str, specs: Sequence[ModelSpec], data: DatasetSplits, cfg: ExperimentConfig,
                    runtime: Runtime, results_dir: Path, *, force: bool = False, title: str | None = None,
-                   keep_models: bool = False) -> ExperimentRun:
+                   keep_models: bool = False, executor: Executor | None = None) -> ExperimentRun:
     """Train (or reuse) every spec; write one JSON per run and the experiment's summary.
 
     A finished run whose ``config_hash`` is unchanged is skipped (``force`` retrains). With
     ``keep_models`` the trained models are returned too (reloaded from ``checkpoints/<model>.final.pt``
-    for skipped runs, retrained if those weights are gone).
+    for skipped runs, retrained if those weights are gone). The runs to train go to ``executor``
+    (default: :class:`LocalExecutor`, this process); each outcome is written here as it arrives.
+    Runs that fail on the executor raise :class:`RunsFailed` once every other run is written.
     """
     out_dir = make_dir(Path(results_dir) / experiment)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"{experiment}: two specs share a name: {sorted(n for n in names if names.count(n) > 1)}")
     result = ExperimentRun([])
+    records: dict[str, RunRecord] = {}
+    jobs = []
     for spec in specs:
-        h = config_hash(spec, cfg, data, runtime)
-        path = out_dir / f"{spec.name}.json"
-        weights = out_dir / "checkpoints" / f"{spec.name}.final.pt"
-        old = None if force else _finished_record(path, h)
-        model = _load_final_weights(spec, cfg, runtime, weights) if old is not None and keep_models else None
-        if old is not None and (model is not None or not keep_models):
-            log.info("%s/%s: finished result with the same config found, skipping (use --force to retrain)",
-                     experiment, spec.name)
-            record = old
-            fresh = summarise(record)    # the summary is derived data: re-derive it with today's code
-            if fresh != record.summary:
-                record.summary = fresh
-                write_json(path, record.to_dict())
-        else:
-            if old is not None:
-                log.info("%s/%s: result found but its weights are not; retraining for the analyses",
-                         experiment, spec.name)
-            ckpt = out_dir / "checkpoints" / f"{spec.name}.pt"
-            if force:
-                remove_file(ckpt)
-            record, model = train_model(spec, data, cfg, runtime, experiment=experiment, checkpoint_path=ckpt,
-                                        config_hash=h)
-            result.trained.append(spec.name)
-            write_json(path, record.to_dict())
-            save_torch(weights, model.state_dict())
-            remove_file(ckpt)
-        result.records.append(record)
+        job = plan_job(experiment, spec, data, cfg, runtime, out_dir)
+        reused = None if force else _reuse(job, runtime, keep_models)
+        if reused is not None:
+            records[spec.name], model = reused
+            if keep_models:
+                result.models[spec.name] = model
+            continue
+        if force:
+            remove_file(job.paths.checkpoint)
+        jobs.append(job)
+    failures, trained = [], set()
+    for outcome in (executor or LocalExecutor()).run(jobs, data, runtime):
+        if outcome.failed:
+            log.error("%s failed: %s", outcome.job.name, outcome.error)
+            failures.append(outcome)
+            continue
+        write_outcome(outcome)
+        records[outcome.job.spec.name] = outcome.record
+        trained.add(outcome.job.spec.name)
         if keep_models:
-            result.models[spec.name] = model
+            result.models[outcome.job.spec.name] = outcome.model or _model_from_weights(outcome.job, runtime,
+                                                                                        outcome.weights)
+    if failures:
+        raise RunsFailed(experiment, failures, len(jobs))
+    result.records = [records[name] for name in names]
+    result.trained = [name for name in names if name in trained]
+    result.models = {name: result.models[name] for name in names if name in result.models}
     write_summary(result.records, out_dir, title or experiment)
     return result
+
+
+def plan_job(experiment: str, spec: ModelSpec, data: DatasetSplits, cfg: ExperimentConfig, runtime: Runtime,
+             out_dir: Path) -> TrainJob:
+    """The job of one spec: its identity and where its outputs belong."""
+    checkpoints = out_dir / "checkpoints"
+    return TrainJob(experiment, spec, cfg, data.describe(), spec.config_for(cfg).seed,
+                    config_hash(spec, cfg, data, runtime),
+                    RunPaths(out_dir / f"{spec.name}.json", checkpoints / f"{spec.name}.final.pt",
+                             checkpoints / f"{spec.name}.pt"))
+
+
+def _reuse(job: TrainJob, runtime: Runtime, keep_models: bool) -> tuple[RunRecord, nn.Module | None] | None:
+    """The finished record of ``job`` (and, with ``keep_models``, its model from the final weights),
+    or None when the run must train."""
+    record = _finished_record(job.paths.record, job.config_hash)
+    if record is None:
+        return None
+    model = _load_final_weights(job, runtime) if keep_models else None
+    if keep_models and model is None:
+        log.info("%s: result found but its weights are not; retraining for the analyses", job.name)
+        return None
+    log.info("%s: finished result with the same config found, skipping (use --force to retrain)", job.name)
+    fresh = summarise(record)    # the summary is derived data: re-derive it with today's code
+    if fresh != record.summary:
+        record.summary = fresh
+        write_json(job.paths.record, record.to_dict())
+    return record, model
+
+
+def write_outcome(outcome: JobOutcome) -> None:
+    """A finished run's files, wherever it trained: its record, its final weights, and no
+    checkpoint (the run is done)."""
+    paths = outcome.job.paths
+    write_json(paths.record, outcome.record.to_dict())
+    save_torch(paths.weights, outcome.weights)
+    remove_file(paths.checkpoint)
 
 
 def _finished_record(path: Path, config_hash: str) -> RunRecord | None:
@@ -111,15 +154,22 @@ def _finished_record(path: Path, config_hash: str) -> RunRecord | None:
         return None
 
 
-def _load_final_weights(spec: ModelSpec, cfg: ExperimentConfig, runtime: Runtime, path: Path) -> nn.Module | None:
+def _load_final_weights(job: TrainJob, runtime: Runtime) -> nn.Module | None:
+    path = job.paths.weights
     if not path.is_file():
         return None
-    model = spec.build(spec.config_for(cfg))
     try:
-        model.load_state_dict(torch.load(path, weights_only=True))
+        weights = torch.load(path, weights_only=True, map_location="cpu")   # a GPU run read on any machine
+        return _model_from_weights(job, runtime, weights)
     except Exception as exc:
         log.warning("ignoring unreadable weights %s (%s)", path, exc)
         return None
+
+
+def _model_from_weights(job: TrainJob, runtime: Runtime, weights: dict) -> nn.Module:
+    """The spec's model with ``weights``, placed as training places it (device, memory format)."""
+    model = job.spec.build(job.spec.config_for(job.config))
+    model.load_state_dict(weights)
     model = model.to(runtime.device)
     return model.to(memory_format=torch.channels_last) if runtime.channels_last else model
 
@@ -139,7 +189,7 @@ def load_records(out_dir: Path) -> list[RunRecord]:
 
 def run_reusing(experiment: str, specs: Sequence[ModelSpec], pool: Sequence[RunRecord], data: DatasetSplits,
                 cfg: ExperimentConfig, runtime: Runtime, results_dir: Path, force: bool = False,
-                title: str | None = None) -> list[RunRecord]:
+                title: str | None = None, executor: Executor | None = None) -> list[RunRecord]:
     """:func:`run_experiment` for the specs whose run is not in ``pool`` already (a record with the same
     config hash: same config, architecture, data and precision, whatever its name or experiment); the
     others are the pool's records, which keep the experiment that made them."""
@@ -147,7 +197,7 @@ def run_reusing(experiment: str, specs: Sequence[ModelSpec], pool: Sequence[RunR
     hashes = {s.name: config_hash(s, cfg, data, runtime) for s in specs}
     fresh = [s for s in specs if hashes[s.name] not in known]
     done = {r.model: r for r in run_experiment(experiment, fresh, data, cfg, runtime, results_dir, force=force,
-                                               title=title).records} if fresh else {}
+                                               title=title, executor=executor).records} if fresh else {}
     for s in specs:
         if s.name not in done:
             log.info("%s/%s: the same run as %s/%s, reused", experiment, s.name, known[hashes[s.name]].experiment,
