@@ -6,7 +6,7 @@
 
 Each script runs in its own process (its own log, its own exit code). The wall time of every
 script and of the whole study is written to ``results/study_run.json`` (with the machine it ran on
-and whether finished models were skipped), then README.md is re-rendered from ``results/``.
+and whether finished models were skipped), then README.md and docs/*.md are re-rendered from ``results/``.
 A failing script stops the study with its exit code; the timings so far are still written.
 Ctrl-C or SIGTERM stops it too: the script in progress saves its finished models and exits, the
 record is written with ``"status": "interrupted"``, and the exit code is 130; running the same
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", default=None,
                    help="passed to every script (default: results, or results/<profile> for quick/full)")
     p.add_argument("--force", action="store_true", help="retrain models whose finished results exist")
-    p.add_argument("--no-readme", action="store_true", help="do not re-render README.md at the end")
+    p.add_argument("--no-readme", action="store_true", help="do not re-render README.md and docs/*.md at the end")
     args = p.parse_args(argv)
 
     # What every script would refuse is refused here, before the first script starts.

@@ -78,7 +78,8 @@ def test_every_figure_is_linked():
     for page, text in _pages_text().items():
         for target in _relative_links(text):
             linked.add((page.parent / target.partition("#")[0]).resolve())
-    figures = {p.resolve() for p in (ROOT / "plots").rglob("*.png") if "quick" not in p.relative_to(ROOT / "plots").parts}
+    plots = ROOT / "plots"
+    figures = {p.resolve() for p in plots.rglob("*.png") if "quick" not in p.relative_to(plots).parts}
     missing = sorted(str(p.relative_to(ROOT)) for p in figures - linked)
     assert not missing, "figures not linked from README or docs/*.md: " + ", ".join(missing)
 
@@ -112,4 +113,5 @@ def test_interval_formats():
     assert report.FORMATS["diff"](d) == "+10.00 pp (95 % CI +5.00 to +15.00, n=3, df=2; real)"
     welch = {**d, "n_a": 3, "n_b": 2, "paired": False, "df": 2.4567}
     assert report.FORMATS["diff"](welch) == "+10.00 pp (95 % CI +5.00 to +15.00, n=3 and 2, df=2.46; real)"
-    assert "no interval" in report.FORMATS["diff"]({**d, "ci95_low": float("nan"), "verdict": "not enough seeds to tell"})
+    one_seed = {**d, "ci95_low": float("nan"), "verdict": "not enough seeds to tell"}
+    assert "no interval" in report.FORMATS["diff"](one_seed)
