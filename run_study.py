@@ -6,7 +6,7 @@
 
 Each script runs in its own process (its own log, its own exit code). The wall time of every
 script and of the whole study is written to ``results/study_run.json`` (with the machine it ran on
-and whether finished models were skipped), then README.md is re-rendered from ``results/``.
+and whether finished models were skipped), then README.md and docs/*.md are re-rendered from ``results/``.
 A failing script stops the study with its exit code; the timings so far are still written.
 The study holds the results folder's lock (``utils/engine/lock.py``) from start to end, and its
 scripts write under it; a second study or script on the same folder stops at once (exit 2).
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", default=None,
                    help="passed to every script (default: results, or results/<profile> for quick/full)")
     p.add_argument("--force", action="store_true", help="retrain models whose finished results exist")
-    p.add_argument("--no-readme", action="store_true", help="do not re-render README.md at the end")
+    p.add_argument("--no-readme", action="store_true", help="do not re-render README.md and docs/*.md at the end")
     args = p.parse_args(argv)
 
     # What every script would refuse is refused here, before the first script starts.

@@ -1,16 +1,94 @@
-"""README.md must be exactly what docs/README.template.md renders to from the committed results/:
-so every number README quotes equals the one in the results files."""
+"""README.md and every page under docs/ must be exactly what its template in docs/templates/ renders
+to from the committed results/ (so every number a page quotes equals the one in the results files),
+every relative link in them must point at an existing file (and heading), and every figure under
+plots/ must be linked from one of them."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 from utils.report import readme as report
 
+ROOT = report.ROOT
+PAGES = [page for _, page in report.PAGES]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
-def test_readme_matches_results():
-    rendered = report.render(report.TEMPLATE.read_text(), report.ROOT / "results")
-    assert report.README.read_text() == rendered, "README.md is stale: run `python -m utils.report.readme`"
+
+def _pages_text() -> dict[Path, str]:
+    return {p: p.read_text() for p in PAGES}
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(text: str) -> set[str]:
+    return {_slug(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.+?)\s*$", text, flags=re.M)}
+
+
+def _relative_links(text: str) -> list[str]:
+    return [t for t in LINK.findall(text) if not re.match(r"[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")]
+
+
+def test_every_page_is_listed_and_has_its_template():
+    assert PAGES[0] == ROOT / "README.md"
+    for template, page in report.PAGES:
+        assert template.exists(), template
+        assert page.suffix == ".md"
+    assert set((ROOT / "docs").glob("*.md")) == set(PAGES[1:]), "a docs/*.md page without a template (or v.v.)"
+
+
+@pytest.mark.parametrize("template,page", report.PAGES, ids=lambda p: p.name)
+def test_page_matches_results(template, page):
+    rendered = report.render(template.read_text(), ROOT / "results")
+    assert page.read_text() == rendered, f"{page.relative_to(ROOT)} is stale: run `python -m utils.report.readme`"
+
+
+def test_check_names_stale_pages(tmp_path, monkeypatch, capsys):
+    t, p = tmp_path / "t.md", tmp_path / "p.md"
+    t.write_text("plain text\n")
+    p.write_text("something else\n")
+    monkeypatch.setattr(report, "PAGES", [(t, p)])
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    assert report.main(["--check"]) == 1
+    assert "p.md is stale" in capsys.readouterr().err
+    assert report.main([]) == 0 and p.read_text() == "plain text\n"
+    assert report.main(["--check"]) == 0
+
+
+def test_relative_links_point_at_existing_files_and_headings():
+    texts = _pages_text()
+    broken = []
+    for page, text in texts.items():
+        for target in _relative_links(text):
+            path_part, _, anchor = target.partition("#")
+            dest = (page.parent / path_part).resolve()
+            if not dest.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest.read_text()):
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+def test_every_figure_is_linked():
+    linked = set()
+    for page, text in _pages_text().items():
+        for target in _relative_links(text):
+            linked.add((page.parent / target.partition("#")[0]).resolve())
+    plots = ROOT / "plots"
+    figures = {p.resolve() for p in plots.rglob("*.png") if "quick" not in p.relative_to(plots).parts}
+    missing = sorted(str(p.relative_to(ROOT)) for p in figures - linked)
+    assert not missing, "figures not linked from README or docs/*.md: " + ", ".join(missing)
+
+
+def test_no_project_history_wording():
+    words = re.compile(r"\b(previous round|this round|last round|no longer|v2|v3|used to|since then|"
+                       r"a first run|turned out)\b", re.I)
+    hits = [f"{p.relative_to(ROOT)}: {m.group(0)!r}" for p, t in _pages_text().items() for m in words.finditer(t)]
+    assert not hits, hits
 
 
 def test_placeholders_resolve_and_format(tmp_path):
@@ -28,8 +106,12 @@ def test_placeholders_resolve_and_format(tmp_path):
 
 def test_interval_formats():
     ci = {"n": 2, "mean": 0.8512, "half_width": 0.0123}
-    assert report.FORMATS["ci"](ci) == "85.12 ± 1.23 % (n=2)"
+    assert report.FORMATS["ci"](ci) == "85.12 ± 1.23 % (n=2, df=1)"
     assert report.FORMATS["ci"]({**ci, "n": 1, "half_width": float("nan")}) == "85.12 % (n=1)"
-    d = {"mean_difference": 0.1, "ci95_low": 0.05, "ci95_high": 0.15, "verdict": "real"}
-    assert report.FORMATS["diff"](d) == "+10.00 pp (95 % CI +5.00 to +15.00; real)"
-    assert "no interval" in report.FORMATS["diff"]({**d, "ci95_low": float("nan"), "verdict": "not enough seeds to tell"})
+    d = {"mean_difference": 0.1, "ci95_low": 0.05, "ci95_high": 0.15, "verdict": "real",
+         "n_a": 3, "n_b": 3, "paired": True, "df": 2.0}
+    assert report.FORMATS["diff"](d) == "+10.00 pp (95 % CI +5.00 to +15.00, n=3, df=2; real)"
+    welch = {**d, "n_a": 3, "n_b": 2, "paired": False, "df": 2.4567}
+    assert report.FORMATS["diff"](welch) == "+10.00 pp (95 % CI +5.00 to +15.00, n=3 and 2, df=2.46; real)"
+    one_seed = {**d, "ci95_low": float("nan"), "verdict": "not enough seeds to tell"}
+    assert "no interval" in report.FORMATS["diff"](one_seed)

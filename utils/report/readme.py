@@ -1,7 +1,8 @@
-"""README.md is rendered from ``docs/README.template.md`` and the files in ``results/``.
+"""README.md and the task pages under ``docs/`` are rendered from ``docs/templates/*.md`` and ``results/``.
 
-Every number the README quotes is a placeholder in the template, resolved from a results file, so
-README and results cannot drift apart (``tests/test_readme_consistency.py`` re-renders and diffs):
+``PAGES`` lists the (template, page) pairs. Every number a page quotes is a placeholder in its
+template, resolved from a results file, so pages and results cannot drift apart
+(``tests/test_readme_consistency.py`` re-renders every page and diffs):
 
 * ``{{mnist_comparison/fc:summary.final_test_acc|pct}}`` -> value at key path ``summary.final_test_acc``
   of ``results/mnist_comparison/fc.json``, formatted with ``pct``;
@@ -10,8 +11,8 @@ README and results cannot drift apart (``tests/test_readme_consistency.py`` re-r
 
 Keys may index lists (``history.test_acc.-1``) and contain dots (``params.per_layer.net.1``). Formats: see ``FORMATS``.
 
-    python -m utils.report.readme            # rewrite README.md
-    python -m utils.report.readme --check    # exit 1 if README.md is stale
+    python -m utils.report.readme            # rewrite README.md and every page
+    python -m utils.report.readme --check    # exit 1 if a page is stale (and name it)
 """
 
 from __future__ import annotations
@@ -28,8 +29,16 @@ from utils.engine.files import atomic_write_text
 from utils.engine.records import SCHEMA_VERSION, Summary, summary_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = ROOT / "docs" / "README.template.md"
-README = ROOT / "README.md"
+TEMPLATES = ROOT / "docs" / "templates"
+#: (template, rendered page): README first, then one page per task and the methods appendix.
+PAGES: list[tuple[Path, Path]] = [
+    (TEMPLATES / "README.md", ROOT / "README.md"),
+    (TEMPLATES / "task1_cnn_vs_fc.md", ROOT / "docs" / "task1_cnn_vs_fc.md"),
+    (TEMPLATES / "task2_architecture.md", ROOT / "docs" / "task2_architecture.md"),
+    (TEMPLATES / "task3_custom_layers.md", ROOT / "docs" / "task3_custom_layers.md"),
+    (TEMPLATES / "methods.md", ROOT / "docs" / "methods.md"),
+]
+TEMPLATE, README = PAGES[0]
 PLACEHOLDER = re.compile(r"\{\{\s*([^}|]+?)\s*(?:\|\s*(\w+)\s*)?\}\}")
 
 FORMATS: dict[str, Callable[[Any], str]] = {
@@ -52,18 +61,33 @@ FORMATS: dict[str, Callable[[Any], str]] = {
 }
 
 
+def _finite(v: Any) -> bool:
+    return v is not None and v == v and v not in (float("inf"), float("-inf"))
+
+
 def _ci(s: dict, unit: str = "%") -> str:
+    """A mean over seeds; its Student-t interval has df = n - 1, stated with n."""
     sign = "+" if unit == "pp" else ""
-    if s["half_width"] is None or s["half_width"] != s["half_width"]:   # one seed: no interval
+    if not _finite(s["half_width"]):   # one seed: no interval
         return f"{100 * s['mean']:{sign}.2f} {unit} (n={s['n']})"
-    return f"{100 * s['mean']:{sign}.2f} ± {100 * s['half_width']:.2f} {unit} (n={s['n']})"
+    return f"{100 * s['mean']:{sign}.2f} ± {100 * s['half_width']:.2f} {unit} (n={s['n']}, df={s['n'] - 1})"
+
+
+def _n_of(d: dict) -> str:
+    """The seeds behind a difference: the pairs when paired, else each side's count."""
+    if d.get("n") is not None:
+        return str(d["n"])
+    n_a, n_b = d.get("n_a"), d.get("n_b")
+    return str(n_a) if n_a == n_b or d.get("paired") else f"{n_a} and {n_b}"
 
 
 def _diff(d: dict) -> str:
-    if d["ci95_low"] is None or d["ci95_low"] != d["ci95_low"]:
-        return f"{100 * d['mean_difference']:+.2f} pp (no interval: {d.get('verdict', 'too few seeds')})"
+    if not _finite(d["ci95_low"]):
+        return (f"{100 * d['mean_difference']:+.2f} pp (n={_n_of(d)}, no interval: "
+                f"{d.get('verdict', 'too few seeds')})")
+    df = f", df={d['df']:.3g}" if _finite(d.get("df")) else ""
     return (f"{100 * d['mean_difference']:+.2f} pp (95 % CI {100 * d['ci95_low']:+.2f} to "
-            f"{100 * d['ci95_high']:+.2f}; {d.get('verdict', '')})")
+            f"{100 * d['ci95_high']:+.2f}, n={_n_of(d)}{df}; {d.get('verdict', '')})")
 
 
 class ReportError(KeyError):
@@ -120,21 +144,33 @@ def render(template: str, results_dir: Path) -> str:
     return PLACEHOLDER.sub(substitute, template)
 
 
+def render_all(results_dir: Path | None = None) -> dict[Path, str]:
+    """Every page of :data:`PAGES` rendered: ``{page path: text}``."""
+    results_dir = ROOT / "results" if results_dir is None else results_dir
+    return {page: render(template.read_text(), results_dir) for template, page in PAGES}
+
+
+def stale_pages(rendered: dict[Path, str]) -> list[Path]:
+    """The pages whose file differs from (or lacks) their rendering."""
+    return [page for page, text in rendered.items() if not page.exists() or page.read_text() != text]
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Render README.md from docs/README.template.md and results/")
-    p.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    p = argparse.ArgumentParser(description="Render README.md and docs/*.md from docs/templates/ and results/")
+    p.add_argument("--check", action="store_true", help="only check that every page is up to date")
     args = p.parse_args(argv)
     try:
-        text = render(TEMPLATE.read_text(), ROOT / "results")
+        rendered = render_all()
     except ReportError as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 2
     if args.check:
-        if README.read_text() != text:
-            print("README.md is stale: run `python -m utils.report.readme`", file=sys.stderr)
-            return 1
-        return 0
-    atomic_write_text(README, text)
+        stale = stale_pages(rendered)
+        for page in stale:
+            print(f"{page.relative_to(ROOT)} is stale: run `python -m utils.report.readme`", file=sys.stderr)
+        return 1 if stale else 0
+    for page, text in rendered.items():
+        atomic_write_text(page, text)
     return 0
 
 
