@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import homework_cnn_vs_fc_comparison as task1
-import utils.engine.runner as runner
+import utils.engine.executors as executors
 from tests.test_cli import _single_error_line
 from utils.engine import files
 from utils.engine.cli import run_cli
@@ -77,7 +77,7 @@ def test_full_disk_mid_run_keeps_the_finished_runs_and_a_rerun_resumes(tmp_path,
 
 
 def test_results_subfolder_replaced_by_a_file_mid_run(tmp_path, fake_data_dir, capsys, monkeypatch):
-    real, calls = runner.train_model, []
+    real, calls = executors.train_model, []
     weights = tmp_path / "results" / "mnist_comparison" / "checkpoints"
 
     def train_then_block_the_weights_folder(*args, **kwargs):
@@ -88,14 +88,14 @@ def test_results_subfolder_replaced_by_a_file_mid_run(tmp_path, fake_data_dir, c
             weights.write_text("not a folder")
         return out
 
-    monkeypatch.setattr(runner, "train_model", train_then_block_the_weights_folder)
+    monkeypatch.setattr(executors, "train_model", train_then_block_the_weights_folder)
     assert _task1(tmp_path, fake_data_dir) == 2
     line = _single_error_line(capsys)
     assert f"{weights} is not writable (File exists); a file occupies that path" in line
     kept = _records(tmp_path)
     assert sorted(p.stem for p in kept) == MNIST_RUNS[:3]    # the third run's record came before its weights
     weights.unlink()                             # the fix the line names
-    monkeypatch.setattr(runner, "train_model", real)
+    monkeypatch.setattr(executors, "train_model", real)
     _assert_resumes(tmp_path, fake_data_dir, kept, capsys, monkeypatch)
 
 
