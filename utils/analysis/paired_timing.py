@@ -1,7 +1,8 @@
 """Side-by-side timing: several candidates measured in turns, so machine drift hits all alike.
 
 :func:`rotated` is the turn order shared with ``benchmarks/bench_levers.py``;
-:func:`time_forward_backward` times forward + backward of several modules on one input.
+:func:`time_forward_backward` times forward + backward of several modules on one input,
+:func:`time_forward` their inference (forward only, no autograd).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["rotated", "time_forward_backward"]
+__all__ = ["rotated", "time_forward_backward", "time_forward"]
 
 T = TypeVar("T")
 
@@ -89,3 +90,35 @@ def time_forward_backward(
             for n, v in times.items()}
 
 
+
+
+def _summary(times: dict[str, list[float]]) -> dict:
+    return {n: {"median_ms": float(np.median(v)), "min_ms": float(np.min(v)), "max_ms": float(np.max(v)),
+                "times_ms": v} for n, v in times.items()}
+
+
+@torch.inference_mode()
+def time_forward(modules: "dict[str, nn.Module]", x: Tensor, repeats: int = 7, warmup: int = 2) -> dict:
+    """Median forward (inference) wall time of several modules on the same input, side by side:
+    every round runs each module once, in the rotating order of :func:`rotated`. The modules are
+    timed in their current mode (call ``eval()`` first for inference); wrap the call in an
+    autocast context to time the precision the models run in.
+
+    Returns:
+        ``{name: {"median_ms", "min_ms", "max_ms", "times_ms"}}``.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    if not modules:
+        raise ValueError("modules is empty")
+    names = list(modules)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(warmup + repeats):
+        for name in rotated(names, r):
+            t0 = time.perf_counter()
+            modules[name](x)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            if r >= warmup:
+                times[name].append(1000.0 * (time.perf_counter() - t0))
+    return _summary(times)
