@@ -1,0 +1,126 @@
+"""Measurements task 1 makes beyond the run records: the pixel-shuffle control's data, test-set
+confidences of a trained model (for calibration), which weights sit right before a BatchNorm, and
+the paired timing of the compared models."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils.analysis.classification import calibration
+from utils.analysis.paired_timing import time_forward, time_forward_backward
+from utils.engine.data import ArrayDataset, BatchLoader, DatasetSplits
+from utils.engine.experiment import ExperimentConfig
+from utils.engine.runtime import Runtime
+
+NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d)
+WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
+
+
+# ------------------------------------------------------------------------- pixel-shuffle control
+def pixel_permutation(height: int, width: int, seed: int) -> torch.Tensor:
+    """One fixed permutation of the ``height * width`` pixel positions (seeded)."""
+    return torch.randperm(height * width, generator=torch.Generator().manual_seed(seed))
+
+
+def permute_pixels(ds: ArrayDataset, perm: torch.Tensor) -> ArrayDataset:
+    """``ds`` with the pixel positions of every image reordered by ``perm`` (the same for every
+    image and every channel, so a pixel keeps its colour): spatial neighbourhoods are destroyed,
+    the multiset of pixels of each image and its label are kept."""
+    n, c, h, w = ds.images.shape
+    if perm.numel() != h * w:
+        raise ValueError(f"a permutation of {perm.numel()} positions for {h}x{w} images")
+    images = ds.images.reshape(n, c, h * w)[:, :, perm].reshape(n, c, h, w).contiguous()
+    return ArrayDataset(images, ds.labels.clone())
+
+
+def shuffled_splits(data: DatasetSplits, seed: int = 0) -> DatasetSplits:
+    """Train, validation and test of ``data`` under one fixed pixel permutation. The source text
+    says so (it enters every run's config hash through ``DatasetSplits.describe``); the channel
+    statistics are unchanged by a permutation, so they are kept."""
+    _, h, w = data.image_shape
+    perm = pixel_permutation(h, w, seed)
+    return dataclasses.replace(
+        data, train=permute_pixels(data.train, perm), test=permute_pixels(data.test, perm),
+        val=permute_pixels(data.val, perm) if data.val is not None else None,
+        source=f"{data.source}, pixels shuffled by one fixed permutation (seed {seed})")
+
+
+# ------------------------------------------------------------------------------- calibration
+@torch.inference_mode()
+def test_calibration(model: nn.Module, data: DatasetSplits, cfg: ExperimentConfig, runtime: Runtime) -> dict:
+    """Calibration of ``model``'s top-1 predictions on the test set, scored exactly as the run's
+    test accuracy was (same normalisation, the run's flip test-time augmentation: averaged logits)."""
+    loader = BatchLoader(data.test, cfg.eval_batch_size, data.mean, data.std, device=runtime.device,
+                         channels_last=runtime.channels_last)
+    model.eval()
+    conf, correct = [], []
+    for x, y in loader:
+        with runtime.autocast():
+            logits = model(x).float()
+            if cfg.flip_tta:
+                logits = 0.5 * (logits + model(x.flip(3)).float())
+        p, pred = torch.softmax(logits, 1).max(1)
+        conf.append(p.cpu())
+        correct.append((pred == y).cpu())
+    return calibration(torch.cat(conf).numpy(), torch.cat(correct).numpy())
+
+
+# ------------------------------------------------------------------------ scale-invariant layers
+def weights_before_norm(model: nn.Module) -> list[str]:
+    """Names of the ``weight`` tensors of linear/conv layers that a BatchNorm follows directly
+    inside an ``nn.Sequential``. Such a layer's output is re-normalised, so the loss does not
+    change when its weights are scaled: weight decay then changes the effective learning rate
+    ``lr / ||w||^2``, not the function class."""
+    out = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, nn.Sequential):
+            children = list(module.named_children())
+            for (name, layer), (_, nxt) in zip(children, children[1:]):
+                if isinstance(layer, WEIGHT_LAYERS) and isinstance(nxt, NORM_LAYERS):
+                    out.append(f"{prefix}.{name}.weight" if prefix else f"{name}.weight")
+    return out
+
+
+# -------------------------------------------------------------------------------- paired timing
+def paired_timing(builds: Mapping[str, Callable[[], nn.Module]], image_shape: tuple[int, int, int],
+                  runtime: Runtime, batch: int, repeats: int, warmup: int = 2) -> dict:
+    """Training step (forward + backward, train mode) and inference (forward, eval mode) of the
+    models, measured side by side in rotating order (:mod:`utils.analysis.paired_timing`) on one
+    random batch, in the precision the runs train in (the runtime's autocast). Per model: median,
+    min and max ms per batch over ``repeats`` rounds, images/s from the median, and the ratio of
+    the medians to the first model's."""
+    torch.manual_seed(0)
+    models = {}
+    for name, build in builds.items():
+        m = build().to(runtime.device)
+        models[name] = m.to(memory_format=torch.channels_last) if runtime.channels_last else m
+    x = torch.randn(batch, *image_shape, device=runtime.device)
+    if runtime.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for m in models.values():
+        m.train()
+    with runtime.autocast():
+        train = time_forward_backward(models, x, repeats=repeats, warmup=warmup)
+    for m in models.values():
+        m.eval()
+    with runtime.autocast():
+        infer = time_forward(models, x, repeats=repeats, warmup=warmup)
+    first = next(iter(models))
+    out = {}
+    for name in models:
+        rows = {}
+        for what, t in (("train_step", train[name]), ("inference", infer[name])):
+            times = np.asarray(t["times_ms"])
+            rows[what] = {"median_ms": float(np.median(times)), "min_ms": float(times.min()),
+                          "max_ms": float(times.max()), "images_per_s": 1000.0 * batch / float(np.median(times)),
+                          "ratio_to_reference": float(np.median(times)) / float(np.median(
+                              (train if what == "train_step" else infer)[first]["times_ms"]))}
+        out[name] = rows
+    return {"models": out, "reference": first, "batch": batch, "repeats": repeats, "warmup": warmup, "runtime": runtime.describe(),
+            "method": "interleaved rounds in rotating order, one process, the training precision; median of the "
+                      "rounds, min-max spread"}
