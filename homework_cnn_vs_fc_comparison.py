@@ -88,17 +88,23 @@ class Profile:
 # Costs on the study's machine (2-core AVX-512-bf16 EPYC, bf16 autocast), from the committed runs
 # (results/cifar_comparison/*.json timing.train_s): the ResNet trains at ~35 s per 45k-image epoch
 # (31-44 s across runs), the MLP at ~2.3 s; one evaluation point (2,000 validation images with
-# flip TTA + 2,000 clean train images, batch 256) costs ~1.2 s for the ResNet, ~0.1 s for the MLP.
-# So a 16-epoch ResNet run with 40 points is ~10.3 min, a 3-epoch pilot (8 points on 5,000
-# validation images) ~2.2 min, a 20-epoch MLP run ~50 s.
-# standard (~150 min):  mnist 3 seeds x 4 epochs ~4 min | cifar_lr 3 grid points x 3 models x 3
-#   epochs ~14 min (+4.6 min per point a bracketing extension adds) | cifar 9 ResNet runs (none,
-#   all four, augmentation x 3 seeds) + 3 MLP at 16 epochs ~95 min | shuffled 3 ResNet + 6 MLP
-#   runs at 4 epochs ~12 min | mlp_ablation 9 pilots at 10 epochs + 6 variants x 5 seeds at 20
-#   epochs ~27 min | paired timing ~1 min. The compute goes to the close comparisons: 5 seeds for
-#   the MLP ablation (differences of ~1 pp), 3 where a difference is tens of pp (CNN vs MLP).
-# full (~9 h): 30-epoch CIFAR runs at 5 seeds with each regulariser alone on the ResNet too, 12-epoch
-#   shuffle control, a 60-epoch MLP ablation with 2 pilot seeds per grid point.
+# flip TTA + 2,000 clean train images, batch 256) costs ~1.2 s for the ResNet, ~0.1 s for the MLP
+# (the committed runs' evaluation share, batch 1000, scaled by the batch-256 speed-up measured in
+# ExperimentConfig.eval_batch_size's note). So a 16-epoch ResNet run with 40 points is ~10.3 min,
+# a 3-epoch pilot (8 points on all 5,000 validation images) ~2.2 min, a 20-epoch MLP run ~55 s.
+# standard (~152 min; epoch times alone vary +-15 %):
+#   mnist         3 seeds x 3 models x 4 epochs                                    ~4 min
+#   cifar_lr      3 grid points x 3 models x 3 epochs, 1 pilot seed               ~14 min
+#                 (+4.6 min per point a bracketing extension adds)
+#   cifar         (none, all four, augmentation) ResNet x 3 seeds + MLP x 3, 16 ep ~94 min
+#   shuffled      3 seeds x (ResNet, MLP on shuffled pixels, MLP on originals), 3 ep ~10 min
+#   mlp_ablation  9 strength pilots x 8 epochs + 6 variants x 5 seeds x 20 epochs ~29 min
+#   paired timing, calibration passes                                              ~1 min
+# The compute goes where conclusions are close: 5 seeds for the MLP ablation (effects of ~1 pp),
+# 3 where a difference is tens of pp (CNN vs MLP, shuffled vs not); the ResNet's other regularisers
+# alone (3 x 3 more 10-min runs) and longer MLP and shuffle budgets are in the full profile.
+# full (~13 h): 30-epoch CIFAR at 5 seeds with each regulariser alone on the ResNet, 8-epoch
+#   pilots, a 12-epoch shuffle control, a 60-epoch MLP ablation with 2 pilot seeds per grid point.
 # quick: every experiment on small subsets, 1-2 epochs, 2 seeds (a smoke test, not a result).
 PROFILES = {
     "quick": Profile(mnist_epochs=1, mnist_seeds=2, cifar_epochs=1, cifar_seeds=2, pilot_epochs=1, pilot_seeds=1,
@@ -106,7 +112,7 @@ PROFILES = {
                      mlp_seeds=2, resnet_single_regularisers=False, eval_points=10, timing_batch=16,
                      timing_repeats=5, train_subset=1000, test_subset=500, val_size=500),
     "standard": Profile(mnist_epochs=4, mnist_seeds=3, cifar_epochs=16, cifar_seeds=3, pilot_epochs=3, pilot_seeds=1,
-                        shuffled_epochs=4, shuffled_seeds=3, mlp_epochs=20, mlp_pilot_epochs=10, mlp_pilot_seeds=1,
+                        shuffled_epochs=3, shuffled_seeds=3, mlp_epochs=20, mlp_pilot_epochs=8, mlp_pilot_seeds=1,
                         mlp_seeds=5, resnet_single_regularisers=False),
     "full": Profile(mnist_epochs=10, mnist_seeds=5, cifar_epochs=30, cifar_seeds=5, pilot_epochs=8, pilot_seeds=1,
                     shuffled_epochs=12, shuffled_seeds=3, mlp_epochs=60, mlp_pilot_epochs=30, mlp_pilot_seeds=2,
@@ -329,7 +335,7 @@ def headline_figures(study: Study, recs: Sequence[RunRecord], tag: str, title: s
     figures.plot_gradient_rms(first, study.plot(f"{tag}_gradient_rms.png"),
                               f"{title}: per-parameter gradient scale per layer (seed {seed}, median over training)")
     figures.plot_paired_timing(timing, study.plot(f"{tag}_timing.png"),
-                               f"{title}: training step and inference, paired benchmark")
+                               f"{title}: training (forward + backward) and inference, paired benchmark")
     if done:
         viz.plot_confusion_matrices(done, study.plot(f"{tag}_confusion.png"), f"{title}: test-set errors (seed {seed})")
 
@@ -441,6 +447,10 @@ def run_shuffled(study: Study) -> None:
                "differences": differences_of(recs, pairs), "epochs": cfg.epochs, "lr": cfg.lr,
                "permutation": "one fixed permutation (seed 0) of the 32x32 pixel positions, the same for every "
                               "image and channel, applied to train, validation and test"}
+    if "cifar" in study.numbers:   # the same comparison on the original pixels, at the headline budget
+        numbers["original_pixels_headline"] = {
+            "epochs": study.numbers["cifar"]["target"]["epochs"],
+            "resnet/none vs mlp/none": study.numbers["cifar"]["differences"].get("resnet/none vs mlp/none")}
     write_json(study.dirs.results / "cifar_shuffled" / "analysis.json", json_safe(numbers))
 
 
@@ -537,6 +547,9 @@ def run_mlp_ablation(study: Study) -> None:
     figures.plot_effective_lr({v: [eff[r.model] for r in by.get(("mlp_ablation", v), []) if eff.get(r.model)]
                                for v in ("none", "weight_decay")}, study.plot("mlp_weight_decay_effective_lr.png"),
                               "CIFAR-10 MLP: what weight decay does to the layers before BatchNorm")
+    figures.plot_reliability({v: [cal[r.model] for r in by.get(("mlp_ablation", v), []) if r.model in cal]
+                              for v in ("none", "label_smoothing")}, study.plot("mlp_label_smoothing_calibration.png"),
+                             "CIFAR-10 MLP: calibration on the test set")
 
 
 def ablation_figure(study: Study) -> None:

@@ -155,3 +155,12 @@ def test_task_figures_draw(tmp_path):
     assert figures.plot_gradient_rms([fake_record("mlp")], tmp_path / "g.png", "t").exists()
     v = {"mlp/none": {"training_pflop": 0.01, "test_acc": {"mean": 0.6, "half_width": 0.01, "n": 3}}}
     assert figures.plot_accuracy_vs_compute(v, tmp_path / "c.png", "t").exists()
+
+
+def test_reliability_figure_draws(tmp_path):
+    from utils.analysis.classification import calibration
+
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.1, 1, 500)
+    cal = [calibration(conf, rng.random(500) < conf ** 2)]
+    assert figures.plot_reliability({"none": cal, "label_smoothing": cal}, tmp_path / "r.png", "t").exists()

@@ -125,8 +125,8 @@ def plot_paired_timing(timing: dict, path: Path, title: str) -> Path:
     the interleaved rounds), from :func:`utils.studies.cnn_vs_fc.probes.paired_timing`."""
     models = list(timing["models"])
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), layout="constrained")
-    for ax, what, label in ((axes[0], "train_step", f"ms per training step (batch {timing['batch']})"),
-                            (axes[1], "inference", f"inference throughput (images/s, batch {timing['batch']})")):
+    for ax, what, label in ((axes[0], "train_step", f"forward + backward, ms per batch of {timing['batch']}"),
+                            (axes[1], "inference", f"inference, images/s (batch {timing['batch']})")):
         for i, (color, m) in enumerate(zip(palette(len(models)), models)):
             t = timing["models"][m][what]
             if what == "train_step":
@@ -158,4 +158,31 @@ def plot_gradient_rms(records: Sequence[RunRecord], path: Path, title: str) -> P
     ax.set(yscale="log", xlabel="weight layer (input → output)", ylabel="gradient RMS per parameter",
            title=title)
     ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+@styled
+def plot_reliability(calibrations: Mapping[str, Sequence[dict]], path: Path, title: str) -> Path:
+    """Reliability diagram per variant: accuracy against mean confidence in each confidence bin,
+    pooled over the variant's seeds (count-weighted), marker area ~ the bin's share of test images;
+    the diagonal is perfect calibration. The legend gives the ECE (mean over seeds)."""
+    fig, ax = plt.subplots(figsize=(6.2, 5.6), layout="constrained")
+    ax.plot([0, 100], [0, 100], "k:", lw=1, label="perfect calibration")
+    for color, (variant, cals) in zip(palette(len(calibrations)), calibrations.items()):
+        if not cals:
+            continue
+        count = np.sum([c["bin_count"] for c in cals], axis=0).astype(float)
+        acc = np.sum([np.asarray(c["bin_count"]) * np.nan_to_num(np.asarray(c["bin_accuracy"], dtype=float))
+                      for c in cals], axis=0)
+        conf = np.sum([np.asarray(c["bin_count"]) * np.nan_to_num(np.asarray(c["bin_confidence"], dtype=float))
+                       for c in cals], axis=0)
+        keep = count > 0
+        ece = float(np.mean([c["ece"] for c in cals]))
+        ax.plot(100 * conf[keep] / count[keep], 100 * acc[keep] / count[keep], "-", color=color, lw=1)
+        ax.scatter(100 * conf[keep] / count[keep], 100 * acc[keep] / count[keep], s=2000 * count[keep] / count.sum(),
+                   color=color, alpha=0.7, edgecolor="k", lw=0.4,
+                   label=f"{variant.replace('_', ' ')} (ECE {100 * ece:.1f} %, n={len(cals)})")
+    ax.set(xlabel="mean confidence in the bin (%)", ylabel="accuracy in the bin (%)", xlim=(0, 100), ylim=(0, 100),
+           title=title)
+    ax.legend(fontsize=8, loc="upper left")
     return save_figure(fig, path)
