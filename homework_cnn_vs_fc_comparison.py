@@ -345,7 +345,8 @@ def pilot_specs(in_ch: int, size: int, classes: int, lrs: Sequence[float], seeds
     out = []
     for lr in lrs:
         for s in headline_specs(in_ch, size, classes):
-            out.append(ModelSpec(f"pilot_{s.name}_lr{lr:g}", s.build, s.description, group=f"pilot_{s.group}_{s.variant}",
+            out.append(ModelSpec(f"pilot_{s.name}_lr{lr:g}", s.build, s.description,
+                                 group=f"pilot_{s.group}_{s.variant}",
                                  variant=f"lr{lr:g}", lr=lr, overrides=s.overrides))
     return seeded(out, seeds)
 

@@ -121,6 +121,7 @@ def paired_timing(builds: Mapping[str, Callable[[], nn.Module]], image_shape: tu
                           "ratio_to_reference": float(np.median(times)) / float(np.median(
                               (train if what == "train_step" else infer)[first]["times_ms"]))}
         out[name] = rows
-    return {"models": out, "reference": first, "batch": batch, "repeats": repeats, "warmup": warmup, "runtime": runtime.describe(),
+    return {"models": out, "reference": first, "batch": batch, "repeats": repeats, "warmup": warmup,
+            "runtime": runtime.describe(),
             "method": "interleaved rounds in rotating order, one process, the training precision; median of the "
                       "rounds, min-max spread"}
