@@ -49,8 +49,8 @@ from utils.comparison_utils import (by_variant, convergence_of, difference_with_
 from utils.engine.cli import apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli, setup_logging
 from utils.engine.data import DatasetSplits
 from utils.engine.experiment import REGULARISATION_FIELDS, ExperimentConfig, ModelSpec
-from utils.engine.files import write_json
-from utils.engine.records import RunRecord
+from utils.engine.files import read_json, write_json
+from utils.engine.records import RunRecord, write_summary
 from utils.engine.runner import ExperimentRun, run_experiment
 from utils.engine.runtime import resolve_runtime
 from utils.studies.cnn_vs_fc import figures
@@ -137,6 +137,7 @@ MLP_GRIDS = {"dropout": (0.1, 0.2, 0.4), "weight_decay": (1e-4, 5e-4, 2.5e-3), "
 VALID_STRENGTH = {"dropout": (0.0, 1.0), "label_smoothing": (0.0, 1.0), "weight_decay": (0.0, math.inf)}
 REGULARISER_ORDER = ("dropout", "weight_decay", "augment", "label_smoothing", "all")
 COMPARED = ("test_acc", "gap", "final_val_acc", "test_loss")
+CALIBRATION_FILE = "calibration.json"
 
 
 def merged(regs: dict[str, dict]) -> dict:
@@ -287,6 +288,29 @@ class Study:
         self.train_s.setdefault(experiment, {}).update({r.model: r.timing["train_s"] for r in run.records})
         return run
 
+    def calibrations(self, experiment: str, specs: Sequence[ModelSpec], records: Sequence[RunRecord],
+                     data: DatasetSplits, cfg: ExperimentConfig, title: str) -> dict[str, dict]:
+        """Test-set calibration of each completed run, measured once on its trained model and kept
+        in ``<experiment>/calibration.json`` (keyed by the run's config hash), so re-deriving the
+        analysis never needs the weights again; a run not measured yet has its final weights
+        loaded by the runner (retrained only if they are gone)."""
+        path = self.dirs.results / experiment / CALIBRATION_FILE
+        cache = {} if self.args.force else (read_json(path) or {})
+        done = {r.model: r for r in records if r.completed}
+        todo = [s for s in specs
+                if s.name in done and cache.get(s.name, {}).get("config_hash") != done[s.name].config_hash]
+        if todo:
+            run = run_experiment(experiment, todo, data, cfg, self.runtime, self.dirs.results, keep_models=True)
+            self.trained += len(run.trained)
+            for r in run.records:
+                if r.completed:
+                    cache[r.model] = {"config_hash": r.config_hash,
+                                      **test_calibration(run.models[r.model], data, cfg, self.runtime)}
+            write_json(path, cache)
+            # the runner's summary tables were just written for the re-loaded runs only
+            write_summary(records, self.dirs.results / experiment, title)
+        return {m: {k: v for k, v in cache[m].items() if k != "config_hash"} for m in done if m in cache}
+
     def shared_lr(self) -> float:
         """The CIFAR-10 lr of every model (``--lr`` replaces the choice)."""
         if self.lr is None:
@@ -390,12 +414,11 @@ def run_cifar(study: Study) -> None:
     cfg = study.config(CIFAR_CONFIG, p.cifar_epochs, lr=lr)
     base = headline_specs(in_ch, size, classes)
     specs = base + resnet_ablation_specs(in_ch, classes, p.resnet_single_regularisers)
-    run = study.run("cifar_comparison", seeded(specs, final_seeds(p.cifar_seeds)), data, cfg,
-                    f"CIFAR-10: FC vs CNN and the ResNet ablation ({source_of(data)})", keep_models=True)
-    recs = run.records
+    finals = seeded(specs, final_seeds(p.cifar_seeds))
+    title = f"CIFAR-10: FC vs CNN and the ResNet ablation ({source_of(data)})"
+    recs = study.run("cifar_comparison", finals, data, cfg, title).records
     check_disjoint(recs, study.pilots)
-    cal = {r.model: test_calibration(run.models[r.model], data, cfg, study.runtime)
-           for r in recs if r.completed and run.models.get(r.model) is not None}
+    cal = study.calibrations("cifar_comparison", finals, recs, data, cfg, title)
     pairs = [(("resnet", "none"), ("mlp", "none")), (("resnet", "all"), ("mlp", "none")),
              (("resnet", "all"), ("resnet", "none")), (("resnet", "augment"), ("resnet", "none")),
              (("resnet", "all"), ("resnet", "augment"))]
@@ -510,12 +533,11 @@ def run_mlp_ablation(study: Study) -> None:
     variants = [mlp_spec(fc, "none", {})] + [mlp_spec(fc, r, regs[r]) for r in REGULARISER_ORDER[:-1]]
     variants.append(mlp_spec(fc, "all", merged(regs)))
     cfg = study.config(CIFAR_CONFIG, p.mlp_epochs, lr=lr)
-    run = study.run("mlp_ablation", seeded(variants, final_seeds(p.mlp_seeds)), data, cfg,
-                    f"CIFAR-10 MLP regularisation ablation, {cfg.epochs} epochs ({source_of(data)})", keep_models=True)
-    recs = run.records
+    finals = seeded(variants, final_seeds(p.mlp_seeds))
+    title = f"CIFAR-10 MLP regularisation ablation, {cfg.epochs} epochs ({source_of(data)})"
+    recs = study.run("mlp_ablation", finals, data, cfg, title).records
     check_disjoint(recs, study.pilots)
-    cal = {r.model: test_calibration(run.models[r.model], data, cfg, study.runtime)
-           for r in recs if r.completed and run.models.get(r.model) is not None}
+    cal = study.calibrations("mlp_ablation", finals, recs, data, cfg, title)
     pairs = [(("mlp_ablation", v), ("mlp_ablation", "none")) for v in REGULARISER_ORDER]
     # the layers right before a BatchNorm, from each run's own model (dropout shifts the indices)
     pre_bn = {v.variant: weights_before_norm(v.build(v.config_for(cfg))) for v in variants}

@@ -254,6 +254,13 @@ def test_task1_quick_profile_end_to_end(tmp_path, fake_data_dir):
     before = model_files()
     assert _run(tmp_path, fake_data_dir, "--precision", "fp32") == 0
     assert before == model_files()
+    # calibration was measured once and kept: without the weights (a clean clone) nothing retrains
+    assert (results / "mlp_ablation" / "calibration.json").is_file()
+    import shutil
+    for ckpt in results.rglob("checkpoints"):
+        shutil.rmtree(ckpt)
+    assert _run(tmp_path, fake_data_dir, "--precision", "fp32") == 0
+    assert before == model_files()
 
 
 @pytest.mark.e2e
