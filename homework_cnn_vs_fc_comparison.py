@@ -3,80 +3,149 @@
     python homework_cnn_vs_fc_comparison.py                      # standard profile, everything
     python homework_cnn_vs_fc_comparison.py --only mnist --profile quick
 
-Experiments (``--only``):
-  mnist        FC (4 linear layers) vs simple CNN (2 conv) vs residual CNN, one config, 3 seeds each.
-  cifar_pilot  the runs that chose the CIFAR-10 learning rate, read on the validation split only
-               (kept as ``results/cifar_pilots/pilot_*.json``).
-  cifar        deep FC (7 linear layers) vs residual CNN vs the same residual CNN regularised, one
-               config; plus the regularisation ablation: each regulariser alone on the MLP (which
-               over-fits) and augmentation alone on the ResNet, every variant over seeds.
+Experiments (``--only``; an experiment that needs the shared CIFAR-10 lr gets it from the
+``cifar_lr`` pilots through the runner, which re-uses finished runs):
+  mnist         FC (4 linear layers) vs simple CNN (2 conv) vs residual CNN, one config.
+  cifar_lr      the shared CIFAR-10 learning rate: pilots (pilot seeds) of the three compared
+                models on a bracketing grid, chosen on their validation accuracy averaged over
+                the three models.
+  cifar         deep FC (7 linear layers) vs residual CNN vs the same residual CNN with all four
+                regularisers, one config; and the ResNet ablation: augmentation alone (and, in the
+                full profile, each other regulariser alone).
+  shuffled      the MLP's ceiling: the MLP and the residual CNN on pixel-shuffled CIFAR-10 (one
+                fixed permutation of the pixel positions for every image), plus the MLP on the
+                original pixels at the same budget (an MLP cannot tell the two apart).
+  mlp_ablation  the regularisation ablation on the MLP with its own, longer budget: a strength
+                per regulariser chosen on validation by a bracketing grid (pilot seeds), then the
+                final seeds of none / each alone / all four; effective learning rate of the
+                BatchNorm-ed layers (what weight decay does there) and test-set calibration.
 
-Every choice (lr, epochs) is read on a validation split held out of the training set; the test set
-is evaluated once at the end of each run. Writes ``results/{mnist_comparison,cifar_pilots,
-cifar_comparison}/`` (a JSON per run, summary.csv/md, analysis.json) and ``plots/cnn_vs_fc/*.png``.
+Validation chooses, test reports (``utils/analysis/protocol.py``): every choice reads pilot runs'
+validation accuracy, the test set is evaluated once at the end of each run; pilots never serve as
+final seeds. Writes ``results/{mnist_comparison,cifar_lr_pilots,cifar_comparison,cifar_shuffled,
+cifar_shuffled_reference,mlp_ablation_pilots,mlp_ablation}/`` (a JSON per run, summary.csv/md, analysis.json) and
+``plots/cnn_vs_fc/*.png``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
 from models.cnn_models import BasicBlock, ResNet, SimpleCNN
 from models.fc_models import FullyConnectedNet
 from utils import visualization_utils as viz
-from utils.comparison_utils import METRICS, by_variant, compare, convergence_of, summarise_runs, verdict
 from utils.analysis.classification import classification_summary
+from utils.analysis.protocol import Selection, check_disjoint, final_seeds, pilot_seeds, select_bracketed
+from utils.comparison_utils import (by_variant, convergence_of, difference_with_verdict, grad_rms_of, json_safe,
+                                    variant_key, variant_numbers)
 from utils.engine.cli import apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli, setup_logging
 from utils.engine.data import DatasetSplits
-from utils.engine.executors import executor_from_args
-from utils.engine.experiment import REGULARISATION_FIELDS, ExperimentConfig, ModelSpec, with_seeds
-from utils.engine.files import write_json
-from utils.engine.gradients import gradient_flow_summary
-from utils.engine.records import RunRecord
-from utils.engine.runner import run_experiment
+from utils.engine.executors import Executor, executor_from_args
+from utils.engine.experiment import REGULARISATION_FIELDS, ExperimentConfig, ModelSpec
+from utils.engine.files import read_json, write_json
+from utils.engine.invocation import ExperimentCost, InvocationLog
+from utils.engine.records import RunRecord, write_summary
+from utils.engine.runner import ExperimentRun, run_experiment
 from utils.engine.runtime import resolve_runtime
+from utils.studies.cnn_vs_fc import figures
+from utils.studies.cnn_vs_fc.numbers import (PFLOP_CONVENTION, effective_lr_curve, mean_score, paired_difference,
+                                             per_seed_summary, pilot_table, ratio_over_seeds, training_pflop)
+from utils.studies.cnn_vs_fc.probes import paired_timing, shuffled_splits, test_calibration, weights_before_norm
 
 log = logging.getLogger("cnn_vs_fc")
-EXPERIMENTS = ("mnist", "cifar_pilot", "cifar")
+EXPERIMENTS = ("mnist", "cifar_lr", "cifar", "shuffled", "mlp_ablation")
 
 
 @dataclass(frozen=True)
 class Profile:
     mnist_epochs: int
-    cifar_epochs: int
-    pilot_epochs: int
-    seeds: int                # seeds of every compared variant
+    mnist_seeds: int
+    cifar_epochs: int            # the headline comparison and the ResNet ablation
+    cifar_seeds: int
+    pilot_epochs: int            # the shared-lr pilots
+    pilot_seeds: int
+    shuffled_epochs: int
+    shuffled_seeds: int
+    mlp_epochs: int              # the MLP ablation's own budget
+    mlp_pilot_epochs: int
+    mlp_pilot_seeds: int
+    mlp_seeds: int
+    resnet_single_regularisers: bool   # dropout / weight decay / label smoothing alone on the ResNet
+    eval_points: int = 40        # >= 40: the v3 plateau verdict reads >= 8 points in the last 20 %
+    timing_batch: int = 256
+    timing_repeats: int = 7
     train_subset: int | None = None
     test_subset: int | None = None
-    val_size: int = 5000      # held out of the training set; every choice is read on it
+    val_size: int = 5000         # held out of the training set; every choice is read on it
 
 
+# Costs on the study's machine (2-core AVX-512-bf16 EPYC, bf16 autocast), from the committed runs
+# (results/cifar_comparison/*.json timing.train_s): the ResNet trains at ~35 s per 45k-image epoch
+# (31-44 s across runs), the MLP at ~2.3 s; one evaluation point (2,000 validation images with
+# flip TTA + 2,000 clean train images, batch 256) costs ~1.2 s for the ResNet, ~0.1 s for the MLP
+# (the committed runs' evaluation share, batch 1000, scaled by the batch-256 speed-up measured in
+# ExperimentConfig.eval_batch_size's note). So a 16-epoch ResNet run with 40 points is ~10.3 min,
+# a 3-epoch pilot (8 points on all 5,000 validation images) ~2.2 min, a 20-epoch MLP run ~55 s.
+# standard (~152 min; epoch times alone vary +-15 %):
+#   mnist         3 seeds x 3 models x 4 epochs                                    ~4 min
+#   cifar_lr      3 grid points x 3 models x 3 epochs, 1 pilot seed               ~14 min
+#                 (+4.6 min per point a bracketing extension adds)
+#   cifar         (none, all four, augmentation) ResNet x 3 seeds + MLP x 3, 16 ep ~94 min
+#   shuffled      3 seeds x (ResNet, MLP on shuffled pixels, MLP on originals), 3 ep ~10 min
+#   mlp_ablation  9 strength pilots x 8 epochs + 6 variants x 5 seeds x 20 epochs ~29 min
+#   paired timing, calibration passes                                              ~1 min
+# The compute goes where conclusions are close: 5 seeds for the MLP ablation (effects of ~1 pp),
+# 3 where a difference is tens of pp (CNN vs MLP, shuffled vs not); the ResNet's other regularisers
+# alone (3 x 3 more 10-min runs) and longer MLP and shuffle budgets are in the full profile.
+# full (~13 h): 30-epoch CIFAR at 5 seeds with each regulariser alone on the ResNet, 8-epoch
+#   pilots, a 12-epoch shuffle control, a 60-epoch MLP ablation with 2 pilot seeds per grid point.
+# quick: every experiment on small subsets, 1-2 epochs, 2 seeds (a smoke test, not a result).
 PROFILES = {
-    "quick": Profile(mnist_epochs=1, cifar_epochs=1, pilot_epochs=1, seeds=2, train_subset=2000, test_subset=500,
-                     val_size=500),
-    "standard": Profile(mnist_epochs=4, cifar_epochs=16, pilot_epochs=6, seeds=2),
-    "full": Profile(mnist_epochs=10, cifar_epochs=40, pilot_epochs=15, seeds=3),
+    "quick": Profile(mnist_epochs=1, mnist_seeds=2, cifar_epochs=1, cifar_seeds=2, pilot_epochs=1, pilot_seeds=1,
+                     shuffled_epochs=1, shuffled_seeds=2, mlp_epochs=2, mlp_pilot_epochs=1, mlp_pilot_seeds=1,
+                     mlp_seeds=2, resnet_single_regularisers=False, eval_points=10, timing_batch=16,
+                     timing_repeats=5, train_subset=1000, test_subset=500, val_size=500),
+    "standard": Profile(mnist_epochs=4, mnist_seeds=3, cifar_epochs=16, cifar_seeds=3, pilot_epochs=3, pilot_seeds=1,
+                        shuffled_epochs=3, shuffled_seeds=3, mlp_epochs=20, mlp_pilot_epochs=8, mlp_pilot_seeds=1,
+                        mlp_seeds=5, resnet_single_regularisers=False),
+    "full": Profile(mnist_epochs=10, mnist_seeds=5, cifar_epochs=30, cifar_seeds=5, pilot_epochs=8, pilot_seeds=1,
+                    shuffled_epochs=12, shuffled_seeds=3, mlp_epochs=60, mlp_pilot_epochs=30, mlp_pilot_seeds=2,
+                    mlp_seeds=5, resnet_single_regularisers=True),
 }
 
-# MNIST: SGD-Nesterov + one-cycle at the usual batch-128 lr, fixed before any result was seen.
-MNIST_CONFIG = ExperimentConfig(batch_size=128, lr=0.05, eval_points=12, train_eval_samples=2000,
-                                val_eval_samples=2000)
-# CIFAR-10: one config for every model (the assignment's "same hyper-parameters"): the lr was chosen
-# on the validation split by the pilot runs (results/cifar_pilots, README "How the recipe was
-# chosen"); flip test-time augmentation is evaluation, not regularisation, and applies to all.
-CIFAR_LR_CANDIDATES = (0.1, 0.2, 0.4)
-CIFAR_CONFIG = ExperimentConfig(batch_size=256, lr=0.4, warmup_fraction=0.15, flip_tta=True, eval_points=15,
-                                train_eval_samples=2000, val_eval_samples=None)
-# Each regulariser, alone or all together, on top of the shared config (and nothing else):
-REGULARISERS = {"dropout": {"dropout": 0.2}, "weight_decay": {"weight_decay": 5e-4},
-                "augment": {"augment": True}, "label_smoothing": {"label_smoothing": 0.1}}
-ALL_REGULARISERS = {k: v for reg in REGULARISERS.values() for k, v in reg.items()}
-assert set(ALL_REGULARISERS) == set(REGULARISATION_FIELDS)
+# MNIST: SGD-Nesterov + one-cycle at the usual batch-128 lr (the three models reach 98-99 %).
+MNIST_CONFIG = ExperimentConfig(batch_size=128, lr=0.05, train_eval_samples=2000, val_eval_samples=2000,
+                                eval_batch_size=256)
+# CIFAR-10: one config for every model (the assignment's "same hyper-parameters"); the lr is chosen
+# by the cifar_lr pilots. Flip test-time augmentation is evaluation, not regularisation: all models.
+CIFAR_CONFIG = ExperimentConfig(batch_size=256, lr=0.4, warmup_fraction=0.15, flip_tta=True, train_eval_samples=2000,
+                                val_eval_samples=2000, eval_batch_size=256)
+LR_GRID = (0.2, 0.4, 0.8)
+PILOT_EVAL_POINTS = 8    # a pilot reports its final validation accuracy (on all validation images)
+# The ResNet's regularisers at standard strengths (weight decay 5e-4 and label smoothing 0.1 as in
+# the usual CIFAR ResNet recipes; dropout before the classifier; crop + flip augmentation).
+RESNET_REGULARISERS = {"dropout": {"dropout": 0.2}, "weight_decay": {"weight_decay": 5e-4},
+                       "augment": {"augment": True}, "label_smoothing": {"label_smoothing": 0.1}}
+# The MLP ablation's strength grids (bracketed on validation; augmentation is on/off: crop + flip).
+MLP_GRIDS = {"dropout": (0.1, 0.2, 0.4), "weight_decay": (1e-4, 5e-4, 2.5e-3), "label_smoothing": (0.05, 0.1, 0.2)}
+VALID_STRENGTH = {"dropout": (0.0, 1.0), "label_smoothing": (0.0, 1.0), "weight_decay": (0.0, math.inf)}
+REGULARISER_ORDER = ("dropout", "weight_decay", "augment", "label_smoothing", "all")
+COMPARED = ("test_acc", "gap", "final_val_acc", "test_loss")
+CALIBRATION_FILE = "calibration.json"
+
+
+def merged(regs: dict[str, dict]) -> dict:
+    out = {k: v for reg in regs.values() for k, v in reg.items()}
+    if set(out) != set(REGULARISATION_FIELDS):
+        raise ValueError(f"all four regularisers expected, got {sorted(out)}")
+    return out
 
 
 # ----------------------------------------------------------------------------------- models
@@ -93,15 +162,13 @@ def mnist_specs(in_ch: int, size: int, classes: int) -> list[ModelSpec]:
     ]
 
 
-def deep_fc(in_features: int, classes: int):
+def deep_fc(in_features: int, classes: int) -> Callable:
     return lambda c: FullyConnectedNet(in_features, (1024, 512, 512, 256, 256, 128), classes, batch_norm=True,
                                        dropout=c.dropout)
 
 
-def cifar_resnet(in_ch: int, classes: int):
-    # 4 stages of one BasicBlock, widths 32-64-128-256 (1.2 M params, 128 MFLOPs/image): measured
-    # ~33 s per 45k-image epoch with augmentation on 2 AVX-512-bf16 cores (bf16 autocast), so 16
-    # epochs are ~9 min a run; ~2.5-3x that in fp32 on an AVX2-only CPU.
+def cifar_resnet(in_ch: int, classes: int) -> Callable:
+    # 4 stages of one BasicBlock, widths 32-64-128-256: 1.2 M parameters, 128 MFLOPs per image
     return lambda c: ResNet(BasicBlock, (32, 64, 128, 256), (1, 1, 1, 1), in_channels=in_ch, num_classes=classes,
                             dropout=c.dropout)
 
@@ -110,144 +177,428 @@ MLP_DESC = "MLP 3072-1024-512-512-256-256-128-10, BatchNorm, ReLU (7 linear laye
 RESNET_DESC = "ResNet: stem conv 32 + 4 BasicBlocks 32-64-128-256, GAP, linear"
 
 
-def cifar_specs(in_ch: int, size: int, classes: int, seeds: int) -> list[ModelSpec]:
-    """The comparison (deep FC / residual CNN / regularised residual CNN) and the ablation: the MLP
-    with each regulariser alone and all; the ResNet with augmentation alone. Seed-major order, so a
-    study stopped half-way has every variant at its first seed."""
+def headline_specs(in_ch: int, size: int, classes: int) -> list[ModelSpec]:
+    """The three compared models: deep FC, residual CNN, the same residual CNN with all four
+    regularisers (one seed each; seeds are added by the experiments)."""
     fc, res = deep_fc(in_ch * size * size, classes), cifar_resnet(in_ch, classes)
-    base = [ModelSpec("deep_fc", fc, MLP_DESC, group="mlp", variant="none"),
+    return [ModelSpec("deep_fc", fc, MLP_DESC, group="mlp", variant="none"),
             ModelSpec("residual_cnn", res, RESNET_DESC, group="resnet", variant="none"),
             ModelSpec("residual_cnn_regularised", res, RESNET_DESC + " + all four regularisers", group="resnet",
-                      variant="all", overrides=ALL_REGULARISERS),
-            ModelSpec("residual_cnn_augment", res, RESNET_DESC + " + crop/flip augmentation", group="resnet",
-                      variant="augment", overrides=REGULARISERS["augment"])]
-    base += [ModelSpec(f"deep_fc_{name}", fc, f"{MLP_DESC} + {name.replace('_', ' ')}", group="mlp",
-                       variant=name, overrides=reg) for name, reg in REGULARISERS.items()]
-    base.append(ModelSpec("deep_fc_regularised", fc, MLP_DESC + " + all four regularisers", group="mlp",
-                          variant="all", overrides=ALL_REGULARISERS))
-    return [s.with_seed(k) for k in range(seeds) for s in base
-            if k < SINGLE_SEED_VARIANTS.get((s.group, s.variant), seeds)]
+                      variant="all", overrides=merged(RESNET_REGULARISERS))]
 
 
-# Budget: a ResNet run is ~9 min here; augmentation alone on the ResNet gets one seed, so README
-# reports it without an interval and calls no difference on it.
-SINGLE_SEED_VARIANTS = {("resnet", "augment"): 1}
+def resnet_ablation_specs(in_ch: int, classes: int, singles: bool) -> list[ModelSpec]:
+    """Augmentation alone on the ResNet (and, with ``singles``, each other regulariser alone)."""
+    res = cifar_resnet(in_ch, classes)
+    names = ("augment", "dropout", "weight_decay", "label_smoothing") if singles else ("augment",)
+    return [ModelSpec(f"residual_cnn_{n}", res, f"{RESNET_DESC} + {n.replace('_', ' ')}", group="resnet", variant=n,
+                      overrides=RESNET_REGULARISERS[n]) for n in names]
 
 
-def pilot_specs(in_ch: int, size: int, classes: int) -> list[ModelSpec]:
-    """The lr candidates for the shared CIFAR config: the regularised ResNet (the model the recipe
-    is for) and the unregularised MLP (it must train at the same lr), one seed each."""
-    fc, res = deep_fc(in_ch * size * size, classes), cifar_resnet(in_ch, classes)
-    out = []
-    for lr in CIFAR_LR_CANDIDATES:
-        out.append(ModelSpec(f"pilot_resnet_regularised_lr{lr:g}", res, RESNET_DESC + " + all regularisers",
-                             group="pilot_resnet_regularised", variant=f"{lr:g}", lr=lr, overrides=ALL_REGULARISERS))
-        out.append(ModelSpec(f"pilot_deep_fc_lr{lr:g}", fc, MLP_DESC, group="pilot_deep_fc", variant=f"{lr:g}", lr=lr))
-    return out
+def seeded(specs: Sequence[ModelSpec], seeds: Sequence[int]) -> list[ModelSpec]:
+    """Seed-major order: a study stopped half-way has every variant at its first seeds."""
+    return [s.with_seed(k) for k in seeds for s in specs]
 
 
-# --------------------------------------------------------------------------------- analysis
-def training_pflop(r: RunRecord) -> float:
-    """Training compute: ~3x the forward FLOPs (forward + two backward products) per image seen."""
-    images = r.history.step[-1] * r.config["batch_size"] if r.history.step else 0
-    return 3 * r.flops_per_image * images / 1e15
+def in_range(regulariser: str, value: float) -> bool:
+    lo, hi = VALID_STRENGTH[regulariser]
+    return lo < value < hi
 
 
-def run_numbers(r: RunRecord) -> dict:
-    """Per-run numbers README quotes beyond the summary table: errors, confusions, over-fitting,
-    gradient flow, compute."""
+# ------------------------------------------------------------------------------ per-run numbers
+def run_numbers(r: RunRecord, extra: dict | None = None) -> dict:
+    """Per-run numbers beyond the variant summaries: errors, gap, plateau verdicts, gradient
+    scale per layer, compute."""
     if not r.completed:
         return {"status": r.status, "diverged_at": r.diverged_at}
-    h, g = r.history, r.grad_stats
-    gap = np.asarray(h.train_eval_acc) - np.asarray(h.val_acc)
-    flow = gradient_flow_summary(g.names, np.asarray(g.l2))
-    return {**classification_summary(r.labels, r.predictions, r.class_names),
-            "gap_curve": gap.tolist(), "final_gap": float(gap[-1]), "max_gap": float(gap.max()),
-            "val_loss_min_epoch": h.epoch[int(np.argmin(h.val_loss))],
-            "val_loss_rise_after_min": float(h.val_loss[-1] - min(h.val_loss)),
-            "grad_first_last_ratio_init": float(flow["first_last_ratio"][0]),
-            "grad_first_last_ratio_median": flow["median_first_last_ratio"], "grad_layers": len(g.names),
-            "training_pflop": training_pflop(r), "test_acc_per_pflop": r.test_acc / max(training_pflop(r), 1e-12),
-            "convergence": convergence_of(r), "train_share": r.timing["train_share"]}
+    rms = grad_rms_of(r)
+    return {**classification_summary(r.labels, r.predictions, r.class_names), "test_acc": r.test_acc,
+            "test_loss": r.test_loss, "final_gap": r.summary.gap, "convergence": convergence_of(r),
+            "training_pflop": training_pflop(r),
+            "grad_rms_median": (np.median(np.asarray(rms["rms"]), axis=0).tolist() if rms["rms"] else None),
+            "grad_layers": rms["names"], **(extra or {})}
 
 
-def comparisons(groups: dict[tuple[str, str], list[RunRecord]], pairs: list[tuple[tuple, tuple]]) -> dict:
-    """``"a vs b"`` -> differences ``a - b`` with 95 % intervals and verdicts for test accuracy,
-    final validation accuracy and the train-validation gap."""
+def variants_of(records: Sequence[RunRecord]) -> dict:
     out = {}
-    for a, b in pairs:
-        if a not in groups or b not in groups:
-            continue
-        row = {}
-        for metric in ("test_acc", "final_val_acc", "gap"):
-            d = compare(groups[a], groups[b], METRICS[metric])
-            row[metric] = {**d.as_dict(), "verdict": verdict(d)}
-        out[f"{'/'.join(a)} vs {'/'.join(b)}"] = row
+    for (g, v), runs in by_variant(records).items():
+        done = [r for r in runs if r.completed]
+        out[variant_key(g, v)] = {**variant_numbers(runs), "training_pflop": (float(np.mean(
+            [training_pflop(r) for r in done])) if done else None), "pflop_convention": PFLOP_CONVENTION}
     return out
 
 
-MNIST_PAIRS = [(("mnist", "simple_cnn"), ("mnist", "fc")), (("mnist", "residual_cnn"), ("mnist", "fc")),
-               (("mnist", "residual_cnn"), ("mnist", "simple_cnn"))]
-CIFAR_PAIRS = ([(("resnet", "none"), ("mlp", "none")), (("resnet", "all"), ("resnet", "none")),
-                (("resnet", "augment"), ("resnet", "none")), (("resnet", "all"), ("resnet", "augment"))]
-               + [(("mlp", v), ("mlp", "none")) for v in (*REGULARISERS, "all")])
-
-
-def analysis_numbers(records: list[RunRecord], pairs: list[tuple[tuple, tuple]]) -> dict:
-    """Pure function of the records: per run, per variant over seeds, and the named differences."""
+def differences_of(records: Sequence[RunRecord], pairs: Sequence[tuple[tuple, tuple]]) -> dict:
     groups = by_variant(records)
-    return {"runs": {r.model: run_numbers(r) for r in records},
-            "variants": {"/".join(k): summarise_runs(v) for k, v in groups.items()},
-            "differences": comparisons(groups, pairs)}
+    return {f"{variant_key(*a)} vs {variant_key(*b)}": difference_with_verdict(groups[a], groups[b], COMPARED)
+            for a, b in pairs if a in groups and b in groups}
 
 
-def pilot_numbers(records: list[RunRecord]) -> dict:
-    """The lr choice: final validation accuracy per candidate and model (the test set is not read)."""
-    table = {}
-    for r in records:
-        table.setdefault(r.group, {})[r.variant] = {"final_val_acc": r.summary.final_val_acc,
-                                                    "best_val_acc": r.summary.best_val_acc, "status": r.status}
-    res = {lr: v["final_val_acc"] for lr, v in table.get("pilot_resnet_regularised", {}).items()
-           if v["final_val_acc"] is not None}
-    return {"candidates": table, "chosen_lr_by_val": max(res, key=res.get) if res else None,
-            "config_lr": CIFAR_CONFIG.lr, "runs_wall_s": sum(r.timing["total_s"] for r in records)}
+def calibration_numbers(records: Sequence[RunRecord], cal: dict[str, dict],
+                        pairs: Sequence[tuple[tuple, tuple]]) -> dict:
+    """Test-set ECE and over-confidence per variant over seeds, and paired differences."""
+    groups = by_variant(records)
+    per = {k: {"ece": {r.seed: cal[r.model]["ece"] for r in runs if r.model in cal},
+               "overconfidence": {r.seed: cal[r.model]["overconfidence"] for r in runs if r.model in cal}}
+           for k, runs in groups.items()}
+    return {"variants": {variant_key(*k): {m: per_seed_summary(v) for m, v in p.items()} for k, p in per.items()},
+            "differences": {f"{variant_key(*a)} vs {variant_key(*b)}": {
+                m: paired_difference(per[a][m], per[b][m]) for m in ("ece", "overconfidence")}
+                for a, b in pairs if a in per and b in per},
+            "method": "top-1 confidence, 15 equal-width bins, test set scored as the run's test accuracy (flip TTA)"}
 
 
-# The models the assignment compares (the rest of the CIFAR runs are the regularisation ablation).
-HEADLINE = {("mnist", "fc"), ("mnist", "simple_cnn"), ("mnist", "residual_cnn"), ("mlp", "none"),
-            ("resnet", "none"), ("resnet", "all")}
+# ------------------------------------------------------------------------------------- study
+@dataclass
+class Study:
+    """One call of the script: its options, output folders, runtime, profile, the loaded data
+    and what its experiments produced in memory (so experiments share runs through the runner,
+    never through each other's files)."""
+
+    args: object
+    dirs: object
+    runtime: object
+    profile: Profile
+    data: dict[str, DatasetSplits] = field(default_factory=dict)
+    lr: float | None = None
+    lr_selection: Selection | None = None
+    pilots: list[RunRecord] = field(default_factory=list)
+    numbers: dict[str, dict] = field(default_factory=dict)
+    executor: Executor | None = None
+    cost: ExperimentCost | None = None    # the invocation log's entry of the experiment being run
+
+    def dataset(self, name: str) -> DatasetSplits:
+        if name not in self.data:
+            p = self.profile
+            self.data[name] = load_data(self.args, self.dirs, name, p.train_subset, p.test_subset, p.val_size)
+        return self.data[name]
+
+    def shape(self, name: str) -> tuple[int, int, int]:
+        d = self.dataset(name)
+        return d.image_shape[0], d.image_shape[1], d.num_classes
+
+    def config(self, base: ExperimentConfig, epochs: int, **changes) -> ExperimentConfig:
+        cfg = apply_cli_overrides(base.replace(epochs=epochs, eval_points=self.profile.eval_points), self.args)
+        return cfg.replace(**changes)
+
+    def run(self, experiment: str, specs: Sequence[ModelSpec], data: DatasetSplits, cfg: ExperimentConfig,
+            title: str, keep_models: bool = False) -> ExperimentRun:
+        run = run_experiment(experiment, specs, data, cfg, self.runtime, self.dirs.results, force=self.args.force,
+                             title=title, keep_models=keep_models, executor=self.executor)
+        self.count(run)
+        return run
+
+    def count(self, run: ExperimentRun) -> None:
+        if self.cost is not None:
+            self.cost.add(run.records, run.trained)
+
+    def calibrations(self, experiment: str, specs: Sequence[ModelSpec], records: Sequence[RunRecord],
+                     data: DatasetSplits, cfg: ExperimentConfig, title: str) -> dict[str, dict]:
+        """Test-set calibration of each completed run, measured once on its trained model and kept
+        in ``<experiment>/calibration.json`` (keyed by the run's config hash), so re-deriving the
+        analysis never needs the weights again; a run not measured yet has its final weights
+        loaded by the runner (retrained only if they are gone)."""
+        path = self.dirs.results / experiment / CALIBRATION_FILE
+        cache = {} if self.args.force else (read_json(path) or {})
+        done = {r.model: r for r in records if r.completed}
+        todo = [s for s in specs
+                if s.name in done and cache.get(s.name, {}).get("config_hash") != done[s.name].config_hash]
+        if todo:
+            run = run_experiment(experiment, todo, data, cfg, self.runtime, self.dirs.results, keep_models=True,
+                                 executor=self.executor)
+            self.count(run)
+            for r in run.records:
+                if r.completed:
+                    cache[r.model] = {"config_hash": r.config_hash,
+                                      **test_calibration(run.models[r.model], data, cfg, self.runtime)}
+            write_json(path, cache)
+            # the runner's summary tables were just written for the re-loaded runs only
+            write_summary(records, self.dirs.results / experiment, title)
+        return {m: {k: v for k, v in cache[m].items() if k != "config_hash"} for m in done if m in cache}
+
+    def shared_lr(self) -> float:
+        """The CIFAR-10 lr of every model (``--lr`` replaces the choice)."""
+        if self.lr is None:
+            if self.args.lr is not None:
+                self.lr = self.args.lr
+                log.info("CIFAR-10 lr %g from --lr (no pilots)", self.lr)
+            else:
+                self.lr = select_lr(self)
+        return self.lr
+
+    def plot(self, name: str) -> Path:
+        return self.dirs.plots / name
 
 
-def analyse(records: list[RunRecord], data: DatasetSplits, plots: Path, tag: str, title: str, out_dir: Path,
-            pairs: list[tuple[tuple, tuple]]) -> None:
-    write_json(out_dir / "analysis.json", analysis_numbers(records, pairs))
-    first_seed = [r for r in records if r.seed == min(x.seed for x in records)]
-    headline = [r for r in first_seed if (r.group, r.variant) in HEADLINE]
-    done = [r for r in headline if r.completed]
-    diverged = [r.model for r in records if not r.completed]
-    if diverged:
-        log.warning("%s: %d run(s) diverged (%s); figures of test-set results show the others only", title,
-                    len(diverged), ", ".join(diverged))
-    viz.plot_learning_curves(headline, plots / f"{tag}_learning_curves.png", f"{title}: learning curves (seed 0)")
-    viz.plot_parameter_breakdown(headline, plots / f"{tag}_parameters.png", f"{title}: parameters per layer")
-    viz.plot_gradient_flow(headline, plots / f"{tag}_gradient_flow.png", f"{title}: gradient flow")
-    viz.plot_generalisation_gap(first_seed, plots / f"{tag}_overfitting.png",
-                                f"{title}: clean train − validation accuracy during training (seed 0)")
-    if not done:
-        log.warning("%s: no run completed; no test-set figures", title)
+def source_of(data: DatasetSplits) -> str:
+    return f"{data.source}, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test"
+
+
+# ------------------------------------------------------------------------------------ mnist
+def run_mnist(study: Study) -> None:
+    data, p = study.dataset("mnist"), study.profile
+    cfg = study.config(MNIST_CONFIG, p.mnist_epochs)
+    base = mnist_specs(*study.shape("mnist"))
+    run = study.run("mnist_comparison", seeded(base, final_seeds(p.mnist_seeds)), data, cfg,
+                    f"MNIST: FC vs CNN ({source_of(data)})")
+    recs = run.records
+    pairs = [(("mnist", "simple_cnn"), ("mnist", "fc")), (("mnist", "residual_cnn"), ("mnist", "fc")),
+             (("mnist", "residual_cnn"), ("mnist", "simple_cnn"))]
+    timing = paired_timing({s.variant: (lambda s=s: s.build(cfg)) for s in base}, data.image_shape, study.runtime,
+                           p.timing_batch, p.timing_repeats)
+    numbers = {"runs": {r.model: run_numbers(r) for r in recs}, "variants": variants_of(recs),
+               "differences": differences_of(recs, pairs), "timing": timing}
+    write_json(study.dirs.results / "mnist_comparison" / "analysis.json", json_safe(numbers))
+    headline_figures(study, recs, "mnist", "MNIST", timing)
+
+
+def headline_figures(study: Study, recs: Sequence[RunRecord], tag: str, title: str, timing: dict) -> None:
+    seed = min(r.seed for r in recs)
+    first = [r for r in recs if r.seed == seed]
+    done = [r for r in first if r.completed]
+    bad = [r.model for r in recs if not r.completed]
+    if bad:
+        log.warning("%s: %d run(s) diverged (%s); test-set figures show the others only", title, len(bad),
+                    ", ".join(bad))
+    viz.plot_learning_curves(first, study.plot(f"{tag}_learning_curves.png"), f"{title}: learning curves (seed {seed})")
+    figures.plot_gradient_rms(first, study.plot(f"{tag}_gradient_rms.png"),
+                              f"{title}: per-parameter gradient scale per layer (seed {seed}, median over training)")
+    figures.plot_paired_timing(timing, study.plot(f"{tag}_timing.png"),
+                               f"{title}: training (forward + backward) and inference, paired benchmark")
+    if done:
+        viz.plot_confusion_matrices(done, study.plot(f"{tag}_confusion.png"), f"{title}: test-set errors (seed {seed})")
+
+
+# --------------------------------------------------------------------------------- cifar_lr
+def pilot_specs(in_ch: int, size: int, classes: int, lrs: Sequence[float], seeds: Sequence[int]) -> list[ModelSpec]:
+    out = []
+    for lr in lrs:
+        for s in headline_specs(in_ch, size, classes):
+            out.append(ModelSpec(f"pilot_{s.name}_lr{lr:g}", s.build, s.description,
+                                 group=f"pilot_{s.group}_{s.variant}",
+                                 variant=f"lr{lr:g}", lr=lr, overrides=s.overrides))
+    return seeded(out, seeds)
+
+
+def select_lr(study: Study) -> float:
+    """The shared lr: the bracketing grid over the three models' mean final validation accuracy."""
+    data, p = study.dataset("cifar10"), study.profile
+    cfg = study.config(CIFAR_CONFIG, p.pilot_epochs, eval_points=PILOT_EVAL_POINTS, val_eval_samples=None)
+    seeds = pilot_seeds(p.pilot_seeds)
+    points: list[float] = []
+    records: list[RunRecord] = []
+
+    def run_pilots(new: list[float]) -> dict[float, float | None]:
+        points.extend(new)
+        specs = pilot_specs(*study.shape("cifar10"), sorted(points), seeds)
+        run = study.run("cifar_lr_pilots", specs, data, cfg,
+                        f"CIFAR-10 shared-lr pilots, read on validation ({source_of(data)})")
+        records[:] = run.records
+        table = pilot_table(run.records)
+        return {lr: mean_score([cells[f"{lr:g}"]["mean"] for cells in table.values()]) for lr in new}
+
+    sel = select_bracketed(LR_GRID, run_pilots)
+    study.pilots += records
+    study.lr_selection = sel
+    numbers = {"selection": sel.as_dict(), "chosen_lr": sel.winner, "pilots": pilot_table(records),
+               "score": "final validation accuracy (all validation images), mean over the pilot seeds, then over "
+                        "the three models; a grid point where a model diverged is never chosen",
+               "pilot_epochs": cfg.epochs, "pilot_seeds": seeds}
+    write_json(study.dirs.results / "cifar_lr_pilots" / "analysis.json", json_safe(numbers))
+    figures.plot_lr_selection(numbers, study.plot("cifar_lr_selection.png"),
+                              f"CIFAR-10 shared lr: validation accuracy of {cfg.epochs}-epoch pilots")
+    log.info("CIFAR-10 shared lr %g (grid %s%s)", sel.winner, sel.grid, ", hit the cap" if sel.hit_cap else "")
+    return sel.winner
+
+
+# ------------------------------------------------------------------------------------ cifar
+def run_cifar(study: Study) -> None:
+    data, p = study.dataset("cifar10"), study.profile
+    in_ch, size, classes = study.shape("cifar10")
+    lr = study.shared_lr()
+    cfg = study.config(CIFAR_CONFIG, p.cifar_epochs, lr=lr)
+    base = headline_specs(in_ch, size, classes)
+    specs = base + resnet_ablation_specs(in_ch, classes, p.resnet_single_regularisers)
+    finals = seeded(specs, final_seeds(p.cifar_seeds))
+    title = f"CIFAR-10: FC vs CNN and the ResNet ablation ({source_of(data)})"
+    recs = study.run("cifar_comparison", finals, data, cfg, title).records
+    check_disjoint(recs, study.pilots)
+    cal = study.calibrations("cifar_comparison", finals, recs, data, cfg, title)
+    pairs = [(("resnet", "none"), ("mlp", "none")), (("resnet", "all"), ("mlp", "none")),
+             (("resnet", "all"), ("resnet", "none")), (("resnet", "augment"), ("resnet", "none")),
+             (("resnet", "all"), ("resnet", "augment"))]
+    pairs += [(("resnet", n), ("resnet", "none")) for n in ("dropout", "weight_decay", "label_smoothing")]
+    timing = paired_timing({s.name: (lambda s=s: s.build(s.config_for(cfg))) for s in base}, data.image_shape,
+                           study.runtime, p.timing_batch, p.timing_repeats)
+    variants = variants_of(recs)
+    reg = variants.get("resnet/all", {}).get("test_acc", {})
+    numbers = {"lr": lr, "lr_selection": study.lr_selection.as_dict() if study.lr_selection else "from --lr",
+               "runs": {r.model: run_numbers(r, {"calibration": cal.get(r.model)}) for r in recs},
+               "variants": variants, "differences": differences_of(recs, pairs),
+               "calibration": calibration_numbers(recs, cal, pairs), "timing": timing,
+               "target": {"model": "resnet/all", "test_acc_target": 0.88, "mean": reg.get("mean"), "n": reg.get("n"),
+                          "reached": bool(reg.get("mean") is not None and reg["mean"] >= 0.88),
+                          "training_pflop": variants.get("resnet/all", {}).get("training_pflop"),
+                          "epochs": cfg.epochs},
+               "regularisers": RESNET_REGULARISERS}
+    write_json(study.dirs.results / "cifar_comparison" / "analysis.json", json_safe(numbers))
+    study.numbers["cifar"] = numbers
+    headline = [r for r in recs if (r.group, r.variant) in {(s.group, s.variant) for s in base}]
+    headline_figures(study, headline, "cifar", "CIFAR-10", timing)
+    viz.plot_parameter_breakdown([r for r in headline if r.seed == headline[0].seed][:2],
+                                 study.plot("cifar_parameters.png"),
+                                 "CIFAR-10: parameters per layer")
+    figures.plot_accuracy_vs_compute(variants, study.plot("cifar_accuracy_vs_compute.png"),
+                                     f"CIFAR-10: test accuracy vs training compute ({cfg.epochs} epochs)")
+
+
+# --------------------------------------------------------------------------------- shuffled
+def run_shuffled(study: Study) -> None:
+    """The MLP and the residual CNN on pixel-shuffled CIFAR-10 (no regulariser: augmentation of a
+    shuffled image is not augmentation), and the MLP on the original pixels at the same budget."""
+    data, p = study.dataset("cifar10"), study.profile
+    in_ch, size, classes = study.shape("cifar10")
+    cfg = study.config(CIFAR_CONFIG, p.shuffled_epochs, lr=study.shared_lr())
+    fc, res = deep_fc(in_ch * size * size, classes), cifar_resnet(in_ch, classes)
+    shuffled = shuffled_splits(data, seed=0)
+    seeds = final_seeds(p.shuffled_seeds)
+    title = "CIFAR-10, pixels shuffled by one fixed permutation"
+    run_s = study.run("cifar_shuffled", seeded([
+        ModelSpec("shuffled_deep_fc", fc, MLP_DESC + ", shuffled pixels", group="shuffled", variant="mlp"),
+        ModelSpec("shuffled_residual_cnn", res, RESNET_DESC + ", shuffled pixels", group="shuffled",
+                  variant="resnet")], seeds), shuffled, cfg, f"{title} ({source_of(shuffled)})")
+    run_o = study.run("cifar_shuffled_reference", seeded([ModelSpec("original_deep_fc", fc, MLP_DESC, group="original",
+                                                          variant="mlp")], seeds), data, cfg,
+                      f"CIFAR-10, original pixels, shuffle-control budget ({source_of(data)})")
+    recs = run_s.records + run_o.records
+    pairs = [(("shuffled", "resnet"), ("shuffled", "mlp")), (("shuffled", "mlp"), ("original", "mlp"))]
+    numbers = {"runs": {r.model: run_numbers(r) for r in recs}, "variants": variants_of(recs),
+               "differences": differences_of(recs, pairs), "epochs": cfg.epochs, "lr": cfg.lr,
+               "permutation": "one fixed permutation (seed 0) of the 32x32 pixel positions, the same for every "
+                              "image and channel, applied to train, validation and test"}
+    if "cifar" in study.numbers:   # the same comparison on the original pixels, at the headline budget
+        numbers["original_pixels_headline"] = {
+            "epochs": study.numbers["cifar"]["target"]["epochs"],
+            "resnet/none vs mlp/none": study.numbers["cifar"]["differences"].get("resnet/none vs mlp/none")}
+    write_json(study.dirs.results / "cifar_shuffled" / "analysis.json", json_safe(numbers))
+
+
+# ----------------------------------------------------------------------------- mlp_ablation
+def mlp_spec(fc: Callable, variant: str, overrides: dict, prefix: str = "mlp", group: str = "mlp_ablation"
+             ) -> ModelSpec:
+    what = ", ".join(f"{k.replace('_', ' ')} {v:g}" if not isinstance(v, bool) else k for k, v in overrides.items())
+    return ModelSpec(f"{prefix}_{variant}", fc, MLP_DESC + (f" + {what}" if what else ""), group=group,
+                     variant=variant, overrides=overrides)
+
+
+def select_strengths(study: Study, fc: Callable, data: DatasetSplits, lr: float) -> dict[str, Selection]:
+    """Per regulariser, the bracketing grid of MLP pilots (pilot seeds) on final validation
+    accuracy. A grid point outside the regulariser's valid range (dropout or label smoothing >= 1)
+    is not run and scores None (never the winner)."""
+    p = study.profile
+    cfg = study.config(CIFAR_CONFIG, p.mlp_pilot_epochs, lr=lr, eval_points=PILOT_EVAL_POINTS, val_eval_samples=None)
+    seeds = pilot_seeds(p.mlp_pilot_seeds)
+    done: dict[str, list[float]] = {reg: [] for reg in MLP_GRIDS}
+    records: list[RunRecord] = []
+
+    def specs() -> list[ModelSpec]:
+        return seeded([mlp_spec(fc, f"{v:g}", {reg: v}, prefix=f"pilot_mlp_{reg}", group=f"pilot_{reg}")
+                       for reg, vs in done.items() for v in sorted(vs)], seeds)
+
+    selections = {}
+    for reg, grid in MLP_GRIDS.items():
+        def run_pilots(new: list[float], reg=reg) -> dict[float, float | None]:
+            done[reg].extend(v for v in new if in_range(reg, v))
+            run = study.run("mlp_ablation_pilots", specs(), data, cfg,
+                            f"MLP ablation: regulariser strength pilots, read on validation ({source_of(data)})")
+            records[:] = run.records
+            cells = pilot_table([r for r in run.records if r.group == f"pilot_{reg}"], key=reg).get(f"pilot_{reg}", {})
+            return {v: (cells.get(f"{v:g}", {}).get("mean") if in_range(reg, v) else None) for v in new}
+
+        selections[reg] = select_bracketed(grid, run_pilots)
+        log.info("MLP ablation: %s %g chosen on validation (grid %s)", reg, selections[reg].winner,
+                 selections[reg].grid)
+    study.pilots += records
+    write_json(study.dirs.results / "mlp_ablation_pilots" / "analysis.json",
+               json_safe({"selections": {k: s.as_dict() for k, s in selections.items()},
+                          "pilots": {reg: pilot_table([r for r in records if r.group == f"pilot_{reg}"], key=reg)
+                                     .get(f"pilot_{reg}", {}) for reg in MLP_GRIDS},
+                          "pilot_epochs": cfg.epochs, "pilot_seeds": seeds, "lr": lr}))
+    return selections
+
+
+def run_mlp_ablation(study: Study) -> None:
+    data, p = study.dataset("cifar10"), study.profile
+    in_ch, size, classes = study.shape("cifar10")
+    lr = study.shared_lr()
+    fc = deep_fc(in_ch * size * size, classes)
+    sel = select_strengths(study, fc, data, lr)
+    chosen = {reg: {reg: s.winner} for reg, s in sel.items()}
+    regs = {**chosen, "augment": {"augment": True}}
+    variants = [mlp_spec(fc, "none", {})] + [mlp_spec(fc, r, regs[r]) for r in REGULARISER_ORDER[:-1]]
+    variants.append(mlp_spec(fc, "all", merged(regs)))
+    cfg = study.config(CIFAR_CONFIG, p.mlp_epochs, lr=lr)
+    finals = seeded(variants, final_seeds(p.mlp_seeds))
+    title = f"CIFAR-10 MLP regularisation ablation, {cfg.epochs} epochs ({source_of(data)})"
+    recs = study.run("mlp_ablation", finals, data, cfg, title).records
+    check_disjoint(recs, study.pilots)
+    cal = study.calibrations("mlp_ablation", finals, recs, data, cfg, title)
+    pairs = [(("mlp_ablation", v), ("mlp_ablation", "none")) for v in REGULARISER_ORDER]
+    # the layers right before a BatchNorm, from each run's own model (dropout shifts the indices)
+    pre_bn = {v.variant: weights_before_norm(v.build(v.config_for(cfg))) for v in variants}
+    eff = {r.model: effective_lr_curve(r, pre_bn[r.variant]) for r in recs if r.completed}
+    by = by_variant(recs)
+
+    def per_seed(variant: str, key: str) -> dict[int, float]:
+        return {r.seed: eff[r.model][key] for r in by.get(("mlp_ablation", variant), []) if eff.get(r.model)}
+
+    effective = {"layers": pre_bn["none"], "definition": "lr(t) / ||w(t)||^2 of the weights right before a BatchNorm "
+                                                 "(scale-invariant), geometric mean over those layers",
+                 "variants": {v: {"mean_effective_lr": per_seed_summary(per_seed(v, "mean_effective_lr")),
+                                  "final_weight_norm_rel": per_seed_summary(per_seed(v, "final_weight_norm_rel"))}
+                              for v in ("none", "weight_decay", "all")},
+                 "weight_decay_vs_none": {
+                     "mean_effective_lr_ratio": ratio_over_seeds(per_seed("weight_decay", "mean_effective_lr"),
+                                                                 per_seed("none", "mean_effective_lr")),
+                     "final_weight_norm_ratio": ratio_over_seeds(per_seed("weight_decay", "final_weight_norm_rel"),
+                                                                 per_seed("none", "final_weight_norm_rel"))}}
+    convergence = {v: {c: [convergence_of(r).get(c, {}).get("status") for r in runs]
+                       for c in ("val_acc", "train_eval_acc")} for (_, v), runs in by.items()}
+    numbers = {"lr": lr, "epochs": cfg.epochs, "strengths": {k: s.as_dict() for k, s in sel.items()},
+               "chosen": {k: v[k] for k, v in chosen.items()}, "augment": "on/off: random crop (pad 4) + flip",
+               "runs": {r.model: run_numbers(r, {"calibration": cal.get(r.model)}) for r in recs},
+               "variants": variants_of(recs), "differences": differences_of(recs, pairs),
+               "calibration": calibration_numbers(recs, cal, pairs), "effective_lr": effective,
+               "convergence": convergence}
+    write_json(study.dirs.results / "mlp_ablation" / "analysis.json", json_safe(numbers))
+    study.numbers["mlp_ablation"] = numbers
+    figures.plot_effective_lr({v: [eff[r.model] for r in by.get(("mlp_ablation", v), []) if eff.get(r.model)]
+                               for v in ("none", "weight_decay")}, study.plot("mlp_weight_decay_effective_lr.png"),
+                              "CIFAR-10 MLP: what weight decay does to the layers before BatchNorm")
+    figures.plot_reliability({v: [cal[r.model] for r in by.get(("mlp_ablation", v), []) if r.model in cal]
+                              for v in ("none", "label_smoothing")}, study.plot("mlp_label_smoothing_calibration.png"),
+                             "CIFAR-10 MLP: calibration on the test set")
+
+
+def ablation_figure(study: Study) -> None:
+    """Δ test accuracy and Δ train-validation gap of each regulariser, MLP and ResNet side by side
+    (drawn when this call ran both ablations)."""
+    mlp, res = study.numbers.get("mlp_ablation"), study.numbers.get("cifar")
+    if mlp is None or res is None:
+        log.info("regularisation figure: needs the cifar and mlp_ablation experiments in one call; not drawn")
         return
-    viz.plot_accuracy_vs_cost(done, plots / f"{tag}_accuracy_vs_cost.png",
-                              f"{title}: test accuracy vs size and cost (seed 0)")
-    viz.plot_timing(done, plots / f"{tag}_timing.png", f"{title}: training and inference time")
-    viz.plot_confusion_matrices(done, plots / f"{tag}_confusion.png", f"{title}: test-set errors")
-    is_mlp = {("mnist", "fc"), ("mlp", "none")}
-    cnn = max((r for r in done if (r.group, r.variant) not in is_mlp), key=lambda r: r.test_acc, default=None)
-    mlp = next((r for r in done if (r.group, r.variant) in is_mlp), None)
-    for r, name in ((cnn, "best_cnn"), (mlp, "mlp")):
-        if r is not None:
-            viz.plot_misclassified(data.test.images.numpy(), r.labels, r.predictions, r.class_names,
-                                   plots / f"{tag}_misclassified_{name}.png",
-                                   f"{title}: misclassified test images, {r.model} (true → predicted)")
+    rows = {}
+    for reg in REGULARISER_ORDER:
+        rows[reg] = {"MLP": mlp["differences"].get(f"mlp_ablation/{reg} vs mlp_ablation/none"),
+                     "ResNet": res["differences"].get(f"resnet/{reg} vs resnet/none")}
+    figures.plot_regularisation_ablation(
+        rows, study.plot("regularisation_ablation.png"),
+        f"CIFAR-10: what each regulariser changes (MLP {mlp['epochs']} epochs, ResNet "
+        f"{res['target']['epochs']} epochs; 95 % intervals)")
+
+
+RUNNERS = {"mnist": run_mnist, "cifar_lr": lambda s: s.shared_lr(), "cifar": run_cifar, "shuffled": run_shuffled,
+           "mlp_ablation": run_mlp_ablation}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,47 +607,17 @@ def main(argv: list[str] | None = None) -> int:
     dirs = prepare_output_dirs(args)
     setup_logging(dirs.results / "cnn_vs_fc_comparison.log", args.verbose)
     runtime = resolve_runtime(args.device, args.precision)
-    executor = executor_from_args(args)
-    profile = PROFILES[args.profile]
+    study = Study(args, dirs, runtime, PROFILES[args.profile], executor=executor_from_args(args))
     log.info("profile %s, runtime %s", args.profile, runtime.describe())
-    t0, train_s, trained = time.perf_counter(), {}, 0
-    loaded: dict[str, DatasetSplits] = {}
-    for name in args.only or EXPERIMENTS:
-        dataset = "mnist" if name == "mnist" else "cifar10"
-        if dataset not in loaded:
-            loaded[dataset] = load_data(args, dirs, dataset, profile.train_subset, profile.test_subset,
-                                        profile.val_size)
-        data = loaded[dataset]
-        shape = (data.image_shape[0], data.image_shape[1], data.num_classes)
-        source = f"{data.source}, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test"
-        if name == "mnist":
-            cfg = apply_cli_overrides(MNIST_CONFIG.replace(epochs=profile.mnist_epochs), args)
-            specs, experiment, title, pairs = with_seeds(mnist_specs(*shape), 3), "mnist_comparison", "MNIST", MNIST_PAIRS
-        elif name == "cifar_pilot":
-            cfg = apply_cli_overrides(CIFAR_CONFIG.replace(epochs=profile.pilot_epochs), args)
-            run = run_experiment("cifar_pilots", pilot_specs(*shape), data, cfg, runtime, dirs.results,
-                                 force=args.force, title=f"CIFAR-10 lr pilots, read on validation ({source})",
-                                 executor=executor)
-            write_json(dirs.results / "cifar_pilots" / "analysis.json", pilot_numbers(run.records))
-            train_s[name], trained = sum(r.timing["train_s"] for r in run.records), trained + len(run.trained)
-            continue
-        else:
-            cfg = apply_cli_overrides(CIFAR_CONFIG.replace(epochs=profile.cifar_epochs), args)
-            specs, experiment, title, pairs = (cifar_specs(*shape, profile.seeds), "cifar_comparison", "CIFAR-10",
-                                               CIFAR_PAIRS)
-        run = run_experiment(experiment, specs, data, cfg, runtime, dirs.results, force=args.force,
-                             title=f"{title}: FC vs CNN ({source})", executor=executor)
-        analyse(run.records, data, dirs.plots, name, title, dirs.results / experiment, pairs)
-        train_s[name], trained = sum(r.timing["train_s"] for r in run.records), trained + len(run.trained)
-        log.info("%s done: results in %s, figures in %s", name, dirs.results / experiment, dirs.plots)
-    wall = time.perf_counter() - t0
-    if not trained:   # everything re-used: the wall time of the run that trained them stays on record
-        log.info("no run trained in this call; %s kept", dirs.results / "cnn_vs_fc_comparison_run.json")
-        return 0
-    # Where the script's wall time went (runs trained in this call and re-used ones alike).
-    write_json(dirs.results / "cnn_vs_fc_comparison_run.json",
-               {"profile": args.profile, "experiments": list(train_s), "wall_s": wall, "train_s_by_experiment": train_s,
-                "train_share": sum(train_s.values()) / wall if wall > 0 else None, "runtime": runtime.describe()})
+    with InvocationLog(dirs.results, Path(__file__).stem, args.profile, runtime.describe(), args.only) as calls:
+        for name in args.only or EXPERIMENTS:
+            with calls.experiment(name) as study.cost:
+                RUNNERS[name](study)
+            log.info("%s done: results in %s, figures in %s", name, dirs.results, dirs.plots)
+        ablation_figure(study)
+    leg = calls.leg.as_dict()
+    log.info("wall time %.0f s, %d runs trained, %.0f %% of the time in their training", leg["wall_s"],
+             leg["trained"], 100 * (leg["train_share"] or 0))
     return 0
 
 

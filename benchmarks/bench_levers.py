@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 
-from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs
+from homework_cnn_vs_fc_comparison import headline_specs, mnist_specs
 from utils.engine.cli import check_writable, positive_int, run_cli
 from utils.engine.experiment import ExperimentConfig
 from utils.engine.files import write_json
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, specs_fn, shape, cfg, model_name in (
             ("mnist/simple_cnn", mnist_specs, (1, 28, 28), ExperimentConfig(batch_size=128, lr=0.05),
              ("mnist", "simple_cnn")),
-            ("cifar10/residual_cnn", lambda *shape: cifar_specs(*shape, seeds=1), (3, 32, 32),
+            ("cifar10/residual_cnn", headline_specs, (3, 32, 32),
              ExperimentConfig(batch_size=256, lr=0.1), ("resnet", "none"))):
         cfg = cfg.replace(batch_size=8) if args.smoke else cfg
         spec = next(s for s in specs_fn(shape[0], shape[1], 10) if (s.group, s.variant) == model_name)

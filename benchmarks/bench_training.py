@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 
-from homework_cnn_vs_fc_comparison import cifar_specs, mnist_specs
+from homework_cnn_vs_fc_comparison import headline_specs, mnist_specs
 from utils.engine.cli import UsageError, cache_dir_from, check_writable, positive_int, run_cli
 from utils.engine.model_stats import count_flops
 from utils.engine.data import DatasetSplits
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, specs_fn, cfg, model_name in (
             ("mnist", mnist_specs, ExperimentConfig(batch_size=128, lr=0.05), ("mnist", "simple_cnn")),
-            ("cifar10", lambda *shape: cifar_specs(*shape, seeds=1), ExperimentConfig(batch_size=256, lr=0.1),
+            ("cifar10", headline_specs, ExperimentConfig(batch_size=256, lr=0.1),
              ("resnet", "none"))):
         cfg = cfg.replace(batch_size=16) if args.smoke else cfg
         full = load_dataset(name, data_dir, cache_dir=cache_dir)

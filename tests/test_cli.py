@@ -214,27 +214,51 @@ def test_cuda_request_without_cuda_exits_2(tmp_path, fake_data_dir, capsys):
 @pytest.mark.e2e
 def test_task1_quick_profile_end_to_end(tmp_path, fake_data_dir):
     assert _run(tmp_path, fake_data_dir, "--precision", "fp32") == 0
-    for exp, models, runs in (("mnist_comparison", ("fc", "simple_cnn", "residual_cnn"), 3 * 3),
-                              ("cifar_comparison", ("deep_fc", "residual_cnn", "residual_cnn_regularised"), 9 * 2 - 1)):
+    results = tmp_path / "results"
+    for exp, models, runs in (("mnist_comparison", ("fc", "simple_cnn", "residual_cnn"), 3 * 2),
+                              ("cifar_comparison", ("deep_fc", "residual_cnn", "residual_cnn_regularised",
+                                                    "residual_cnn_augment"), 4 * 2),
+                              ("mlp_ablation", ("mlp_none", "mlp_dropout", "mlp_all"), 6 * 2),
+                              ("cifar_shuffled", ("shuffled_deep_fc", "shuffled_residual_cnn"), 2 * 2)):
         for m in models:
-            rec = json.loads((tmp_path / "results" / exp / f"{m}_seed1.json").read_text())
+            rec = json.loads((results / exp / f"{m}_seed1.json").read_text())
             assert rec["status"] == "completed" and rec["data"]["source"] and rec["seed"] == 1
-            assert rec["config"]["epochs"] == 1 and rec["data"]["n_val"] > 0 and rec["test_acc"] is not None
-        assert (tmp_path / "results" / exp / "summary.csv").read_text().count("\n") == runs + 1
-        analysis = json.loads((tmp_path / "results" / exp / "analysis.json").read_text())
+            assert rec["data"]["n_val"] > 0 and rec["test_acc"] is not None and rec["grad_stats"]["weight_l2"]
+        assert (results / exp / "summary.csv").read_text().count("\n") == runs + 1
+        analysis = json.loads((results / exp / "analysis.json").read_text())
         assert analysis["differences"] and all(d["test_acc"]["verdict"] for d in analysis["differences"].values())
-    reg = json.loads((tmp_path / "results" / "cifar_comparison" / "residual_cnn_regularised_seed0.json").read_text())
+        assert all(d["test_acc"]["n"] == 2 for d in analysis["differences"].values())
+    shuffled = json.loads((results / "cifar_shuffled" / "shuffled_residual_cnn_seed0.json").read_text())
+    assert "shuffled" in shuffled["data"]["source"]
+    reg = json.loads((results / "cifar_comparison" / "residual_cnn_regularised_seed0.json").read_text())
     assert reg["config"]["augment"] and reg["config_overrides"]["weight_decay"] > 0
     assert (reg["group"], reg["variant"]) == ("resnet", "all")
-    pilots = json.loads((tmp_path / "results" / "cifar_pilots" / "analysis.json").read_text())
-    assert pilots["chosen_lr_by_val"] is not None
+    lr = json.loads((results / "cifar_lr_pilots" / "analysis.json").read_text())
+    assert reg["config"]["lr"] == lr["chosen_lr"] and lr["chosen_lr"] in lr["selection"]["grid"]
+    assert {r["seed"] for r in map(lambda p: json.loads(p.read_text()),
+                                   (results / "cifar_lr_pilots").glob("pilot_*.json"))} == {1000}
+    ablation = json.loads((results / "mlp_ablation" / "analysis.json").read_text())
+    assert set(ablation["chosen"]) == {"dropout", "weight_decay", "label_smoothing"}
+    assert ablation["effective_lr"]["layers"] and ablation["calibration"]["variants"]["mlp_ablation/none"]["ece"]["n"]
+    dropout = json.loads((results / "mlp_ablation" / "mlp_dropout_seed0.json").read_text())
+    assert dropout["config"]["dropout"] == ablation["chosen"]["dropout"]
+    cifar = json.loads((results / "cifar_comparison" / "analysis.json").read_text())
+    assert cifar["timing"]["models"] and cifar["target"]["training_pflop"] > 0
     plots = {p.name for p in (tmp_path / "plots").glob("*.png")}
-    assert {"mnist_learning_curves.png", "cifar_confusion.png", "cifar_gradient_flow.png",
-            "cifar_overfitting.png", "cifar_misclassified_best_cnn.png", "cifar_misclassified_mlp.png"} <= plots
+    assert {"mnist_learning_curves.png", "cifar_confusion.png", "cifar_gradient_rms.png", "cifar_timing.png",
+            "cifar_lr_selection.png", "cifar_accuracy_vs_compute.png", "regularisation_ablation.png",
+            "mlp_weight_decay_effective_lr.png"} <= plots
     # a second run finds every finished result and retrains nothing (analysis.json is re-derived)
     def model_files():
-        return {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*.json") if p.name != "analysis.json"}
+        return {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name != "analysis.json"}
     before = model_files()
+    assert _run(tmp_path, fake_data_dir, "--precision", "fp32") == 0
+    assert before == model_files()
+    # calibration was measured once and kept: without the weights (a clean clone) nothing retrains
+    assert (results / "mlp_ablation" / "calibration.json").is_file()
+    import shutil
+    for ckpt in results.rglob("checkpoints"):
+        shutil.rmtree(ckpt)
     assert _run(tmp_path, fake_data_dir, "--precision", "fp32") == 0
     assert before == model_files()
 

@@ -34,6 +34,7 @@ METRICS: dict[str, Metric] = {
     "gap": _completed(lambda r: r.summary.gap),
     "final_train_loss": _completed(lambda r: r.summary.final_train_loss),
     "final_val_loss": _completed(lambda r: r.summary.final_val_loss),
+    "test_loss": _completed(lambda r: r.test_loss),
     "train_time_s": _completed(lambda r: r.summary.train_time_s),
 }
 

@@ -210,6 +210,7 @@ def _record_grads(grads: GradStats, step: int, params: list[Tensor]) -> None:
     grads.step.append(step)
     grads.l2.append([float(v) for v in torch._foreach_norm(gs, 2)])
     grads.mean_abs.append([float(v) / g.numel() for v, g in zip(torch._foreach_norm(gs, 1), gs)])
+    grads.weight_l2.append([float(v) for v in torch._foreach_norm([p.detach().float() for p in params], 2)])
 
 
 @dataclass

@@ -3,8 +3,9 @@
 :func:`rotated` is the turn order shared with ``benchmarks/bench_levers.py``;
 :func:`time_forward_backward` times forward + backward of several modules on one input;
 :func:`time_training_steps` times whole training steps (forward under the training precision, loss,
-backward, optimizer step) of several models, and :func:`paired_ratios` turns such rounds into
-per-round ratios against a reference: the paired statistic every speed claim quotes.
+backward, optimizer step) of several models, :func:`time_forward` their inference (forward only, no
+autograd), and :func:`paired_ratios` turns such rounds into per-round ratios against a reference:
+the paired statistic every speed claim quotes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["rotated", "time_forward_backward", "time_training_steps", "paired_ratios", "MIN_REPEATS"]
+__all__ = ["rotated", "time_forward_backward", "time_training_steps", "time_forward", "paired_ratios",
+           "MIN_REPEATS"]
 
 MIN_REPEATS = 5     # a speed claim rests on at least this many alternating rounds
 
@@ -146,6 +148,41 @@ def time_training_steps(models: "dict[str, nn.Module]", x: Tensor, y: Tensor, *,
                 rounds[name].append(t)
     batch = int(x.shape[0])
     return {"rounds_ms": rounds, "step_ms": {n: _spread(v) for n, v in rounds.items()},
+            "images_per_s": {n: _spread([1000.0 * batch / t for t in v]) for n, v in rounds.items()},
+            "repeats": repeats, "warmup": warmup, "batch": batch}
+
+
+@torch.inference_mode()
+def time_forward(modules: "dict[str, nn.Module]", x: Tensor, *, repeats: int = 7, warmup: int = 2) -> dict:
+    """Wall time of one forward pass (inference, no autograd) of each module on the same input,
+    measured side by side in rotating rounds like :func:`time_training_steps`.
+
+    The modules are timed in their current mode (call ``eval()`` first for inference); wrap the
+    call in an autocast context to time the precision the models run in.
+
+    Returns:
+        ``{"rounds_ms": {name: [ms per round]}, "forward_ms": {name: spread},
+        "images_per_s": {name: spread}, "repeats", "warmup", "batch"}``.
+
+    Raises:
+        ValueError: no modules, ``repeats`` < 1 or ``warmup`` < 0.
+    """
+    if not modules:
+        raise ValueError("modules is empty")
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    names = list(modules)
+    rounds: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(warmup + repeats):
+        for name in rotated(names, r):
+            t0 = time.perf_counter()
+            modules[name](x)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            if r >= warmup:
+                rounds[name].append(1000.0 * (time.perf_counter() - t0))
+    batch = int(x.shape[0])
+    return {"rounds_ms": rounds, "forward_ms": {n: _spread(v) for n, v in rounds.items()},
             "images_per_s": {n: _spread([1000.0 * batch / t for t in v]) for n, v in rounds.items()},
             "repeats": repeats, "warmup": warmup, "batch": batch}
 

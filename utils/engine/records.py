@@ -56,12 +56,16 @@ class History:
 
 @dataclass
 class GradStats:
-    """Per-layer gradient norms of the weight tensors ``names``, sampled at optimisation ``step``s."""
+    """Per-layer gradient norms of the weight tensors ``names``, sampled at optimisation ``step``s,
+    and the L2 norms of those weights at the same steps (``weight_l2``: a layer followed by a
+    normalisation layer is scale-invariant, so its effective learning rate is ``lr / ||w||^2``;
+    empty in records written before it was recorded)."""
 
     names: list[str] = field(default_factory=list)
     step: list[int] = field(default_factory=list)
     l2: list[list[float]] = field(default_factory=list)
     mean_abs: list[list[float]] = field(default_factory=list)
+    weight_l2: list[list[float]] = field(default_factory=list)
 
 
 @dataclass

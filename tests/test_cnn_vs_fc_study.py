@@ -1,0 +1,168 @@
+"""Task 1's own analysis: pixel shuffle, the layers before BatchNorm, the effective learning
+rate, the shared-lr score, training compute and the task's figures (hand computations on fake
+records from tests/fakes.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from homework_cnn_vs_fc_comparison import deep_fc, in_range, merged, RESNET_REGULARISERS
+from models.fc_models import FullyConnectedNet
+from tests.fakes import fake_record
+from utils.analysis.protocol import select_bracketed
+from utils.engine.data import ArrayDataset, DatasetSplits
+from utils.engine.experiment import ExperimentConfig
+from utils.engine.runtime import resolve_runtime
+from utils.studies.cnn_vs_fc import figures
+from utils.studies.cnn_vs_fc.numbers import (effective_lr_curve, mean_score, paired_difference, pilot_table,
+                                             ratio_over_seeds, training_pflop)
+from utils.studies.cnn_vs_fc.probes import paired_timing, permute_pixels, pixel_permutation, shuffled_splits, \
+    weights_before_norm
+
+
+def _images(n: int = 5, c: int = 3, h: int = 4, w: int = 4) -> ArrayDataset:
+    g = torch.Generator().manual_seed(0)
+    return ArrayDataset(torch.randint(0, 256, (n, c, h, w), generator=g, dtype=torch.uint8), torch.arange(n) % 10)
+
+
+def test_permute_pixels_moves_every_pixel_the_same_way_and_keeps_colours():
+    ds = _images()
+    perm = pixel_permutation(4, 4, seed=3)
+    out = permute_pixels(ds, perm)
+    flat_in, flat_out = ds.images.reshape(5, 3, 16), out.images.reshape(5, 3, 16)
+    assert torch.equal(flat_out, flat_in[:, :, perm])                       # one permutation for all
+    assert not torch.equal(out.images, ds.images)
+    for i in range(5):                                                      # each image keeps its pixels
+        assert sorted(map(tuple, flat_in[i].T.tolist())) == sorted(map(tuple, flat_out[i].T.tolist()))
+    assert torch.equal(out.labels, ds.labels)
+    with pytest.raises(ValueError):
+        permute_pixels(ds, torch.arange(15))
+
+
+def test_shuffled_splits_shuffles_every_split_and_says_so_in_the_source():
+    ds = _images()
+    data = DatasetSplits("cifar10", ds, _images(), ("a",) * 10, "test copy", val=_images())
+    out = shuffled_splits(data, seed=0)
+    perm = pixel_permutation(4, 4, 0)
+    for split in ("train", "val", "test"):
+        a, b = getattr(data, split).images.reshape(5, 3, 16), getattr(out, split).images.reshape(5, 3, 16)
+        assert torch.equal(b, a[:, :, perm])
+    assert out.describe() != data.describe() and "shuffled" in out.source
+    assert out.mean == data.mean                                             # a permutation keeps the statistics
+
+
+def test_weights_before_norm_are_the_hidden_layers_not_the_head():
+    with_bn = FullyConnectedNet(12, (8, 6), 3, batch_norm=True, dropout=0.2)
+    assert weights_before_norm(with_bn) == ["net.1.weight", "net.5.weight"]      # dropout shifts the indices
+    assert weights_before_norm(FullyConnectedNet(12, (8, 6), 3)) == []
+
+
+def _wd_record(norms: list[list[float]], lr: float = 0.1) -> object:
+    r = fake_record("mlp", epochs=2)
+    r.config = dataclasses.asdict(ExperimentConfig(lr=lr, schedule="constant"))
+    r.grad_stats.names = ["a.weight", "b.weight", "head.weight"]
+    r.grad_stats.step = [0, 10, 20]
+    r.grad_stats.weight_l2 = norms
+    return r
+
+
+def test_effective_lr_by_hand():
+    # layers a, b before BN; the head is not. Constant lr 0.1: eff = 0.1 / ||w||^2, geometric mean
+    r = _wd_record([[1.0, 2.0, 5.0], [0.5, 1.0, 5.0], [0.5, 0.5, 5.0]])
+    out = effective_lr_curve(r, ["a.weight", "b.weight"])
+    assert out["effective_lr"] == pytest.approx([0.1 / (1 * 2), 0.1 / (0.5 * 1), 0.1 / (0.5 * 0.5)])
+    assert out["weight_norm_rel"] == pytest.approx([1.0, 0.5, math.sqrt(0.5 * 0.25)])
+    assert out["final_weight_norm_rel"] == pytest.approx(math.sqrt(0.125))
+    assert out["epoch"] == pytest.approx([0, 10 / r.history.step[-1] * r.history.epoch[-1],
+                                          20 / r.history.step[-1] * r.history.epoch[-1]])
+    assert effective_lr_curve(r, ["nope.weight"]) is None
+    r.grad_stats.weight_l2 = []
+    assert effective_lr_curve(r, ["a.weight"]) is None                      # a record without weight norms
+
+
+def test_ratio_over_seeds_by_hand():
+    out = ratio_over_seeds({0: 4.0, 1: 8.0, 2: 2.0}, {0: 1.0, 1: 2.0, 2: 0.5})
+    assert out["ratio"] == pytest.approx(4.0) and out["n"] == 3 and out["excludes_one"]
+    assert out["ci95_low"] == pytest.approx(4.0) and out["ci95_high"] == pytest.approx(4.0)   # no spread
+    d = paired_difference({0: 0.1, 1: 0.2, 2: 0.3, 3: 0.4}, {0: 0.0, 1: 0.1, 2: 0.25})
+    assert d["mean_difference"] == pytest.approx((0.1 + 0.1 + 0.05) / 3) and d["n_pairs_dropped"] == 1
+
+
+def test_shared_lr_is_the_best_mean_over_models_and_the_grid_brackets_it():
+    # per-model validation scores: no model alone peaks where the mean does (model b peaks at 0.2,
+    # c at 1.6); the mean peaks at 0.8, beyond the grid's top, so the grid must extend.
+    score = {"a": {0.2: 0.50, 0.4: 0.60, 0.8: 0.70, 1.6: 0.71, 3.2: 0.2},
+             "b": {0.2: 0.90, 0.4: 0.88, 0.8: 0.86, 1.6: 0.70, 3.2: 0.1},
+             "c": {0.2: 0.60, 0.4: 0.62, 0.8: 0.66, 1.6: 0.67, 3.2: 0.3}}
+    seen = []
+
+    def run_pilots(points):
+        seen.extend(points)
+        records = [fake_record(f"pilot_{m}_lr{p:g}", group=f"pilot_{m}", lr=p, acc=score[m][p]) for p in points
+                   for m in score]
+        table = pilot_table(records)
+        return {p: mean_score([cells[f"{p:g}"]["mean"] for cells in table.values()]) for p in points}
+
+    sel = select_bracketed((0.2, 0.4, 0.8), run_pilots)
+    assert seen == [0.2, 0.4, 0.8, 1.6] and sel.winner == 0.8 and sel.edge is None
+    # a diverged model rules its grid point out
+    assert mean_score([0.9, None, 0.8]) is None
+
+
+def test_training_pflop_by_hand():
+    r = fake_record("mlp", epochs=4)
+    r.config["batch_size"] = 100
+    assert training_pflop(r) == pytest.approx(3 * r.flops_per_image * r.history.step[-1] * 100 / 1e15)
+
+
+def test_regularisers_and_strength_ranges():
+    assert set(merged(RESNET_REGULARISERS)) == {"dropout", "weight_decay", "augment", "label_smoothing"}
+    with pytest.raises(ValueError):
+        merged({"dropout": {"dropout": 0.1}})
+    assert in_range("dropout", 0.8) and not in_range("dropout", 1.6) and not in_range("label_smoothing", 1.0)
+    assert in_range("weight_decay", 10.0)
+
+
+def test_paired_timing_measures_every_model_in_turns():
+    runtime = resolve_runtime("cpu", "fp32")
+    builds = {"mlp": lambda: deep_fc(3 * 8 * 8, 10)(ExperimentConfig()),
+              "tiny": lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10))}
+    out = paired_timing(builds, (3, 8, 8), runtime, batch=4, repeats=3, warmup=1)
+    assert out["reference"] == "mlp" and out["repeats"] == 3
+    for m in builds:
+        for what in ("train_step", "inference"):
+            t = out["models"][m][what]
+            assert t["ms"]["n"] == 3 and t["ms"]["min"] <= t["ms"]["median"] <= t["ms"]["max"]
+            assert t["images_per_s"]["median"] > 0
+    ref = out["models"]["mlp"]
+    assert all(ref[w]["ratio_to_reference"]["median"] == 1.0 for w in ("train_step", "inference"))
+
+
+def test_task_figures_draw(tmp_path):
+    d = {"mean_difference": 0.01, "ci95_low": -0.005, "ci95_high": 0.02}
+    rows = {"dropout": {"MLP": {"test_acc": d, "gap": d}, "ResNet": None},
+            "all": {"MLP": {"test_acc": d, "gap": d}, "ResNet": {"test_acc": d, "gap": d}}}
+    assert figures.plot_regularisation_ablation(rows, tmp_path / "a.png", "t").exists()
+    r = _wd_record([[1.0, 2.0, 5.0], [0.5, 1.0, 5.0], [0.5, 0.5, 5.0]])
+    curve = effective_lr_curve(r, ["a.weight", "b.weight"])
+    assert figures.plot_effective_lr({"none": [curve], "weight_decay": [curve]}, tmp_path / "e.png", "t").exists()
+    lr = {"pilots": {"pilot_a": {"0.2": {"mean": 0.5}, "0.4": {"mean": 0.6}}}, "chosen_lr": 0.4,
+          "selection": {"scores": {"0.2": 0.5, "0.4": 0.6}}}
+    assert figures.plot_lr_selection(lr, tmp_path / "l.png", "t").exists()
+    assert figures.plot_gradient_rms([fake_record("mlp")], tmp_path / "g.png", "t").exists()
+    v = {"mlp/none": {"training_pflop": 0.01, "test_acc": {"mean": 0.6, "half_width": 0.01, "n": 3}}}
+    assert figures.plot_accuracy_vs_compute(v, tmp_path / "c.png", "t").exists()
+
+
+def test_reliability_figure_draws(tmp_path):
+    from utils.analysis.classification import calibration
+
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.1, 1, 500)
+    cal = [calibration(conf, rng.random(500) < conf ** 2)]
+    assert figures.plot_reliability({"none": cal, "label_smoothing": cal}, tmp_path / "r.png", "t").exists()
