@@ -56,12 +56,19 @@ class History:
 
 @dataclass
 class GradStats:
-    """Per-layer gradient norms of the weight tensors ``names``, sampled at optimisation ``step``s."""
+    """Per-layer gradient norms of the weight tensors ``names``, sampled at optimisation ``step``s.
+
+    ``param_names`` / ``param_mean_abs``: the parameters a spec asked to follow
+    (:attr:`~utils.engine.experiment.ModelSpec.tracked_params`) and the mean ``|value|`` of each,
+    sampled at the same steps (before that step's update); empty when none were asked for.
+    """
 
     names: list[str] = field(default_factory=list)
     step: list[int] = field(default_factory=list)
     l2: list[list[float]] = field(default_factory=list)
     mean_abs: list[list[float]] = field(default_factory=list)
+    param_names: list[str] = field(default_factory=list)
+    param_mean_abs: list[list[float]] = field(default_factory=list)
 
 
 @dataclass
