@@ -62,15 +62,21 @@ def train_curve_verdicts(runs: Sequence[RunRecord]) -> dict:
     (``converged`` / ``flat`` / ``declining``: no gain the curve's noise can tell from zero)."""
     verdicts = [convergence_of(r).get("train_eval_acc", {}) for r in runs]
     statuses = [v.get("status", "missing") for v in verdicts]
-    return {"statuses": statuses, "gain": [v.get("gain") for v in verdicts], "se": [v.get("se") for v in verdicts],
-            "window_points": [v.get("points") for v in verdicts],
+    return {"statuses": statuses, "gain": [v.get("improvement") for v in verdicts],
+            "gain_se": [v.get("improvement_se") for v in verdicts],
+            "window_points": [v.get("window_points") for v in verdicts],
             "anneal_in_window": [v.get("anneal_in_window") for v in verdicts],
-            "flattened": sum(s in ("converged", "flat", "declining") for s in statuses), "runs": len(runs)}
+            "flattened": sum(bool(v.get("plateaued")) for v in verdicts), "runs": len(runs)}
+
+
+def _format(d: dict, metric: str) -> str:
+    """A difference in pp for accuracies, in nats for losses."""
+    return format_difference(d, 1.0, "") if "loss" in metric else format_difference(d)
 
 
 def _entry(a: str, b: str, diff: dict, metric: str) -> dict:
     return {"a": a, "b": b, "difference": diff, "verdict": diff[metric]["verdict"],
-            "text": f"{a} − {b}: {format_difference(diff[metric])} ({diff[metric]['verdict']})"}
+            "text": f"{a} − {b}: {metric} {_format(diff[metric], metric)} ({diff[metric]['verdict']})"}
 
 
 def compare_pairs(groups: Mapping[Key, Sequence[RunRecord]], pairs: Sequence[tuple[Key, Key]],
@@ -328,7 +334,7 @@ def variants_markdown(variants: Mapping[str, dict]) -> str:
 
 
 def differences_markdown(rows: Sequence[dict], metrics: Sequence[str]) -> str:
-    table = [[r["a"], r["b"], *(f"{format_difference(r['difference'][m])} ({r['difference'][m]['verdict']})"
+    table = [[r["a"], r["b"], *(f"{_format(r['difference'][m], m)} ({r['difference'][m]['verdict']})"
                                 for m in metrics)] for r in rows]
     return markdown_table(["a", "b", *(f"{m}: a − b [95 % CI]" for m in metrics)], table)
 
