@@ -4,36 +4,43 @@
     python homework_cnn_architecture_analysis.py --only kernel --profile quick
     python homework_cnn_architecture_analysis.py --dataset mnist       # MNIST (too easy to separate them)
 
-Experiments (``--only``):
-  kernel  3x3 vs 5x5 vs 7x7 vs 1x1+3x3 convolutions at the same parameter count (each within
-          +-2 % of the 3x3 reference, widths solved here), three seeds each; theoretical receptive
-          fields, the effective receptive field (ERF) of the trained nets checked against a flat
-          box over the theoretical RF, ERF growth layer by layer, first-layer activations/filters.
+Experiments (``--only``); every one follows protocol v3 (``utils/analysis/protocol.py``):
+  kernel  3x3 vs 5x5 vs 7x7 vs 1x1+3x3 (a 1x1 that halves the channels before each 3x3 after the
+          first stage, as in Inception) at the same parameter count (+-2 %), 5 seeds at one
+          recipe; differences vs 3x3 on test (paired bootstrap over seeds and test images) and
+          on training fit / train-val gap (paired t). The effective receptive field (ERF) on a
+          canvas of 3x3 test images, so that every theoretical RF lies well inside the input, at
+          initialisation and trained, over every seed (trained - init with its interval); ERF
+          growth layer by layer; first-layer activations and filters.
   depth   plain vs residual nets (BN, Kaiming init) at three depths of the CIFAR ResNet (6n+2)
-          layout, plus plain nets with 2 and 4 convolutions, over seeds: the degradation problem
-          read on training accuracy (He et al. 2016, Fig. 1/6), accuracy and training time against
-          depth, feature maps; a zero-init-residual control.
+          layout, plus plain nets with 2 and 4 convolutions; the peak lr of every net chosen on
+          validation from a bracketing grid by pilot runs (``depth_pilots/``), 3 final seeds
+          disjoint from them; degradation read on training error (He et al. 2016) with its
+          paired interval and the plateau verdict of every training curve; gradient flow during
+          training (per-parameter RMS of every main-path conv); a zero-init-residual control whose
+          branches' last-BN γ is recorded during training; feature-map statistics over 256 test
+          images per seed.
   nobn    plain-20 and ResNet-20 without normalisation, under PyTorch's default init and under
-          Kaiming init, each at a learning rate chosen on validation by pilot runs with the
-          finals' budget (kept as ``depth_nobn_pilots/pilot_*.json``; the chosen one is the
-          finals' first seed; ``--lr`` does not apply to them): residual connections rescuing
-          training vs a bad init.
+          Kaiming init, each at an lr chosen on validation from a bracketing grid by pilots with the
+          finals' budget, 3 final seeds; compared with the BN nets of the depth study, which it
+          gets through the runner (trained there, or reused when finished).
   init    gradients at initialisation, no training: first/last conv gradient-norm ratio and per-layer
           norms of plain nets (PyTorch default init, Kaiming, Kaiming + BN) and BN ResNets at depths
           8/20/56 on one fixed batch of 256 training images, several seeds, beside the
           variance-propagation prediction (``utils.analysis.signal_propagation``). Seconds of CPU.
 
 Every choice is read on a validation split held out of the training set; the test set is evaluated
-once at the end of each run. Writes ``results/architecture_analysis/<experiment>/`` (a JSON per run,
-summary.csv/md, analysis.json/md) and ``plots/architecture_analysis/``.
+once at the end of each run and only reports. Writes ``results/architecture_analysis/<experiment>/``
+(a JSON per run, summary.csv/md, analysis.json/md) and ``plots/architecture_analysis/``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -41,27 +48,29 @@ import torch
 from torch import nn
 
 from models.cnn_models import BasicBlock, KernelSizeCNN, PlainCNN, ResNet, resnet_like_plain
-from utils.studies.architecture import numbers
-from utils.studies.architecture import figures as arch_plots
-from utils.studies.architecture.analysis import analyse_depth, analyse_kernels, analyse_nobn, data_title
+from utils.analysis.protocol import final_seeds
+from utils.analysis.signal_propagation import REGIME_SPECS, REGIMES, run_init_study, summarise_init_study
+from utils.comparison_utils import variant_key
 from utils.engine.cli import (apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
-                       setup_logging)
+                              setup_logging)
 from utils.engine.data import BatchLoader, DatasetSplits
 from utils.engine.executors import Executor, executor_from_args
 from utils.engine.experiment import ExperimentConfig, ModelSpec
 from utils.engine.files import write_json
+from utils.engine.invocation import ExperimentCost, InvocationLog
 from utils.engine.model_stats import (count_parameters, relative_param_gap, solve_width_for_params,
-                               within_tolerance)
-from utils.engine.records import write_summary
-from utils.engine.runner import ExperimentRun, load_records, run_experiment, run_reusing
+                                      within_tolerance)
+from utils.engine.records import RunRecord, write_summary
+from utils.engine.runner import ExperimentRun, run_experiment
 from utils.engine.runtime import Runtime, resolve_runtime
-from utils.analysis.signal_propagation import REGIME_SPECS, REGIMES, run_init_study, summarise_init_study
+from utils.studies.architecture import figures as arch_plots
+from utils.studies.architecture.analysis import (analyse_depth, analyse_kernels, analyse_nobn, data_title,
+                                                 main_path_convs, residual_end_params)
+from utils.studies.architecture.numbers import DepthDesign
+from utils.studies.architecture.selection import Tuned, tune_and_run
 
 log = logging.getLogger("architecture_analysis")
-EXPERIMENTS = ("kernel", "depth", "nobn", "init")   # in this order ("nobn" reads the BN nets of "depth")
-# where each experiment's training runs are (the init study trains nothing)
-RUN_FOLDERS = {"kernel": ("kernel_size",), "depth": ("depth",), "nobn": ("depth_nobn_pilots", "depth_nobn"),
-               "init": ()}
+EXPERIMENTS = ("kernel", "depth", "nobn", "init")   # "nobn" needs the BN nets of "depth" (run through the runner)
 PARAM_TOLERANCE = 0.02
 
 
@@ -69,68 +78,79 @@ PARAM_TOLERANCE = 0.02
 class Profile:
     train_subset: int | None      # stratified training images (after the validation hold-out)
     test_subset: int | None
+    val_size: int                 # held out of the training set; every choice is read on it
     kernel_width: int             # width of the 3x3 reference model: sets the common parameter target
     kernel_epochs: int
     kernel_seeds: int
-    depth_epochs: int             # the depth study and its no-normalisation control
-    depth_seeds: int
+    depth_epochs: int             # the depth study and its no-normalisation control (one budget)
     depths: tuple[int, ...]       # weighted layers (6n+2) of the plain and residual families
-    zero_init_seeds: int          # the zero-init-residual control at the middle depth (0: none)
-    nobn_lrs: tuple[float, ...]   # pilot learning rates of each no-normalisation net
-    nobn_seeds: int
-    analysis_images: int          # test images averaged for the ERF
-    eval_points: int = 12         # evaluations per run (the plateau verdict needs >= 3 in the last 20 %)
-    val_size: int = 5000          # held out of the training set; every choice is read on it
+    depth_seeds: int              # final seeds of every depth net, the zero-init and the no-BN controls
+    lr_grid: tuple[float, ...]    # pre-registered pilot grid of the BN nets (extended while an edge wins)
+    nobn_lr_grid: tuple[float, ...]
+    grid_extensions: int          # points a selection may add (protocol.MAX_GRID_EXTENSIONS in standard)
+    erf_canvases: int             # canvases (each tiles x tiles test images) averaged for the ERF
+    erf_tiles: int
+    feature_images: int           # test images of the feature-map statistics, per seed
+    eval_points: int = 40         # evaluations per run: >= 8 in the last 20 % for the plateau verdict
+    curve_val_samples: int | None = 2000   # validation images of the depth/no-BN curves (None: all)
 
 
 PROFILES = {
-    "quick": Profile(train_subset=1000, test_subset=300, kernel_width=16, kernel_epochs=1, kernel_seeds=1,
-                     depth_epochs=1, depth_seeds=1, depths=(8, 20), zero_init_seeds=1, nobn_lrs=(0.01, 0.05),
-                     nobn_seeds=2, analysis_images=16, eval_points=4, val_size=300),
-    # Sized from the first v2 runs on the 2-core AVX-512-bf16 EPYC (bf16 autocast, 2 threads, 6 epochs,
-    # evaluation in batches of 1000): training seconds per run of 60k images were plain3 10, plain5 8,
-    # plain8 14, resnet8 16, plain20 34, resnet20 37, plain44 77, resnet44 80; no-BN plain20 / resnet20
-    # ~29 / ~31; the kernel nets ~15 each. Those 6-epoch curves were all still rising and 2 seeds gave
-    # intervals of +-15 pp (t = 12.7 at n = 2), so the standard profile trains 10 epochs (780 steps)
-    # for the depth study, its no-BN control and the kernel study, 3 seeds of every depth net and of
-    # the zero-init control, and evaluates in batches of 256 (benchmarks/eval_batch.py: 1.5-1.9x
-    # faster here than 1000):
-    #   depth  3 seeds x 276 s (the 8 nets of one seed at 6 epochs) x 10/6 + zero-init 3 x 62 s = 1570 s
-    #   no-BN  pilots 12 x 10 epochs (the finals' budget; the chosen one is the finals' seed 0)
-    #          + finals' seed 1: 4 x 10 epochs, ~50 s each                     =  600 + 200 s
-    #   kernel 3 seeds x 4 nets x 10 epochs                                      =  300 s
-    # = ~2670 s of training steps; evaluation (12 points x 3000 images + 10k test once + inference
-    # timing per run) ~15 % of that at batch 256; + data, init study, ERF, feature maps and figures
-    # (~3 min) => ~55 min here. fp32 on the AVX2-only EPYC is 2.5-3x slower: ~2.3-2.8 h there, over
-    # the 75-min budget; --epochs 4 and fewer seeds would be needed there.
-    "standard": Profile(train_subset=10_000, test_subset=None, kernel_width=32, kernel_epochs=10, kernel_seeds=3,
-                        depth_epochs=10, depth_seeds=3, depths=(8, 20, 44), zero_init_seeds=3,
-                        nobn_lrs=(0.002, 0.01, 0.05), nobn_seeds=2, analysis_images=64),
-    "full": Profile(train_subset=None, test_subset=None, kernel_width=48, kernel_epochs=30, kernel_seeds=3,
-                    depth_epochs=30, depth_seeds=3, depths=(20, 32, 56), zero_init_seeds=3,
-                    nobn_lrs=(0.002, 0.005, 0.01, 0.02, 0.05), nobn_seeds=3,
-                    analysis_images=256, eval_points=20),
+    # Every experiment on 1000 training images, 1 epoch: a smoke test of the whole pipeline (2
+    # final seeds and a 2-point grid with one extension, so selection, extension and pairing run).
+    "quick": Profile(train_subset=1000, test_subset=300, val_size=300, kernel_width=16, kernel_epochs=1,
+                     kernel_seeds=2, depth_epochs=1, depths=(8, 20), depth_seeds=2, lr_grid=(0.05, 0.1),
+                     nobn_lr_grid=(0.01, 0.03), grid_extensions=1, erf_canvases=8, erf_tiles=3,
+                     feature_images=64, eval_points=8, curve_val_samples=None),
+    # Cost, from the committed bf16 runs (results/architecture_analysis/**: timing.train_s of 780
+    # steps at batch 128 on the 2-core AVX-512-bf16 EPYC): seconds per step plain-3/5/8 0.020/0.017/
+    # 0.030, ResNet-8 0.034, plain-20 / ResNet-20 0.076 / 0.079, plain-44 / ResNet-44 0.162 / 0.167,
+    # no-BN 20-layer nets ~0.065; kernel nets 0.023 (3x3) / 0.029 (5x5, 7x7) / ~0.04 (1x1+3x3).
+    # Evaluation: 40 points x (2000 val + 1000 train images) + the 10k test set once ~ +28 % on a
+    # 936-step run (measured: 12 points x 3000 images cost 12 % of 780 steps); the kernel study's
+    # 40 x (5000 + 1000) ~ +65 %.
+    #   depth   12 epochs = 936 steps (10 epochs left plain-44 climbing +5.5 pp): the 8 nets of one
+    #           seed 0.583 s/step x 936 x 1.28 = 700 s; 3 pilot lrs + ~4 extensions (~340 s)
+    #           + 3 final seeds = 6 x 700 + 340 = 4540 s; zero-init ResNet-20 3 x 94 s = 280 s
+    #   no-BN   4 nets x (3 pilots + ~1.25 extensions + 3 finals) x 936 steps x 0.07 x 1.28 ~ 2450 s
+    #   kernel  5 seeds (cheap and close: protocol.seeds_needed) x 4 nets x 780 steps x 0.122/4 s
+    #           x 1.65 ~ 790 s
+    #   ERF on 64 canvases (init + trained, 20 nets), feature maps on 256 images x 27 nets, init
+    #   study, figures ~ 5 min
+    # => ~8360 s ~ 139 min on bf16 (within 150). On the AVX2-only fp32 CPU it is 2.5-3x that.
+    "standard": Profile(train_subset=10_000, test_subset=None, val_size=5000, kernel_width=32, kernel_epochs=10,
+                        kernel_seeds=5, depth_epochs=12, depths=(8, 20, 44), depth_seeds=3,
+                        lr_grid=(0.05, 0.1, 0.2), nobn_lr_grid=(0.003, 0.01, 0.03), grid_extensions=3,
+                        erf_canvases=64, erf_tiles=3, feature_images=256),
+    "full": Profile(train_subset=None, test_subset=None, val_size=5000, kernel_width=48, kernel_epochs=30,
+                    kernel_seeds=5, depth_epochs=30, depths=(20, 32, 56), depth_seeds=3, lr_grid=(0.05, 0.1, 0.2),
+                    nobn_lr_grid=(0.003, 0.01, 0.03), grid_extensions=3, erf_canvases=128, erf_tiles=4,
+                    feature_images=512),
 }
 
 # One config for every study, fixed before any result was seen: He et al.'s CIFAR recipe as far as
 # a CPU budget allows (SGD-Nesterov, batch 128, weight decay 1e-4, no augmentation, so that the
-# training error measures fitting alone), one-cycle at peak lr 0.05. Kaiming init (the engine's
-# default), zero-init residual off. No gradient clipping: divergence must stay visible. Curves on
-# fixed 2000 validation / 1000 training images (the profile's number of points per run); the test
-# set once at the end.
+# training error measures fitting alone), one-cycle schedule. Kaiming init (the engine's default),
+# zero-init residual off. No gradient clipping: divergence must stay visible. The peak lr of the
+# depth and no-BN nets is chosen per net on validation; the kernel study keeps 0.05 for all four
+# (its question is the kernel at a common recipe). Curves on a fixed validation subset and 1000
+# fixed training images; the test set once at the end.
 ARCH_CONFIG = ExperimentConfig(batch_size=128, lr=0.05, optimizer="sgd", schedule="onecycle", weight_decay=1e-4,
-                               grad_sample_every=25, val_eval_samples=2000, train_eval_samples=1000,
-                               eval_batch_size=256)
+                               grad_sample_every=25, train_eval_samples=1000, eval_batch_size=256)
 
 KERNEL_NAMES = {"3x3": "conv3x3", "5x5": "conv5x5", "7x7": "conv7x7", "1x1+3x3": "conv1x1_3x3"}
 # variant label -> KernelSizeCNN arguments
 KERNEL_VARIANTS = {"3x3": {"kernel_size": 3}, "5x5": {"kernel_size": 5}, "7x7": {"kernel_size": 7},
                    "1x1+3x3": {"kernel_size": 3, "reduce_1x1": True}}
+KERNEL_GROUP, KERNEL_REFERENCE = "kernel_size", "3x3"
 
 RESNET_WIDTHS = (16, 32, 64)           # the CIFAR ResNet of He et al. (2016), Sec. 4.2
 SHALLOW_PLAIN = {3: (32, 64), 5: (16, 32, 64, 64)}   # weighted layers -> conv widths (2 and 4 convs)
+PLAIN, RESIDUAL, ZERO_INIT = "plain", "residual", "residual_zero_init"
 NOBN_DEPTH = 20
+NOBN_NETS = {"plain": "plain20_nobn", "residual": "resnet20_nobn"}   # family -> no-BN group
 INITS = {"pytorch_default": "default_init", "kaiming": "kaiming"}   # init scheme -> name part
+NOBN_LABELS = {"pytorch_default": "PyTorch default init", "kaiming": "Kaiming init"}
 
 
 def kernel_cnn(kernel: str, width: int, in_ch: int = 3, classes: int = 10,
@@ -171,7 +191,7 @@ def match_kernel_widths(reference_width: int, in_ch: int = 3, classes: int = 10,
 
 
 def kernel_specs(matching: dict, in_ch: int, classes: int, seeds: int) -> list[ModelSpec]:
-    """Every kernel variant (``group="kernel_size"``, ``variant`` = its label) for seeds
+    """Every kernel variant (``group=KERNEL_GROUP``, ``variant`` = its label) for final seeds
     ``0..seeds-1``, seed-major (a study stopped half-way has every variant at its first seed)."""
     base = []
     for kernel, v in matching["variants"].items():
@@ -180,11 +200,12 @@ def kernel_specs(matching: dict, in_ch: int, classes: int, seeds: int) -> list[M
         def build(c: ExperimentConfig, kernel=kernel, widths=widths) -> nn.Module:
             return kernel_cnn(kernel, widths[0], in_ch, classes, stage_widths=widths)
 
-        layout = "1x1 (w/2) + 3x3 (w)" if kernel == "1x1+3x3" else f"{kernel} conv"
+        layout = ("3x3 conv in stage 1, then 1x1 (input channels / 2) + 3x3" if kernel == "1x1+3x3"
+                  else f"{kernel} conv")
         base.append(ModelSpec(v["name"], build, f"3 stages of {layout}-BN-ReLU-maxpool, widths "
                                                 f"{'-'.join(map(str, widths))}, GAP, linear",
-                              group="kernel_size", variant=kernel))
-    return [s.with_seed(k) for k in range(seeds) for s in base]
+                              group=KERNEL_GROUP, variant=kernel))
+    return [s.with_seed(k) for k in final_seeds(seeds) for s in base]
 
 
 def _plain(widths, in_ch: int, classes: int, norm: bool = True) -> Callable[[ExperimentConfig], nn.Module]:
@@ -203,102 +224,161 @@ def blocks_per_stage(depth: int) -> int:
     return (depth - 2) // 6
 
 
-def depth_specs(depths: tuple[int, ...], seeds: int, in_ch: int, classes: int) -> list[ModelSpec]:
-    """Plain (``group="plain"``) and residual (``group="residual"``) nets at each depth of the
-    6n+2 layout (``variant`` = weighted layers), plus plain nets with 2 and 4 convolutions, for
-    seeds ``0..seeds-1``, seed-major. Both families: widths 16/32/64, BN; the plain net is the
-    ResNet without its shortcuts (same convs, same strides)."""
+def _gamma_tracked(build: Callable[[ExperimentConfig], nn.Module]) -> tuple[str, ...]:
+    """The residual branches' last-BN scales of the built net (what the zero-init control zeroes)."""
+    return tuple(n for names in residual_end_params(build(ARCH_CONFIG)).values() for n in names)
+
+
+def depth_base_specs(depths: tuple[int, ...], in_ch: int, classes: int) -> list[ModelSpec]:
+    """One base spec per depth net: plain (``group=PLAIN``) and residual (``group=RESIDUAL``) at each
+    depth of the 6n+2 layout (``variant`` = weighted layers), plus plain nets with 2 and 4
+    convolutions. Both families: widths 16/32/64, BN; the plain net is the ResNet without its
+    shortcuts (same convs, same strides). The ResNets track their branches' last-BN γ."""
     widths = "/".join(map(str, RESNET_WIDTHS))
     base = [ModelSpec(f"plain{d}", _plain(w, in_ch, classes), f"plain, {len(w)} conv3x3 ({'-'.join(map(str, w))}), "
-                      "BN, GAP, linear", group="plain", variant=str(d)) for d, w in SHALLOW_PLAIN.items()]
+                      "BN, GAP, linear", group=PLAIN, variant=str(d)) for d, w in SHALLOW_PLAIN.items()]
     for d in depths:
         n = blocks_per_stage(d)
         base.append(ModelSpec(f"plain{d}", _plain(resnet_like_plain(n, RESNET_WIDTHS), in_ch, classes),
                               f"plain-{d}: {d - 1} conv3x3 ({widths}, {2 * n} per stage + stem), BN, GAP, linear",
-                              group="plain", variant=str(d)))
-        base.append(ModelSpec(f"resnet{d}", _resnet(d, in_ch, classes),
-                              f"ResNet-{d}: stem + {3 * n} BasicBlocks ({widths}), BN, GAP, linear",
-                              group="residual", variant=str(d)))
-    return [s.with_seed(k) for k in range(seeds) for s in base]
+                              group=PLAIN, variant=str(d)))
+        build = _resnet(d, in_ch, classes)
+        base.append(ModelSpec(f"resnet{d}", build, f"ResNet-{d}: stem + {3 * n} BasicBlocks ({widths}), BN, GAP, "
+                              "linear", group=RESIDUAL, variant=str(d), tracked_params=_gamma_tracked(build)))
+    return base
 
 
-def zero_init_specs(depth: int, seeds: int, in_ch: int, classes: int) -> list[ModelSpec]:
-    """The labelled control: ResNet-``depth`` run with zero-init of each block's last BN gamma."""
-    spec = ModelSpec(f"resnet{depth}_zero_init", _resnet(depth, in_ch, classes),
-                     f"ResNet-{depth} as in the depth study, last BN gamma of every block zero-initialised",
-                     group="residual_zero_init", variant=str(depth))
-    return [spec.with_seed(k) for k in range(seeds)]
+def depth_of_specs(specs: Sequence[ModelSpec]) -> dict[tuple[str, str], int]:
+    """(group, variant) -> weighted layers, for every depth-study spec (the layout is data)."""
+    return {(s.group, s.variant): int(s.variant) for s in specs}
 
 
-def nobn_specs(in_ch: int, classes: int, lrs: dict[str, tuple[float, ...]], seeds: int,
-               pilot: bool) -> dict[str, list[ModelSpec]]:
-    """Plain-20 and ResNet-20 without normalisation (``group`` = net, ``variant`` = init scheme,
-    ``lr`` = the spec's learning rate), by init scheme. ``lrs``: ``"<group>/<init>"`` -> the lrs
-    to run (pilots: the candidates, one seed; finals: the one chosen, ``seeds`` seeds)."""
-    nets = {f"plain{NOBN_DEPTH}_nobn": (_plain(resnet_like_plain(blocks_per_stage(NOBN_DEPTH), RESNET_WIDTHS), in_ch,
-                                               classes, norm=False), f"plain-{NOBN_DEPTH} without normalisation"),
-            f"resnet{NOBN_DEPTH}_nobn": (_resnet(NOBN_DEPTH, in_ch, classes, norm=False),
-                                         f"ResNet-{NOBN_DEPTH} without normalisation")}
-    out: dict[str, list[ModelSpec]] = {init: [] for init in INITS}
-    for init, part in INITS.items():
-        for net, (build, desc) in nets.items():
-            for lr in lrs[f"{net}/{init}"]:
-                name = f"pilot_{net}_{part}_lr{lr:g}" if pilot else f"{net}_{part}"
-                spec = ModelSpec(name, build, f"{desc}, init {init}, lr {lr:g}", group=net, variant=init, lr=lr)
-                out[init] += [spec] if pilot else [spec.with_seed(k) for k in range(seeds)]
-    return out
+def zero_init_spec(reference: ModelSpec) -> ModelSpec:
+    """The labelled control: ``reference`` (a ResNet spec) with each block's last BN γ zero-initialised
+    (the run's config sets ``zero_init_residual``; group ``ZERO_INIT``, same variant)."""
+    return dataclasses.replace(reference, name=f"{reference.name}_zero_init", group=ZERO_INIT,
+                               description=f"{reference.description}; last BN γ of every block zero-initialised")
 
 
-def run_parts(experiment: str, parts: list[tuple[dict, list[ModelSpec]]], data: DatasetSplits,
-              cfg: ExperimentConfig, runtime: Runtime, results: Path, force: bool, title: str,
-              keep_models: bool = True, executor: Executor | None = None) -> ExperimentRun:
-    """:func:`run_experiment` for each ``(config changes, specs)`` part into one experiment folder,
-    then one summary of all of them. Why parts: the init scheme and zero-init are experiment-wide
-    config fields (recorded in every run), so the runs that differ in them run as separate parts."""
-    merged = ExperimentRun([])
-    for changes, specs in parts:
-        if specs:
-            run = run_experiment(experiment, specs, data, cfg.replace(**changes), runtime, results, force=force,
-                                 keep_models=keep_models, title=title, executor=executor)
-            merged.records += run.records
-            merged.models.update(run.models)
-    write_summary(merged.records, results / experiment, title)
-    return merged
+def nobn_base_specs(in_ch: int, classes: int) -> list[tuple[str, ModelSpec]]:
+    """Plain-20 and ResNet-20 without normalisation under each init scheme, as ``(init, spec)``
+    (``group`` = net, ``variant`` = init scheme)."""
+    n = blocks_per_stage(NOBN_DEPTH)
+    nets = {NOBN_NETS["plain"]: (_plain(resnet_like_plain(n, RESNET_WIDTHS), in_ch, classes, norm=False),
+                                 f"plain-{NOBN_DEPTH} without normalisation"),
+            NOBN_NETS["residual"]: (_resnet(NOBN_DEPTH, in_ch, classes, norm=False),
+                                    f"ResNet-{NOBN_DEPTH} without normalisation")}
+    return [(init, ModelSpec(f"{net}_{part}", build, f"{desc}, init {init}", group=net, variant=init))
+            for init, part in INITS.items() for net, (build, desc) in nets.items()]
 
 
-def run_nobn(args, data: DatasetSplits, cfg: ExperimentConfig, runtime: Runtime, results: Path, plots: Path,
-             profile: Profile, suffix: str, executor: Executor | None = None) -> None:
-    """Pilots (seed 0, every candidate lr, the finals' whole budget), the choice on validation, then
-    the finals at the chosen lr over seeds; the chosen pilot is the finals' seed-0 run.
+# ------------------------------------------------------------------------------ running
+@dataclass
+class Context:
+    """What every experiment of one invocation shares."""
 
-    Why pilots as long as the finals: an unnormalised net that learns at an lr for a short pilot can
-    still die once the one-cycle schedule holds that lr longer (the first v2 run: plain-20 with
-    Kaiming init chose 0.05 on 2-epoch pilots and sat at chance after 6 epochs)."""
-    in_ch, classes, title = data.image_shape[0], data.num_classes, data_title(data)
-    keys = [f"{net}{NOBN_DEPTH}_nobn/{init}" for net in ("plain", "resnet") for init in INITS]
-    pilot_specs = nobn_specs(in_ch, classes, {k: profile.nobn_lrs for k in keys}, 1, pilot=True)
-    pilots = run_parts(f"depth_nobn_pilots{suffix}", [({"init": i}, s) for i, s in pilot_specs.items()], data,
-                       cfg, runtime, results, args.force, f"No-BN lr pilots, read on validation ({title})",
-                       keep_models=False, executor=executor)
-    choice = numbers.choose_lr(pilots.records)
-    write_json(results / f"depth_nobn_pilots{suffix}" / "analysis.json", numbers.json_safe(choice))
-    chosen = {k: (choice["choices"][k]["chosen_lr"],) for k in keys}
-    final_specs = nobn_specs(in_ch, classes, chosen, profile.nobn_seeds, pilot=False)
-    experiment = f"depth_nobn{suffix}"
-    finals = ExperimentRun([])
-    for init, specs in final_specs.items():
-        finals.records += run_reusing(experiment, specs, pilots.records, data, cfg.replace(init=init), runtime,
-                                      results, args.force, f"Without normalisation: default vs Kaiming init ({title})",
-                                      executor=executor)
-    write_summary(finals.records, results / experiment, f"Without normalisation: default vs Kaiming init ({title})")
-    # the BN nets of the same depth from the depth study, if it ran on the same data and budget
-    same_budget = [r for r in load_records(results / f"depth{suffix}")
-                   if r.config.get("epochs") == cfg.epochs and r.config.get("batch_size") == cfg.batch_size
-                   and r.data == data.describe()]
-    reference = [r for r in same_budget
-                 if (r.group, r.variant) in {("plain", str(NOBN_DEPTH)), ("residual", str(NOBN_DEPTH))}]
-    analyse_nobn(pilots, finals, choice, reference, data, results / experiment, plots, f"{experiment}_", NOBN_DEPTH,
-                 tuple(INITS), depth_runs=same_budget)
+    data: DatasetSplits
+    runtime: Runtime
+    results: Path
+    plots: Path
+    force: bool
+    suffix: str                                   # "" for CIFAR-10, "_mnist" for MNIST
+    executor: Executor | None = None
+    cost: ExperimentCost | None = None            # the invocation log's entry of the experiment being run
+    depth_cache: dict = field(default_factory=dict)
+
+    def trainer(self, experiment: str, cfg: ExperimentConfig, title: str, keep_models: bool,
+                models: dict | None = None) -> Callable[[list[ModelSpec]], list[RunRecord]]:
+        """``specs -> records`` into ``results/<experiment><suffix>`` (the runner skips finished runs);
+        trained models are added to ``models`` when kept."""
+        def train(specs: list[ModelSpec]) -> list[RunRecord]:
+            run = run_experiment(f"{experiment}{self.suffix}", specs, self.data, cfg, self.runtime, self.results,
+                                 force=self.force, keep_models=keep_models, title=title, executor=self.executor)
+            if self.cost is not None:
+                self.cost.add(run.records, run.trained)
+            if models is not None:
+                models.update(run.models)
+            return run.records
+        return train
+
+
+@dataclass
+class DepthRuns:
+    tuned: list[Tuned]
+    zero_init: list[RunRecord]
+    models: dict[str, nn.Module]
+    design: DepthDesign
+    specs: list[ModelSpec]
+
+
+def run_depth(ctx: Context, cfg: ExperimentConfig, profile: Profile, keep_models: bool = True) -> DepthRuns:
+    """The depth study through the runner (cached per invocation, so the no-BN control reuses it):
+    per net, bracketing lr pilots on validation (``depth_pilots``), then final seeds at the winner
+    (``depth``); the zero-init control at the middle depth at its reference ResNet's chosen lr."""
+    if "runs" in ctx.depth_cache and (ctx.depth_cache["runs"].models or not keep_models):
+        return ctx.depth_cache["runs"]
+    in_ch, classes, title = ctx.data.image_shape[0], ctx.data.num_classes, data_title(ctx.data)
+    specs = depth_base_specs(profile.depths, in_ch, classes)
+    models: dict[str, nn.Module] = {}
+    tuned = tune_and_run(specs, profile.lr_grid, profile.depth_seeds,
+                         ctx.trainer("depth_pilots", cfg, f"Depth: lr pilots ({title})", False),
+                         ctx.trainer("depth", cfg, f"Depth: plain vs residual ({title})", keep_models, models),
+                         profile.grid_extensions)
+    zero_depth = profile.depths[len(profile.depths) // 2]
+    ref = next(s for s in specs if (s.group, s.variant) == (RESIDUAL, str(zero_depth)))
+    chosen = next(t.selection.winner for t in tuned if t.key == variant_key(RESIDUAL, str(zero_depth)))
+    zero = [dataclasses.replace(zero_init_spec(ref), lr=chosen).with_seed(k) for k in final_seeds(profile.depth_seeds)]
+    zero_runs = ctx.trainer("depth", cfg.replace(zero_init_residual=True), f"Depth: zero-init control ({title})",
+                            keep_models, models)(zero)
+    finals = [r for t in tuned for r in t.finals] + zero_runs
+    write_summary(finals, ctx.results / f"depth{ctx.suffix}", f"Depth: plain vs residual ({title})")
+    write_summary([r for t in tuned for r in t.pilots], ctx.results / f"depth_pilots{ctx.suffix}",
+                  f"Depth: lr pilots ({title})")
+    design = DepthDesign(PLAIN, RESIDUAL, depth_of_specs(specs),
+                         controls=[((ZERO_INIT, str(zero_depth)), (RESIDUAL, str(zero_depth)))])
+    runs = DepthRuns(tuned, zero_runs, models, design, specs)
+    ctx.depth_cache["runs"] = runs
+    return runs
+
+
+def run_nobn(ctx: Context, cfg: ExperimentConfig, profile: Profile) -> dict:
+    """Per no-BN net and init: bracketing lr pilots at the finals' budget (an unnormalised net that
+    learns at an lr for a short pilot can still die when the schedule holds that lr longer), then
+    final seeds disjoint from them. Compared with the BN nets of the same depth and budget, which
+    come from the depth study through the runner (trained there, or reused when finished)."""
+    in_ch, classes, title = ctx.data.image_shape[0], ctx.data.num_classes, data_title(ctx.data)
+    tuned = []
+    for init, spec in nobn_base_specs(in_ch, classes):
+        part = cfg.replace(init=init)
+        tuned += tune_and_run([spec], profile.nobn_lr_grid, profile.depth_seeds,
+                              ctx.trainer("depth_nobn_pilots", part, f"No-BN lr pilots ({title})", False),
+                              ctx.trainer("depth_nobn", part, f"Without normalisation ({title})", False),
+                              profile.grid_extensions)
+    finals = [r for t in tuned for r in t.finals]
+    pilots = [r for t in tuned for r in t.pilots]
+    write_summary(finals, ctx.results / f"depth_nobn{ctx.suffix}", f"Without normalisation ({title})")
+    write_summary(pilots, ctx.results / f"depth_nobn_pilots{ctx.suffix}", f"No-BN lr pilots ({title})")
+    depth = run_depth(ctx, cfg, profile, keep_models=False)
+    bn = {(PLAIN, str(NOBN_DEPTH)), (RESIDUAL, str(NOBN_DEPTH))}
+    reference = [r for t in depth.tuned for r in t.finals if (r.group, r.variant) in bn]
+    nets = {fam: NOBN_NETS[fam] for fam in ("plain", "residual")}
+    pairs = ([((net, "kaiming"), (net, "pytorch_default")) for net in nets.values()]
+             + [((nets["residual"], init), (nets["plain"], init)) for init in INITS]
+             + [((PLAIN, str(NOBN_DEPTH)), (nets["plain"], "kaiming")),
+                ((RESIDUAL, str(NOBN_DEPTH)), (nets["residual"], "kaiming"))])
+    labels = {variant_key(net, init): f"{'plain' if fam == 'plain' else 'ResNet'}-{NOBN_DEPTH}, no BN, "
+                                      f"{NOBN_LABELS[init]}" for fam, net in nets.items() for init in INITS}
+    labels |= {variant_key(PLAIN, str(NOBN_DEPTH)): f"plain-{NOBN_DEPTH}, BN, Kaiming init",
+               variant_key(RESIDUAL, str(NOBN_DEPTH)): f"ResNet-{NOBN_DEPTH}, BN, Kaiming init"}
+    main_path = {}
+    for spec in [s for _, s in nobn_base_specs(in_ch, classes)] + [s for s in depth.specs
+                                                                     if (s.group, s.variant) in bn]:
+        convs = main_path_convs(spec.build(cfg))
+        main_path |= {r.model: convs for r in [*finals, *reference] if (r.group, r.variant) == (spec.group,
+                                                                                                 spec.variant)}
+    experiment = f"depth_nobn{ctx.suffix}"
+    return analyse_nobn(tuned, reference, pairs, labels, main_path, ctx.data, ctx.results / experiment, ctx.plots,
+                        f"{experiment}_")
 
 
 # ------------------------------------------------------------------------------ init study
@@ -347,6 +427,31 @@ def run_init_experiment(data: DatasetSplits, profile: InitStudyProfile, results_
 
 
 # ------------------------------------------------------------------------------------- main
+def run_kernel(ctx: Context, cfg: ExperimentConfig, profile: Profile) -> dict:
+    in_ch, classes, title = ctx.data.image_shape[0], ctx.data.num_classes, data_title(ctx.data)
+    experiment = f"kernel_size{ctx.suffix}"
+    matching = match_kernel_widths(profile.kernel_width, in_ch, classes)
+    write_json(ctx.results / experiment / "param_matching.json", matching)
+    specs = kernel_specs(matching, in_ch, classes, profile.kernel_seeds)
+    models: dict[str, nn.Module] = {}
+    records = ctx.trainer("kernel_size", cfg, f"Kernel size at equal parameters ({title})", True, models)(specs)
+    run = ExperimentRun(records, models)
+    return analyse_kernels(run, specs, matching, (KERNEL_GROUP, KERNEL_REFERENCE), ctx.data, ctx.runtime,
+                           ctx.results / experiment, ctx.plots, f"{experiment}_", profile.erf_canvases,
+                           profile.erf_tiles)
+
+
+def run_depth_experiment(ctx: Context, cfg: ExperimentConfig, profile: Profile) -> dict:
+    depth = run_depth(ctx, cfg, profile)
+    zero_key = depth.design.controls[0]
+    experiment = f"depth{ctx.suffix}"
+    return analyse_depth(depth.tuned, depth.zero_init, depth.models, depth.design, [zero_key], ctx.data, ctx.runtime,
+                         ctx.results / experiment, ctx.plots, f"{experiment}_", profile.feature_images)
+
+
+# the folders of each experiment's training runs (the init study trains nothing)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(__doc__.splitlines()[0], EXPERIMENTS, default_plots="plots/architecture_analysis")
     parser.add_argument("--dataset", choices=("cifar10", "mnist"), default="cifar10",
@@ -356,60 +461,32 @@ def main(argv: list[str] | None = None) -> int:
     results = dirs.results / "architecture_analysis"
     setup_logging(results / "architecture_analysis.log", args.verbose)
     runtime = resolve_runtime(args.device, args.precision)
-    executor = executor_from_args(args)
     profile = PROFILES[args.profile]
     log.info("profile %s, dataset %s, runtime %s", args.profile, args.dataset, runtime.describe())
-    t0 = time.perf_counter()
+    calls = InvocationLog(dirs.results, Path(__file__).stem, args.profile, runtime.describe(), args.only)
     data = load_data(args, dirs, args.dataset, profile.train_subset, profile.test_subset, profile.val_size)
-    in_ch, classes, title = data.image_shape[0], data.num_classes, data_title(data)
     cfg = apply_cli_overrides(ARCH_CONFIG.replace(eval_points=profile.eval_points), args)
-    depth_cfg = cfg.replace(epochs=args.epochs or profile.depth_epochs)
+    kernel_cfg = cfg.replace(epochs=args.epochs or profile.kernel_epochs, val_eval_samples=None)
+    depth_cfg = cfg.replace(epochs=args.epochs or profile.depth_epochs, val_eval_samples=profile.curve_val_samples)
     suffix = "" if args.dataset == "cifar10" else f"_{args.dataset}"   # MNIST never overwrites CIFAR results
-    timing = {"profile": args.profile, "dataset": args.dataset, "only": args.only, "experiments": {}}
-    for name in args.only or EXPERIMENTS:
-        t1 = time.perf_counter()
-        if name == "kernel":
-            experiment = f"kernel_size{suffix}"
-            matching = match_kernel_widths(profile.kernel_width, in_ch, classes)
-            write_json(results / experiment / "param_matching.json", matching)
-            specs = kernel_specs(matching, in_ch, classes, profile.kernel_seeds)
-            kernel_cfg = cfg.replace(epochs=args.epochs or profile.kernel_epochs)
-            run = run_experiment(experiment, specs, data, kernel_cfg, runtime, results, force=args.force,
-                                 keep_models=True, title=f"Kernel size at equal parameters ({title})",
-                                 executor=executor)
-            analyse_kernels(run, specs, matching, data, kernel_cfg, runtime, results / experiment, dirs.plots,
-                            f"{experiment}_", profile.analysis_images, PARAM_TOLERANCE)
-        elif name == "depth":
-            experiment = f"depth{suffix}"
-            zero_depth = profile.depths[len(profile.depths) // 2]
-            parts = [({}, depth_specs(profile.depths, profile.depth_seeds, in_ch, classes)),
-                     ({"zero_init_residual": True}, zero_init_specs(zero_depth, profile.zero_init_seeds, in_ch,
-                                                                    classes))]
-            run = run_parts(experiment, parts, data, depth_cfg, runtime, results, args.force,
-                            f"Depth: plain vs residual ({title})", executor=executor)
-            analyse_depth(run, data, runtime, results / experiment, dirs.plots, f"{experiment}_", cfg.batch_size)
-        elif name == "nobn":
-            experiment = f"depth_nobn{suffix}"
-            run_nobn(args, data, depth_cfg, runtime, results, dirs.plots, profile, suffix, executor)
-        elif name == "init":
-            experiment = f"init_study{suffix}"
-            init = INIT_PROFILES[args.profile]
-            run_init_experiment(data, init, results / experiment, dirs.plots,
-                                list(range(args.seed, args.seed + init.seeds)), name=experiment)
-        log.info("%s done in %.0f s: results in %s, figures in %s", name, time.perf_counter() - t1,
-                 results / experiment, dirs.plots)
-        runs = [r for folder in RUN_FOLDERS[name] for r in load_records(results / f"{folder}{suffix}")]
-        timing["experiments"][name] = {"wall_s": time.perf_counter() - t1, **numbers.timing_summary(runs)}
-    wall = time.perf_counter() - t0
-    train = sum(t["train_s"] for t in timing["experiments"].values())
-    # The script's wall time is that of a whole invocation: one of a part (--only) does not replace it.
-    write_json(results / (f"timing{suffix}.json" if args.only is None else f"timing_partial{suffix}.json"), {
-        **timing, "wall_s": wall, "train_s_of_runs": train, "train_share_of_wall": train / wall,
-        "runtime": runtime.describe(),
-        "note": "wall_s is this invocation (data loading, every experiment, analyses and figures); train_s counts "
-                "every run of the experiments at the time it was made, so the share is the script's only when "
-                "every run was trained in this invocation"})
-    log.info("total wall time %.0f s, %.0f %% of it in training steps", wall, 100 * train / wall)
+    ctx = Context(data, runtime, results, dirs.plots, args.force, suffix, executor_from_args(args))
+    with calls:
+        for name in args.only or EXPERIMENTS:
+            with calls.experiment(f"{name}{suffix}") as ctx.cost:
+                if name == "kernel":
+                    run_kernel(ctx, kernel_cfg, profile)
+                elif name == "depth":
+                    run_depth_experiment(ctx, depth_cfg, profile)
+                elif name == "nobn":
+                    run_nobn(ctx, depth_cfg, profile)
+                elif name == "init":
+                    init = INIT_PROFILES[args.profile]
+                    run_init_experiment(data, init, results / f"init_study{suffix}", dirs.plots,
+                                        list(range(args.seed, args.seed + init.seeds)), name=f"init_study{suffix}")
+            log.info("%s done in %.0f s: results in %s, figures in %s", name, ctx.cost.wall_s, results, dirs.plots)
+    leg = calls.leg.as_dict()
+    log.info("wall time %.0f s, %d runs trained, %.0f %% of the time in their training", leg["wall_s"],
+             leg["trained"], 100 * (leg["train_share"] or 0))
     return 0
 
 

@@ -303,9 +303,11 @@ def resnet_like_plain(convs_per_stage: int, widths: Sequence[int] = (16, 32, 64)
 class KernelSizeCNN(nn.Module):
     """Three stages of ``conv(k) -> BN -> ReLU -> maxpool2`` at widths ``(w, 2w, 4w)``, GAP, Linear.
 
-    ``kernel_size`` is the (odd) size ``k`` of every stage's convolution. With ``reduce_1x1`` each
-    stage is a 1x1 conv to ``w_i // 2`` channels followed by the ``k x k`` conv to ``w_i`` (the
-    Inception/bottleneck reduction; the study's "1x1+3x3" variant is ``k = 3`` with it). The
+    ``kernel_size`` is the (odd) size ``k`` of every stage's convolution. With ``reduce_1x1`` every
+    stage after the first starts with a 1x1 conv that *reduces* its input's ``c`` channels to
+    ``c // 2`` before the ``k x k`` conv to ``w_i`` (the Inception / bottleneck reduction; the
+    study's "1x1+3x3" variant is ``k = 3`` with it). The first stage has no reduction: its input
+    is the 3-channel image, which a 1x1 conv could only expand. The
     experiment picks ``width`` per variant so all have the same number of parameters
     (``utils.engine.model_stats.solve_width_for_params``).
 
@@ -324,9 +326,9 @@ class KernelSizeCNN(nn.Module):
         if len(widths) != 3 or min(widths) < 1:
             raise ValueError(f"stage_widths must be 3 positive ints, got {widths}")
         layers, c = [], in_channels
-        for w in widths:
-            if reduce_1x1:
-                layers += [*conv_bn_act(c, max(1, w // 2), 1), *conv_bn_act(max(1, w // 2), w, kernel_size)]
+        for i, w in enumerate(widths):
+            if reduce_1x1 and i > 0:
+                layers += [*conv_bn_act(c, max(1, c // 2), 1), *conv_bn_act(max(1, c // 2), w, kernel_size)]
             else:
                 layers += [*conv_bn_act(c, w, kernel_size)]
             layers.append(nn.MaxPool2d(2))

@@ -14,9 +14,13 @@ from torch import nn
 
 import homework_cnn_architecture_analysis as arch
 from models.cnn_models import KernelSizeCNN, PlainCNN, ResNet
+from utils.comparison_utils import NO_PAIRS, json_safe
 from utils.studies.architecture import numbers
 from utils.studies.architecture import figures as plots_architecture
 from utils.studies.architecture import depth_figures as plots_depth
+from utils.studies.architecture.analysis import activation_stats, canvas_images, main_path_convs, residual_end_params
+from utils.studies.architecture.numbers import DepthDesign
+from utils.studies.architecture.selection import tune_and_run
 from utils.analysis.erf import (effective_receptive_field, erf_growth, erf_vs_flat_box, flat_box, last_map_before_pool,
                        mass_within)
 from utils.engine.model_stats import count_parameters
@@ -49,10 +53,13 @@ def test_standard_profile_widths_need_the_last_stage_step():
     assert arch.match_kernel_widths(48)["variants"]["7x7"]["relative_gap"] <= 0.02
 
 
-def test_kernel_size_is_a_number():
+def test_kernel_size_is_a_number_and_the_1x1_reduces():
     plain, reduced = KernelSizeCNN(5, 8), KernelSizeCNN(5, 8, reduce_1x1=True)
     assert [m.kernel_size for m in plain.features if isinstance(m, nn.Conv2d)] == [(5, 5)] * 3
-    assert [m.kernel_size for m in reduced.features if isinstance(m, nn.Conv2d)] == [(1, 1), (5, 5)] * 3
+    convs = [m for m in reduced.features if isinstance(m, nn.Conv2d)]
+    assert [m.kernel_size for m in convs] == [(5, 5), (1, 1), (5, 5), (1, 1), (5, 5)]   # none on the RGB input
+    for one in (m for m in convs if m.kernel_size == (1, 1)):
+        assert one.out_channels == one.in_channels // 2       # a reduction, as in Inception: never an expansion
     for bad in ("3x3", 4, 0, True):
         with pytest.raises(ValueError, match="kernel_size"):
             KernelSizeCNN(bad, 8)
@@ -63,36 +70,40 @@ def _fields(specs):
     return [(s.group, s.variant, s.seed) for s in specs]
 
 
-def test_depth_specs_are_families_x_depths_x_seeds_as_fields():
-    specs = arch.depth_specs((8, 20, 44), seeds=2, in_ch=3, classes=10)
-    fields = _fields(specs)
-    assert len(set(fields)) == len(fields) == len({s.name for s in specs})
+def test_depth_specs_are_families_x_depths_as_fields():
+    specs = arch.depth_base_specs((8, 20, 44), in_ch=3, classes=10)
     expected = ({("plain", str(d)) for d in (3, 5, 8, 20, 44)} | {("residual", str(d)) for d in (8, 20, 44)})
-    assert {(g, v) for g, v, _ in fields} == expected
-    for g, v in expected:
-        assert sorted(seed for gg, vv, seed in fields if (gg, vv) == (g, v)) == [0, 1]
-    half = len(specs) // 2
-    assert {s.seed for s in specs[:half]} == {0} and {s.seed for s in specs[half:]} == {1}   # seed-major
-    assert all(s.lr is None and not s.overrides for s in specs)   # one config for every net
+    assert {(s.group, s.variant) for s in specs} == expected and len(specs) == len(expected)
+    assert all(s.lr is None and not s.overrides and s.seed == 0 for s in specs)   # lr: chosen per net later
+    assert arch.depth_of_specs(specs)[("plain", "44")] == 44
+    for s in specs:   # the ResNets follow their branches' last-BN gamma, the plain nets have none
+        model = s.build(arch.ARCH_CONFIG)
+        assert set(s.tracked_params) <= dict(model.named_parameters()).keys()
+        assert bool(s.tracked_params) == (s.group == "residual")
+    res20 = next(s for s in specs if (s.group, s.variant) == ("residual", "20"))
+    assert len(res20.tracked_params) == 9 and all(n.endswith("bn2.weight") for n in res20.tracked_params)
+    zero = arch.zero_init_spec(res20)
+    assert (zero.group, zero.variant, zero.tracked_params) == ("residual_zero_init", "20", res20.tracked_params)
 
 
 @pytest.mark.parametrize("depth", [8, 20, 44])
 def test_plain_and_residual_nets_of_a_depth_have_the_same_main_path(depth):
     """Same convs and widths along the main path (He et al.'s plain counterpart): the nets differ
     only by the shortcuts, and the variant is the count of weighted layers (convs + linear)."""
-    by_variant = {(s.group, s.variant): s for s in arch.depth_specs((depth,), 1, 3, 10)}
-    plain = by_variant[("plain", str(depth))].build(arch.ARCH_CONFIG)
-    res = by_variant[("residual", str(depth))].build(arch.ARCH_CONFIG)
+    by_key = {(s.group, s.variant): s for s in arch.depth_base_specs((depth,), 3, 10)}
+    plain = by_key[("plain", str(depth))].build(arch.ARCH_CONFIG)
+    res = by_key[("residual", str(depth))].build(arch.ARCH_CONFIG)
     assert isinstance(plain, PlainCNN) and isinstance(res, ResNet)
 
-    def main_convs(model):
-        return [(m.in_channels, m.out_channels, m.stride) for n, m in model.named_modules()
-                if isinstance(m, nn.Conv2d) and "shortcut" not in n]
+    def shapes(model):
+        convs = dict(model.named_modules())
+        return [(lambda m: (m.in_channels, m.out_channels, m.stride))(convs[n.removesuffix(".weight")])
+                for n in main_path_convs(model)]
 
-    assert main_convs(plain) == main_convs(res)
-    assert len(main_convs(plain)) + 1 == depth
-    shallow = {s.variant: s.build(arch.ARCH_CONFIG) for s in arch.depth_specs((depth,), 1, 3, 10) if s.variant in "35"}
-    assert {v: len(main_convs(m)) for v, m in shallow.items()} == {"3": 2, "5": 4}
+    assert shapes(plain) == shapes(res)
+    assert len(shapes(plain)) + 1 == depth
+    shallow = {v: by_key[("plain", v)].build(arch.ARCH_CONFIG) for v in ("3", "5")}
+    assert {v: len(main_path_convs(m)) for v, m in shallow.items()} == {"3": 2, "5": 4}
 
 
 def test_blocks_per_stage_refuses_depths_outside_6n_plus_2():
@@ -103,30 +114,97 @@ def test_blocks_per_stage_refuses_depths_outside_6n_plus_2():
 
 
 def test_control_specs():
-    zero = arch.zero_init_specs(20, 2, 3, 10)
-    assert _fields(zero) == [("residual_zero_init", "20", 0), ("residual_zero_init", "20", 1)]
-    lrs = (0.002, 0.01, 0.05)
-    keys = [f"{net}20_nobn/{init}" for net in ("plain", "resnet") for init in arch.INITS]
-    pilots = arch.nobn_specs(3, 10, {k: lrs for k in keys}, 1, pilot=True)
-    assert set(pilots) == {"pytorch_default", "kaiming"}
-    for init, specs in pilots.items():
-        assert all(s.variant == init and s.name.startswith("pilot_") and s.seed == 0 for s in specs)
-        assert sorted((s.group, s.lr) for s in specs) == sorted((g, lr) for g in ("plain20_nobn", "resnet20_nobn")
-                                                                for lr in lrs)
-        assert all(not any(isinstance(m, nn.BatchNorm2d) for m in s.build(arch.ARCH_CONFIG).modules()) for s in specs)
-    finals = arch.nobn_specs(3, 10, {k: (0.01,) for k in keys}, 2, pilot=False)
-    assert all(len(specs) == 4 and {s.seed for s in specs} == {0, 1} and {s.lr for s in specs} == {0.01}
-               for specs in finals.values())
+    nobn = arch.nobn_base_specs(3, 10)
+    assert sorted((i, s.group, s.variant) for i, s in nobn) == sorted(
+        (i, g, i) for g in ("plain20_nobn", "resnet20_nobn") for i in arch.INITS)
+    assert all(not any(isinstance(m, nn.BatchNorm2d) for m in s.build(arch.ARCH_CONFIG).modules()) for _, s in nobn)
     kernels = arch.kernel_specs(arch.match_kernel_widths(16), 3, 10, seeds=3)
     assert sorted(_fields(kernels)) == sorted(("kernel_size", k, s) for k in arch.KERNEL_VARIANTS for s in range(3))
 
 
-def test_profiles_fit_the_layouts():
+def test_profiles_fit_the_layouts_and_the_protocol():
     for profile in arch.PROFILES.values():
         assert all(arch.blocks_per_stage(d) >= 1 for d in profile.depths)
         arch.match_kernel_widths(profile.kernel_width)
-    standard = arch.PROFILES["standard"]
-    assert standard.kernel_seeds >= 3 and standard.depth_seeds >= 2 and len(standard.depths) == 3
+    for name in ("standard", "full"):
+        p = arch.PROFILES[name]
+        assert p.kernel_seeds >= 3 and p.depth_seeds >= 3 and len(p.depths) == 3
+        assert p.eval_points >= 40 and p.val_size >= 5000 and p.feature_images >= 256
+        assert len(p.lr_grid) >= 3 and len(p.nobn_lr_grid) >= 3
+        # the deepest theoretical RF of the kernel nets (7x7: 46 px) lies well inside the ERF canvas
+        assert 32 * p.erf_tiles >= 2 * 46
+
+
+# --------------------------------------------------------------------- lr selection protocol
+def _pilot_trainer(best_lr: float, calls: list):
+    """A fake ``train``: each spec's run ends at a validation accuracy peaked at ``best_lr``."""
+    def train(specs):
+        calls.append([s.name for s in specs])
+        out = []
+        for s in specs:
+            lr = s.lr if s.lr is not None else 0.05
+            r = fake_record(s.name, group=s.group, variant=s.variant, seed=s.seed, lr=lr)
+            r.summary.final_val_acc = 0.8 - abs(math.log(lr / best_lr))
+            r.config_hash = f"{s.name}-{s.seed}-{lr}"
+            out.append(r)
+        return out
+    return train
+
+
+def test_tune_and_run_extends_an_edge_winner_and_keeps_finals_disjoint():
+    from utils.engine.experiment import ModelSpec
+    spec = ModelSpec("net", lambda c: nn.Linear(2, 2), group="g", variant="v")
+    pilot_calls, final_calls = [], []
+    tuned = tune_and_run([spec], (0.05, 0.1, 0.2), 3, _pilot_trainer(0.8, pilot_calls),
+                         _pilot_trainer(0.8, final_calls), max_added=3)
+    t = tuned[0]
+    # 0.2 wins at the high edge -> 0.4 -> 0.8 (interior once 1.6 loses): the grid extends itself
+    assert t.selection.winner == 0.8 and t.selection.added == [0.4, 0.8, 1.6] and not t.selection.hit_cap
+    assert [len(c) for c in pilot_calls] == [3, 1, 1, 1]
+    assert {r.seed for r in t.pilots} == {1000} and [r.seed for r in t.finals] == [0, 1, 2]
+    assert {r.config["lr"] for r in t.finals} == {0.8}
+    capped = tune_and_run([spec], (0.05, 0.1, 0.2), 3, _pilot_trainer(10.0, []), _pilot_trainer(10.0, []),
+                          max_added=2)[0]
+    assert capped.selection.hit_cap and capped.selection.winner == 0.8 and capped.selection.edge == "high"
+
+
+def test_tune_and_run_refuses_a_final_that_is_a_pilot():
+    from utils.analysis.protocol import SelectionLeak
+    from utils.engine.experiment import ModelSpec
+    spec = ModelSpec("net", lambda c: nn.Linear(2, 2), group="g", variant="v")
+
+    def same_hash(specs):
+        out = _pilot_trainer(0.1, [])(specs)
+        for r in out:
+            r.config_hash = "same"
+        return out
+
+    with pytest.raises(SelectionLeak):
+        tune_and_run([spec], (0.05, 0.1, 0.2), 3, same_hash, same_hash)
+
+
+def test_model_structure_helpers():
+    res = ResNet(stage_channels=(8, 16), blocks_per_stage=(2, 1))
+    gammas = residual_end_params(res)
+    assert gammas == {"stage 1": ["stages.0.0.bn2.weight", "stages.0.1.bn2.weight"],
+                      "stage 2": ["stages.1.0.bn2.weight"]}
+    assert residual_end_params(PlainCNN([8, 16])) == {}
+    assert not any("shortcut" in n for n in main_path_convs(res)) and main_path_convs(res)[0] == "stem.0.weight"
+
+
+def test_canvas_is_a_mosaic_of_distinct_test_images():
+    class Split:
+        images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 3, 2, 2).contiguous()
+
+        def __len__(self):
+            return 20
+
+    data = type("D", (), {"test": Split()})()
+    canvas = canvas_images(data, 2, 3)
+    assert canvas.shape == (2, 3, 6, 6)
+    tiles = canvas[:, 0, ::2, ::2].reshape(2, 9)
+    assert len(set(tiles.flatten().tolist())) == 18          # 2 canvases x 9 tiles, no image twice
+    assert torch.equal(canvas[0, :, 0:2, 2:4], Split.images[int(tiles[0, 1])])   # each tile is a whole image
 
 
 # -------------------------------------------------------------------------- ERF vs flat box
@@ -141,7 +219,7 @@ def test_flat_box_numbers_by_hand():
     c = erf_vs_flat_box(box, 18, (17.5, 17.5))
     assert c["flat_box_extent"] == c["erf_extent"] == {"0.5": 14, "0.9": 18, "0.95": 18}
     assert c["flat_box_rms_radius"] == pytest.approx(math.sqrt(2 * (18 ** 2 - 1) / 12))
-    assert c["rms_ratio"] == pytest.approx(1.0) and c["shape"] == "close to a flat box"
+    assert c["rms_ratio"] == pytest.approx(1.0)
     assert c["flat_box_mass_in_half_rf"] == pytest.approx(8 ** 2 / 18 ** 2)   # 9-px square -> 8 px off-grid
 
 
@@ -200,30 +278,36 @@ def _depth_records(plain_acc: dict, res_acc: dict, seeds=(0, 1, 2), noise=0.004)
     return out
 
 
+def _design(records):
+    return DepthDesign("plain", "residual", {(r.group, r.variant): int(r.variant) for r in records})
+
+
 def test_depth_numbers_find_degradation_and_its_removal():
     records = _depth_records({8: 0.80, 20: 0.78, 44: 0.70}, {8: 0.81, 20: 0.85, 44: 0.88})
-    d = numbers.depth_numbers(records)
+    d = numbers.depth_numbers(records, _design(records))
     assert d["degradation_depths"] == [8, 20, 44] and d["families"]["plain"] == [8, 20, 44]
-    pairs = {(r["deeper"], r["shallower"]): r for r in d["deeper_vs_shallower"]["plain"]}
+    pairs = {(r["depth_a"], r["depth_b"]): r for r in d["deeper_vs_shallower"]["plain"]}
     diff = pairs[(44, 8)]["difference"]["final_train_acc"]
     assert diff["paired"] and diff["mean_difference"] == pytest.approx(-0.10)   # same seed noise cancels
-    assert diff["verdict"] == "real" and pairs[(44, 8)]["direction"] == "deeper reaches a higher training error"
+    assert diff["df"] == 2 and diff["interval_method"] == "paired_t_over_seeds"
+    assert pairs[(44, 8)]["verdict"] == "real"
+    assert pairs[(44, 8)]["difference"]["test_acc"]["interval_method"].startswith("paired_bootstrap")
     a = d["answers"]
     assert a["plain_degrades"] == "yes" and a["residual_removes_it"] == "yes"
-    assert a["residual_degrades"] == "no: every deeper net reaches a lower training error"
+    assert a["residual_degrades"] == "no: every deeper net fits really better"
     v = d["variants"]["plain/44"]
     assert v["final_train_acc"]["mean"] == pytest.approx(0.70 - 0.025 + 0.004) and v["seeds"] == [0, 1, 2]
+    assert v["depth"] == 44 and v["train_curve"]["runs"] == 3 and v["train_curve"]["window_points"] == [2] * 3
+    assert not d["all_train_curves_flattened"]        # 8 evaluation points per run cannot carry a verdict
 
 
 def test_depth_numbers_without_a_real_difference():
     records = _depth_records({8: 0.80, 20: 0.80}, {8: 0.80, 20: 0.80}, seeds=(0, 1), noise=0.0)
     records = [r for r in records if not (r.group == "plain" and r.variant == "20" and r.seed == 1)]
     records.append(fake_record("plain20_seed1", group="plain", variant="20", seed=1, acc=0.86))
-    d = numbers.depth_numbers(records)
-    assert d["answers"]["plain_degrades"] == "no real increase (some differences within noise)"
+    d = numbers.depth_numbers(records, _design(records))
+    assert d["answers"]["plain_degrades"] == "no real increase in training error (some differences within noise)"
     assert d["answers"]["residual_removes_it"].startswith("not applicable")
-    single = numbers.depth_numbers(_depth_records({8: 0.8, 20: 0.7}, {8: 0.8, 20: 0.8}, seeds=(0,)))
-    assert single["answers"]["plain_degrades"] == "not enough seeds to tell"
 
 
 def test_every_run_diverged_is_reported_and_nothing_crashes(tmp_path):
@@ -231,62 +315,118 @@ def test_every_run_diverged_is_reported_and_nothing_crashes(tmp_path):
                for fam in ("plain", "residual") for d in (8, 20) for s in (0, 1)]
     report = numbers.divergence_report(records)
     assert report["all_diverged"] and len(report["diverged"]) == 8
-    d = numbers.json_safe(numbers.depth_numbers(records))
-    assert d["answers"]["plain_degrades"] == "every compared variant diverged"
+    design = _design(records)
+    d = json_safe(numbers.depth_numbers(records, design))
+    assert d["answers"]["plain_degrades"] == "no complete pair to compare"
     assert d["variants"]["plain/8"]["diverged"] == 2 and d["variants"]["plain/8"]["final_train_acc"]["n"] == 0
-    assert not d["all_train_curves_plateaued"]
     json.dumps(d, allow_nan=False)                 # strict JSON: NaN written as null
     timing = numbers.timing_summary(records)
     assert timing["runs"] == 8 and timing["train_share"] == pytest.approx(0.8)
-    assert "every compared variant diverged" in numbers.depth_markdown(
-        {**d, "divergence": report, "timing": timing, "models": {}})
+    assert "no complete pair" in numbers.depth_markdown({**d, "lr_selection": {}})
     kernels = [fake_record(f"k{k}", group="kernel_size", variant=k, status="diverged") for k in ("3x3", "5x5")]
-    k = numbers.json_safe(numbers.kernel_numbers(kernels))
-    assert k["vs_reference"][0]["difference"]["test_acc"]["verdict"] == numbers.DIVERGED
-    plots_depth.plot_degradation([("plain", {8: records[:2], 20: records[2:4]})], tmp_path / "deg.png", "t")
-    plots_depth.plot_depth_summary({"plain": {8: d["variants"]["plain/8"], 20: d["variants"]["plain/20"]}},
-                                   tmp_path / "sum.png", "t")
-    plots_architecture.plot_variants_over_seeds(k["variants"], tmp_path / "bars.png", "t")
-    for png in ("deg", "sum", "bars"):
+    k = json_safe(numbers.kernel_numbers(kernels, ("kernel_size", "3x3")))
+    assert k["vs_reference"][0]["verdict"] == NO_PAIRS
+    fam = design.family(records, "plain")
+    plots_depth.plot_degradation({"plain": fam, "residual": design.family(records, "residual")}, d["variants"],
+                                 design, tmp_path / "deg.png", "t")
+    plots_architecture.plot_kernel_comparison(k, tmp_path / "k.png", "t")
+    for png in ("deg", "k"):
         assert (tmp_path / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_choose_lr_reads_validation_only():
-    def pilot(lr, val, test, status="completed"):
-        r = fake_record(f"pilot_lr{lr}", group="plain20_nobn", variant="kaiming", lr=lr, acc=test, status=status)
-        r.summary.final_val_acc = val if status == "completed" else None
-        return r
-
-    pilots = [pilot(0.01, 0.40, 0.90), pilot(0.05, 0.55, 0.10), pilot(0.2, None, 0.0, status="diverged"),
-              pilot(0.002, 0.55, 0.5)]
-    c = numbers.choose_lr(pilots)["choices"]["plain20_nobn/kaiming"]
-    assert c["chosen_lr"] == 0.002 and not c["no_candidate_finished"]     # tie 0.002 / 0.05: the smaller
-    assert c["candidates"]["0.2"]["status"] == "diverged"
-    none = numbers.choose_lr([pilot(0.05, None, 0.0, "diverged"), pilot(0.01, None, 0.0, "diverged")])
-    assert none["choices"]["plain20_nobn/kaiming"] == {**none["choices"]["plain20_nobn/kaiming"], "chosen_lr": 0.01,
-                                                       "no_candidate_finished": True}
-
-
-def test_kernel_numbers_and_controls_over_seeds(tmp_path):
+def test_kernel_numbers_read_test_by_the_bootstrap_and_fit_by_the_paired_t(tmp_path):
     runs = [fake_record(f"{k}_seed{s}", group="kernel_size", variant=k, seed=s, acc=a + 0.01 * s)
             for k, a in (("3x3", 0.70), ("5x5", 0.72)) for s in range(3)]
-    k = numbers.kernel_numbers(runs)
-    diff = k["vs_reference"][0]
-    assert (diff["a"], diff["b"]) == ("5x5", "3x3")
-    assert diff["difference"]["test_acc"]["mean_difference"] == pytest.approx(0.02)
-    assert diff["difference"]["test_acc"]["half_width"] == 0.0       # the same shift on every seed
-    assert k["variants"]["3x3"]["test_acc"]["mean"] == pytest.approx(0.71)
-    ctrl = numbers.controls_numbers(runs[:3], [(("kernel_size", "3x3"), ("kernel_size", "5x5"))], reference=runs[3:])
-    assert ctrl["differences"][0]["difference"]["test_acc"]["mean_difference"] == pytest.approx(-0.02)
-    out = plots_depth.plot_lr_pilots(numbers.choose_lr(runs)["choices"], tmp_path / "pilots.png", "t")
+    k = numbers.kernel_numbers(runs, ("kernel_size", "3x3"))
+    row = k["vs_reference"][0]
+    assert (row["a"], row["b"], row["variant_a"]) == ("kernel_size/5x5", "kernel_size/3x3", "5x5")
+    fit = row["difference"]["final_train_acc"]
+    assert fit["mean_difference"] == pytest.approx(0.02) and fit["half_width"] == pytest.approx(0.0, abs=1e-12)
+    test = row["difference"]["test_acc"]
+    assert test["interval_method"].startswith("paired_bootstrap") and test["n_test_images"] == 300
+    assert k["variants"]["kernel_size/3x3"]["test_acc"]["mean"] == pytest.approx(0.71)
+    ctrl = numbers.controls_numbers(runs, [(("kernel_size", "3x3"), ("kernel_size", "5x5"))])
+    assert ctrl["differences"][0]["difference"]["final_train_acc"]["mean_difference"] == pytest.approx(-0.02)
+    out = plots_architecture.plot_kernel_comparison(k, tmp_path / "k.png", "t")
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_rf_growth_figure(tmp_path):
-    growth = [{"theoretical_rf": r, "erf_extent_50": 0.6 * r, "flat_box_extent_50": 0.75 * r,
-               "erf_rms_radius": 0.3 * r, "flat_box_rms_radius": 0.4 * r} for r in (3, 8, 18)]
-    out = plots_architecture.plot_rf_growth([{"name": "3x3", "growth": growth}], tmp_path / "g.png", "t", 32)
+def _with_layers(record, l2, numel):
+    """``record`` with gradient norms ``l2`` (samples, layers) of layers of ``numel`` parameters."""
+    names = [f"layer{i}.weight" for i in range(len(numel))]
+    record.grad_stats.names, record.grad_stats.l2 = names, [list(map(float, row)) for row in l2]
+    record.grad_stats.step = list(range(0, 25 * len(l2), 25))
+    record.params["per_layer"] = {n.removesuffix(".weight"): k for n, k in zip(names, numel)}
+    return names
+
+
+def test_gradient_flow_numbers_by_hand():
+    """RMS = ||g|| / sqrt(numel): first layer 100 params at norm 10 -> 1.0, last 10_000 at norm
+    10 -> 0.1, so log10(first / last) = 1 at step 0; the per-layer growth is fitted over depth."""
+    recs, main_path = [], {}
+    for depth, first_norm in ((8, 10.0), (20, 100.0)):
+        for s in range(3):
+            r = fake_record(f"p{depth}_seed{s}", group="p", variant=str(depth), seed=s)
+            names = _with_layers(r, [[first_norm, 1.0, 10.0], [1.0, 1.0, 10.0]], [100, 100, 10_000])
+            main_path[r.model] = names
+            recs.append(r)
+    g = numbers.gradient_flow_numbers(recs, main_path, {("p", "8"): 8, ("p", "20"): 20})
+    v8 = g["variants"]["p/8"]
+    assert v8["log10_first_last_init"]["mean"] == pytest.approx(1.0) and v8["log10_first_last_init"]["n"] == 3
+    assert v8["log10_first_last_median_training"]["mean"] == pytest.approx(0.0)
+    assert g["variants"]["p/20"]["log10_first_last_init"]["mean"] == pytest.approx(2.0)
+    assert g["init_growth_with_depth"]["p"]["log10_per_layer"] == pytest.approx(1 / 12)
+
+
+def test_tracked_gamma_over_training():
+    r = fake_record("r_seed0", group="z", variant="20")
+    r.grad_stats.param_names = ["a.weight", "b.weight", "c.weight"]
+    r.grad_stats.param_mean_abs = [[0.0, 0.0, 1.0], [0.2, 0.4, 1.0], [0.5, 0.7, 1.0]]
+    traj = numbers.tracked_trajectories(r, {"stage 1": ["a.weight", "b.weight"], "stage 2": ["c.weight"]})
+    assert traj["stage 1"] == pytest.approx([0.0, 0.3, 0.6]) and traj["stage 2"] == [1.0] * 3
+    g = numbers.gamma_numbers({"z/20": [r]}, {"r_seed0": {"stage 1": ["a.weight", "b.weight"]}}, at=(0.0, 0.5, 1.0))
+    assert g["variants"]["z/20"]["stage 1"]["0.5"]["mean"] == pytest.approx(0.3)
+
+
+def test_erf_numbers_pair_trained_with_init_by_seed():
+    rows = [{"variant": "3x3", "seed": s, "init": {"rms_ratio": 0.80 + 0.01 * s, "erf_rms_radius": 5.0,
+                                                   "erf_mass_in_half_rf": 0.4, "theoretical_rf": 18},
+             "trained": {"rms_ratio": 0.75 + 0.01 * s, "erf_rms_radius": 4.0 + 0.1 * s, "erf_mass_in_half_rf": 0.5,
+                         "theoretical_rf": 18}} for s in range(3)]
+    rows.append({"variant": "3x3", "seed": 3, "init": {"rms_ratio": 0.9}, "trained": None})   # diverged: left out
+    e = numbers.erf_numbers(rows)["3x3"]
+    d = e["rms_ratio"]["trained_minus_init"]
+    assert e["seeds"] == [0, 1, 2] and d["mean_difference"] == pytest.approx(-0.05) and d["verdict"] == "real"
+    assert d["df"] == 2 and e["rms_ratio"]["init"]["mean"] == pytest.approx(0.81)
+    assert "shape" not in json.dumps(e)                      # no threshold label
+
+
+def test_feature_map_summary_over_seeds():
+    seed = lambda m: {"conv 1": {"mean": m, "image_std": 0.1, "image_p05": m - 0.2, "image_p95": m + 0.2,  # noqa: E731
+                                 "zero_share": 0.5, "relative_depth": 0.1, "images": 256}}
+    s = numbers.feature_map_summary([seed(0.3), seed(0.5)])["conv 1"]
+    assert s["mean"]["mean"] == pytest.approx(0.4) and s["mean"]["n"] == 2
+    assert s["image_p05"] == pytest.approx(0.2) and s["image_p95"] == pytest.approx(0.6) and s["images"] == 256
+
+
+def test_activation_stats_over_images():
+    torch.manual_seed(0)
+    model = PlainCNN([4, 8]).eval()
+    stats = activation_stats(model, torch.randn(10, 3, 8, 8), batch=4)
+    assert list(stats) == ["conv 1", "conv 2"] and all(v["images"] == 10 for v in stats.values())
+    for v in stats.values():
+        assert v["image_p05"] <= v["mean"] <= v["image_p95"] and 0 <= v["zero_share"] <= 1
+
+
+def test_rf_growth_and_erf_figures(tmp_path):
+    growth = [{"theoretical_rf": r, "erf_rms_radius": 0.3 * r, "flat_box_rms_radius": 0.4 * r} for r in (3, 8, 18)]
+    out = plots_architecture.plot_rf_growth([{"name": "3x3", "growth": growth}, {"name": "1x1+3x3", "growth": growth}],
+                                            tmp_path / "g.png", "t")
     assert out.read_bytes()[:4] == b"\x89PNG"
+    erf = np.ones((40, 40)) / 1600
+    maps = {"3x3": {"init": erf, "trained": erf, "theoretical_rf": 18, "center": (20.5, 20.5), "extent_init": 16,
+                    "extent_trained": 14}}
+    assert plots_architecture.plot_erf_maps(maps, tmp_path / "m.png", "t").read_bytes()[:4] == b"\x89PNG"
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -303,11 +443,12 @@ def _run_quick(fake_cifar_folder, tmp_path, *extra):
 def test_cli_quick_end_to_end(fake_cifar_folder, tmp_path):
     code, root, plots = _run_quick(fake_cifar_folder, tmp_path)
     assert code == 0
-    kernel_files = [f"{n}_seed0" for n in ("conv3x3", "conv5x5", "conv7x7", "conv1x1_3x3")]
-    depth_files = [f"{n}_seed0" for n in ("plain3", "plain5", "plain8", "resnet8", "plain20", "resnet20",
-                                          "resnet20_zero_init")]
-    # the no-BN finals' seed 0 is the chosen pilot (same config: reused, not retrained); seed 1 is new
-    nobn_files = [f"{n}_{i}_seed1" for n in ("plain20_nobn", "resnet20_nobn") for i in ("default_init", "kaiming")]
+    seeds = range(arch.PROFILES["quick"].depth_seeds)
+    kernel_files = [f"{n}_seed{s}" for n in ("conv3x3", "conv5x5", "conv7x7", "conv1x1_3x3") for s in seeds]
+    depth_files = [f"{n}_seed{s}" for n in ("plain3", "plain5", "plain8", "resnet8", "plain20", "resnet20",
+                                            "resnet20_zero_init") for s in seeds]
+    nobn_files = [f"{n}_{i}_seed{s}" for n in ("plain20_nobn", "resnet20_nobn") for i in ("default_init", "kaiming")
+                  for s in seeds]
     for sub, names in (("kernel_size", kernel_files), ("depth", depth_files), ("depth_nobn", nobn_files)):
         for n in names:
             rec = json.loads((root / sub / f"{n}.json").read_text())
@@ -315,54 +456,53 @@ def test_cli_quick_end_to_end(fake_cifar_folder, tmp_path):
         summary = (root / sub / "summary.csv").read_text()
         assert all(n in summary for n in names)               # one summary of every part of the experiment
         assert (root / sub / "analysis.md").is_file()
-    assert len(list((root / "depth_nobn_pilots").glob("pilot_*.json"))) == 8
-    inits = {json.loads((root / "depth_nobn" / f"{n}.json").read_text())["init"]["scheme"] for n in nobn_files}
-    assert inits == {"pytorch_default", "kaiming"}
-    zero = json.loads((root / "depth" / "resnet20_zero_init_seed0.json").read_text())["init"]
-    assert zero["zero_init_residual"] and zero["residual_ends_zeroed"] == 9
+    for sub in ("depth_pilots", "depth_nobn_pilots"):          # pilots: their own folder, pilot seeds only
+        pilots = [json.loads(p.read_text()) for p in (root / sub).glob("pilot_*.json")]
+        assert pilots and {p["seed"] for p in pilots} == {1000}
+    zero = json.loads((root / "depth" / "resnet20_zero_init_seed0.json").read_text())
+    assert zero["init"]["zero_init_residual"] and zero["init"]["residual_ends_zeroed"] == 9
+    assert len(zero["grad_stats"]["param_names"]) == 9 and zero["grad_stats"]["param_mean_abs"][0] == [0.0] * 9
     kernel = json.loads((root / "kernel_size" / "analysis.json").read_text())
     assert kernel["param_matching"]["max_relative_gap"] <= 0.02
-    t3 = kernel["variants"]["3x3"]
-    assert t3["theoretical_rf"] == 18 and t3["erf_trained"]["flat_box_extent"]["0.5"] == 14
-    assert [g["theoretical_rf"] for g in t3["rf_growth"]] == [3, 8, 18]
-    assert kernel["variants"]["7x7"]["theoretical_rf"] > t3["theoretical_rf"]
+    erf = kernel["erf"]
+    assert erf["canvas_px"] == 96 and erf["variants"]["3x3"]["theoretical_rf"] == 18
+    assert erf["variants"]["7x7"]["theoretical_rf"] == 46 and erf["variants"]["7x7"]["seeds"] == list(seeds)
+    assert kernel["over_seeds"]["vs_reference"][0]["difference"]["test_acc"]["interval_method"]
     depth = json.loads((root / "depth" / "analysis.json").read_text())
     assert depth["degradation_depths"] == [8, 20] and "plain_degrades" in depth["answers"]
     assert depth["controls"][0]["a"] == "residual_zero_init/20"
+    assert set(depth["lr_selection"]) == {f"plain/{d}" for d in (3, 5, 8, 20)} | {"residual/8", "residual/20"}
+    assert all(len(s["grid"]) >= 2 for s in depth["lr_selection"].values())
+    assert set(depth["zero_init_gamma"]["variants"]) == {"residual_zero_init/20", "residual/20"}
+    assert depth["gradient_flow"]["variants"]["plain/20"]["log10_first_last_init"]["n"] == len(seeds)
+    assert 0 < depth["feature_maps"]["images"] <= arch.PROFILES["quick"].feature_images   # the fake test set: 40
     nobn = json.loads((root / "depth_nobn" / "analysis.json").read_text())
-    assert set(nobn["lr_choice"]["choices"]) == {f"{n}/{i}" for n in ("plain20_nobn", "resnet20_nobn")
-                                                 for i in ("pytorch_default", "kaiming")}
-    assert "plain/20" in nobn["variants"]                      # the BN reference from the depth study
-    for key, choice in nobn["lr_choice"]["choices"].items():
-        models = nobn["variants"][key]["models"]
-        assert models[0] == choice["candidates"][f"{choice['chosen_lr']:g}"]["model"] and len(models) == 2
-    assert not list((root / "depth_nobn").glob("*_seed0.json"))
-    assert nobn["timing"]["finals"]["runs"] == 4 and nobn["timing"]["pilots"]["runs"] == 8
-    timing = json.loads((root / "timing.json").read_text())    # the whole invocation's wall time
-    assert set(timing["experiments"]) == {"kernel", "depth", "nobn", "init"}
-    assert timing["experiments"]["nobn"]["runs"] == 12 and timing["experiments"]["init"]["runs"] == 0
-    assert 0 < timing["train_s_of_runs"] < timing["wall_s"] and timing["runtime"]["precision"] in ("fp32", "bf16")
-    for png in ("kernel_size_comparison", "kernel_size_learning_curves", "kernel_size_receptive_fields",
+    assert set(nobn["lr_selection"]) == {f"{n}/{i}" for n in ("plain20_nobn", "resnet20_nobn")
+                                         for i in ("pytorch_default", "kaiming")}
+    assert "plain/20" in nobn["variants"]                      # the BN reference, from the depth study's runner
+    assert all(v["seeds"] == list(seeds) for v in nobn["variants"].values())
+    (leg,) = json.loads((root.parent / "invocations" / "homework_cnn_architecture_analysis.json").read_text())["legs"]
+    assert [e["experiment"] for e in leg["experiments"]] == ["kernel", "depth", "nobn", "init"]
+    assert leg["status"] == "completed" and 0 < leg["train_s"] < leg["wall_s"]
+    assert leg["runtime"]["precision"] in ("fp32", "bf16")
+    for png in ("kernel_size_comparison", "kernel_size_receptive_fields", "kernel_size_erf_init_vs_trained",
                 "kernel_size_rf_growth", "kernel_size_first_layer_activations", "kernel_size_first_layer_filters",
-                "depth_plain_vs_residual", "depth_summary", "depth_comparison", "depth_feature_maps",
-                "depth_nobn_pilots", "depth_nobn_curves", "depth_nobn_gradient_ratio", "depth_nobn_summary"):
+                "depth_plain_vs_residual", "depth_gradient_flow", "depth_gradient_ratio", "depth_zero_init_gamma",
+                "depth_feature_map_stats", "depth_feature_maps", "depth_nobn_pilots", "depth_nobn_summary",
+                "depth_nobn_gradient_ratio", "init_study"):
         assert (plots / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
 
 @pytest.mark.e2e
 @pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning")
 def test_cli_every_run_diverged_still_writes_its_analysis(fake_cifar_folder, tmp_path):
-    code, root, plots = _run_quick(fake_cifar_folder, tmp_path, "--lr", "1e30", "--only", "kernel", "depth")
+    code, root, plots = _run_quick(fake_cifar_folder, tmp_path, "--lr", "1e30", "--only", "kernel")
     assert code == 0
-    for sub in ("kernel_size", "depth"):
-        analysis = json.loads((root / sub / "analysis.json").read_text())
-        assert analysis["divergence"]["all_diverged"], sub
-        assert (root / sub / "analysis.md").is_file()
-    depth = json.loads((root / "depth" / "analysis.json").read_text())
-    assert depth["answers"]["plain_degrades"] == "every compared variant diverged"
-    kernel = json.loads((root / "kernel_size" / "analysis.json").read_text())
-    assert kernel["variants"]["3x3"]["erf_trained"] is None and kernel["variants"]["3x3"]["erf_init"] is not None
-    assert (plots / "depth_plain_vs_residual.png").is_file() and (plots / "kernel_size_comparison.png").is_file()
+    analysis = json.loads((root / "kernel_size" / "analysis.json").read_text())
+    assert analysis["divergence"]["all_diverged"] and (root / "kernel_size" / "analysis.md").is_file()
+    rows = analysis["erf"]["per_run"]
+    assert all(r["trained"] is None and r["init"] is not None for r in rows)
+    assert (plots / "kernel_size_comparison.png").is_file()
 
 
 def test_init_experiment_from_the_command_line(fake_cifar_folder, tmp_path):

@@ -250,10 +250,15 @@ def test_task1_quick_profile_end_to_end(tmp_path, fake_data_dir):
             "mlp_weight_decay_effective_lr.png"} <= plots
     # a second run finds every finished result and retrains nothing (analysis.json is re-derived)
     def model_files():
-        return {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name != "analysis.json"}
+        return {p: p.stat().st_mtime_ns for p in results.rglob("*.json")
+                if p.name != "analysis.json" and p.parent.name != "invocations"}
     before = model_files()
     assert _run(tmp_path, fake_data_dir, "--precision", "fp32") == 0
     assert before == model_files()
+    legs = json.loads((results / "invocations" / "homework_cnn_vs_fc_comparison.json").read_text())["legs"]
+    assert [leg["status"] for leg in legs] == ["completed"] * 2 and legs[0]["trained"] > 0 == legs[1]["trained"]
+    assert {e["experiment"] for e in legs[0]["experiments"]} == {"mnist", "cifar_lr", "cifar", "shuffled",
+                                                                 "mlp_ablation"}
     # calibration was measured once and kept: without the weights (a clean clone) nothing retrains
     assert (results / "mlp_ablation" / "calibration.json").is_file()
     import shutil

@@ -35,8 +35,7 @@ def _assert_png(path) -> None:
 
 RECORD_FIGURES = [viz.plot_learning_curves, viz.plot_generalisation_gap, viz.plot_accuracy_vs_cost,
                   viz.plot_parameter_breakdown, viz.plot_timing, viz.plot_confusion_matrices,
-                  viz.plot_gradient_flow,
-                  plots_architecture.plot_architecture_bars, plots_architecture.plot_gradient_ratio]
+                  viz.plot_gradient_flow]
 
 
 @pytest.mark.parametrize("figure", RECORD_FIGURES, ids=lambda f: f.__name__)
@@ -47,19 +46,11 @@ def test_record_figures_write_a_png(figure, records, tmp_path):
     assert not list(tmp_path.glob(".*.tmp")), "the temp file of the atomic write is left behind"
 
 
-def test_architecture_bars_with_target_and_step_times(records, tmp_path):
-    out = plots_architecture.plot_architecture_bars(records, tmp_path / "bars.png", "t", target_params=20_000,
-                                                    step_ms={"deep_fc": 12.0, "resnet_big": 30.0})
-    _assert_png(out)
-
-
 def test_grouped_record_figures_write_pngs(records, tmp_path):
     groups = {"mlp": [fake_record("mlp", seed=s) for s in range(3)],
               "cnn": [fake_record("cnn", net="cnn", seed=s, acc=0.9) for s in range(2)]}
     groups["diverged"] = [fake_record("mlp_lr_high", status="diverged", lr=1.0)]
     _assert_png(plots_blocks.plot_seed_bands(groups, tmp_path / "bands.png", "t"))
-    _assert_png(plots_architecture.plot_plain_vs_residual([("with BN", records[:3]), ("without", records[3:])],
-                                                          tmp_path / "pvr.png", "t"))
 
 
 def test_array_figures_write_pngs(tmp_path):
@@ -70,10 +61,9 @@ def test_array_figures_write_pngs(tmp_path):
     _assert_png(viz.plot_misclassified(images, labels, preds, CLASSES, tmp_path / "mis.png", "t", n=12))
     _assert_png(viz.plot_misclassified(images[:, :1], labels, labels, CLASSES, tmp_path / "none.png", "t"))
     erf = rng.random((16, 16))
-    variants = [{"name": f"k{k}", "rf_layers": [("0", k), ("3", k + 1)], "rf": k + 1, "center": (8, 8),
-                 "erf_init": erf / erf.sum(), "erf_trained": erf ** k / (erf ** k).sum(), "extent_init": 9,
-                 "extent_trained": 5} for k in (3, 5)]
-    _assert_png(plots_architecture.plot_receptive_fields(variants, tmp_path / "rf.png", "t"))
+    maps = {f"k{k}": {"theoretical_rf": k + 1, "center": (8, 8), "init": erf / erf.sum(),
+                      "trained": erf ** k / (erf ** k).sum(), "extent_init": 9, "extent_trained": 5} for k in (3, 5)}
+    _assert_png(plots_architecture.plot_erf_maps(maps, tmp_path / "rf.png", "t"))
     acts = {"a": rng.random((2, 6, 8, 8)), "b": rng.random((2, 4, 8, 8))}
     _assert_png(plots_architecture.plot_first_layer_activations(images[:2], acts, tmp_path / "act.png", "t", 5))
     _assert_png(plots_architecture.plot_first_layer_filters({"a": rng.normal(size=(8, 3, 3, 3))},

@@ -76,6 +76,24 @@ def test_engine_learns_and_returns_a_complete_record(runtime):
 
 
 
+def test_tracked_params_are_sampled_with_the_gradients_and_leave_the_run_identity(runtime, tmp_path):
+    """``ModelSpec.tracked_params``: mean |value| of named parameters at every gradient sample
+    (before that step's update), an observation that changes neither the run nor its hash."""
+    spec = ModelSpec("tiny", _tiny_cnn, tracked_params=("0.bias", "5.weight"))
+    rec, model = train_model(spec, _splits(), CFG, runtime, experiment="t")
+    g = rec.grad_stats
+    assert g.param_names == ["0.bias", "5.weight"] and len(g.param_mean_abs) == len(g.step)
+    assert g.param_mean_abs[0][0] > 0 and g.param_mean_abs[-1] != g.param_mean_abs[0]
+    plain, _ = train_model(ModelSpec("tiny", _tiny_cnn), _splits(), CFG, runtime, experiment="t")
+    assert plain.grad_stats.param_names == [] and plain.history.val_acc == rec.history.val_acc
+    assert config_hash(spec, CFG, _splits(), runtime) == config_hash(ModelSpec("tiny", _tiny_cnn), CFG, _splits(),
+                                                                     runtime)
+    assert RunRecord.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec
+    with pytest.raises(ValueError, match="tracked_params"):
+        train_model(ModelSpec("tiny", _tiny_cnn, tracked_params=("nope.weight",)), _splits(), CFG, runtime,
+                    experiment="t")
+
+
 def test_same_seed_gives_bit_identical_metrics_in_fp32(runtime):
     spec = ModelSpec("tiny", _tiny_cnn)
     cfg = CFG.replace(dropout=0.3, augment=False)

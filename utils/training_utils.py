@@ -140,6 +140,7 @@ class Trainer:
     cfg: ExperimentConfig
     grad_params: list[Tensor]
     grads: GradStats
+    tracked: list[Tensor]       # parameters whose mean |value| is sampled with the gradients
     step_loss: list[float]
     step: int = 0
     unreported_s: float = 0.0   # training seconds since the last evaluation point (crosses epochs)
@@ -176,7 +177,7 @@ def train_one_epoch(t: Trainer, loader: BatchLoader, desc: str, eval_after: set[
             t.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.step % t.cfg.grad_sample_every == 0:
-                _record_grads(t.grads, t.step, t.grad_params)
+                _record_grads(t.grads, t.step, t.grad_params, t.tracked)
             if t.cfg.grad_clip is not None:
                 total_norm = nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.grad_clip)
                 if not torch.isfinite(total_norm):
@@ -205,12 +206,14 @@ def train_one_epoch(t: Trainer, loader: BatchLoader, desc: str, eval_after: set[
     return train_s + tail
 
 
-def _record_grads(grads: GradStats, step: int, params: list[Tensor]) -> None:
+def _record_grads(grads: GradStats, step: int, params: list[Tensor], tracked: list[Tensor]) -> None:
     gs = [p.grad.detach().float() if p.grad is not None else torch.zeros(1) for p in params]
     grads.step.append(step)
     grads.l2.append([float(v) for v in torch._foreach_norm(gs, 2)])
     grads.mean_abs.append([float(v) / g.numel() for v, g in zip(torch._foreach_norm(gs, 1), gs)])
     grads.weight_l2.append([float(v) for v in torch._foreach_norm([p.detach().float() for p in params], 2)])
+    if tracked:
+        grads.param_mean_abs.append([float(p.detach().float().abs().mean()) for p in tracked])
 
 
 @dataclass
@@ -286,10 +289,14 @@ def train_model(spec: ModelSpec, data: DatasetSplits, base_cfg: ExperimentConfig
     total_steps = steps_per_epoch * cfg.epochs
     grad_names = weight_tensor_names(model)
     named = dict(model.named_parameters())
+    unknown = sorted(set(spec.tracked_params) - set(named))
+    if unknown:
+        raise ValueError(f"{spec.name}: tracked_params not in the model: {unknown}")
     t = Trainer(model, optimizer,
                 torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg)),
                 nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), runtime, cfg,
-                [named[n] for n in grad_names], GradStats(names=grad_names), [])
+                [named[n] for n in grad_names], GradStats(names=grad_names, param_names=list(spec.tracked_params)),
+                [named[n] for n in spec.tracked_params], [])
     history, epoch_times, start_epoch = History(), [], 0
     state = load_checkpoint(checkpoint_path, config_hash) if checkpoint_path is not None else None
     if state is not None:

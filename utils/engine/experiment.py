@@ -73,7 +73,10 @@ class ModelSpec:
 
     ``name`` names the result file; ``group`` is the comparison the run belongs to, ``variant`` what
     differs inside that group, ``seed`` is added to the experiment's base seed, ``lr`` (if set)
-    replaces the experiment's peak learning rate for a deliberate lr study.
+    replaces the experiment's peak learning rate for a deliberate lr study. ``tracked_params``
+    names parameters (``named_parameters()`` names) whose mean ``|value|`` the engine samples with
+    the gradient statistics (:class:`~utils.engine.records.GradStats`), e.g. BN scales that start
+    at zero; it is an observation, so it is not part of the run's identity.
     """
 
     name: str
@@ -84,6 +87,7 @@ class ModelSpec:
     seed: int = 0
     lr: float | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)   # regularisation fields only
+    tracked_params: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         bad = set(self.overrides) - set(REGULARISATION_FIELDS)

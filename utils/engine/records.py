@@ -56,16 +56,22 @@ class History:
 
 @dataclass
 class GradStats:
-    """Per-layer gradient norms of the weight tensors ``names``, sampled at optimisation ``step``s,
-    and the L2 norms of those weights at the same steps (``weight_l2``: a layer followed by a
-    normalisation layer is scale-invariant, so its effective learning rate is ``lr / ||w||^2``;
-    empty in records written before it was recorded)."""
+    """Per-layer gradient norms of the weight tensors ``names``, sampled at optimisation ``step``s.
+
+    ``weight_l2``: the L2 norms of those weights at the same steps (a layer followed by a
+    normalisation layer is scale-invariant, so its effective learning rate is ``lr / ||w||^2``).
+    ``param_names`` / ``param_mean_abs``: the parameters a spec asked to follow
+    (:attr:`~utils.engine.experiment.ModelSpec.tracked_params`) and the mean ``|value|`` of each,
+    sampled at the same steps (before that step's update); empty when none were asked for.
+    """
 
     names: list[str] = field(default_factory=list)
     step: list[int] = field(default_factory=list)
     l2: list[list[float]] = field(default_factory=list)
     mean_abs: list[list[float]] = field(default_factory=list)
     weight_l2: list[list[float]] = field(default_factory=list)
+    param_names: list[str] = field(default_factory=list)
+    param_mean_abs: list[list[float]] = field(default_factory=list)
 
 
 @dataclass

@@ -1,127 +1,23 @@
-"""Figures of the architecture analysis (task 2): size/cost bars, receptive fields, first-layer
-activations and filters, feature maps by depth, plain vs residual curves and the first/last-layer
-gradient ratio. Shared style and helpers: ``utils.visualization_utils``.
+"""Figures of the architecture analysis (task 2), kernel study and init study: kernel variants as
+dots with intervals, ERF maps and their spread at init vs trained, ERF growth layer by layer,
+first-layer activations and filters, feature maps by depth (illustration), gradients at
+initialisation. The depth study's figures: :mod:`utils.studies.architecture.depth_figures`.
+Shared style and helpers: ``utils.visualization_utils``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import ticker
 
-from utils.visualization_utils import palette, plain_minor_log_labels, save_figure, styled
-from utils.engine.gradients import first_last_ratio
-from utils.engine.records import RunRecord
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
-
-def _num(v: float | None) -> float:
-    return np.nan if v is None else float(v)
-
-
-@styled
-def plot_architecture_bars(records: Sequence[RunRecord], path: Path, title: str, target_params: int | None = None,
-                           tol: float = 0.02, step_ms: dict | None = None) -> Path:
-    """Parameters (with the ±tol band around ``target_params`` if given), forward MFLOPs, training
-    time, [``step_ms``: model -> forward+backward ms per batch measured side by side] and final
-    test accuracy per model, as bars with their values written on them."""
-    names = [r.label for r in records]
-    s = [r.summary for r in records]
-    colors = palette(len(records))
-    panels = (([x.params for x in s], "parameters", "{:,.0f}"),
-              ([x.mflops for x in s], "forward MFLOPs per image", "{:.1f}"),
-              ([_num(x.train_time_s) for x in s], "training time, all epochs (s)", "{:.3g}"))
-    if step_ms is not None:
-        panels += (([step_ms.get(r.model, np.nan) for r in records],
-                    "fwd+bwd time per batch (ms),\nmodels timed in turns", "{:.0f}"),)
-    panels += (([100 * _num(x.test_acc) for x in s], "test accuracy (%)", "{:.2f}"),)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 4.4))
-    for ax, (vals, label, fmt) in zip(axes, panels):
-        ax.bar(names, vals, color=colors)
-        for i, v in enumerate(vals):
-            ax.annotate(fmt.format(v), (i, v), ha="center", va="bottom", fontsize=9 if len(names) <= 4 else 7.5)
-        ax.set(ylabel=label)
-        ax.tick_params(axis="x", rotation=15 if len(names) <= 4 else 40)
-        if len(names) > 4:
-            plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
-    if target_params:
-        axes[0].axhspan(target_params * (1 - tol), target_params * (1 + tol), color="grey", alpha=0.25,
-                        label=f"target ±{100 * tol:.0f} %")
-        axes[0].legend(loc="lower right")
-    acc = [v for v in panels[-1][0] if np.isfinite(v)]
-    if acc:  # zoom in: differences of a few points are the story, not the distance from 0
-        axes[-1].set_ylim(max(0, min(acc) - 8), min(100, max(acc) + 4))
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-@styled
-def plot_receptive_fields(variants: Sequence[dict], path: Path, title: str, layer_panel: bool = True) -> Path:
-    """Theoretical RF vs empirical ERF, one column per variant.
-
-    Each variant dict: ``name``, ``rf_layers`` (list of ``(layer label, RF size)``), ``rf``
-    (theoretical RF of the analysed unit), ``center`` ``(cy, cx)`` of that RF on the input,
-    ``erf_init`` / ``erf_trained`` (``(H, W)`` arrays summing to 1) and ``extent_init`` /
-    ``extent_trained`` (side of the square holding 95 % of the ERF). Rows: theoretical RF
-    (the input pixels that can influence the unit), ERF at initialisation, ERF after training
-    (each map scaled to its own maximum: a shared scale leaves the spread-out ERFs of large
-    kernels near-black; the share of the mass is read from the squares: dashed = theoretical
-    RF, solid = 95 % ERF), and below all of them the RF size layer by layer (``layer_panel``;
-    :func:`plot_rf_growth` draws the growth against the RF in pixels instead).
-    """
-    from matplotlib.patches import Rectangle
-
-    n = len(variants)
-    rows = 4 if layer_panel else 3
-    fig = plt.figure(figsize=(3.6 * n + 1.2, 13.5 if layer_panel else 10.5))
-    grid = fig.add_gridspec(rows, n, height_ratios=[1, 1, 1, 1.1][:rows], hspace=0.42, wspace=0.3,
-                            top=0.93 if layer_panel else 0.9)
-
-    def square(ax, side, center, **kw):
-        half = side / 2
-        ax.add_patch(Rectangle((center[1] - half, center[0] - half), side, side, fill=False, **kw))
-
-    im = None
-    for col, v in enumerate(variants):
-        h, w = np.asarray(v["erf_trained"]).shape
-        cy, cx = v["center"]
-        ax = fig.add_subplot(grid[0, col])
-        yy, xx = np.mgrid[0:h, 0:w]
-        inside = (np.abs(yy - cy) <= (v["rf"] - 1) / 2) & (np.abs(xx - cx) <= (v["rf"] - 1) / 2)
-        ax.imshow(inside, cmap="Greys", vmin=0, vmax=1.5, interpolation="nearest")
-        ax.set_title(f"{v['name']}\ntheoretical RF {v['rf']}×{v['rf']} px"
-                     + (" (> image)" if v["rf"] > h else ""), fontsize=10)
-        for row, key, ext in ((1, "erf_init", "extent_init"), (2, "erf_trained", "extent_trained")):
-            ax = fig.add_subplot(grid[row, col])
-            erf = np.asarray(v[key], dtype=float)
-            im = ax.imshow(erf / max(float(erf.max()), np.finfo(float).tiny), cmap="inferno", vmin=0, vmax=1,
-                           interpolation="nearest")
-            square(ax, v["rf"], (cy, cx), edgecolor="cyan", ls="--", lw=1.2)
-            square(ax, v[ext], (cy, cx), edgecolor="lime", lw=1.5)
-            ax.set_title(f"ERF {'at init' if row == 1 else 'trained'}: 95 % in {v[ext]}×{v[ext]} px", fontsize=10)
-        for ax in fig.axes[-3:]:
-            ax.set(xlim=(-0.5, w - 0.5), ylim=(h - 0.5, -0.5), xlabel="x (px)", ylabel="y (px)")
-            ax.grid(False)
-    fig.colorbar(im, ax=fig.axes, shrink=0.35, location="right", anchor=(0, 0.75),
-                 label="ERF: |∂unit/∂input| per pixel / its maximum in the map")
-    if not layer_panel:
-        fig.suptitle(title, y=0.975)
-        return save_figure(fig, path)
-    ax = fig.add_subplot(grid[3, :])
-    for color, v in zip(palette(n), variants):
-        sizes = [s for _, s in v["rf_layers"]]
-        ax.plot(range(1, len(sizes) + 1), sizes, marker="o", color=color, label=f"{v['name']} (final {sizes[-1]} px)")
-    h = np.asarray(variants[0]["erf_trained"]).shape[0]
-    ax.axhline(h, color="k", ls=":", lw=1, label=f"image size ({h} px)")
-    ax.set(xlabel="conv / pool layer (input → output)", ylabel="theoretical RF side (px)",
-           title="Theoretical receptive field layer by layer (dashed cyan squares above; solid green: 95 % ERF)")
-    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    ax.legend(fontsize=8, ncol=2)
-    fig.suptitle(title, y=0.975)
-    return save_figure(fig, path)
+from utils.visualization_utils import color_markers, palette, save_figure, styled
 
 
 def _image_for_display(img: np.ndarray) -> np.ndarray:
@@ -233,57 +129,6 @@ def plot_feature_maps_by_depth(image: np.ndarray, maps: dict, path: Path, title:
     return save_figure(fig, path)
 
 
-@styled
-def plot_plain_vs_residual(groups: Sequence[tuple[str, Sequence[RunRecord]]], path: Path, title: str,
-                           label: Callable[[RunRecord], str] = lambda r: r.label) -> Path:
-    """Degradation plot in the style of He et al. (2016), Fig. 1/6, drawn as accuracy: per group
-    of models (one column), the training loss and the train (dashed) / validation (solid) accuracy
-    per epoch; ``label`` names a run in the legends."""
-    fig, axes = plt.subplots(2, len(groups), figsize=(7 * len(groups), 8.5), squeeze=False, layout="constrained")
-    for col, (group_title, records) in enumerate(groups):
-        for color, r in zip(palette(len(records)), records):
-            h = r.history
-            if not h.epoch:
-                axes[0, col].plot([], [], color=color, label=f"{label(r)}: no finished epoch")
-                continue
-            axes[0, col].plot(h.epoch, h.train_loss, marker="o", color=color, label=label(r))
-            axes[1, col].plot(h.epoch, 100 * np.asarray(h.train_eval_acc), "--", marker="o", ms=3, color=color)
-            test = "" if r.test_acc is None else f" (test acc {100 * r.test_acc:.1f} %)"
-            axes[1, col].plot(h.epoch, 100 * np.asarray(h.val_acc), "-", marker="o", color=color,
-                              label=f"{label(r)}{test}")
-        axes[0, col].set(title=f"{group_title}: training loss", xlabel="epoch",
-                         ylabel="training cross-entropy (running mean)", yscale="log")
-        plain_minor_log_labels(axes[0, col].yaxis)
-        axes[1, col].plot([], [], "k--", label="train accuracy (eval mode)")
-        axes[1, col].plot([], [], "k-", label="validation accuracy")
-        axes[1, col].set(title=f"{group_title}: accuracy", xlabel="epoch", ylabel="accuracy (%)")
-        for ax in axes[:, col]:
-            ax.legend(fontsize=8)
-            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    fig.suptitle(title)
-    return save_figure(fig, path)
-
-
-@styled
-def plot_gradient_ratio(records: Sequence[RunRecord], path: Path, title: str,
-                        label: Callable[[RunRecord], str] = lambda r: r.label) -> Path:
-    """First-layer / last-layer gradient norm ratio over training, all models in one panel
-    (log scale; 1 = the input layer gets as much gradient as the output layer; a gap where the
-    last layer's gradient is exactly 0)."""
-    fig, ax = plt.subplots(figsize=(10, 4.8), layout="constrained")
-    for color, r in zip(palette(len(records)), records):
-        g = r.grad_stats
-        if not g.l2:
-            continue
-        ratio = first_last_ratio(g.l2)
-        ax.plot(g.step, ratio, color=color, marker=".", label=f"{label(r)} (first step {ratio[0]:.2g})")
-    ax.axhline(1, color="k", lw=0.8)
-    ax.set(yscale="log", xlabel="training step (batch)", ylabel="‖grad first conv‖ / ‖grad last layer‖",
-           title=title)
-    ax.legend(fontsize=8, ncol=2)
-    return save_figure(fig, path)
-
-
 INIT_REGIME_LABELS = {"pytorch_default": "plain, PyTorch default init", "kaiming": "plain, Kaiming init",
                       "kaiming_bn": "plain, Kaiming + BN", "residual": "residual (BasicBlock), Kaiming + BN"}
 
@@ -351,68 +196,135 @@ def plot_init_study(summary: Sequence[dict], path: Path, title: str) -> Path:
 
 
 # --------------------------------------------------------------------- v2: seeds, RF growth
-def _mean_and_half(s: dict, scale: float) -> tuple[float, float]:
-    mean = s["mean"] if s["mean"] is not None else np.nan
-    half = s["half_width"] if s["half_width"] is not None and np.isfinite(s["half_width"]) else 0.0
-    return scale * mean, scale * half
+def _ci(s: dict | None, scale: float = 100.0) -> tuple[float, float, float]:
+    """``(mean, lower error, upper error)`` of a summary or difference dict, scaled; NaN if absent."""
+    if not s:
+        return np.nan, 0.0, 0.0
+    mean = s.get("mean", s.get("mean_difference"))
+    lo, hi = s.get("ci95_low"), s.get("ci95_high")
+    if mean is None:
+        return np.nan, 0.0, 0.0
+    lo = mean if lo is None or not np.isfinite(lo) else lo
+    hi = mean if hi is None or not np.isfinite(hi) else hi
+    return scale * mean, scale * (mean - lo), scale * (hi - mean)
+
+
+def dots(ax: plt.Axes, labels: Sequence[str], entries: Sequence[dict | None], scale: float = 100.0,
+         offset: float = 0.0, **kw) -> None:
+    """One dot per entry with its 95 % interval as an error bar, at x = 0, 1, ... (+ ``offset``)."""
+    vals = [_ci(e, scale) for e in entries]
+    xs = np.arange(len(labels)) + offset
+    ax.errorbar(xs, [v[0] for v in vals], yerr=[[v[1] for v in vals], [v[2] for v in vals]],
+                fmt=kw.pop("marker", "o"), capsize=4, **kw)
+    ax.set_xticks(np.arange(len(labels)), labels)
 
 
 @styled
-def plot_variants_over_seeds(variants: dict, path: Path, title: str, target_params: int | None = None,
-                             tol: float = 0.02) -> Path:
-    """Parameters (with the ±tol band around ``target_params``), forward MFLOPs, training time and
-    test accuracy per variant; time and accuracy are means over seeds with their 95 % intervals.
-    ``variants``: label -> a dict of ``utils.studies.architecture.numbers.variant_numbers``."""
+def plot_kernel_comparison(over_seeds: dict, path: Path, title: str) -> Path:
+    """Left: test, validation and clean training accuracy per variant (mean, 95 % t interval over
+    seeds). Right: each variant minus the reference, paired by seed: test accuracy (bootstrap
+    over seeds and test images), training accuracy and train-validation gap (paired t)."""
+    variants = over_seeds["variants"]
     names = list(variants)
-    colors = palette(len(names))
-    v = [variants[n] for n in names]
-    times = [_mean_and_half(x["train_time_s"], 1.0) for x in v]
-    accs = [_mean_and_half(x["test_acc"], 100.0) for x in v]
-    panels = (([x["params"] for x in v], None, "parameters", "{:,.0f}"),
-              ([x["mflops"] for x in v], None, "forward MFLOPs per image", "{:.1f}"),
-              ([t for t, _ in times], [h for _, h in times], "training time (s), mean ± 95 % CI", "{:.3g}"),
-              ([a for a, _ in accs], [h for _, h in accs], "test accuracy (%), mean ± 95 % CI", "{:.2f}"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 4.4), layout="constrained")
-    for ax, (vals, half, label, fmt) in zip(axes, panels):
-        ax.bar(names, vals, color=colors, yerr=half, capsize=5 if half else 0)
-        for i, val in enumerate(vals):
-            ax.annotate(fmt.format(val) + ("" if not half or not half[i] else f" ± {fmt.format(half[i])}"),
-                        (i, val), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
-        ax.set(ylabel=label)
-        ax.tick_params(axis="x", rotation=15)
-    if target_params:
-        axes[0].axhspan(target_params * (1 - tol), target_params * (1 + tol), color="grey", alpha=0.25,
-                        label=f"target ±{100 * tol:.0f} %")
-        axes[0].legend(loc="lower right")
-    acc = [a for a in panels[-1][0] if np.isfinite(a)]
-    if acc:
-        axes[-1].set_ylim(max(0, min(acc) - 8), min(100, max(acc) + 4))
-    n_seeds = sorted({len(x["seeds"]) for x in v})
-    fig.suptitle(f"{title}; seeds per variant: {'/'.join(map(str, n_seeds))}")
+    short = [variants[n]["variant"] for n in names]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    for (metric, label), off, (color, marker) in zip(
+            (("test_acc", "test"), ("final_val_acc", "validation"), ("final_train_acc", "training (clean)")),
+            (-0.15, 0.0, 0.15), color_markers(3)):
+        dots(axes[0], short, [variants[n][metric] for n in names], offset=off, color=color, marker=marker,
+             label=label)
+    axes[0].set(ylabel="accuracy (%)", title=f"accuracy per variant, n = {max(len(v['seeds']) for v in variants.values())} seeds")
+    axes[0].legend()
+    rows = over_seeds["vs_reference"]
+    diff_names = [r["variant_a"] for r in rows]
+    for (metric, label), off, (color, marker) in zip(
+            (("test_acc", "test accuracy (bootstrap)"), ("final_train_acc", "training accuracy (paired t)"),
+             ("gap", "train − val gap (paired t)")), (-0.15, 0.0, 0.15), color_markers(3)):
+        dots(axes[1], diff_names, [r["difference"][metric] for r in rows], offset=off, color=color, marker=marker,
+             label=label)
+    axes[1].axhline(0, color="k", lw=0.8)
+    ref = over_seeds["reference_variant"]
+    axes[1].set(ylabel=f"variant − {ref} (pp), 95 % CI", title=f"paired differences vs {ref}")
+    axes[1].legend()
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def _square(ax: plt.Axes, side: float, center: Sequence[float], **kw) -> None:
+    half = side / 2
+    ax.add_patch(Rectangle((center[1] - half, center[0] - half), side, side, fill=False, **kw))
+
+
+@styled
+def plot_erf_maps(maps: dict, path: Path, title: str) -> Path:
+    """ERF maps, one column per variant, at initialisation (top) and trained (bottom), each scaled
+    to its own maximum; overlays: the theoretical RF (dashed cyan) and the centred square holding
+    95 % of the ERF mass (solid green), both in the legend. ``maps``: variant -> ``init``,
+    ``trained`` arrays, ``theoretical_rf``, ``center``, ``extent_init``, ``extent_trained``."""
+    names = list(maps)
+    fig, axes = plt.subplots(2, len(names), figsize=(3.4 * len(names) + 1.5, 7.6), squeeze=False,
+                             layout="constrained")
+    im = None
+    half = 0.6 * max(m["theoretical_rf"] for m in maps.values()) + 4   # the same zoom for every panel
+    for col, name in enumerate(names):
+        m = maps[name]
+        for row, key, ext in ((0, "init", "extent_init"), (1, "trained", "extent_trained")):
+            ax = axes[row, col]
+            erf = np.asarray(m[key], dtype=float)
+            im = ax.imshow(erf / max(float(erf.max()), np.finfo(float).tiny), cmap="inferno", vmin=0, vmax=1,
+                           interpolation="nearest")
+            _square(ax, m["theoretical_rf"], m["center"], edgecolor="cyan", ls="--", lw=1.2)
+            _square(ax, m[ext], m["center"], edgecolor="lime", lw=1.5)
+            ax.set_title(f"{name}, {'at init' if row == 0 else 'trained'}\nRF {m['theoretical_rf']} px, "
+                         f"95 % of ERF in {m[ext]} px", fontsize=9)
+            cy, cx = m["center"]
+            ax.set(xlim=(cx - half, cx + half), ylim=(cy + half, cy - half), ylabel="y (px)",
+                   xlabel="x (px)" if row == 1 else None)
+            ax.grid(False)
+    handles = [Line2D([], [], color="cyan", ls="--", label="theoretical receptive field"),
+               Line2D([], [], color="lime", label="centred square holding 95 % of the ERF")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2)
+    fig.colorbar(im, ax=axes, shrink=0.6, label="|∂unit/∂input| per pixel / its maximum in the map")
+    fig.suptitle(title)
     return save_figure(fig, path)
 
 
 @styled
-def plot_rf_growth(variants: Sequence[dict], path: Path, title: str, image_size: int | None = None) -> Path:
-    """How the measured ERF grows with the theoretical RF, layer by layer, against the RF in pixels
-    (so nets with different numbers of layers line up). Each variant dict: ``name`` and
-    ``growth``, rows with ``theoretical_rf``, ``erf_extent_50`` / ``flat_box_extent_50`` (side of
-    the centred square holding half the mass) and ``erf_rms_radius`` / ``flat_box_rms_radius``.
-    Solid: the trained net's ERF; dashed: a flat box over the same RF (what "every pixel of the RF
-    counts alike" gives); below the dashed line the ERF is concentrated towards the centre."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
-    panels = (("erf_extent_50", "flat_box_extent_50", "side of the square holding 50 % of the ERF (px)"),
-              ("erf_rms_radius", "flat_box_rms_radius", "RMS distance of the ERF from the RF centre (px)"))
-    for color, v in zip(palette(len(variants)), variants):
-        rf = [row["theoretical_rf"] for row in v["growth"]]
-        for ax, (erf_key, box_key, _) in zip(axes, panels):
-            ax.plot(rf, [row[erf_key] for row in v["growth"]], "-", marker="o", color=color, label=f"{v['name']}: ERF")
-            ax.plot(rf, [row[box_key] for row in v["growth"]], "--", marker=".", color=color, alpha=0.7,
-                    label=f"{v['name']}: flat box over the RF")
-    for ax, (_, _, ylabel) in zip(axes, panels):
-        if image_size:
-            ax.axvline(image_size, color="k", ls=":", lw=1, label=f"image size ({image_size} px)")
-        ax.set(xlabel="theoretical receptive field of the layer (px)", ylabel=ylabel)
-    axes[0].legend(fontsize=7, ncol=2)
+def plot_erf_init_vs_trained(erf: dict, path: Path, title: str) -> Path:
+    """Per variant, the ERF's RMS radius relative to a flat box over its theoretical RF at init and
+    trained (mean, 95 % t interval over seeds), and trained − init paired by seed."""
+    names = list(erf)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
+    for key, off, label, (color, marker) in (("init", -0.1, "at initialisation", color_markers(2)[0]),
+                                             ("trained", 0.1, "trained", color_markers(2)[1])):
+        dots(axes[0], names, [erf[n]["rms_ratio"][key] for n in names], 1.0, off, color=color, marker=marker,
+             label=label)
+    axes[0].axhline(1, color="k", lw=0.8, ls=":", label="flat box over the RF (ratio 1)")
+    axes[0].set(ylabel="ERF RMS radius / flat-box RMS radius", title="spread of the ERF")
+    axes[0].legend()
+    dots(axes[1], names, [erf[n]["rms_ratio"]["trained_minus_init"] for n in names], 1.0, color="C3")
+    axes[1].axhline(0, color="k", lw=0.8)
+    axes[1].set(ylabel="trained − init (ratio units), 95 % CI", title="what training changed (paired by seed)")
     fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+@styled
+def plot_rf_growth(variants: Sequence[dict], path: Path, title: str) -> Path:
+    """How the measured ERF grows with the theoretical RF, layer by layer. Each variant dict:
+    ``name``, ``growth`` rows with ``theoretical_rf``, ``erf_rms_radius``, ``flat_box_rms_radius``.
+    Solid: the ERF's RMS radius; dashed: a flat box over the same RF. Variants sharing an RF are
+    drawn with distinct markers and a small horizontal offset so none hides another."""
+    fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
+    n = len(variants)
+    for k, ((color, marker), v) in enumerate(zip(color_markers(n), variants)):
+        off = 0.4 * (k - (n - 1) / 2)
+        rf = np.asarray([row["theoretical_rf"] for row in v["growth"]], dtype=float) + off
+        ax.plot(rf, [row["erf_rms_radius"] for row in v["growth"]], "-", marker=marker, color=color,
+                label=f"{v['name']}: ERF")
+        ax.plot(rf, [row["flat_box_rms_radius"] for row in v["growth"]], "--", marker=marker, mfc="none",
+                color=color, alpha=0.6, label=f"{v['name']}: flat box over the RF")
+    ax.set(xlabel="theoretical receptive field of the layer (px; variants offset by ±0.6 px)",
+           ylabel="RMS distance from the RF centre (px)", title=title)
+    ax.legend(fontsize=8, ncol=2)
     return save_figure(fig, path)
