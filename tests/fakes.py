@@ -41,7 +41,8 @@ def fake_record(model: str = "mlp", *, net: str = "mlp", epochs: int = 4, seed: 
                 val_loss: list[float] | None = None) -> RunRecord:
     """A small but complete :class:`RunRecord`: real architecture string and parameter counts of
     a tiny torch model, plausible curves (two evaluation points per epoch), gradient norms and
-    test predictions (fraction ``acc`` right; ``test_acc`` is exactly ``acc``).
+    test predictions (``round(300 acc)`` of 300 right; ``test_acc`` is that fraction, so the
+    predictions reproduce it).
     ``status="diverged"`` gives what the engine writes for a diverged run (one epoch of curves, no
     test evaluation, no predictions, no inference timings); ``zero_grads`` makes the first layer's
     first two gradient samples exactly 0 (a zero-initialised residual branch); ``grad_l2`` sets the
@@ -82,7 +83,7 @@ def fake_record(model: str = "mlp", *, net: str = "mlp", epochs: int = 4, seed: 
                                           "per_layer": per_layer},
         flops_per_image=int(1e5 * (1 + seed)), history=history, epoch_time_s=[time_s / n_ep] * n_ep,
         timing={"train_s": time_s, "total_s": 1.25 * time_s, "eval_and_other_s": 0.25 * time_s, "train_share": 0.8},
-        test_loss=None if diverged else 1.6 / epochs, test_acc=None if diverged else acc,
+        test_loss=None if diverged else 1.6 / epochs, test_acc=None if diverged else round(300 * acc) / 300,
         inference={} if diverged else {"latency_ms_batch1": 0.4 + seed, "throughput_img_s": 5000.0 / (1 + seed)},
         grad_stats=GradStats(names=weights, step=steps, l2=l2.tolist(), mean_abs=(l2 / 10).tolist()),
         step_loss=list(np.linspace(2.3, 0.5, 10 * n_ep)),
