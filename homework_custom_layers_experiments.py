@@ -88,13 +88,15 @@ class Profile:
     grad_sample_every: int    # gradient norms recorded every k optimisation steps
     lr_grid: tuple[float, ...] = (0.16, 0.4, 1.0)   # pre-registered block lr grid (x2.5), before bracketing
     lr_cap: float = 16.0      # the stability extension's last lr (100x the grid's bottom)
+    min_train_acc: float = 0.2   # a completed run below it (2x chance) never learned: unstable
     val_size: int = 5000      # held out of the training set; every curve is read on it
 
 
 PROFILES = {
     "quick": Profile(layers_epochs=1, blocks_epochs=1, train_subset=600, test_subset=200, seeds=2, pilot_seeds=1,
                      eval_points=3, pilot_eval_points=2, val_eval_samples=None, train_eval_samples=200, speed_batch=8,
-                     net_batch=16, speed_repeats=2, grad_sample_every=2, lr_cap=2.5, val_size=200),
+                     net_batch=16, speed_repeats=2, grad_sample_every=2, lr_cap=2.5, min_train_acc=0.0, val_size=200),
+    # quick: a smoke test of every code path (4 steps learn nothing, so only divergence is unstable)
     # Standard: 10,000 stratified training images, 6 epochs (468 steps) for the layer swaps and for
     # every block run, 3 final seeds per variant, 3 pilot seeds per (block, lr); finals evaluated at
     # 40 points (8 in the v3 plateau window) on 1,000 validation / 500 train images, pilots at 10;
@@ -219,7 +221,6 @@ BLOCK_DESIGNS = {
                               "3 blocks per stage, inner width solved for the basic net's parameters"),
 }
 MATCH_TOL = 0.05
-MIN_TRAIN_ACC = 0.2       # a completed run below 2x chance clean-train accuracy never learned: unstable
 
 
 def stage_widths(block: str, unit: int) -> tuple[int, ...]:
@@ -449,7 +450,7 @@ def run_block_sweep(ctx: BlockContext, profile: Profile, cfg: ExperimentConfig, 
         return {p: [by_name[s.name] for s in ss] for p, ss in specs.items()}
 
     grid, cap = lr_grid(profile, cfg)
-    result = block_study.run_sweep(list(BLOCK_DESIGNS), grid, run_points, cap, MIN_TRAIN_ACC)
+    result = block_study.run_sweep(list(BLOCK_DESIGNS), grid, run_points, cap, profile.min_train_acc)
     write_summary(result.records(), ctx.results / experiment, f"CIFAR-10 residual blocks, pilots ({ctx.source})")
     numbers = {**block_study.sweep_numbers(result), "grid": grid, "pilot_seeds": pilot_seeds(profile.pilot_seeds),
                "sizes": block_sizes(ctx.units, ctx.classes), "timing": experiment_timing(seen, experiment),

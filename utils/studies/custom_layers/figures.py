@@ -323,6 +323,7 @@ def plot_stability(numbers: dict, path: Path, title: str) -> Path:
         ax.set_xscale("log")
         ax.set_xlabel("peak learning rate (log scale)")
         if lrs:
+            ax.set_xlim(min(lrs) / 1.4, max(lrs) * 1.4)     # also when no point is finite
             ax.set_xticks(lrs, [f"{v:g}" for v in lrs])
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     fig.suptitle(title)
@@ -351,8 +352,11 @@ def plot_loss_at_lr(curves: dict[str, Sequence[RunRecord]], path: Path, title: s
         steps = np.arange(n) + smooth
         ax.plot(steps, arr.mean(0), color=color, lw=1.3, label=f"{label} (n={len(series)})")
         ax.fill_between(steps, arr.min(0), arr.max(0), color=color, alpha=0.2)
-    ax.set_yscale("log")
-    plain_minor_log_labels(ax.yaxis)
+    if ax.get_legend_handles_labels()[0]:
+        ax.set_yscale("log")
+        plain_minor_log_labels(ax.yaxis)
+    else:
+        ax.annotate("no stable learning rate: nothing to plot", (0.5, 0.5), xycoords="axes fraction", ha="center")
     ax.set(xlabel="optimisation step", ylabel=f"training loss ({smooth}-step moving mean, log scale)", title=title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, title="block (peak lr), mean and min-max over seeds")
