@@ -49,7 +49,7 @@ from torch import nn
 
 from models.cnn_models import BasicBlock, BottleneckBlock, PreActBlock, ResidualBlock, ResNet, SwappableCNN, WideBlock
 from models.custom_layers import CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, Swish
-from utils.analysis.protocol import check_disjoint, final_seeds, pilot_seeds
+from utils.analysis.protocol import check_disjoint, final_seeds, pilot_seeds, seeds_needed
 from utils.comparison_utils import (difference_with_verdict, format_difference, format_mean_ci, json_safe,
                                     variant_key, variant_numbers)
 from utils.engine.cli import apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli, setup_logging
@@ -59,7 +59,7 @@ from utils.engine.files import atomic_write_text, write_json
 from utils.engine.markdown import markdown_table
 from utils.engine.model_stats import count_flops, count_parameters, relative_param_gap, solve_width_for_params
 from utils.engine.records import RunRecord, write_summary
-from utils.engine.runner import run_experiment, run_reusing
+from utils.engine.runner import run_experiment
 from utils.engine.runtime import Runtime, resolve_runtime
 from utils.studies.custom_layers import blocks as block_study
 from utils.studies.custom_layers import figures as block_plots
@@ -89,13 +89,15 @@ class Profile:
     lr_grid: tuple[float, ...] = (0.16, 0.4, 1.0)   # pre-registered block lr grid (x2.5), before bracketing
     lr_cap: float = 16.0      # the stability extension's last lr (100x the grid's bottom)
     min_train_acc: float = 0.2   # a completed run below it (2x chance) never learned: unstable
+    more_seeds_when_close: bool = True   # protocol.seeds_needed: 5 seeds where 3 straddle zero and runs are cheap
     val_size: int = 5000      # held out of the training set; every curve is read on it
 
 
 PROFILES = {
     "quick": Profile(layers_epochs=1, blocks_epochs=1, train_subset=600, test_subset=200, seeds=2, pilot_seeds=1,
                      eval_points=3, pilot_eval_points=2, val_eval_samples=None, train_eval_samples=200, speed_batch=8,
-                     net_batch=16, speed_repeats=2, grad_sample_every=2, lr_cap=2.5, min_train_acc=0.0, val_size=200),
+                     net_batch=16, speed_repeats=2, grad_sample_every=2, lr_cap=2.5, min_train_acc=0.0,
+                     more_seeds_when_close=False, val_size=200),
     # quick: a smoke test of every code path (4 steps learn nothing, so only divergence is unstable)
     # Standard: 10,000 stratified training images, 6 epochs (468 steps) for the layer swaps and for
     # every block run, 3 final seeds per variant, 3 pilot seeds per (block, lr); finals evaluated at
@@ -110,10 +112,12 @@ PROFILES = {
     #     upward point) = 48 x 67 s = 54 min, + ~18 unstable runs at 2.5-16 (a diverged run stops
     #     early; ~40 % of a run on average) = 8 min;
     #   finals: 4 blocks x 3 seeds at their own lr + the shared lr where it differs (~2 of 4 blocks)
-    #     = 18 x 73 s = 22 min;
+    #     = 18 x 73 s = 22 min; where a block's 3-seed difference to basic straddles zero, 2 more seeds
+    #     of it and of basic (protocol.seeds_needed; a run is under 2 min): up to 16 runs, 19 min;
     #   layers: 9 variants x 3 seeds x 6 epochs = 27 runs, 8.9 min of training (committed) + 40-point
     #     evaluation ~3 min = 12 min; speed: 2 precisions x (10 layer cases + 15 nets) x 15 rounds ~3 min
-    #   => ~100 min (range ~85-135 min: fewer or more lrs before each block's frontier), under 150.
+    #   => ~100-110 min expected; worst case ~150 min (no block unstable below the cap: 36 more
+    #     full-length pilots, 40 min, and every comparison close).
     # 9 epochs for the blocks would cost ~1.45x in the sweep (~140-190 min): over the budget, so the
     # block study trains 6 epochs, pilots and finals alike.
     "standard": Profile(layers_epochs=6, blocks_epochs=6, train_subset=10_000, test_subset=5000, seeds=3,
@@ -477,14 +481,26 @@ def run_block_finals(ctx: BlockContext, profile: Profile, cfg: ExperimentConfig,
         return None
     settings = {"own_lr": own, "shared_lr": {b: shared for b in BLOCK_DESIGNS} if shared is not None else {}}
     points = list(dict.fromkeys((b, lr) for lrs in settings.values() for b, lr in lrs.items()))
-    seeds = final_seeds(profile.seeds)
-    specs = [block_spec(b, ctx.units[b], ctx.classes, lr, s, "final") for s in seeds for b, lr in points]
     experiment = f"{SUBDIR}/blocks"
-    records = run_reusing(experiment, specs, [], ctx.data, cfg, ctx.runtime, ctx.results, ctx.force,
-                          f"CIFAR-10 residual blocks, final seeds ({ctx.source})")
+
+    def run(seeds_of: Mapping[block_study.Point, int]) -> list[RunRecord]:
+        specs = [block_spec(b, ctx.units[b], ctx.classes, lr, s, "final")
+                 for (b, lr), n in seeds_of.items() for s in final_seeds(n)]
+        return run_experiment(experiment, specs, ctx.data, cfg, ctx.runtime, ctx.results, force=ctx.force,
+                              title=f"CIFAR-10 residual blocks, final seeds ({ctx.source})").records
+
+    def split(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
+        return {setting: [r for r in records if lrs.get(r.variant) == r.config["lr"]]
+                for setting, lrs in settings.items() if lrs}
+
+    seeds_of = {p: profile.seeds for p in points}
+    records = run(seeds_of)
+    if profile.more_seeds_when_close:
+        seeds_of = seeds_for_close_calls(block_study.finals_numbers(split(records), REFERENCE, []), settings,
+                                         records, seeds_of)
+        records = run(seeds_of)
     check_disjoint(records, sweep.records())
-    finals = {setting: [r for r in records if lrs.get(r.variant) == r.config["lr"]]
-              for setting, lrs in settings.items() if lrs}
+    finals = split(records)
     sizes = block_sizes(ctx.units, ctx.classes)
     numbers = {**block_study.finals_numbers(finals, REFERENCE, sweep.records()), "sizes": sizes,
                "lrs": {s: lrs for s, lrs in settings.items()},
@@ -496,6 +512,27 @@ def run_block_finals(ctx: BlockContext, profile: Profile, cfg: ExperimentConfig,
     block_plots.plot_block_finals(numbers, sizes, plots / "blocks_finals.png",
                                   f"Residual blocks at equal parameters, {len(seeds)} final seeds ({ctx.source})")
     return numbers
+
+
+def seeds_for_close_calls(numbers: dict, settings: Mapping[str, Mapping[str, float]], records: Sequence[RunRecord],
+                          seeds_of: Mapping[block_study.Point, int]) -> dict[block_study.Point, int]:
+    """Protocol v3 seeds: a block whose test difference to the reference straddles zero at 3 seeds
+    gets :func:`seeds_needed` seeds (5 when its runs are cheap), and so does the reference at that
+    lr (the pairs need both sides)."""
+    cost = {}
+    for r in records:
+        cost.setdefault((r.variant, r.config["lr"]), []).append(r.timing.get("total_s", 0.0))
+    out = dict(seeds_of)
+    for row in numbers["differences"]:
+        if row["b"] != REFERENCE:
+            continue
+        d = row["test_acc"]
+        straddles = d.get("n", 0) > 0 and not d.get("excludes_zero", False)
+        lr = settings[row["setting"]][row["a"]]
+        for point in ((row["a"], lr), (REFERENCE, settings[row["setting"]][REFERENCE])):
+            n = seeds_needed(straddles, max(cost.get(point, [math.inf])))
+            out[point] = max(out[point], n)
+    return out
 
 
 # -------------------------------------------------------------------------------------- main
