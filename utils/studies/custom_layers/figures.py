@@ -237,6 +237,8 @@ def plot_block_finals(numbers: dict, sizes: dict, path: Path, title: str) -> Pat
             if _mean_ci(ax, i + off, v["test_acc"], colors[b], markers[setting], j == 0):
                 seeds = _pct_values(v["per_seed"]["test_acc"])
                 ax.scatter(np.full(seeds.size, i + off + 0.05), seeds, s=9, color="k", zorder=4)
+                ax.annotate(f"{v['lr']:g}", (i + off, 100 * v["test_acc"]["mean"]), xytext=(-6, 0),
+                            textcoords="offset points", fontsize=7, ha="right", va="center")
                 if setting not in shown:
                     shown.append(setting)
             else:
@@ -256,11 +258,13 @@ def plot_block_finals(numbers: dict, sizes: dict, path: Path, title: str) -> Pat
     ax.set_ylim(*_acc_limits([v["test_acc"] for v in variants.values()],
                              [x for v in variants.values() for x in v["per_seed"]["test_acc"]]))
     ax.set(ylabel="test accuracy (%)", title="Test accuracy over the final seeds (mean ± 95 % CI, dots: seeds)")
-    lr_of = {s: sorted({v["lr"] for k, v in variants.items() if k.startswith(s + "/") and v.get("lr")}) for s in shown}
     ax.legend(handles=[Line2D([], [], marker=markers[s], color="0.3", mfc="0.3" if i == 0 else "white", ls="",
-                              label=f"{s.replace('_', ' ')} ({', '.join(f'{x:g}' for x in lr_of[s])})")
-                       for i, s in enumerate(shown)], fontsize=8, loc="lower left", title="peak lr")
+                              label=s.replace("_", " ")) for i, s in enumerate(shown)],
+              fontsize=8, loc="lower left", title="peak lr (value beside each point)")
     ax_d.axhline(0, color="k", lw=0.8)
+    if ref in blocks:
+        ax_d.annotate("reference", (blocks.index(ref), 0), xytext=(0, 6), textcoords="offset points", ha="center",
+                      fontsize=8)
     ax_d.set_xticks(range(len(blocks)), blocks)
     ax_d.set(ylabel=f"test accuracy − {ref}'s (pp)",
              title=f"Paired difference to {ref} (95 % CI over seeds and test images; red: excludes 0)")
@@ -343,15 +347,21 @@ def plot_loss_at_lr(curves: dict[str, Sequence[RunRecord]], path: Path, title: s
     runs of its seeds): mean over seeds of a ``smooth``-step moving average, band min-max over seeds;
     log y. A run that diverged stops where it did."""
     fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
+    peaks: list[float] = []
     for color, (label, runs) in zip(palette(max(len(curves), 1)), curves.items()):
         series = [_moving_mean(np.asarray(r.step_loss, dtype=float), smooth) for r in runs if r.step_loss]
         if not series:
             continue
         n = min(len(x) for x in series)
         arr = np.stack([x[:n] for x in series])
-        steps = np.arange(n) + smooth
+        steps = np.arange(n) + (smooth - 1) / 2      # the centre of each averaged window
         ax.plot(steps, arr.mean(0), color=color, lw=1.3, label=f"{label} (n={len(series)})")
         ax.fill_between(steps, arr.min(0), arr.max(0), color=color, alpha=0.2)
+        done = [r for r in runs if r.completed and r.step_loss]
+        if done:
+            peaks.append(done[0].config.get("warmup_fraction", 0.2) * len(done[0].step_loss))
+    if peaks:
+        ax.axvline(float(np.median(peaks)), color="0.4", ls=":", lw=1.2, label="peak of the lr schedule")
     if ax.get_legend_handles_labels()[0]:
         ax.set_yscale("log")
         plain_minor_log_labels(ax.yaxis)
