@@ -510,7 +510,8 @@ def run_block_finals(ctx: BlockContext, profile: Profile, cfg: ExperimentConfig,
                "config": {k: v for k, v in cfg.__dict__.items() if k not in ("seed", "lr")}}
     write_analysis(numbers, finals_markdown(numbers, sizes), ctx.results / experiment, "blocks")
     block_plots.plot_block_finals(numbers, sizes, plots / "blocks_finals.png",
-                                  f"Residual blocks at equal parameters, {len(seeds)} final seeds ({ctx.source})")
+                                  f"Residual blocks at equal parameters, {min(seeds_of.values())}-{max(seeds_of.values())} "
+                                  f"final seeds ({ctx.source})")
     return numbers
 
 
