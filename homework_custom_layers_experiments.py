@@ -1,29 +1,39 @@
-"""Task 3: custom layers vs their standard analogues, and residual blocks compared at matched size,
-in their canonical configurations and along a learning-rate sweep.
+"""Task 3: custom layers with hand-written backward passes against their standard twins, swapped one
+at a time into a small CNN; residual blocks compared at equal parameters, each in the shape that is
+its point; and how stably each block trains along a learning-rate sweep.
 
     python homework_custom_layers_experiments.py                      # standard profile (see PROFILES)
     python homework_custom_layers_experiments.py --only speed layers --profile quick
 
 Experiments (``--only``):
-  speed     forward+backward time of every custom layer (hand-written backward) against the standard
-            layer and against the same forward run under autograd (``autograd_reference``).
-  layers    a small CNN (SwappableCNN) on CIFAR-10 with one layer swapped at a time (custom conv, SE,
-            CBAM, Swish / native SiLU, mixed / native average pooling, GeM head), every variant over
-            the same seeds, each compared with the base CNN (difference of means, 95 % interval).
-  blocks    one ResNet skeleton with Basic, Bottleneck and Wide blocks, ``canonical`` (basic 16-32-64,
-            bottleneck x4 with inner 16-32-64, wide k=2) and ``matched`` (every block at the canonical
-            bottleneck's parameter count, within 5 %), every block over the same seeds.
-  lr_sweep  the matched nets at five peak lrs over 40x: accuracy, loss spikes, gradient norms,
-            divergence and the divergence frontier per block.
-  blocks_tuned  the matched nets again over the same seeds, at the one peak lr (for every block) that
-            the sweep's validation accuracy, averaged over the blocks, chose; the sweep's run at that
-            lr is seed 0 (reused). Reads the sweep's results when run on its own.
+  speed         paired, interleaved benchmarks in fp32 and under the training precision (bf16
+                autocast, custom layers as fp32 islands): every custom layer against its autograd
+                twin and the standard layer; one training batch of every layer-swap net (and of
+                each custom net's autograd twin) against the base CNN.
+  layers        SwappableCNN on CIFAR-10 with one layer swapped at a time (custom conv, SE, CBAM,
+                Swish / native SiLU, mixed / native average pooling, GeM head), every variant over
+                the same final seeds, each against the base CNN and each custom layer against its
+                native twin (paired 95 % intervals over seeds and test images).
+  blocks_sweep  the pilot runs of the four block nets (pilot seeds): each block's lr and one shared
+                lr chosen on validation with bracketing grids, and each block's grid extended
+                upwards until a pilot is unstable or the cap (the stability study: frontier, loss
+                spikes, gradient RMS over training, loss at the highest stable lr).
+  blocks        the final runs (seeds disjoint from the pilots) of every block at its own lr and
+                at the shared lr, every block against the basic net. Runs the sweep first through
+                the runner (finished pilots are reused by config hash, read in memory).
 
-Every block: Kaiming init, zero-init of residual ends off, no dropout. A run identical to one already
-made (same config hash: the matched bottleneck is the canonical one, the sweep's base-lr point is the
-matched run) is reused. Writes ``results/custom_layers/{layers,blocks_matched,blocks_canonical,
-lr_sweep,blocks_tuned}/`` (run JSONs, summary, analysis.json/md), ``layer_speed.{json,md}``, ``timing.json`` and
-``plots/custom_layers/*.png``.
+The block nets (equal parameters within 5 %, FLOPs reported; :data:`BLOCK_DESIGNS`): basic =
+ResNet-20 (3 basic blocks per stage at 16-32-64); preact = the same net with pre-activation
+blocks (the control that separates pre-activation from width); wide = WRN-style pre-activation
+net with 1 block per stage, width solved for the basic net's parameters; bottleneck = 3 bottleneck
+blocks (1x1-3x3-1x1, expansion 4) per stage, inner width solved likewise (29 layers: deeper for the
+same cost). A "canonical" regime at unequal sizes is not run: every net is already in its
+canonical shape, and at unequal sizes a difference says nothing about the block.
+
+Every run: Kaiming init, zero-init of residual ends off, no dropout. Writes
+``results/custom_layers/{layers,blocks_sweep,blocks}/`` (run JSONs, summary, analysis.json/md),
+``layer_speed.{json,md}`` and ``plots/custom_layers/*.png``; the cost of each call goes to
+``results/invocations/homework_custom_layers_experiments.json``.
 """
 
 from __future__ import annotations
@@ -32,92 +42,99 @@ import functools
 import logging
 import math
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
-import numpy as np
 from torch import nn
 
-from models.cnn_models import BasicBlock, BottleneckBlock, ResNet, SwappableCNN, WideBlock
+from models.cnn_models import BasicBlock, BottleneckBlock, PreActBlock, ResidualBlock, ResNet, SwappableCNN, WideBlock
 from models.custom_layers import CBAM, ChannelAttention, CustomConv2d, GeMPool2d, MixedPool2d, Swish
-from utils.studies.custom_layers import figures as block_plots
-from utils.comparison_utils import METRICS, compare, convergence_of, json_safe, summarise_runs, verdict
-from utils.engine.cli import (UsageError, apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli,
-                       setup_logging)
+from utils.analysis.protocol import check_disjoint, final_seeds, pilot_seeds, seeds_needed
+from utils.comparison_utils import (difference_with_verdict, format_difference, format_mean_ci, json_safe,
+                                    variant_key, variant_numbers)
+from utils.engine.cli import apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli, setup_logging
 from utils.engine.data import DatasetSplits
-from utils.engine.executors import executor_from_args
+from utils.engine.executors import Executor, executor_from_args
 from utils.engine.experiment import ExperimentConfig, ModelSpec
-from utils.engine.files import atomic_write_text, make_dir, read_json, write_json
-from utils.studies.custom_layers.speed import SE_REDUCTION, run_speed
+from utils.engine.files import atomic_write_text, make_dir, write_json
+from utils.engine.invocation import ExperimentCost, InvocationLog
 from utils.engine.markdown import markdown_table
-from utils.engine.model_stats import count_parameters, relative_param_gap, solve_width_for_params
-from utils.engine.records import RunRecord
-from utils.engine.runner import load_records, run_experiment, run_reusing
+from utils.engine.model_stats import count_flops, count_parameters, relative_param_gap, solve_width_for_params
+from utils.engine.records import RunRecord, write_summary
+from utils.engine.runner import ExperimentRun, run_experiment
 from utils.engine.runtime import Runtime, resolve_runtime
-from utils.analysis.stability import SPIKE_RISES, SPIKE_WINDOW, stability_over_seeds, sweep_points
+from utils.studies.custom_layers import blocks as block_study
+from utils.studies.custom_layers import figures as block_plots
+from utils.studies.custom_layers.speed import SE_REDUCTION, run_speed
 
 log = logging.getLogger("custom_layers")
-EXPERIMENTS = ("speed", "layers", "blocks", "lr_sweep", "blocks_tuned")
+EXPERIMENTS = ("speed", "layers", "blocks_sweep", "blocks")
 SUBDIR = "custom_layers"
 
 
 @dataclass(frozen=True)
 class Profile:
     layers_epochs: int
-    blocks_epochs: int        # both block regimes and the lr sweep (its base-lr point is the matched run)
+    blocks_epochs: int        # pilots and finals of the block study (one schedule: the lr chosen is the lr used)
     train_subset: int | None
     test_subset: int | None
-    seeds: int                # seeds of every layer variant and of every block in both regimes
-    sweep_seeds: int          # seeds of every (block, lr) point of the sweep
-    eval_points: int          # validation curve points per run (>= 11: 3 in the plateau window)
+    seeds: int                # final seeds of every layer variant and of every block at each lr
+    pilot_seeds: int          # pilot seeds of every (block, lr) of the sweep
+    eval_points: int          # validation curve points of a final run (>= 40: 8 in the plateau window)
+    pilot_eval_points: int    # of a pilot (only its final validation accuracy chooses)
     val_eval_samples: int | None
     train_eval_samples: int
-    speed_batch: int          # batch of the speed benchmark's feature maps
-    speed_repeats: int
+    speed_batch: int          # batch of the layer benchmark's feature maps
+    net_batch: int            # batch of the training-cost benchmark (the training batch)
+    speed_repeats: int        # interleaved rounds of every benchmark (>= 5)
     grad_sample_every: int    # gradient norms recorded every k optimisation steps
+    lr_grid: tuple[float, ...] = (0.16, 0.4, 1.0)   # pre-registered block lr grid (x2.5), before bracketing
+    lr_cap: float = 16.0      # the stability extension's last lr (100x the grid's bottom)
+    min_train_acc: float = 0.2   # a completed run below it (2x chance) never learned: unstable
+    more_seeds_when_close: bool = True   # protocol.seeds_needed: 5 seeds where 3 straddle zero and runs are cheap
     val_size: int = 5000      # held out of the training set; every curve is read on it
 
 
 PROFILES = {
-    "quick": Profile(layers_epochs=1, blocks_epochs=1, train_subset=600, test_subset=200, seeds=2, sweep_seeds=1,
-                     eval_points=3, val_eval_samples=None, train_eval_samples=200, speed_batch=8, speed_repeats=2,
-                     grad_sample_every=2, val_size=200),
-    # Standard: 10,000 stratified training images (2x the v1 study's 5k; 22 % of the 45k training
-    # split), 6 epochs for the layer swaps (468 steps), 9 for the blocks and the sweep (702 steps),
-    # every variant x 3 seeds, the sweep x 1 seed; 12 evaluation points on 2,000 validation and 500
-    # training images; the test set once, on a 5,000-image stratified subset. 54 runs (the matched
-    # bottleneck and the sweep's base-lr points are reused runs).
-    # Sizing from a probe (a few bf16 training steps / batch-1000 evaluations, 2 threads, throughput
-    # relative to ResNet(Basic,16-32-64-128) = 3,200 img/s here): training img/s basic 3,740,
-    # bottleneck 1,410, wide k=2 1,550, matched basic / wide (24-40-80) 2,080 / 2,330; base CNN 5,440,
-    # CustomConv2d-WS 2,620, SE 3,680, CBAM 1,440, Swish 2,720, SiLU 4,900, MixedPool 2,050, AvgPool
-    # 5,340, GeM 5,090. Evaluation (batch 1000): 2,100 (bottleneck) .. 19,500 img/s.
-    #   training: layers 3 seeds x 60k images x sum(1/v) = 8.9 min; regimes 3 x 90k x (1/3740 + 1/1410
-    #     + 1/1550 + 1/2080 + 1/2330) = 11.4 min; sweep 4 lrs x 90k x (1/2080 + 1/1410 + 1/2330) = 9.7 min
-    #     -> 30 min
-    #   evaluation: 54 runs x (12 x 2,500 + 5,000 test + 3,600 inference images) = 8.8 min in batches
-    #   of 1000, ~4 min in batches of 256 (1.9-2.8x faster for these nets: benchmarks/eval_batch.py)
-    #   + speed study ~0.5 min + data / figures ~0.5 min  => ~36 min on this 2-core AVX-512-bf16 EPYC,
-    #   training ~85 % of the runs' wall time (measured: 35.3 min, 86 %). blocks_tuned adds 6 runs
-    #   (seeds 1-2 of the matched nets at the chosen lr; seed 0 is the sweep's): measured 5.5 min.
-    # fp32 on the 2-core AVX2 EPYC: the v1 records (results/custom_layers: fp32 under precision
-    # "auto", so a CPU without bf16) trained basic 935, bottleneck 307, wide 243, base CNN 1,240,
-    # custom layers 670-1,260 img/s at batch 128: 3-5x slower than bf16 here (not 2.5-3x) -> ~126 min
-    # training + ~25 min evaluation = ~150 min there. 75 min there would need 3 epochs for both
-    # studies (~21 min here, ~55 % of it training: the fixed per-run evaluation then dominates).
-    "standard": Profile(layers_epochs=6, blocks_epochs=9, train_subset=10_000, test_subset=5000, seeds=3,
-                        sweep_seeds=1, eval_points=12, val_eval_samples=2000, train_eval_samples=500,
-                        speed_batch=128, speed_repeats=15, grad_sample_every=5),
-    "full": Profile(layers_epochs=15, blocks_epochs=20, train_subset=None, test_subset=None, seeds=5, sweep_seeds=3,
-                    eval_points=20, val_eval_samples=None, train_eval_samples=2000, speed_batch=128,
-                    speed_repeats=15, grad_sample_every=20),
+    "quick": Profile(layers_epochs=1, blocks_epochs=1, train_subset=600, test_subset=200, seeds=2, pilot_seeds=1,
+                     eval_points=3, pilot_eval_points=2, val_eval_samples=None, train_eval_samples=200, speed_batch=8,
+                     net_batch=16, speed_repeats=2, grad_sample_every=2, lr_cap=2.5, min_train_acc=0.0,
+                     more_seeds_when_close=False, val_size=200),
+    # quick: a smoke test of every code path (4 steps learn nothing, so only divergence is unstable)
+    # Standard: 10,000 stratified training images, 6 epochs (468 steps) for the layer swaps and for
+    # every block run, 3 final seeds per variant, 3 pilot seeds per (block, lr); finals evaluated at
+    # 40 points (8 in the v3 plateau window) on 1,000 validation / 500 train images, pilots at 10;
+    # the test set once, on a 5,000-image stratified subset.
+    # Cost on the 2-core AVX-512-bf16 EPYC, from the committed bf16 runs (results/custom_layers:
+    # timing.train_s of 9-epoch runs on 10k images: 0.96 s per MFLOP/image for basic-block nets,
+    # 1.0 for pre-activation, 1.43 for bottleneck nets; evaluation ~6,000 img/s):
+    #   one 6-epoch run: basic / preact (81.6 MFLOPs) ~55 s, wide (78.9) ~53 s, bottleneck (83.1)
+    #   ~80 s of training; + ~6 s evaluation (pilot) or ~12 s (final)  -> pilot ~67 s, final ~73 s.
+    #   pilots: 4 blocks x 3 seeds x ~4 lrs trained to the end (grid 0.16/0.4/1.0 + one bracketing or
+    #     upward point) = 48 x 67 s = 54 min, + ~18 unstable runs at 2.5-16 (a diverged run stops
+    #     early; ~40 % of a run on average) = 8 min;
+    #   finals: 4 blocks x 3 seeds at their own lr + the shared lr where it differs (~2 of 4 blocks)
+    #     = 18 x 73 s = 22 min; where a block's 3-seed difference to basic straddles zero, 2 more seeds
+    #     of it and of basic (protocol.seeds_needed; a run is under 2 min): up to 16 runs, 19 min;
+    #   layers: 9 variants x 3 seeds x 6 epochs = 27 runs, 8.9 min of training (committed) + 40-point
+    #     evaluation ~3 min = 12 min; speed: 2 precisions x (10 layer cases + 15 nets) x 15 rounds ~3 min
+    #   => ~100-110 min expected; worst case ~150 min (no block unstable below the cap: 36 more
+    #     full-length pilots, 40 min, and every comparison close).
+    # 9 epochs for the blocks would cost ~1.45x in the sweep (~140-190 min): over the budget, so the
+    # block study trains 6 epochs, pilots and finals alike.
+    "standard": Profile(layers_epochs=6, blocks_epochs=6, train_subset=10_000, test_subset=5000, seeds=3,
+                        pilot_seeds=3, eval_points=40, pilot_eval_points=10, val_eval_samples=1000,
+                        train_eval_samples=500, speed_batch=128, net_batch=128, speed_repeats=15,
+                        grad_sample_every=5),
+    "full": Profile(layers_epochs=15, blocks_epochs=20, train_subset=None, test_subset=None, seeds=5, pilot_seeds=3,
+                    eval_points=40, pilot_eval_points=10, val_eval_samples=None, train_eval_samples=2000,
+                    speed_batch=128, net_batch=128, speed_repeats=15, grad_sample_every=20),
 }
 
-# One recipe for every run of the task, fixed before any result was seen: SGD-Nesterov + one-cycle
-# (as task 1), weight decay 5e-4, no augmentation; He init, no zero-init of residual ends, no dropout.
-# Evaluation in batches of 256: 1.5-2.8x faster than 1000 on the bf16 EPYC (benchmarks/eval_batch.py).
+# One recipe for every run of the task: SGD-Nesterov + one-cycle (as task 1), weight decay 5e-4, no
+# augmentation; He init, no zero-init of residual ends, no dropout. The layer swaps train at lr 0.1;
+# the block nets at the lrs their pilots chose (the grid is given relative to this lr, so --lr moves it).
 BASE_CONFIG = ExperimentConfig(batch_size=128, lr=0.1, optimizer="sgd", schedule="onecycle", weight_decay=5e-4,
                                init="kaiming", zero_init_residual=False, dropout=0.0, eval_batch_size=256)
 WIDTH = 32             # SwappableCNN widths 32-64-128 (~95 k parameters, ~21 MFLOPs/image)
@@ -127,28 +144,30 @@ WIDTH = 32             # SwappableCNN widths 32-64-128 (~95 k parameters, ~21 MF
 @dataclass(frozen=True)
 class LayerVariant:
     name: str
-    layer: str                # the base CNN's layer that is swapped ("-" for the base CNN itself)
+    layer: str                # the base CNN's layer that is swapped ("none" for the base CNN itself)
     description: str
     swap: dict                # SwappableCNN keyword arguments
+    custom: bool = False      # the swapped layer has a hand-written backward (it gets an autograd twin)
 
 
 LAYER_VARIANTS = (
-    LayerVariant("base", "-", f"SwappableCNN {WIDTH}-{2 * WIDTH}-{4 * WIDTH}: Conv2d, BN, ReLU, MaxPool2d(2); "
+    LayerVariant("base", "none", f"SwappableCNN {WIDTH}-{2 * WIDTH}-{4 * WIDTH}: Conv2d, BN, ReLU, MaxPool2d(2); "
                  "avg-pool head", {}),
     LayerVariant("conv_ws", "conv", "conv -> CustomConv2d with weight standardisation",
-                 {"conv": functools.partial(CustomConv2d, weight_standardization=True)}),
+                 {"conv": functools.partial(CustomConv2d, weight_standardization=True)}, custom=True),
     LayerVariant("attn_se", "attention", f"+ ChannelAttention (SE, reduction {SE_REDUCTION}) after each activation",
-                 {"attention": lambda ch: ChannelAttention(ch, SE_REDUCTION)}),
-    LayerVariant("attn_cbam", "attention", f"+ CBAM (SE r={SE_REDUCTION} + 7x7 spatial attention) after each "
-                 "activation", {"attention": lambda ch: CBAM(ch, SE_REDUCTION, kernel_size=7)}),
+                 {"attention": lambda ch: ChannelAttention(ch, SE_REDUCTION)}, custom=True),
+    LayerVariant("attn_cbam", "attention", f"+ CBAM (channel attention on avg- and max-pooled descriptors, "
+                 f"r={SE_REDUCTION}, then 7x7 spatial attention) after each activation",
+                 {"attention": lambda ch: CBAM(ch, SE_REDUCTION, kernel_size=7)}, custom=True),
     LayerVariant("act_swish", "activation", "ReLU -> Swish, beta learnable (init 1)",
-                 {"act": lambda: Swish(1.0, learnable=True)}),
+                 {"act": lambda: Swish(1.0, learnable=True)}, custom=True),
     LayerVariant("act_silu_native", "activation", "ReLU -> nn.SiLU (native Swish with beta = 1)", {"act": nn.SiLU}),
     LayerVariant("pool_mixed", "pooling", "MaxPool2d -> MixedPool2d (alpha learnable, init 0.5)",
-                 {"pool": lambda: MixedPool2d(2)}),
+                 {"pool": lambda: MixedPool2d(2)}, custom=True),
     LayerVariant("pool_avg_native", "pooling", "MaxPool2d -> nn.AvgPool2d (native)", {"pool": lambda: nn.AvgPool2d(2)}),
     LayerVariant("head_gem", "head pooling", "avg-pool head -> GeMPool2d (p learnable, init 3)",
-                 {"head_pool": lambda: GeMPool2d(p=3.0)}),
+                 {"head_pool": lambda: GeMPool2d(p=3.0)}, custom=True),
 )
 # Besides every variant against the base CNN: each custom layer against its native twin.
 NATIVE_PAIRS = (("act_swish", "act_silu_native"), ("pool_mixed", "pool_avg_native"), ("attn_cbam", "attn_se"))
@@ -184,113 +203,108 @@ def learned_scalars(model: nn.Module | None) -> dict:
 
 
 # ------------------------------------------------------------------------------------ blocks
-BLOCK_TYPES = {"basic": BasicBlock, "bottleneck": BottleneckBlock, "wide": WideBlock}
+@dataclass(frozen=True)
+class BlockDesign:
+    """One block net: ``block`` repeated ``blocks_per_stage`` times in each of 3 stages whose output
+    widths are ``expansion x (u, 2u, 4u)`` for a unit width ``u`` (the 3x3 width); ``unit`` fixed,
+    or None: solved for the reference net's parameter count."""
+
+    block: type[ResidualBlock]
+    blocks_per_stage: int
+    unit: int | None
+    description: str
+
+
 STEM = 16                 # stem conv width of every net (CIFAR ResNet / WRN)
-BLOCKS_PER_STAGE = 1      # 3 stages x 1 block: what fits the budget 3 seeds x 2 regimes + the sweep
-WIDEN = 2                 # the wide block's canonical widen factor k on the basic widths
-CANONICAL_WIDTHS = {"basic": (16, 32, 64), "bottleneck": (64, 128, 256),   # bottleneck: inner 16-32-64, x4
-                    "wide": (16 * WIDEN, 32 * WIDEN, 64 * WIDEN)}
-MATCH_TARGET = "bottleneck"   # matched regime: every block at the canonical bottleneck's parameter count
+REFERENCE = "basic"       # the net every other one is matched to and compared with
+BLOCK_DESIGNS = {
+    "basic": BlockDesign(BasicBlock, 3, 16, "ResNet-20 (He et al. 2016): 3 basic blocks per stage at 16-32-64, "
+                         "deep and narrow"),
+    "preact": BlockDesign(PreActBlock, 3, 16, "control: the basic net's widths and depth with pre-activation "
+                          "blocks (He et al. 2016b)"),
+    "wide": BlockDesign(WideBlock, 1, None, "wide (Zagoruyko & Komodakis 2016): pre-activation, 1 block per stage, "
+                        "width x k solved for the basic net's parameters"),
+    "bottleneck": BlockDesign(BottleneckBlock, 3, None, "bottleneck (He et al. 2016): 1x1-3x3-1x1, expansion 4, "
+                              "3 blocks per stage, inner width solved for the basic net's parameters"),
+}
 MATCH_TOL = 0.05
-WIDTH_STEP = 8            # widths are multiples of 8: a 21-wide net trained 2x slower than a 16-wide one here
-# The sweep: peak lr = factor x the recipe's lr (0.04 .. 1.6 at lr 0.1: five values over 40x);
-# factor 1 is the matched regime's own run (reused).
-SWEEP_FACTORS = (0.4, 1.0, 2.5, 6.3, 16.0)
 
 
-def block_net(block: str, widths: Sequence[int], classes: int) -> nn.Module:
-    """The skeleton every block is compared in: stem conv -> 3 stages (stride 2 in stages 2, 3) -> GAP -> linear."""
-    return ResNet(BLOCK_TYPES[block], tuple(widths), (BLOCKS_PER_STAGE,) * len(widths), num_classes=classes,
+def stage_widths(block: str, unit: int) -> tuple[int, ...]:
+    e = BLOCK_DESIGNS[block].block.expansion
+    return (e * unit, 2 * e * unit, 4 * e * unit)
+
+
+def block_net(block: str, unit: int, classes: int) -> nn.Module:
+    """Stem conv (16) -> 3 stages (stride 2 in stages 2, 3) of ``block`` -> GAP -> linear; no dropout."""
+    d = BLOCK_DESIGNS[block]
+    return ResNet(d.block, stage_widths(block, unit), (d.blocks_per_stage,) * 3, num_classes=classes,
                   stem_channels=STEM, block_dropout=0.0)
 
 
-def scaled_widths(base: Sequence[int], k: int) -> tuple[int, ...]:
-    """``base`` scaled by ``k / 64``, each width rounded to a multiple of :data:`WIDTH_STEP`."""
-    return tuple(max(WIDTH_STEP, WIDTH_STEP * int(w * k / (64 * WIDTH_STEP) + 0.5)) for w in base)
+def weighted_depth(net: ResNet) -> int:
+    """Weighted layers on the residual path: the stem conv, every conv of every residual branch, the linear."""
+    return 2 + sum(isinstance(m, nn.Conv2d) for stage in net.stages for blk in stage for m in blk.residual_branch())
 
 
-def block_widths(regime: str, classes: int) -> dict[str, tuple[int, ...]]:
-    """Stage widths per block: the canonical ones, or the canonical ones scaled by one factor per block
-    (solved with ``solve_width_for_params``) so every net has the target block's parameter count."""
-    if regime == "canonical":
-        return dict(CANONICAL_WIDTHS)
-    target = count_parameters(block_net(MATCH_TARGET, CANONICAL_WIDTHS[MATCH_TARGET], classes))["total"]
-    out = {}
-    for block, base in CANONICAL_WIDTHS.items():
-        k, params = solve_width_for_params(lambda k, b=block, w=base: block_net(b, scaled_widths(w, k), classes),
-                                           target, lo=8, hi=512)
+def block_units(classes: int) -> dict[str, int]:
+    """The unit width of every net: fixed, or solved (``solve_width_for_params``) for the reference
+    net's parameter count; an error when no width is within :data:`MATCH_TOL`."""
+    ref = BLOCK_DESIGNS[REFERENCE]
+    target = count_parameters(block_net(REFERENCE, ref.unit, classes))["total"]
+    units = {}
+    for name, d in BLOCK_DESIGNS.items():
+        if d.unit is not None:
+            units[name] = d.unit
+            continue
+        u, params = solve_width_for_params(lambda w, b=name: block_net(b, w, classes), target, lo=4, hi=256)
         if relative_param_gap([params], target) > MATCH_TOL:
-            raise RuntimeError(f"{block}: no width within {MATCH_TOL:.0%} of {target:,} parameters ({params:,})")
-        out[block] = scaled_widths(base, k)
+            raise RuntimeError(f"{name}: no width within {MATCH_TOL:.0%} of {target:,} parameters ({params:,})")
+        units[name] = u
+    return units
+
+
+def block_sizes(units: Mapping[str, int], classes: int) -> dict[str, dict]:
+    """Widths, depth, parameters and FLOPs of every net, and their gaps to the reference net."""
+    out = {}
+    for name, u in units.items():
+        net, d = block_net(name, u, classes), BLOCK_DESIGNS[name]
+        out[name] = {"block": d.block.__name__, "description": d.description, "unit_width": u,
+                     "widths": list(stage_widths(name, u)), "blocks_per_stage": d.blocks_per_stage,
+                     "depth": weighted_depth(net), "params": count_parameters(net)["total"],
+                     "mflops": count_flops(net, (3, 32, 32)) / 1e6}
+    ref = out[REFERENCE]
+    for v in out.values():
+        v["width_factor_vs_reference"] = v["unit_width"] / ref["unit_width"]
+        v["param_gap_vs_reference"] = v["params"] / ref["params"] - 1
+        v["flops_gap_vs_reference"] = v["mflops"] / ref["mflops"] - 1
     return out
 
 
-def _block_build(block: str, widths: tuple[int, ...], classes: int) -> Callable[[ExperimentConfig], nn.Module]:
-    return lambda c: block_net(block, widths, classes)
+def _block_build(block: str, unit: int, classes: int) -> Callable[[ExperimentConfig], nn.Module]:
+    return lambda c: block_net(block, unit, classes)
 
 
-def block_description(block: str, widths: Sequence[int], regime: str) -> str:
-    inner = f" (inner {'-'.join(str(w // 4) for w in widths)})" if block == "bottleneck" else ""
-    return (f"{BLOCK_TYPES[block].__name__} x{BLOCKS_PER_STAGE} per stage, widths {'-'.join(map(str, widths))}"
-            f"{inner}, stem {STEM}; {regime}")
+def block_spec(block: str, unit: int, classes: int, lr: float, seed: int, group: str) -> ModelSpec:
+    """One run of a block net at peak ``lr``; group = "pilot" or "final", variant = block."""
+    desc = (f"{BLOCK_DESIGNS[block].description}; widths {'-'.join(map(str, stage_widths(block, unit)))}; "
+            f"peak lr {lr:g}")
+    return ModelSpec(f"{block}_lr{lr:g}_seed{seed}", _block_build(block, unit, classes), desc, group=group,
+                     variant=block, seed=seed, lr=lr)
 
 
-def block_specs(regime: str, widths: dict[str, tuple[int, ...]], classes: int, seeds: int) -> list[ModelSpec]:
-    """Every block of ``regime`` for seeds ``0..seeds-1`` (seed-major); group = regime, variant = block."""
-    specs = [ModelSpec(f"{b}_{regime}", _block_build(b, w, classes), block_description(b, w, regime), group=regime,
-                       variant=b) for b, w in widths.items()]
-    return [s.with_seed(k) for k in range(seeds) for s in specs]
-
-
-def sweep_specs(widths: dict[str, tuple[int, ...]], classes: int, base_lr: float, seeds: int) -> list[ModelSpec]:
-    """The matched nets at every lr of the sweep (group ``lr_sweep``, variant = block, ``lr`` set)."""
-    lrs = [base_lr if f == 1 else float(f"{f * base_lr:.4g}") for f in SWEEP_FACTORS]   # 0.04, not 0.0400..01
-    specs = [ModelSpec(f"{b}_lr{lr:g}", _block_build(b, w, classes), f"{block_description(b, w, 'matched')}; "
-                       f"peak lr {lr:g}", group="lr_sweep", variant=b, lr=lr) for lr in lrs for b, w in widths.items()]
-    return [s.with_seed(k) for k in range(seeds) for s in specs]
+def lr_grid(profile: Profile, cfg: ExperimentConfig) -> tuple[list[float], float]:
+    """The profile's block lr grid and cap, scaled by ``cfg.lr / BASE_CONFIG.lr`` (``--lr`` moves them)."""
+    k = cfg.lr / BASE_CONFIG.lr
+    return [float(f"{k * x:.4g}") for x in profile.lr_grid], float(f"{k * profile.lr_cap:.4g}")
 
 
 # ---------------------------------------------------------------------------------- analysis
-
-
-def _mean(values: Sequence[float | None]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
-
-
 def experiment_timing(records: Sequence[RunRecord], experiment: str) -> dict:
     """Training seconds and wall seconds of the runs made by ``experiment`` (reused runs count where made)."""
-    own = [r for r in records if r.experiment == experiment]
+    own = list({r.config_hash: r for r in records if r.experiment == experiment}.values())
     train, total = sum(r.timing.get("train_s", 0.0) for r in own), sum(r.timing.get("total_s", 0.0) for r in own)
     return {"runs": len(own), "train_s": train, "total_s": total, "train_share": train / total if total else None}
-
-
-def variant_numbers(runs: Sequence[RunRecord]) -> dict:
-    """A variant over its seeds: every metric's mean and 95 % interval, plateau verdicts, size and cost."""
-    return {**summarise_runs(runs, METRICS), "models": [r.model for r in runs], "runs": len(runs),
-            "diverged": sum(not r.completed for r in runs), "diverged_at": [r.diverged_at for r in runs],
-            "plateau_status": [convergence_of(r).get("val_acc", {}).get("status") for r in runs],
-            "description": runs[0].description, "made_in": sorted({r.experiment for r in runs}),
-            "params": runs[0].params["total"], "mflops": runs[0].flops_per_image / 1e6,
-            "epoch_time_s": _mean([r.summary.epoch_time_s for r in runs]),
-            "throughput_img_s": _mean([r.summary.throughput_img_s for r in runs]),
-            "train_share": _mean([r.timing.get("train_share") for r in runs]),
-            "per_seed": {"seed": [r.seed for r in runs], "test_acc": [r.test_acc for r in runs],
-                         "final_val_acc": [METRICS["final_val_acc"](r) for r in runs]}}
-
-
-def difference_row(a: str, runs_a: Sequence[RunRecord], b: str, runs_b: Sequence[RunRecord]) -> dict:
-    """``a - b`` of test and final validation accuracy with 95 % intervals and the README's verdict."""
-    row: dict = {"a": a, "b": b}
-    for metric in ("test_acc", "final_val_acc"):
-        d = compare(runs_a, runs_b, METRICS[metric])
-        row[metric] = {**d.as_dict(), "verdict": verdict(d)}
-    return row
-
-
-def _by_variant(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
-    """``variant -> runs`` whatever their group (a reused run keeps the group of the experiment that made it)."""
-    return {v: [r for r in records if r.variant == v] for v in dict.fromkeys(r.variant for r in records)}
 
 
 def _status(records: Sequence[RunRecord]) -> dict:
@@ -299,144 +313,109 @@ def _status(records: Sequence[RunRecord]) -> dict:
 
 
 def layers_numbers(records: Sequence[RunRecord], learned: dict[str, dict] | None = None) -> dict:
-    """Every layer variant over seeds, each against the base CNN and each custom layer against its native twin."""
-    groups, learned = _by_variant(records), learned or {}
-    base = groups.get("base", [])
-    base_time = _mean([r.summary.epoch_time_s for r in base])
+    """Every layer variant over seeds (keyed ``layer/variant``), each against the base CNN and each
+    custom layer against its native twin (paired over seeds and test images)."""
+    groups: dict[str, list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault(variant_key(r.group, r.variant), []).append(r)
+    key_of = {runs[0].variant: k for k, runs in groups.items()}
+    learned = learned or {}
+    base_key = key_of.get("base")
+    base = groups.get(base_key, [])
     variants = {}
-    for name, runs in groups.items():
+    for key, runs in groups.items():
         v = variant_numbers(runs)
-        variants[name] = {**v, "layer": runs[0].group, "extra_params_vs_base": v["params"] - base[0].params["total"]
-                          if base else None, "epoch_time_ratio_vs_base": v["epoch_time_s"] / base_time,
-                          "learned": {r.model: learned.get(r.model, {}) for r in runs}}
-    return {**_status(records), "variants": variants,
-            "vs_base": [difference_row(n, runs, "base", base) for n, runs in groups.items() if n != "base" and base],
-            "custom_vs_native": [difference_row(a, groups[a], b, groups[b]) for a, b in NATIVE_PAIRS
-                                 if a in groups and b in groups],
+        variants[key] = {**v, "layer": runs[0].group, "runs": len(runs),
+                         "extra_params_vs_base": v["params"] - base[0].params["total"] if base else None,
+                         "learned": {r.model: learned.get(r.model, {}) for r in runs}}
+
+    def row(a: str, b: str) -> dict:
+        return {"a": a, "b": b, **difference_with_verdict(groups[a], groups[b], ("test_acc", "final_val_acc"))}
+
+    return {**_status(records), "variants": variants, "base_key": base_key,
+            "vs_base": [row(k, base_key) for k in groups if k != base_key and base],
+            "custom_vs_native": [row(key_of[a], key_of[b]) for a, b in NATIVE_PAIRS if a in key_of and b in key_of],
             "timing": experiment_timing(records, f"{SUBDIR}/layers"),
             "data": records[0].data if records else {}, "config": records[0].config if records else {},
-            "note": "differences: mean(a) - mean(b), fractions, 95 % t interval, paired by seed; 'real' only when "
-                    "the interval excludes zero"}
+            "rule": "a - b paired by seed (a pair with a diverged side is dropped and counted); test accuracy: "
+                    "paired bootstrap over seeds and test images; 'real' when the 95 % interval excludes zero. "
+                    "Training cost: layer_speed.json (paired benchmark), not these runs' wall times"}
 
 
-def blocks_numbers(records: Sequence[RunRecord], regime: str, widths: dict[str, tuple[int, ...]]) -> dict:
-    """The blocks of one regime over seeds, every pair of blocks compared, params matched or not."""
-    groups = _by_variant(records)
-    blocks = {b: {**variant_numbers(runs), **stability_over_seeds(runs), "widths": list(widths.get(b, ()))}
-              for b, runs in groups.items()}
-    params, names = {b: v["params"] for b, v in blocks.items()}, list(groups)
-    gap = relative_param_gap(list(params.values()), params[MATCH_TARGET]) if MATCH_TARGET in params else None
-    return {**_status(records), "regime": regime, "blocks": blocks, "params": params, "param_gap_vs_target": gap,
-            "match_target": MATCH_TARGET, "match_tol": MATCH_TOL,
-            "differences": [difference_row(a, groups[a], b, groups[b]) for i, a in enumerate(names)
-                            for b in names[i + 1:]],
-            "timing": experiment_timing(records, f"{SUBDIR}/blocks_{regime}"),
-            "config": {k: v for k, v in records[0].config.items() if k != "seed"} if records else {},
-            "data": records[0].data if records else {}}
-
-
-def choose_common_lr(sweep: dict) -> dict:
-    """One peak lr for every block (equal hyper-parameters), read on validation only: the sweep lr
-    with the highest final validation accuracy averaged over the blocks; an lr at which any block
-    diverged or has no finished run is ruled out. ``sweep``: :func:`sweep_numbers`' output."""
-    by_block = {b: {p["lr"]: p for p in v["points"]} for b, v in sweep["blocks"].items()}
-    lrs = sorted({lr for points in by_block.values() for lr in points})
-    scores: dict[float, float | None] = {}
-    for lr in lrs:
-        points = [points.get(lr) for points in by_block.values()]
-        vals = [p["final_val_acc"]["mean"] if p and not p["diverged"] else None for p in points]
-        ok = bool(vals) and all(v is not None and math.isfinite(v) for v in vals)
-        scores[lr] = float(np.mean(vals)) if ok else None
-    valid = {lr: v for lr, v in scores.items() if v is not None}
-    chosen = max(valid, key=valid.get) if valid else None
-    return {"rule": "highest final validation accuracy averaged over the blocks (test set not read); an lr at "
-                    "which a block diverged is ruled out",
-            "mean_val_acc_by_lr": {f"{lr:g}": v for lr, v in scores.items()}, "chosen_lr": chosen,
-            "at_grid_edge": chosen is not None and chosen in (lrs[0], lrs[-1])}
-
-
-def sweep_numbers(records: Sequence[RunRecord], base_lr: float) -> dict:
-    """Per block and lr: accuracies over seeds, divergence, spikes, gradient norms; the frontier per block."""
-    blocks = {b: {**sweep_points(runs), "params": runs[0].params["total"]} for b, runs in _by_variant(records).items()}
-    return {**_status(records), "base_lr": base_lr, "factors": list(SWEEP_FACTORS), "blocks": blocks,
-            "spike_definition": {"window_steps": SPIKE_WINDOW, "rises_percent": [100 * x for x in SPIKE_RISES],
-                                 "rule": "training loss of a step > (1 + rise) x mean of the previous window steps"},
-            "timing": experiment_timing(records, f"{SUBDIR}/lr_sweep")}
-
-
-# ---------------------------------------------------------------------------- tables, files
-def _pct(s: dict) -> str:
-    if s["n"] == 0:
-        return "–"
-    half = "" if math.isnan(s["half_width"]) else f" ± {100 * s['half_width']:.2f}"
-    return f"{100 * s['mean']:.2f}{half} % (n={s['n']})"
-
-
-def _diff(row: dict, metric: str = "test_acc") -> str:
-    d = row[metric]
-    if math.isnan(d["mean_difference"]):
-        return f"– ({d['verdict']})"
-    ci = "" if math.isnan(d["ci95_low"]) else f" [{100 * d['ci95_low']:+.2f}, {100 * d['ci95_high']:+.2f}]"
-    return f"{100 * d['mean_difference']:+.2f} pp{ci}: {d['verdict']}"
-
-
-def _num(v: float | None, fmt: str = ".3g") -> str:
-    return "–" if v is None or not math.isfinite(v) else format(v, fmt)
-
-
+# ---------------------------------------------------------------------------------- markdown
 def _runs_note(n: dict) -> str:
     if n["all_diverged"]:
         return f"**Every run diverged ({n['diverged_runs']} of {n['runs']}).**"
     return f"{n['runs']} runs, {n['diverged_runs']} diverged."
 
 
+def _diff(d: dict) -> str:
+    return f"{format_difference(d)}: {d['verdict']}"
+
+
 def _diff_table(rows: Sequence[dict]) -> str:
     return markdown_table(["a", "b", "test acc a − b [95 % CI]", "final val acc a − b [95 % CI]"],
-                          [[r["a"], r["b"], _diff(r), _diff(r, "final_val_acc")] for r in rows])
+                          [[r["a"], r["b"], _diff(r["test_acc"]), _diff(r["final_val_acc"])] for r in rows])
 
 
 def layers_markdown(n: dict) -> str:
-    rows = [[name, v["layer"], f"{v['params']:,}", _num(v["mflops"], ".1f"), _pct(v["test_acc"]),
-             _pct(v["final_val_acc"]), f"{v['converged']}/{v['runs']}", _num(v["epoch_time_s"], ".1f"),
-             _num(v["epoch_time_ratio_vs_base"], ".2f")] for name, v in n["variants"].items()]
+    rows = [[key, v["layer"], f"{v['params']:,}", f"{v['mflops']:.1f}", format_mean_ci(v["test_acc"]),
+             format_mean_ci(v["final_val_acc"]), str(v["diverged"])] for key, v in n["variants"].items()]
     return "\n\n".join([_runs_note(n), markdown_table(
         ["variant", "layer swapped", "params", "MFLOPs/img", "test acc (95 % CI)", "final val acc (95 % CI)",
-         "val plateaued", "s/epoch", "× base time"], rows), _diff_table(n["vs_base"] + n["custom_vs_native"])]) + "\n"
+         "diverged"], rows), _diff_table(n["vs_base"] + n["custom_vs_native"])]) + "\n"
 
 
-def blocks_markdown(n: dict) -> str:
-    rows = [[b, "-".join(map(str, v["widths"])), f"{v['params']:,}", _num(v["mflops"], ".1f"), _pct(v["test_acc"]),
-             _pct(v["final_val_acc"]), f"{v['converged']}/{v['runs']}", _num(v["epoch_time_s"], ".1f"),
-             _num(v["grad_norm_median"]["mean"])] for b, v in n["blocks"].items()]
-    gap = "–" if n["param_gap_vs_target"] is None else f"{100 * n['param_gap_vs_target']:.1f} %"
-    return "\n\n".join([f"Regime **{n['regime']}**; largest parameter gap to the {n['match_target']} net: {gap}. "
-                        + _runs_note(n), markdown_table(
-                            ["block", "widths", "params", "MFLOPs/img", "test acc (95 % CI)", "final val acc (95 % CI)",
-                             "val plateaued", "s/epoch", "median grad norm"], rows),
-                        _diff_table(n["differences"])]) + "\n"
+def sizes_markdown(sizes: dict) -> str:
+    return markdown_table(["net", "block", "widths", "blocks/stage", "depth", "params", "vs basic", "MFLOPs/img",
+                           "vs basic"],
+                          [[b, v["block"], "-".join(map(str, v["widths"])), str(v["blocks_per_stage"]), str(v["depth"]),
+                            f"{v['params']:,}", f"{100 * v['param_gap_vs_reference']:+.1f} %", f"{v['mflops']:.1f}",
+                            f"{100 * v['flops_gap_vs_reference']:+.1f} %"] for b, v in sizes.items()])
+
+
+def _lr(v: float | None) -> str:
+    return "–" if v is None else f"{v:g}"
 
 
 def sweep_markdown(n: dict) -> str:
-    rises = [f"{x:g}" for x in n["spike_definition"]["rises_percent"]]
-    rows = [[b, f"{p['lr']:g}", f"{p['n'] - p['diverged']}/{p['n']}", _pct(p["final_val_acc"]), _pct(p["test_acc"])]
-            + [_num(p["loss_spike_steps"][r], ".1f") for r in rises]
-            + [_num(p["grad_norm_median"]), _num(p["grad_norm_max"])]
+    rise = f"{n['spike_definition']['rises_percent'][0]:g}"
+    rows = [[b, f"{p['lr']:g}", f"{p['n'] - p['unstable']}/{p['n']}", str(p["diverged"]), str(p["did_not_learn"]),
+             format_mean_ci(p["final_val_acc"]), format_mean_ci(p["loss_spike_steps"][rise], 1.0, ""),
+             "–" if p["grad_rms"]["p50"] is None else
+             f"{p['grad_rms']['p50']:.3g} [{p['grad_rms']['p10']:.3g}, {p['grad_rms']['p90']:.3g}]"]
             for b, v in n["blocks"].items() for p in v["points"]]
-    frontier = [f"- {b}: " + (f"diverges from lr {v['frontier']['frontier']:g}" if v["frontier"]["frontier"] else
-                              "no divergence in the sweep")
-                + f"; best lr by validation: {_num(v['best_lr_by_val'], 'g')}" for b, v in n["blocks"].items()]
-    return "\n\n".join([_runs_note(n) + f" Spike: a step's training loss > (1 + x) × the mean of the previous "
-                        f"{n['spike_definition']['window_steps']} steps.", markdown_table(
-                            ["block", "peak lr", "completed", "final val acc", "test acc"]
-                            + [f"spike steps (x={r} %)" for r in rises] + ["grad norm median", "grad norm max"], rows),
-                        "\n".join(frontier)]) + "\n"
+    lines = []
+    for b, v in n["blocks"].items():
+        own = v["own_lr"]
+        lines.append(f"- {b}: own lr {_lr(own and own['winner'])}"
+                     + (f" (grid edge {own['edge']}, cap hit)" if own and own["hit_cap"] else "")
+                     + f"; first unstable lr {_lr(v['frontier']['frontier'])}, highest stable lr "
+                     f"{_lr(v['highest_stable_lr'])}; upward extension stopped: {(v['upward'] or {}).get('stopped')}")
+    shared = n["shared_lr"]
+    lines.append(f"- shared lr (mean validation over the blocks): {_lr(shared and shared['winner'])}"
+                 + (" (cap hit)" if shared and shared["hit_cap"] else ""))
+    return "\n\n".join([_runs_note(n) + f" Unstable: {n['unstable_rule']}. Spike: a step's training loss > "
+                        f"(1 + x) × the mean of the previous {n['spike_definition']['window_steps']} steps.",
+                        markdown_table(["block", "peak lr", "stable", "diverged", "never learned",
+                                        "final val acc (pilots)", f"spike steps (x={rise} %)",
+                                        "grad RMS median [10 %, 90 %]"], rows),
+                        "\n".join(lines + [f"- {x}" for x in n["notes"]])]) + "\n"
 
 
-def _read_sweep(path: Path) -> dict:
-    """The lr sweep's analysis, for ``--only blocks_tuned``; a clear error when the sweep has not run."""
-    if not path.is_file():
-        raise UsageError(f"blocks_tuned needs the lr sweep's results ({path}): run --only lr_sweep first")
-    return read_json(path)
+def finals_markdown(n: dict, sizes: dict) -> str:
+    rows = [[k, f"{v['lr']:g}", format_mean_ci(v["test_acc"]), format_mean_ci(v["final_val_acc"]), str(v["diverged"])]
+            for k, v in n["variants"].items()]
+    across = [[r["block"], r["a"], r["b"], "same runs" if r["same_runs"] else _diff(r["test_acc"])]
+              for r in n["setting_vs_setting"]]
+    return "\n\n".join([_runs_note(n) + f" Final seeds {n['final_seeds']}, pilot seeds {n['pilot_seeds']} "
+                        f"(disjoint: {n['finals_disjoint_from_pilots']}).", sizes_markdown(sizes),
+                        markdown_table(["setting/block", "peak lr", "test acc (95 % CI)", "final val acc (95 % CI)",
+                                        "diverged"], rows),
+                        markdown_table(["setting", "a", "b", "test acc a − b [95 % CI]", "final val acc a − b"],
+                                       [[r["setting"], r["a"], r["b"], _diff(r["test_acc"]),
+                                         _diff(r["final_val_acc"])] for r in n["differences"]]),
+                        markdown_table(["block", "a", "b", "test acc a − b [95 % CI]"], across)]) + "\n"
 
 
 def write_analysis(numbers: dict, markdown: str, exp_dir: Path, what: str) -> None:
@@ -444,6 +423,127 @@ def write_analysis(numbers: dict, markdown: str, exp_dir: Path, what: str) -> No
     atomic_write_text(exp_dir / "analysis.md", markdown)
     if numbers["all_diverged"]:
         log.warning("%s: every run diverged (%d runs); the analysis says so in %s", what, numbers["runs"], exp_dir)
+
+
+# -------------------------------------------------------------------------------- block study
+@dataclass
+class BlockContext:
+    """What every block run shares: data, runtime, where results go, the classes and net widths."""
+
+    data: DatasetSplits
+    runtime: Runtime
+    results: Path
+    force: bool
+    classes: int
+    units: dict[str, int]
+    source: str
+    executor: Executor | None = None
+    cost: ExperimentCost | None = None     # the invocation log's entry of the experiment being run
+
+    def run(self, experiment: str, specs: Sequence[ModelSpec], cfg: ExperimentConfig, title: str) -> ExperimentRun:
+        run = run_experiment(experiment, specs, self.data, cfg, self.runtime, self.results, force=self.force,
+                             title=title, executor=self.executor)
+        if self.cost is not None:
+            self.cost.add(run.records, run.trained)
+        return run
+
+
+def run_block_sweep(ctx: BlockContext, profile: Profile, cfg: ExperimentConfig, plots
+                    ) -> tuple[block_study.SweepResult, dict]:
+    """The pilots (lr selection + stability) through the runner; their analysis and figures."""
+    pilot_cfg = cfg.replace(eval_points=profile.pilot_eval_points)
+    experiment = f"{SUBDIR}/blocks_sweep"
+    seen: list[RunRecord] = []
+
+    def run_points(points: list[block_study.Point]) -> dict[block_study.Point, list[RunRecord]]:
+        specs = {(b, lr): [block_spec(b, ctx.units[b], ctx.classes, lr, s, "pilot")
+                           for s in pilot_seeds(profile.pilot_seeds)] for b, lr in points}
+        run = ctx.run(experiment, [s for ss in specs.values() for s in ss], pilot_cfg,
+                      f"CIFAR-10 residual blocks, pilots ({ctx.source})")
+        by_name = {r.model: r for r in run.records}
+        seen.extend(run.records)
+        return {p: [by_name[s.name] for s in ss] for p, ss in specs.items()}
+
+    grid, cap = lr_grid(profile, cfg)
+    result = block_study.run_sweep(list(BLOCK_DESIGNS), grid, run_points, cap, profile.min_train_acc)
+    write_summary(result.records(), ctx.results / experiment, f"CIFAR-10 residual blocks, pilots ({ctx.source})")
+    numbers = {**block_study.sweep_numbers(result), "grid": grid, "pilot_seeds": pilot_seeds(profile.pilot_seeds),
+               "sizes": block_sizes(ctx.units, ctx.classes), "timing": experiment_timing(seen, experiment),
+               "config": {k: v for k, v in pilot_cfg.__dict__.items() if k not in ("seed", "lr")}}
+    out = ctx.results / SUBDIR / "blocks_sweep"
+    write_analysis(numbers, sweep_markdown(numbers), out, "blocks sweep")
+    block_plots.plot_stability(numbers, plots / "blocks_stability.png",
+                               f"Residual blocks along a learning-rate sweep, {profile.pilot_seeds} pilot seeds per lr "
+                               f"({ctx.source})")
+    stable = {b: v["highest_stable_lr"] for b, v in numbers["blocks"].items()}
+    curves = {f"{b} (lr {stable[b]:g})": runs for b, runs in block_study.loss_curves_at(result, stable).items()}
+    block_plots.plot_loss_at_lr(curves, plots / "blocks_loss_at_highest_stable_lr.png",
+                                "Training loss at each block's highest stable learning rate")
+    return result, numbers
+
+
+def run_block_finals(ctx: BlockContext, profile: Profile, cfg: ExperimentConfig, sweep: block_study.SweepResult,
+                     plots) -> dict | None:
+    """Final seeds of every block at its own lr and at the shared lr (a run at the same lr is one run)."""
+    own = {b: sel.winner for b, sel in sweep.own.items() if sel is not None}
+    shared = sweep.shared.winner if sweep.shared is not None else None
+    if not own and shared is None:
+        log.warning("blocks: the sweep chose no lr (every pilot unstable); no final runs")
+        return None
+    settings = {"own_lr": own, "shared_lr": {b: shared for b in BLOCK_DESIGNS} if shared is not None else {}}
+    points = list(dict.fromkeys((b, lr) for lrs in settings.values() for b, lr in lrs.items()))
+    experiment = f"{SUBDIR}/blocks"
+
+    def run(seeds_of: Mapping[block_study.Point, int]) -> list[RunRecord]:
+        specs = [block_spec(b, ctx.units[b], ctx.classes, lr, s, "final")
+                 for (b, lr), n in seeds_of.items() for s in final_seeds(n)]
+        return ctx.run(experiment, specs, cfg, f"CIFAR-10 residual blocks, final seeds ({ctx.source})").records
+
+    def split(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
+        return {setting: [r for r in records if lrs.get(r.variant) == r.config["lr"]]
+                for setting, lrs in settings.items() if lrs}
+
+    seeds_of = {p: profile.seeds for p in points}
+    records = run(seeds_of)
+    if profile.more_seeds_when_close:
+        seeds_of = seeds_for_close_calls(block_study.finals_numbers(split(records), REFERENCE, []), settings,
+                                         records, seeds_of)
+        records = run(seeds_of)
+    check_disjoint(records, sweep.records())
+    finals = split(records)
+    sizes = block_sizes(ctx.units, ctx.classes)
+    numbers = {**block_study.finals_numbers(finals, REFERENCE, sweep.records()), "sizes": sizes,
+               "lrs": {s: lrs for s, lrs in settings.items()},
+               "lr_selection": {"own": {b: None if s is None else s.as_dict() for b, s in sweep.own.items()},
+                                "shared": None if sweep.shared is None else sweep.shared.as_dict()},
+               "timing": experiment_timing(records, experiment),
+               "config": {k: v for k, v in cfg.__dict__.items() if k not in ("seed", "lr")}}
+    write_analysis(numbers, finals_markdown(numbers, sizes), ctx.results / experiment, "blocks")
+    block_plots.plot_block_finals(numbers, sizes, plots / "blocks_finals.png",
+                                  f"Residual blocks at equal parameters, {min(seeds_of.values())}-{max(seeds_of.values())} "
+                                  f"final seeds ({ctx.source})")
+    return numbers
+
+
+def seeds_for_close_calls(numbers: dict, settings: Mapping[str, Mapping[str, float]], records: Sequence[RunRecord],
+                          seeds_of: Mapping[block_study.Point, int]) -> dict[block_study.Point, int]:
+    """Protocol v3 seeds: a block whose test difference to the reference straddles zero at 3 seeds
+    gets :func:`seeds_needed` seeds (5 when its runs are cheap), and so does the reference at that
+    lr (the pairs need both sides)."""
+    cost = {}
+    for r in records:
+        cost.setdefault((r.variant, r.config["lr"]), []).append(r.timing.get("total_s", 0.0))
+    out = dict(seeds_of)
+    for row in numbers["differences"]:
+        if row["b"] != REFERENCE:
+            continue
+        d = row["test_acc"]
+        straddles = d.get("n", 0) > 0 and not d.get("excludes_zero", False)
+        lr = settings[row["setting"]][row["a"]]
+        for point in ((row["a"], lr), (REFERENCE, settings[row["setting"]][REFERENCE])):
+            n = seeds_needed(straddles, max(cost.get(point, [math.inf])))
+            out[point] = max(out[point], n)
+    return out
 
 
 # -------------------------------------------------------------------------------------- main
@@ -458,91 +558,45 @@ def main(argv: list[str] | None = None) -> int:
     profile = PROFILES[args.profile]
     todo = args.only or EXPERIMENTS
     log.info("profile %s (%s), runtime %s", args.profile, asdict(profile), runtime.describe())
-    wall0, timing = time.perf_counter(), {"profile": args.profile, "only": list(todo), "experiments": {}}
-
-    if "speed" in todo:
-        run_speed(profile.speed_batch, profile.speed_repeats, runtime, out_dir, dirs.plots, args.force)
-        timing["speed_s"] = time.perf_counter() - wall0
-    if set(todo) - {"speed"}:
-        data = load_data(args, dirs, "cifar10", profile.train_subset, profile.test_subset, profile.val_size)
-        classes = data.num_classes
-        source = f"{data.source}, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test"
-        base = BASE_CONFIG.replace(eval_points=profile.eval_points, val_eval_samples=profile.val_eval_samples,
-                                   train_eval_samples=profile.train_eval_samples,
-                                   grad_sample_every=profile.grad_sample_every)
-    if "layers" in todo:
-        cfg = apply_cli_overrides(base.replace(epochs=profile.layers_epochs), args)
-        run = run_experiment(f"{SUBDIR}/layers", layer_specs(classes, profile.seeds), data, cfg, runtime, dirs.results,
-                             force=args.force, keep_models=True, title=f"CIFAR-10 layer swaps ({source})",
-                             executor=executor)
-        numbers = layers_numbers(run.records, {name: learned_scalars(m) for name, m in run.models.items()})
-        write_analysis(numbers, layers_markdown(numbers), out_dir / "layers", "layers")
-        block_plots.plot_layer_swaps(numbers, dirs.plots / "layers_swap_summary.png",
-                                     f"CIFAR-10, one layer of the base CNN swapped at a time ({source})")
-        timing["experiments"]["layers"] = numbers["timing"]
-    pool: list[RunRecord] = []
-    if {"blocks", "lr_sweep", "blocks_tuned"} & set(todo):
-        cfg = apply_cli_overrides(base.replace(epochs=profile.blocks_epochs), args)
-    if "blocks" in todo:
-        regimes = {}
-        for regime in ("canonical", "matched"):
-            widths = block_widths(regime, classes)
-            records = run_reusing(f"{SUBDIR}/blocks_{regime}", block_specs(regime, widths, classes, profile.seeds),
-                                  pool, data, cfg, runtime, dirs.results, args.force,
-                                  f"CIFAR-10 residual blocks, {regime} ({source})", executor=executor)
-            pool += records
-            regimes[regime] = blocks_numbers(records, regime, widths)
-            write_analysis(regimes[regime], blocks_markdown(regimes[regime]), out_dir / f"blocks_{regime}",
-                           f"blocks ({regime})")
-            block_plots.plot_seed_bands(_by_variant(records), dirs.plots / f"blocks_{regime}_curves.png",
-                                        f"Residual blocks, {regime} configurations: mean and min-max over seeds "
-                                        f"(peak lr {cfg.lr:g})")
-            timing["experiments"][f"blocks_{regime}"] = regimes[regime]["timing"]
-        block_plots.plot_block_regimes(regimes, dirs.plots / "blocks_regimes.png",
-                                       f"Residual blocks on CIFAR-10 ({source})")
-    if "lr_sweep" in todo:
-        if not pool and not args.force:   # the sweep's base-lr runs may exist from an earlier invocation
-            pool = [r for regime in ("canonical", "matched") for r in load_records(out_dir / f"blocks_{regime}")]
-        records = run_reusing(f"{SUBDIR}/lr_sweep", sweep_specs(block_widths("matched", classes), classes, cfg.lr,
-                                                                 profile.sweep_seeds),
-                              pool, data, cfg, runtime, dirs.results, args.force,
-                              f"CIFAR-10 residual blocks, lr sweep ({source})", executor=executor)
-        numbers = sweep_numbers(records, cfg.lr)
-        write_analysis(numbers, sweep_markdown(numbers), out_dir / "lr_sweep", "lr sweep")
-        block_plots.plot_lr_sweep(numbers, dirs.plots / "blocks_lr_sweep.png",
-                                  f"Residual blocks (matched size) along a learning-rate sweep ({source})")
-        timing["experiments"]["lr_sweep"] = numbers["timing"]
-    if "blocks_tuned" in todo:
-        sweep = numbers if "lr_sweep" in todo else _read_sweep(out_dir / "lr_sweep" / "analysis.json")
-        choice = choose_common_lr(sweep)
-        if choice["chosen_lr"] is None:
-            log.warning("blocks_tuned: no sweep lr at which every block finished; nothing to run")
-        else:
-            pool = [r for exp in ("lr_sweep", "blocks_matched", "blocks_canonical")
-                    for r in load_records(out_dir / exp)] if not args.force else []
-            widths = block_widths("matched", classes)
-            tuned_cfg = cfg.replace(lr=choice["chosen_lr"])
-            records = run_reusing(f"{SUBDIR}/blocks_tuned", block_specs("tuned", widths, classes, profile.seeds),
-                                  pool, data, tuned_cfg, runtime, dirs.results, args.force,
-                                  f"CIFAR-10 residual blocks, matched, lr chosen on the sweep ({source})",
-                                  executor=executor)
-            tuned = {**blocks_numbers(records, "tuned", widths), "lr_choice": choice}
-            write_analysis(tuned, f"Peak lr {choice['chosen_lr']:g} for every block: {choice['rule']} "
-                                  f"(grid edge: {choice['at_grid_edge']}).\n\n" + blocks_markdown(tuned),
-                           out_dir / "blocks_tuned", "blocks (tuned lr)")
-            block_plots.plot_seed_bands(_by_variant(records), dirs.plots / "blocks_tuned_curves.png",
-                                        f"Residual blocks, matched size, at the lr chosen on the sweep: mean and "
-                                        f"min-max over seeds (peak lr {choice['chosen_lr']:g})")
-            timing["experiments"]["blocks_tuned"] = tuned["timing"]
-    wall = time.perf_counter() - wall0
-    train = sum(t["train_s"] for t in timing["experiments"].values())
-    # The script's wall time is that of a whole invocation: one of a part (--only) does not replace it.
-    write_json(out_dir / ("timing.json" if args.only is None else "timing_partial.json"), json_safe({
-        **timing, "wall_s": wall, "train_s_of_runs_made": train, "train_share_of_wall": train / wall,
-        "runtime": runtime.describe(),
-        "note": "wall_s is this invocation; train_s counts every run of the experiments at the time it was made, "
-                "so the share is the script's only when every run was trained in this invocation"}))
-    log.info("done in %.1f min: results in %s, figures in %s", wall / 60, out_dir, dirs.plots)
+    calls = InvocationLog(dirs.results, Path(__file__).stem, args.profile, runtime.describe(), args.only)
+    with calls:
+        if "speed" in todo:
+            with calls.experiment("speed"):
+                nets = {v.name: functools.partial(SwappableCNN, WIDTH, 3, 10, **v.swap) for v in LAYER_VARIANTS}
+                twins = {f"{v.name}_autograd": v.name for v in LAYER_VARIANTS if v.custom}
+                run_speed(profile.speed_batch, profile.speed_repeats, runtime, out_dir, dirs.plots, args.force, nets,
+                          twins, profile.net_batch)
+        if set(todo) - {"speed"}:
+            data = load_data(args, dirs, "cifar10", profile.train_subset, profile.test_subset, profile.val_size)
+            classes = data.num_classes
+            source = f"{data.source}, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test"
+            base = BASE_CONFIG.replace(eval_points=profile.eval_points, val_eval_samples=profile.val_eval_samples,
+                                       train_eval_samples=profile.train_eval_samples,
+                                       grad_sample_every=profile.grad_sample_every)
+        if "layers" in todo:
+            with calls.experiment("layers") as cost:
+                cfg = apply_cli_overrides(base.replace(epochs=profile.layers_epochs), args)
+                run = run_experiment(f"{SUBDIR}/layers", layer_specs(classes, profile.seeds), data, cfg, runtime,
+                                     dirs.results, force=args.force, keep_models=True,
+                                     title=f"CIFAR-10 layer swaps ({source})", executor=executor)
+                cost.add(run.records, run.trained)
+                numbers = layers_numbers(run.records, {name: learned_scalars(m) for name, m in run.models.items()})
+                write_analysis(numbers, layers_markdown(numbers), out_dir / "layers", "layers")
+                block_plots.plot_layer_swaps(numbers, dirs.plots / "layers_swap_summary.png",
+                                             f"CIFAR-10, one layer of the base CNN swapped at a time ({source})")
+        if {"blocks_sweep", "blocks"} & set(todo):
+            cfg = apply_cli_overrides(base.replace(epochs=profile.blocks_epochs), args)
+            ctx = BlockContext(data, runtime, dirs.results, args.force, classes, block_units(classes), source,
+                               executor)
+            # the finals need the sweep's choices: "blocks" alone re-reads the finished pilots through the runner
+            with calls.experiment("blocks_sweep") as ctx.cost:
+                sweep, _ = run_block_sweep(ctx, profile, cfg, dirs.plots)
+            if "blocks" in todo:
+                with calls.experiment("blocks") as ctx.cost:
+                    run_block_finals(ctx, profile, cfg, sweep, dirs.plots)
+    leg = calls.leg.as_dict()
+    log.info("done in %.1f min (%d runs trained, %.0f %% of the time in their training): results in %s, "
+             "figures in %s", leg["wall_s"] / 60, leg["trained"], 100 * (leg["train_share"] or 0), out_dir, dirs.plots)
     return 0
 
 

@@ -10,6 +10,8 @@ ratio of that output width to the width its 3x3 convolution works at:
   * :class:`BasicBlock`      3x3 -> 3x3, identity or 1x1 projection shortcut (He et al. 2016)
   * :class:`BottleneckBlock` 1x1 reduce -> 3x3 -> 1x1 expand (x4), projection when shape changes
   * :class:`WideBlock`       pre-activation 3x3 -> dropout -> 3x3, widened (Zagoruyko & Komodakis 2016)
+  * :class:`PreActBlock`     the same pre-activation block without dropout (He et al. 2016b), the
+                             control that separates pre-activation from width
 
 BatchNorm or not: every model takes ``norm``; :func:`norm_layer` is the one place that turns it
 into a layer (BatchNorm2d, or Identity), and a conv followed by BN has no bias.
@@ -214,6 +216,19 @@ class WideBlock(ResidualBlock):
 
     def residual_end(self) -> nn.Module:
         return self.conv2
+
+
+class PreActBlock(WideBlock):
+    """Pre-activation basic block (He et al. 2016b, "Identity mappings"): ``BN -> ReLU -> conv3x3 ->
+    BN -> ReLU -> conv3x3``, no dropout by default.
+
+    The maths of :class:`WideBlock` (whose width is a property of the net, not of the block); its
+    own class so that a pre-activation net at basic widths is named for what it is: the control
+    that tells pre-activation apart from width.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, norm: bool = True, dropout: float = 0.0) -> None:
+        super().__init__(in_ch, out_ch, stride=stride, norm=norm, dropout=dropout)
 
 
 def _projection(in_ch: int, out_ch: int, stride: int, norm: bool) -> nn.Module:

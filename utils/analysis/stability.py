@@ -18,6 +18,12 @@ Definitions (used by task 3's lr sweep and quoted in README):
 * **divergence frontier** (:func:`divergence_frontier`): the smallest learning rate at which any
   run of the sweep diverged (a non-finite loss or gradient, ``status == "diverged"``), ``None`` if
   none did; with the largest learning rate below it at which every run completed.
+* **unstable run** (:func:`is_unstable`): diverged, or completed without learning (final clean
+  training accuracy below a stated floor): a BatchNorm net at a huge lr can keep a finite loss
+  while it never leaves chance, which is as much a failed run as a NaN.
+* **gradient scale over training** (:func:`grad_rms_over_training`, :func:`grad_rms_distribution`):
+  the per-parameter RMS ``||g|| / sqrt(numel)`` of all tracked tensors at every sample *after*
+  step 0 (the step-0 value is the initialisation's, the same at every lr), pooled over seeds.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from utils.analysis.statistics import seed_summary
 
 __all__ = ["SPIKE_WINDOW", "SPIKE_RISES", "loss_spike_steps", "loss_spike_events", "spike_counts",
            "grad_norm_stats", "Frontier", "divergence_frontier", "run_stability", "stability_over_seeds",
-           "sweep_points"]
+           "sweep_points", "is_unstable", "grad_rms_over_training", "grad_rms_distribution"]
 
 SPIKE_WINDOW = 20          # steps in the trailing mean a step's loss is compared with
 SPIKE_RISES = (0.5, 1.0)   # thresholds reported: loss 50 % and 100 % (doubled) above that mean
@@ -205,3 +211,40 @@ def sweep_points(runs: Sequence[RunRecord]) -> dict:
     scored = [p for p in points if p["final_val_acc"]["n"] > 0]
     return {"points": points, "frontier": frontier.as_dict(),
             "best_lr_by_val": max(scored, key=lambda p: p["final_val_acc"]["mean"])["lr"] if scored else None}
+
+
+# ------------------------------------------------------------------ unstable runs, gradient scale
+def is_unstable(r: RunRecord, min_train_acc: float) -> bool:
+    """True when ``r`` diverged, or completed with a final clean-train accuracy below ``min_train_acc``
+    (e.g. twice chance: the run never learned)."""
+    if not r.completed:
+        return True
+    acc = r.summary.final_train_acc
+    return acc is None or not math.isfinite(acc) or acc < min_train_acc
+
+
+def grad_rms_over_training(r: RunRecord, skip_steps: int = 1) -> np.ndarray:
+    """The per-parameter gradient RMS ``sqrt(sum_i ||g_i||^2 / sum_i numel_i)`` over the tracked
+    tensors at every gradient sample with ``step >= skip_steps`` (default: every sample after step 0);
+    numel per tensor from ``params.per_layer`` (the owning module: weight + bias). Non-finite
+    samples are dropped; empty when nothing is left or a tensor's size is unknown."""
+    g, per = r.grad_stats, r.params.get("per_layer", {})
+    numel = np.asarray([per.get(n.rsplit(".", 1)[0], 0) for n in g.names], dtype=np.float64)
+    if not g.l2 or numel.size == 0 or not numel.all():
+        return np.zeros(0)
+    l2 = np.asarray(g.l2, dtype=np.float64)
+    keep = np.asarray(g.step[:len(l2)]) >= skip_steps
+    rms = np.sqrt((l2[keep] ** 2).sum(axis=1) / numel.sum())
+    return rms[np.isfinite(rms)]
+
+
+def grad_rms_distribution(runs: Sequence[RunRecord], skip_steps: int = 1) -> dict:
+    """The distribution of :func:`grad_rms_over_training` over ``runs`` (one per seed): quantiles
+    (10, 50, 90 %, max) of every sample of every run pooled, and each run's median as a seed summary
+    (mean, 95 % interval: how far the runs agree)."""
+    per_run = [grad_rms_over_training(r, skip_steps) for r in runs]
+    pooled = np.concatenate(per_run) if per_run else np.zeros(0)
+    q = (lambda p: float(np.percentile(pooled, p))) if pooled.size else (lambda p: None)
+    return {"samples": int(pooled.size), "skip_steps": skip_steps, "p10": q(10), "p50": q(50), "p90": q(90),
+            "max": float(pooled.max()) if pooled.size else None,
+            "run_median": _summary(float(np.median(x)) if x.size else None for x in per_run)}

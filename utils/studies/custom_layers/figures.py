@@ -1,5 +1,7 @@
-"""Figures of the custom-layer study (task 3): layer speed, the layer swaps against the base CNN,
-the residual blocks in two regimes over seeds, their curves, and the learning-rate sweep.
+"""Figures of the custom-layer study (task 3): layer speed and the swapped nets' training cost (fp32
+and bf16 autocast), the layer swaps against the base CNN, the residual blocks at their own and at
+the shared lr, and the stability sweep (accuracy, gradient scale and loss spikes against lr; the
+loss against step at each block's highest stable lr).
 
 Every figure reads the analysis dicts the script writes (``analysis.json`` before NaN -> None, so
 missing numbers are NaN or None) and draws what exists: a variant or block whose every run diverged
@@ -29,32 +31,79 @@ def _finite(v) -> bool:
     return v is not None and math.isfinite(v)
 
 
+def _median(v) -> float | None:
+    """A ratio as stored (a paired-ratio dict) or a bare number."""
+    return v.get("median") if isinstance(v, dict) else v
+
+
 @styled
 def plot_layer_speed(rows: Sequence[dict], path: Path, title: str) -> Path:
     """Forward+backward time per call of each custom layer, its same-maths autograd twin and the
-    standard layer (horizontal bars, log x), annotated with the custom / other ratios."""
-    labels = [f"{r['layer']}\n{r['variant']}" for r in rows][::-1]
-    y = np.arange(len(rows))
+    standard layer (horizontal bars, log x), one panel per precision (``row["precision"]``, fp32
+    when absent), annotated with the custom / other ratios (median over paired rounds)."""
+    precisions = list(dict.fromkeys(r.get("precision", "fp32") for r in rows))
     series = (("custom_ms", "custom (hand-written backward)"), ("autograd_ms", "same maths, autograd backward"),
               ("standard_ms", "standard PyTorch layer"))
     colors = palette(3)
-    fig, ax = plt.subplots(figsize=(11, 0.75 * len(rows) + 1.8), layout="constrained")
+    n_rows = max(sum(r.get("precision", "fp32") == p for r in rows) for p in precisions)
+    fig, axes = plt.subplots(1, len(precisions), figsize=(11 * len(precisions), 0.75 * n_rows + 1.8), squeeze=False,
+                             layout="constrained")
     h = 0.26
-    for i, ((key, name), color) in enumerate(zip(series, colors)):
-        vals = [r.get(key) for r in rows][::-1]
-        pos = [yy + (1 - i) * h for yy, v in zip(y, vals) if v]
-        ax.barh(pos, [v for v in vals if v], h, color=color, label=name)
-    for yy, r in zip(y, rows[::-1]):
-        parts = []
-        if r.get("ratio_vs_autograd"):
-            parts.append(f"×{r['ratio_vs_autograd']:.2f} vs autograd")
-        if r.get("ratio_vs_standard"):
-            parts.append(f"×{r['ratio_vs_standard']:.2f} vs {r.get('standard_layer') or 'standard'}")
-        ax.annotate("   " + ", ".join(parts), (r["custom_ms"], yy + h), va="center", fontsize=8)
-    ax.set_yticks(y, labels, fontsize=8)
-    ax.set(xscale="log", xlabel="forward + backward time per call (ms, median, log scale)", title=title)
-    ax.set_xlim(right=ax.get_xlim()[1] * 8)  # room for the ratio labels
-    ax.legend(loc="lower right")
+    for ax, precision in zip(axes[0], precisions):
+        sub = [r for r in rows if r.get("precision", "fp32") == precision][::-1]
+        y = np.arange(len(sub))
+        for i, ((key, name), color) in enumerate(zip(series, colors)):
+            vals = [r.get(key) for r in sub]
+            pos = [yy + (1 - i) * h for yy, v in zip(y, vals) if v]
+            if pos:
+                ax.barh(pos, [v for v in vals if v], h, color=color, label=name)
+        for yy, r in zip(y, sub):
+            parts = []
+            if _median(r.get("ratio_vs_autograd")):
+                parts.append(f"×{_median(r['ratio_vs_autograd']):.2f} vs autograd")
+            if _median(r.get("ratio_vs_standard")):
+                parts.append(f"×{_median(r['ratio_vs_standard']):.2f} vs {r.get('standard_layer') or 'standard'}")
+            ax.annotate("   " + ", ".join(parts), (r["custom_ms"], yy + h), va="center", fontsize=8)
+        ax.set_yticks(y, [f"{r['layer']}\n{r['variant']}" for r in sub], fontsize=8)
+        ax.set(xscale="log", xlabel="forward + backward time per call (ms, median, log scale)",
+               title="bf16 autocast (custom layers as fp32 islands)" if precision == "bf16" else precision)
+        ax.set_xlim(right=ax.get_xlim()[1] * 8)  # room for the ratio labels
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+@styled
+def plot_training_cost(training: dict[str, dict], path: Path, title: str) -> Path:
+    """Per layer-swap net, one training batch's forward+backward time relative to the base CNN
+    (dot: median of the per-round ratios; bar: 25-75 %), one marker per precision; hollow markers:
+    the custom net's autograd twin (same maths, autograd backward)."""
+    precisions = list(training)
+    names = [n for n in next(iter(training.values()))["nets"] if not n.endswith("_autograd")]
+    fig, ax = plt.subplots(figsize=(10, 0.55 * len(names) + 2), layout="constrained")
+    markers = {"fp32": "o", "bf16": "s"}
+    handles = []
+    for j, (precision, color) in enumerate(zip(precisions, palette(len(precisions)))):
+        nets = training[precision]["nets"]
+        off = 0.18 * (j - (len(precisions) - 1) / 2)
+        for i, name in enumerate(names):
+            for key, filled, dy in ((name, True, 0.0), (f"{name}_autograd", False, 0.09)):
+                r = nets.get(key, {}).get("ratio_vs_base")
+                if r is None:
+                    continue
+                ax.errorbar(r["median"], i + off + dy, xerr=[[r["median"] - r["q25"]], [r["q75"] - r["median"]]],
+                            fmt=markers.get(precision, "o"), color=color, mfc=color if filled else "white", ms=6,
+                            capsize=3)
+        handles.append(Line2D([], [], marker=markers.get(precision, "o"), color=color, ls="",
+                              label=f"{precision}{' autocast' if precision == 'bf16' else ''}: custom net"))
+        if any(n.endswith("_autograd") for n in nets):
+            handles.append(Line2D([], [], marker=markers.get(precision, "o"), color=color, mfc="white", ls="",
+                                  label=f"{precision}: its autograd twin"))
+    ax.axvline(1, color="k", lw=0.8)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_ylim(len(names) - 0.5, -0.6)
+    ax.set(xlabel="time of one training batch / base CNN's (median of paired rounds, bar 25-75 %)", title=title)
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
     return save_figure(fig, path)
 
 
@@ -118,18 +167,18 @@ def _mean_ci(ax, pos: float, summary: dict, color, marker: str, filled: bool, ho
 
 @styled
 def plot_layer_swaps(numbers: dict, path: Path, title: str) -> Path:
-    """The layer study in three panels, one row per variant (``numbers``: the layers analysis):
-    test accuracy (mean, 95 % CI, every seed) and final validation accuracy; the test-accuracy
-    difference to the base CNN with its 95 % CI (red: the interval excludes zero, "real"; grey:
-    within noise); training time per epoch relative to the base CNN."""
+    """The layer study in two panels, one row per variant (``numbers``: the layers analysis, variants
+    keyed ``layer/variant``): test accuracy (mean, 95 % CI, every seed) and final validation accuracy;
+    the paired test-accuracy difference to the base CNN with its 95 % interval (red: the interval
+    excludes zero, "real"; grey: within noise). Training cost: :func:`plot_training_cost`."""
     variants = numbers["variants"]
     names = list(variants)
+    base = numbers.get("base_key")
     diffs = {r["a"]: r["test_acc"] for r in numbers["vs_base"]}
-    fig, (ax_acc, ax_d, ax_t) = plt.subplots(1, 3, figsize=(16, 0.5 * len(names) + 2.6), sharey=True,
-                                             gridspec_kw={"width_ratios": [1.3, 1.3, 1]}, layout="constrained")
+    fig, (ax_acc, ax_d) = plt.subplots(1, 2, figsize=(14, 0.5 * len(names) + 2.6), sharey=True, layout="constrained")
     for i, name in enumerate(names):
         v = variants[name]
-        color = "0.3" if name == "base" else "C0"
+        color = "0.3" if name == base else "C0"
         if _mean_ci(ax_acc, i, v["test_acc"], color, "o", True, horizontal=True):
             seeds = _pct_values(v["per_seed"]["test_acc"])
             ax_acc.scatter(seeds, np.full(seeds.size, i + 0.2), s=10, color="k", zorder=4)
@@ -138,21 +187,15 @@ def plot_layer_swaps(numbers: dict, path: Path, title: str) -> Path:
                             color=DIVERGED_COLOR, va="center", fontsize=8)
         _mean_ci(ax_acc, i - 0.2, v["final_val_acc"], color, "s", False, horizontal=True)
         d = diffs.get(name)
-        if d is not None and _finite(d["mean_difference"]):
-            real = d["verdict"] == "real"
-            _mean_ci(ax_d, i, {"mean": d["mean_difference"], "half_width": d["half_width"]},
-                     "C3" if real else "0.55", "o", True, horizontal=True)
-            ax_d.annotate(d["verdict"], (100 * d["mean_difference"], i), xytext=(0, 6), textcoords="offset points",
-                          fontsize=8, ha="center", va="bottom")
-        ratio = v["epoch_time_ratio_vs_base"]
-        if _finite(ratio):
-            ax_t.barh(i, ratio, color=color, alpha=0.8, height=0.6)
-            ax_t.annotate(f" ×{ratio:.2f}", (ratio, i), va="center", fontsize=8)
+        if d is not None and _finite(d.get("mean_difference")):
+            m, lo, hi = (100 * d[k] for k in ("mean_difference", "ci95_low", "ci95_high"))
+            c = "C3" if d["verdict"] == "real" else "0.55"
+            ax_d.errorbar(m, i, xerr=[[m - lo], [hi - m]] if math.isfinite(lo) else None, fmt="o", color=c, ms=7,
+                          capsize=4)
+            ax_d.annotate(d["verdict"], (m, i), xytext=(0, 6), textcoords="offset points", fontsize=8, ha="center",
+                          va="bottom")
     ax_acc.set_xlim(*_acc_limits([s for v in variants.values() for s in (v["test_acc"], v["final_val_acc"])],
                                  [x for v in variants.values() for x in v["per_seed"]["test_acc"]]))
-    spread = [abs(100 * d["mean_difference"]) for d in diffs.values() if _finite(d["mean_difference"])]
-    if spread:
-        ax_d.set_xlim(-3 * max(spread) - 1, 3 * max(spread) + 1)    # long (2-seed) intervals run off the edge
     ax_acc.set_yticks(np.arange(len(names)), names)
     ax_acc.set_ylim(len(names) - 0.5, -0.6)
     ax_acc.legend(handles=[Line2D([], [], marker="o", color="0.3", ls="", label="test, mean ± 95 % CI"),
@@ -161,106 +204,170 @@ def plot_layer_swaps(numbers: dict, path: Path, title: str) -> Path:
                                   label="final validation, mean ± 95 % CI")], fontsize=8, loc="lower left")
     ax_acc.set(xlabel="accuracy (%)", title="Accuracy over seeds")
     ax_d.axvline(0, color="k", lw=0.8)
-    ax_d.set(xlabel="test accuracy − base CNN's (pp)", title="Difference to the base CNN (95 % CI)")
-    ax_t.axvline(1, color="k", lw=0.8)
-    ax_t.set(xlabel="training time per epoch / base CNN's", title="Training cost")
+    ax_d.set(xlabel="test accuracy − base CNN's (pp)",
+             title="Paired difference to the base CNN (95 % CI over seeds and test images)")
     fig.suptitle(title)
     return save_figure(fig, path)
 
 
 def _block_label(name: str, b: dict) -> str:
     widths = "-".join(map(str, b.get("widths", [])))
-    return f"{name}\n{widths}\n{b['params'] / 1e3:.0f}k params, {b['mflops']:.0f} MFLOPs"
+    return f"{name}\n{widths} x{b.get('blocks_per_stage', '?')}\n{b['params'] / 1e3:.0f}k, {b['mflops']:.0f} MFLOPs"
 
 
 @styled
-def plot_block_regimes(regimes: dict[str, dict], path: Path, title: str) -> Path:
-    """One panel per regime (``regimes``: regime -> the blocks analysis): per block, test accuracy
-    (mean, 95 % CI, every seed) and final validation accuracy, with widths, parameters and FLOPs
-    under each block; one accuracy axis for all panels."""
-    fig, axes = plt.subplots(1, len(regimes), figsize=(6.5 * max(len(regimes), 1), 5.2), squeeze=False,
-                             sharey=True, layout="constrained")
-    colors = dict(zip(("basic", "bottleneck", "wide"), palette(3)))
-    for ax, (regime, n) in zip(axes[0], regimes.items()):
-        blocks = n["blocks"]
-        for i, (name, b) in enumerate(blocks.items()):
-            color = colors.get(name, "C0")
-            if _mean_ci(ax, i - 0.1, b["test_acc"], color, "o", True):
-                seeds = _pct_values(b["per_seed"]["test_acc"])
-                ax.scatter(np.full(seeds.size, i - 0.1), seeds, s=10, color="k", zorder=4)
-                ax.annotate(f"{100 * b['test_acc']['mean']:.2f} %", (i - 0.1, 100 * b["test_acc"]["mean"]),
-                            xytext=(-9, 0), textcoords="offset points", fontsize=8, va="center", ha="right")
+def plot_block_finals(numbers: dict, sizes: dict, path: Path, title: str) -> Path:
+    """Residual blocks over the final seeds: test accuracy (mean, 95 % t interval, every seed) at each
+    block's own lr and at the shared lr (left), and the paired test-accuracy difference to the
+    reference block with its 95 % interval (right; red: excludes zero). ``numbers``:
+    :func:`utils.studies.custom_layers.blocks.finals_numbers`; ``sizes``: block -> widths, params, FLOPs."""
+    variants, ref = numbers["variants"], numbers["reference"]
+    settings = list(dict.fromkeys(k.split("/")[0] for k in variants))
+    blocks = list(sizes)
+    fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(15, 5.4), layout="constrained")
+    markers = dict(zip(settings, ("o", "s", "^")))
+    colors = dict(zip(blocks, palette(len(blocks))))
+    shown = []
+    for j, setting in enumerate(settings):
+        off = 0.18 * (j - (len(settings) - 1) / 2)
+        for i, b in enumerate(blocks):
+            v = variants.get(f"{setting}/{b}")
+            if v is None:
+                continue
+            if _mean_ci(ax, i + off, v["test_acc"], colors[b], markers[setting], j == 0):
+                seeds = _pct_values(v["per_seed"]["test_acc"])
+                ax.scatter(np.full(seeds.size, i + off + 0.05), seeds, s=9, color="k", zorder=4)
+                ax.annotate(f"{v['lr']:g}", (i + off, 100 * v["test_acc"]["mean"]), xytext=(-6, 0),
+                            textcoords="offset points", fontsize=7, ha="right", va="center")
+                if setting not in shown:
+                    shown.append(setting)
             else:
-                ax.annotate(f"all {b['runs']} runs\ndiverged", (i, 0.5), xycoords=("data", "axes fraction"),
-                            color=DIVERGED_COLOR, ha="center", fontsize=9)
-            _mean_ci(ax, i + 0.15, b["final_val_acc"], color, "s", False)
-        ax.set_xticks(range(len(blocks)), [_block_label(k, b) for k, b in blocks.items()], fontsize=8)
-        ax.set_xlim(-0.6, len(blocks) - 0.4)
-        gap = n.get("param_gap_vs_target")
-        ax.set_title(f"{regime}" + (f" (parameters within {100 * gap:.1f} % of the {n['match_target']} net)"
-                                    if regime == "matched" and _finite(gap) else ""))
-    summaries = [s for n in regimes.values() for b in n["blocks"].values() for s in (b["test_acc"], b["final_val_acc"])]
-    axes[0][0].set_ylim(*_acc_limits(summaries, [x for n in regimes.values() for b in n["blocks"].values()
-                                                 for x in b["per_seed"]["test_acc"]]))
-    axes[0][0].set_ylabel("accuracy (%)")
-    axes[0][0].legend(handles=[Line2D([], [], marker="o", color="0.3", ls="", label="test, mean ± 95 % CI"),
-                               Line2D([], [], marker=".", color="k", ls="", label="test, one seed"),
-                               Line2D([], [], marker="s", mfc="white", color="0.3", ls="",
-                                      label="final validation, mean ± 95 % CI")], fontsize=8, loc="lower left")
+                ax.annotate("all runs diverged", (i, 0.5), xycoords=("data", "axes fraction"), color=DIVERGED_COLOR,
+                            ha="center", fontsize=8)
+        for k, row in enumerate(r for r in numbers["differences"] if r["setting"] == setting and r["b"] == ref):
+            d = row["test_acc"]
+            if not _finite(d.get("mean_difference")):
+                continue
+            pos = blocks.index(row["a"]) + off
+            m, lo, hi = (100 * d[k] if _finite(d.get(k)) else np.nan for k in ("mean_difference", "ci95_low",
+                                                                                "ci95_high"))
+            color = "C3" if d["verdict"] == "real" else "0.5"
+            ax_d.errorbar(pos, m, yerr=None if np.isnan(lo) else [[m - lo], [hi - m]], fmt=markers[setting],
+                          color=color, mfc=color if j == 0 else "white", ms=7, capsize=4)
+    ax.set_xticks(range(len(blocks)), [_block_label(b, sizes[b]) for b in blocks], fontsize=8)
+    ax.set_ylim(*_acc_limits([v["test_acc"] for v in variants.values()],
+                             [x for v in variants.values() for x in v["per_seed"]["test_acc"]]))
+    ax.set(ylabel="test accuracy (%)", title="Test accuracy over the final seeds (mean ± 95 % CI, dots: seeds)")
+    ax.legend(handles=[Line2D([], [], marker=markers[s], color="0.3", mfc="0.3" if i == 0 else "white", ls="",
+                              label=s.replace("_", " ")) for i, s in enumerate(shown)],
+              fontsize=8, loc="lower left", title="peak lr (value beside each point)")
+    ax_d.axhline(0, color="k", lw=0.8)
+    if ref in blocks:
+        ax_d.annotate("reference", (blocks.index(ref), 0), xytext=(0, 6), textcoords="offset points", ha="center",
+                      fontsize=8)
+    ax_d.set_xticks(range(len(blocks)), blocks)
+    ax_d.set(ylabel=f"test accuracy − {ref}'s (pp)",
+             title=f"Paired difference to {ref} (95 % CI over seeds and test images; red: excludes 0)")
     fig.suptitle(title)
     return save_figure(fig, path)
 
 
 @styled
-def plot_lr_sweep(numbers: dict, path: Path, title: str) -> Path:
-    """The learning-rate sweep (``numbers``: the sweep analysis), lr on a log axis, one colour per
-    block: final validation (solid) and test (dashed) accuracy, mean over seeds with a min-max band
-    when there are several; diverged runs as red crosses at the bottom and each block's divergence
-    frontier as a dotted line; loss-spike steps; median and maximum gradient norm."""
-    fig, (ax_acc, ax_sp, ax_g) = plt.subplots(1, 3, figsize=(18, 5), layout="constrained")
-    lrs = sorted({p["lr"] for b in numbers["blocks"].values() for p in b["points"]})
-    rises = [f"{x:g}" for x in numbers["spike_definition"]["rises_percent"]]
-    any_grad = False
-    for color, (name, b) in zip(palette(len(numbers["blocks"])), numbers["blocks"].items()):
+def plot_stability(numbers: dict, path: Path, title: str) -> Path:
+    """The stability sweep (``numbers``: :func:`utils.studies.custom_layers.blocks.sweep_numbers`),
+    lr on a log axis, one colour per block: final validation accuracy of the pilots (mean ± 95 %
+    CI over seeds; an lr with an unstable run as a cross at the bottom, only when there is one);
+    the gradient RMS over training after step 0 (median of the pooled samples, bar 10-90 %); the
+    loss-spike steps per run (mean ± 95 % CI)."""
+    fig, (ax_acc, ax_g, ax_sp) = plt.subplots(1, 3, figsize=(18, 5), layout="constrained")
+    blocks = numbers["blocks"]
+    lrs = sorted({p["lr"] for b in blocks.values() for p in b["points"]})
+    n_b = max(len(blocks), 1)
+    rise = f"{numbers['spike_definition']['rises_percent'][0]:g}"
+    any_unstable = any_grad = False
+    for k, (color, (name, b)) in enumerate(zip(palette(n_b), blocks.items())):
         pts = b["points"]
-        x = np.asarray([p["lr"] for p in pts], dtype=float)
-        for key, style, what in (("final_val_acc", "-o", "validation"), ("test_acc", "--^", "test")):
-            mean = np.asarray([100 * p[key]["mean"] if _finite(p[key]["mean"]) else np.nan for p in pts])
-            ax_acc.plot(x, mean, style, color=color, ms=5, label=f"{name}, {what}")
-            if max(p["n"] for p in pts) > 1:
-                vals = [_pct_values([r[key] for r in p["runs"]]) for p in pts]
-                lo = np.asarray([v.min() if v.size else np.nan for v in vals])
-                hi = np.asarray([v.max() if v.size else np.nan for v in vals])
-                ax_acc.fill_between(x, lo, hi, color=color, alpha=0.15 if key == "final_val_acc" else 0.07)
-        bad = [p["lr"] for p in pts for r in p["runs"] if r["status"] != "completed"]
-        ax_acc.scatter(bad, np.full(len(bad), 0.03), transform=ax_acc.get_xaxis_transform(), marker="x", s=60,
-                       color=DIVERGED_COLOR, zorder=5)
-        if b["frontier"]["frontier"] is not None:
-            ax_acc.axvline(b["frontier"]["frontier"], color=color, ls=":", lw=1.5)
-        for rise, style in zip(rises, ("-o", "--s")):
-            ax_sp.plot(x, [np.nan if p["loss_spike_steps"][rise] is None else p["loss_spike_steps"][rise] for p in pts],
-                       style, color=color, ms=4, label=f"{name}, loss > {rise} % above mean")
-        for key, style, what in (("grad_norm_median", "-o", "median"), ("grad_norm_max", "--s", "max")):
-            g = np.asarray([np.nan if p[key] is None else p[key] for p in pts], dtype=float)
-            any_grad |= bool(np.isfinite(g).any() and (g > 0).any())
-            ax_g.plot(x, g, style, color=color, ms=4, label=f"{name}, {what}")
-    extra = [Line2D([], [], marker="x", color=DIVERGED_COLOR, ls="", label="a diverged run"),
-             Line2D([], [], color="0.4", ls=":", label="divergence frontier")]
-    ax_acc.legend(handles=ax_acc.get_legend_handles_labels()[0] + extra, fontsize=7, loc="best")
-    ax_acc.set(ylabel="accuracy at the end of training (%)", title="Final validation and test accuracy")
-    ax_sp.set(ylabel="steps (mean over seeds)", title=f"Loss spikes (vs the mean of the previous "
-              f"{numbers['spike_definition']['window_steps']} steps)")
-    ax_g.set(ylabel="‖∇W‖₂ over all conv/linear weights", title="Gradient norm during training")
+        shift = 1.0 + 0.04 * (k - (n_b - 1) / 2)      # side by side on the log axis
+        x = np.asarray([p["lr"] for p in pts], dtype=float) * shift
+        acc = [p["final_val_acc"] for p in pts]
+        mean = np.asarray([100 * a["mean"] if _finite(a["mean"]) else np.nan for a in acc])
+        half = np.asarray([100 * a["half_width"] if _finite(a.get("half_width")) else 0.0 for a in acc])
+        ax_acc.errorbar(x, mean, yerr=half, fmt="-o", ms=4, capsize=3, color=color, label=name)
+        bad = [xx for xx, p in zip(x, pts) if p["unstable"]]
+        if bad:
+            any_unstable = True
+            ax_acc.scatter(bad, np.full(len(bad), 0.04), transform=ax_acc.get_xaxis_transform(), marker="x", s=60,
+                           color=color, zorder=5)
+        g = [p["grad_rms"] for p in pts]
+        med = np.asarray([np.nan if q["p50"] is None else q["p50"] for q in g], dtype=float)
+        lo = np.asarray([np.nan if q["p10"] is None else q["p10"] for q in g], dtype=float)
+        hi = np.asarray([np.nan if q["p90"] is None else q["p90"] for q in g], dtype=float)
+        if np.isfinite(med).any():
+            any_grad = True
+            ax_g.errorbar(x, med, yerr=[np.nan_to_num(med - lo), np.nan_to_num(hi - med)], fmt="-o", ms=4, capsize=3,
+                          color=color, label=name)
+        sp = [p["loss_spike_steps"][rise] for p in pts]
+        ax_sp.errorbar(x, [np.nan if not _finite(s["mean"]) else s["mean"] for s in sp],
+                       yerr=[0.0 if not _finite(s.get("half_width")) else s["half_width"] for s in sp],
+                       fmt="-o", ms=4, capsize=3, color=color, label=name)
+    handles = ax_acc.get_legend_handles_labels()[0]
+    if any_unstable:
+        handles.append(Line2D([], [], marker="x", color="0.3", ls="", label="an unstable run at this lr"))
+    ax_acc.legend(handles=handles, fontsize=8, loc="best")
+    ax_acc.set(ylabel="final validation accuracy of the pilots (%)", title="Accuracy (mean ± 95 % CI over seeds)")
+    ax_g.set(ylabel="gradient RMS per parameter", title="Gradient scale during training (after step 0; 10-90 %)")
     if any_grad:
         ax_g.set_yscale("log")
         plain_minor_log_labels(ax_g.yaxis)
-    for ax in (ax_acc, ax_sp, ax_g):
+        ax_g.legend(fontsize=8)
+    ax_sp.set(ylabel="spike steps per run", title=f"Loss spikes (> {rise} % above the mean of the previous "
+              f"{numbers['spike_definition']['window_steps']} steps)")
+    ax_sp.legend(fontsize=8)
+    for ax in (ax_acc, ax_g, ax_sp):
         ax.set_xscale("log")
         ax.set_xlabel("peak learning rate (log scale)")
         if lrs:
+            ax.set_xlim(min(lrs) / 1.4, max(lrs) * 1.4)     # also when no point is finite
             ax.set_xticks(lrs, [f"{v:g}" for v in lrs])
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-        if ax is not ax_acc and ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
     fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def _moving_mean(x: np.ndarray, k: int) -> np.ndarray:
+    if x.size < k:
+        return x
+    c = np.cumsum(np.insert(x, 0, 0.0))
+    return (c[k:] - c[:-k]) / k
+
+
+@styled
+def plot_loss_at_lr(curves: dict[str, Sequence[RunRecord]], path: Path, title: str, smooth: int = 10) -> Path:
+    """Training loss against optimisation step for each block at one lr (``curves``: label -> the
+    runs of its seeds): mean over seeds of a ``smooth``-step moving average, band min-max over seeds;
+    log y. A run that diverged stops where it did."""
+    fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
+    peaks: list[float] = []
+    for color, (label, runs) in zip(palette(max(len(curves), 1)), curves.items()):
+        series = [_moving_mean(np.asarray(r.step_loss, dtype=float), smooth) for r in runs if r.step_loss]
+        if not series:
+            continue
+        n = min(len(x) for x in series)
+        arr = np.stack([x[:n] for x in series])
+        steps = np.arange(n) + (smooth - 1) / 2      # the centre of each averaged window
+        ax.plot(steps, arr.mean(0), color=color, lw=1.3, label=f"{label} (n={len(series)})")
+        ax.fill_between(steps, arr.min(0), arr.max(0), color=color, alpha=0.2)
+        done = [r for r in runs if r.completed and r.step_loss]
+        if done:
+            peaks.append(done[0].config.get("warmup_fraction", 0.2) * len(done[0].step_loss))
+    if peaks:
+        ax.axvline(float(np.median(peaks)), color="0.4", ls=":", lw=1.2, label="peak of the lr schedule")
+    if ax.get_legend_handles_labels()[0]:
+        ax.set_yscale("log")
+        plain_minor_log_labels(ax.yaxis)
+    else:
+        ax.annotate("no stable learning rate: nothing to plot", (0.5, 0.5), xycoords="axes fraction", ha="center")
+    ax.set(xlabel="optimisation step", ylabel=f"training loss ({smooth}-step moving mean, log scale)", title=title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, title="block (peak lr), mean and min-max over seeds")
     return save_figure(fig, path)
