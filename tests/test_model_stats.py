@@ -122,4 +122,5 @@ def test_conv_layer_costs_sum_to_count_flops():
     costs = conv_layer_costs(model, (3, 32, 32))
     linear = 2 * 48 * 10
     assert sum(c["flops"] for c in costs) + linear == count_flops(model, (3, 32, 32))
-    assert [c["out_hw"] for c in costs][:2] == [[32, 32], [32, 32]]
+    # stage 1: the 3x3 on the image; stage 2: the 1x1 reduction (12 -> 6 channels), then the 3x3, after the pool
+    assert [c["out_hw"] for c in costs][:3] == [[32, 32], [16, 16], [16, 16]]
