@@ -6,7 +6,8 @@
 
 Each script runs in its own process (its own log, its own exit code). The wall time of every
 script and of the whole study is written to ``results/study_run.json`` (with the machine it ran on
-and whether finished models were skipped), then README.md and docs/*.md are re-rendered from ``results/``.
+and whether finished models were skipped), the training compute of its runs to
+``results/study_compute.json`` (``utils/report/compute.py``), then README.md and docs/*.md are re-rendered from ``results/``.
 A failing script stops the study with its exit code; the timings so far are still written.
 The study holds the results folder's lock (``utils/engine/lock.py``) from start to end, and its
 scripts write under it; a second study or script on the same folder stops at once (exit 2).
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 from utils.report import readme as report
+from utils.report.compute import write_study_compute
 from utils.engine.cli import (PROFILES, cache_dir_from, check_writable, ignore_interrupts, profile_output_dir, run_cli)
 from utils.engine.data_files import resolve_data_dir
 from utils.engine.errors import OutputError
@@ -128,6 +130,7 @@ def _run_study(args: argparse.Namespace, common: list[str], record: dict, result
     code, interrupted = _run_scripts(common, record, args.profile, results, env)
     try:
         write_json(results / "study_run.json", {**record, "earlier_runs": _earlier_runs(results / "study_run.json")})
+        write_study_compute(results)
     except OutputError as exc:       # reported here: an interrupted study still ends with 130
         print(f"error: {exc}", file=sys.stderr)
         return 130 if interrupted else 2

@@ -36,6 +36,8 @@ def test_quick_study_runs_all_three_scripts_and_records_times(tmp_path, fake_dat
                                                         "homework_custom_layers_experiments.py"]
     assert all(s["exit_code"] == 0 and s["wall_s"] > 0 for s in record["scripts"])
     assert record["total_wall_s"] >= sum(s["wall_s"] for s in record["scripts"])
+    compute = json.loads((tmp_path / "results" / "quick" / "study_compute.json").read_text())
+    assert compute["runs"] > 0 and compute["training_pflop"] > 0 and len(compute["gpu_estimate"]) == 2
     # quick results and figures land beside, never over, the standard ones
     assert (tmp_path / "results" / "quick" / "mnist_comparison" / "summary.csv").is_file()
     assert list((tmp_path / "plots" / "quick").rglob("*.png"))
