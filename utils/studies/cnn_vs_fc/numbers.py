@@ -9,22 +9,19 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from utils.analysis.compute import FLOP_CONVENTION, training_flop
 from utils.analysis.statistics import difference, seed_summary
 from utils.comparison_utils import verdict
 from utils.engine.experiment import ExperimentConfig
 from utils.engine.records import RunRecord
 from utils.training_utils import lr_factor
 
-# Training compute convention: forward FLOPs per image x images seen x 3 (the backward pass costs
-# about twice the forward: the gradients w.r.t. activations and w.r.t. weights).
-BACKWARD_FACTOR = 3
-PFLOP_CONVENTION = "3 x forward FLOPs per image x training images seen (forward + backward)"
+PFLOP_CONVENTION = FLOP_CONVENTION
 
 
 def training_pflop(r: RunRecord) -> float:
-    """Training compute of a run in PFLOP (see :data:`PFLOP_CONVENTION`)."""
-    images = r.history.step[-1] * r.config["batch_size"] if r.history.step else 0
-    return BACKWARD_FACTOR * r.flops_per_image * images / 1e15
+    """Training compute of a run in PFLOP (:data:`utils.analysis.compute.FLOP_CONVENTION`)."""
+    return training_flop(r.flops_per_image, r.history.step[-1] if r.history.step else 0, r.config["batch_size"]) / 1e15
 
 
 def mean_score(scores: Sequence[float | None]) -> float | None:
