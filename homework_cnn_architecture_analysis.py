@@ -484,9 +484,7 @@ def main(argv: list[str] | None = None) -> int:
                     run_init_experiment(data, init, results / f"init_study{suffix}", dirs.plots,
                                         list(range(args.seed, args.seed + init.seeds)), name=f"init_study{suffix}")
             log.info("%s done in %.0f s: results in %s, figures in %s", name, ctx.cost.wall_s, results, dirs.plots)
-    leg = calls.leg.as_dict()
-    log.info("wall time %.0f s, %d runs trained, %.0f %% of the time in their training", leg["wall_s"],
-             leg["trained"], 100 * (leg["train_share"] or 0))
+    log.info("done: %s", calls.describe())
     return 0
 
 

@@ -615,9 +615,7 @@ def main(argv: list[str] | None = None) -> int:
                 RUNNERS[name](study)
             log.info("%s done: results in %s, figures in %s", name, dirs.results, dirs.plots)
         ablation_figure(study)
-    leg = calls.leg.as_dict()
-    log.info("wall time %.0f s, %d runs trained, %.0f %% of the time in their training", leg["wall_s"],
-             leg["trained"], 100 * (leg["train_share"] or 0))
+    log.info("done: %s", calls.describe())
     return 0
 
 

@@ -594,9 +594,7 @@ def main(argv: list[str] | None = None) -> int:
             if "blocks" in todo:
                 with calls.experiment("blocks") as ctx.cost:
                     run_block_finals(ctx, profile, cfg, sweep, dirs.plots)
-    leg = calls.leg.as_dict()
-    log.info("done in %.1f min (%d runs trained, %.0f %% of the time in their training): results in %s, "
-             "figures in %s", leg["wall_s"] / 60, leg["trained"], 100 * (leg["train_share"] or 0), out_dir, dirs.plots)
+    log.info("done: %s; results in %s, figures in %s", calls.describe(), out_dir, dirs.plots)
     return 0
 
 

@@ -34,6 +34,7 @@ def test_a_leg_counts_only_the_runs_trained_in_the_call(tmp_path):
     assert leg["train_s"] == 20.0 and leg["status"] == "completed" and leg["only"] == ["a"]
     assert leg["train_share"] == pytest.approx(20.0 / leg["wall_s"])
     assert leg["runtime"]["precision"] == "bf16"
+    assert ", 1 runs trained, " in log.describe() and log.describe().endswith("% of the time in their training")
 
 
 def test_legs_are_appended_and_an_interrupted_call_is_kept(tmp_path):

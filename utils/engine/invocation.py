@@ -98,6 +98,12 @@ class InvocationLog:
         write_json(self.path, {"script": self.leg.script, "legs": legs + [entry]})
         return entry
 
+    def describe(self) -> str:
+        """One line for the script's log: the call's wall time, runs trained and their training share."""
+        leg = self.leg.as_dict()
+        return (f"{leg['wall_s'] / 60:.1f} min, {leg['trained']} runs trained, "
+                f"{100 * (leg['train_share'] or 0):.0f} % of the time in their training")
+
     def __enter__(self) -> "InvocationLog":
         return self
 
