@@ -331,7 +331,7 @@ def test_bf16_wrapper_runs_the_forward_under_autocast_with_custom_layers_as_fp32
 def test_paired_ratio_is_taken_round_by_round():
     times = {"a": {"times_ms": [2.0, 4.0, 6.0]}, "b": {"times_ms": [1.0, 4.0, 2.0]}}
     r = paired_ratio(times, "a", "b")          # per round 2, 1, 3 (the ratio of medians would be 2)
-    assert (r["median"], r["min"], r["max"], r["rounds"]) == (2.0, 1.0, 3.0, 3)
+    assert (r["median"], r["min"], r["max"], r["n"]) == (2.0, 1.0, 3.0, 3)
 
 
 def test_speed_cases_autograd_twin_is_the_custom_forward_under_autograd():
@@ -418,7 +418,7 @@ def test_cli_quick_end_to_end(fake_cifar_folder, tmp_path):
         nets = speed["training_cost"][precision]["nets"]
         assert set(nets) == {v.name for v in hw.LAYER_VARIANTS} | {f"{v.name}_autograd" for v in hw.LAYER_VARIANTS
                                                                    if v.custom}
-        assert nets["base"]["ratio_vs_base"]["median"] == 1.0 and nets["attn_se"]["ratio_vs_twin"]["rounds"] >= 2
+        assert nets["base"]["ratio_vs_base"]["median"] == 1.0 and nets["attn_se"]["ratio_vs_twin"]["n"] >= 2
     quick = hw.PROFILES["quick"]
     layers = json.loads((out / "layers" / "analysis.json").read_text())
     assert len(layers["variants"]) == len(hw.LAYER_VARIANTS) and len(layers["vs_base"]) == len(hw.LAYER_VARIANTS) - 1

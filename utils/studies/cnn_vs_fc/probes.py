@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +30,7 @@ from utils.studies.custom_layers import figures as block_plots
 from utils.engine.files import atomic_write_text, read_json, write_json
 from utils.engine.markdown import markdown_table
 from utils.engine.runtime import Runtime
-from utils.analysis.paired_timing import time_forward_backward
+from utils.analysis.paired_timing import paired_ratios, time_forward_backward
 
 log = logging.getLogger("custom_layers")
 SE_REDUCTION = 8       # the layer study's SE reduction (32 channels -> hidden 4)
@@ -57,10 +56,9 @@ def in_precision(module: nn.Module, precision: str, device_type: str) -> nn.Modu
 
 def paired_ratio(times: dict, name: str, reference: str) -> dict:
     """``name``'s time over ``reference``'s from the same rounds (the benchmark interleaves them):
-    median of the per-round ratios, their 25-75 % range and min-max, and the number of rounds."""
-    r = np.asarray(times[name]["times_ms"]) / np.asarray(times[reference]["times_ms"])
-    return {"median": float(np.median(r)), "q25": float(np.percentile(r, 25)), "q75": float(np.percentile(r, 75)),
-            "min": float(r.min()), "max": float(r.max()), "rounds": int(r.size)}
+    median of the per-round ratios, their 25-75 % range, min-max and the number of rounds ``n``
+    (:func:`utils.analysis.paired_timing.paired_ratios`)."""
+    return paired_ratios({name: times[name]["times_ms"], reference: times[reference]["times_ms"]}, reference)[name]
 
 
 @dataclass(frozen=True)
