@@ -41,7 +41,7 @@ def test_study_compute_of_no_runs_has_no_throughput():
 
 
 def test_report_counts_run_records_only_outside_superseded_and_other_profiles(tmp_path):
-    for folder in ("exp", "exp/superseded/old", "quick/exp", "exp2"):
+    for folder in ("exp", "exp/superseded/old", "quick/exp", "archive/2026-01-01/exp", "exp2"):
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / "run.json").write_text(json.dumps(_run(1e6, 2, 4, 1.0)))
     (tmp_path / "exp" / "analysis.json").write_text(json.dumps({"not": "a run"}))

@@ -3,8 +3,9 @@
     python -m utils.report.compute            # (re)write it from results/
 
 ``run_study.py`` writes it after the scripts, before README is rendered. Runs kept for the record
-outside the study's design (folders named ``superseded``) and the other profiles' folders
-(``results/quick``, ``results/full``) are not counted: they are not part of a standard re-run.
+outside the study's design (folders named ``superseded``), archived studies (``archive``) and the
+other profiles' folders (``results/quick``, ``results/full``) are not counted: they are not part of a
+standard re-run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from utils.engine.files import read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = "study_compute.json"
-SKIPPED_FOLDERS = {"superseded", *(p for p in PROFILES if p != "standard")}
+SKIPPED_FOLDERS = {"superseded", "archive", *(p for p in PROFILES if p != "standard")}
 
 
 def run_dicts(results: Path) -> Iterator[dict]:
