@@ -364,7 +364,7 @@ def headline_figures(study: Study, recs: Sequence[RunRecord], tag: str, title: s
     figures.plot_gradient_rms(first, study.plot(f"{tag}_gradient_rms.png"),
                               f"{title}: per-parameter gradient scale per layer (seed {seed}, median over training)")
     figures.plot_paired_timing(timing, study.plot(f"{tag}_timing.png"),
-                               f"{title}: training (forward + backward) and inference, paired benchmark")
+                               f"{title}: training step (forward, backward, SGD update) and inference, paired")
     if done:
         viz.plot_confusion_matrices(done, study.plot(f"{tag}_confusion.png"), f"{title}: test-set errors (seed {seed})")
 

@@ -132,7 +132,7 @@ def plot_paired_timing(timing: dict, path: Path, title: str) -> Path:
             t = timing["models"][m][what][key]
             mid, lo, hi = t["median"], t["q25"], t["q75"]
             ax.errorbar([i], [mid], yerr=[[mid - lo], [hi - mid]], fmt="o", color=color, capsize=4, ms=8)
-            ax.annotate(f" {mid:,.3g}", (i, mid), va="center", fontsize=8)
+            ax.annotate(f" {mid:,.0f}" if mid >= 100 else f" {mid:.3g}", (i, mid), va="center", fontsize=8)
         ax.set_xticks(range(len(models)), models, rotation=15)
         ax.set(ylabel=label, yscale="log")
     fig.suptitle(f"{title} ({timing['repeats']} interleaved rounds, median and quartiles; "
