@@ -2,11 +2,12 @@
 
 import json
 import math
+import numpy as np
 
 from tests.fakes import fake_record
 from utils.analysis.statistics import BOOTSTRAP, T_PAIRED
 from utils.comparison_utils import (MIXED_PRECISION, NO_PAIRS, compare_paired, runtime_of, difference_with_verdict, format_difference,
-                                    format_mean_ci, grad_rms_of, json_safe, pair_by_seed, variant_numbers)
+                                    format_mean_ci, grad_rms_of, is_number, json_safe, pair_by_seed, variant_numbers)
 
 
 def _runs(variant, acc, seeds=(0, 1, 2), diverged=()):
@@ -61,3 +62,8 @@ def test_one_precision_on_two_machines_keeps_its_verdict_and_names_both():
     row = difference_with_verdict(a, b, ["test_acc"])["test_acc"]
     assert row["verdict"] == "real" and len(row["runtimes"]) == 2
     assert runtime_of(a[0]) == "bf16 on cpu (CPU A)"
+
+
+def test_is_number_rejects_what_json_safe_writes_for_nan_and_infinities():
+    assert is_number(0.0) and is_number(3) and is_number(np.float32(1.5))
+    assert not any(is_number(v) for v in (None, math.nan, math.inf, -math.inf))

@@ -95,6 +95,12 @@ def verdict(d: Difference) -> str:
 NO_PAIRS = "diverged or missing (no complete pair to compare)"
 
 
+def is_number(v: Any) -> bool:
+    """A value of an analysis dict that can be plotted or printed: not None (what :func:`json_safe`
+    writes for NaN) and finite."""
+    return v is not None and math.isfinite(v)
+
+
 def json_safe(obj: Any) -> Any:
     """``obj`` with every NaN/inf float (numpy floats too) replaced by None (strict JSON)."""
     if isinstance(obj, (float, np.floating)):

@@ -21,7 +21,7 @@ import numpy as np
 
 from utils.analysis.statistics import difference, seed_summary
 from utils.comparison_utils import (by_variant, convergence_of, difference_with_verdict, format_difference,
-                                    format_mean_ci, grad_rms_of, variant_key, variant_numbers)
+                                    format_mean_ci, grad_rms_of, variant_key, variant_numbers, verdict)
 from utils.engine.markdown import markdown_table
 from utils.engine.records import RunRecord
 
@@ -280,8 +280,7 @@ def erf_numbers(rows: Sequence[dict], measures: Sequence[str] = ("rms_ratio", "e
             a, b = [r["trained"][m] for r in mine], [r["init"][m] for r in mine]
             d = difference(a, b, paired=True)
             entry[m] = {"init": seed_summary(b).as_dict(), "trained": seed_summary(a).as_dict(),
-                        "trained_minus_init": {**d.as_dict(), "verdict": "real" if d.excludes_zero else
-                                               ("within noise" if d.n >= 2 else "not enough seeds to tell")}}
+                        "trained_minus_init": {**d.as_dict(), "verdict": verdict(d)}}
         out[v] = entry
     return out
 

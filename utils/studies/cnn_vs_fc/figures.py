@@ -4,23 +4,18 @@ training compute, the paired timing and the per-parameter gradient scale per lay
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from utils.comparison_utils import grad_rms_of
+from utils.comparison_utils import grad_rms_of, is_number
 from utils.engine.records import RunRecord
 from utils.visualization_utils import color_markers, palette, save_figure, styled
 
 REGULARISER_LABELS = {"dropout": "dropout", "weight_decay": "weight decay", "augment": "augmentation",
                       "label_smoothing": "label smoothing", "all": "all four"}
-
-
-def _finite(v) -> bool:
-    return v is not None and math.isfinite(v)
 
 
 @styled
@@ -31,11 +26,11 @@ def plot_lr_selection(numbers: dict, path: Path, title: str) -> Path:
     pilots, chosen = numbers["pilots"], numbers["chosen_lr"]
     for color, (group, cells) in zip(palette(len(pilots)), pilots.items()):
         lrs = sorted(cells, key=float)
-        ax.plot([float(v) for v in lrs], [100 * cells[v]["mean"] if _finite(cells[v]["mean"]) else np.nan
+        ax.plot([float(v) for v in lrs], [100 * cells[v]["mean"] if is_number(cells[v]["mean"]) else np.nan
                                           for v in lrs], "o-", color=color, label=group.removeprefix("pilot_"))
     scores = numbers["selection"]["scores"]
     lrs = sorted(scores, key=float)
-    ax.plot([float(v) for v in lrs], [100 * scores[v] if _finite(scores[v]) else np.nan for v in lrs], "ks-", lw=2,
+    ax.plot([float(v) for v in lrs], [100 * scores[v] if is_number(scores[v]) else np.nan for v in lrs], "ks-", lw=2,
             label="mean of the three (chooses)")
     ax.axvline(chosen, color="k", ls=":", label=f"chosen lr {chosen:g}")
     ax.set_xscale("log", base=2)
@@ -59,11 +54,11 @@ def plot_regularisation_ablation(rows: Mapping[str, Mapping[str, dict | None]], 
             ys, xs, lo, hi = [], [], [], []
             for y, (reg, r) in enumerate(rows.items()):
                 d = (r.get(m) or {}).get(metric)
-                if not d or not _finite(d.get("mean_difference")):
+                if not d or not is_number(d.get("mean_difference")):
                     continue
                 mean = 100 * d["mean_difference"]
-                low = 100 * d["ci95_low"] if _finite(d.get("ci95_low")) else mean
-                high = 100 * d["ci95_high"] if _finite(d.get("ci95_high")) else mean
+                low = 100 * d["ci95_low"] if is_number(d.get("ci95_low")) else mean
+                high = 100 * d["ci95_high"] if is_number(d.get("ci95_high")) else mean
                 ys.append(y + offsets[m])
                 xs.append(mean)
                 lo.append(mean - low)
@@ -106,10 +101,10 @@ def plot_effective_lr(curves: Mapping[str, Sequence[dict]], path: Path, title: s
 def plot_accuracy_vs_compute(variants: Mapping[str, dict], path: Path, title: str) -> Path:
     """Mean test accuracy (95 % interval, n seeds) of each variant against its training compute."""
     fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
-    items = [(k, v) for k, v in variants.items() if _finite(v.get("training_pflop")) and v["test_acc"].get("n")]
+    items = [(k, v) for k, v in variants.items() if is_number(v.get("training_pflop")) and v["test_acc"].get("n")]
     for (color, marker), (key, v) in zip(color_markers(len(items)), items):
         t = v["test_acc"]
-        half = 100 * t["half_width"] if _finite(t.get("half_width")) else 0.0
+        half = 100 * t["half_width"] if is_number(t.get("half_width")) else 0.0
         ax.errorbar(v["training_pflop"], 100 * t["mean"], yerr=half, fmt=marker, color=color, capsize=3, ms=8,
                     mec="k", mew=0.5, label=f"{key} (n={t['n']})")
     ax.set_xscale("log")

@@ -21,14 +21,11 @@ from matplotlib import ticker
 from matplotlib.lines import Line2D
 
 from utils.analysis.statistics import curve_band
+from utils.comparison_utils import is_number
 from utils.visualization_utils import palette, plain_minor_log_labels, save_figure, styled
 from utils.engine.records import RunRecord
 
 DIVERGED_COLOR = "crimson"
-
-
-def _finite(v) -> bool:
-    return v is not None and math.isfinite(v)
 
 
 def _median(v) -> float | None:
@@ -143,7 +140,7 @@ def plot_seed_bands(groups: dict[str, Sequence[RunRecord]], path: Path, title: s
 
 
 def _pct_values(values: Sequence[float | None]) -> np.ndarray:
-    return np.asarray([100 * v for v in values if _finite(v)], dtype=float)
+    return np.asarray([100 * v for v in values if is_number(v)], dtype=float)
 
 
 def _acc_limits(summaries: Sequence[dict], seeds: Sequence[float | None] = (), pad: float = 4.0) -> tuple[float, float]:
@@ -155,10 +152,10 @@ def _acc_limits(summaries: Sequence[dict], seeds: Sequence[float | None] = (), p
 
 def _mean_ci(ax, pos: float, summary: dict, color, marker: str, filled: bool, horizontal: bool = False) -> bool:
     """Mean (marker) with its 95 % interval (error bar) in percent at ``pos``; False if there is no mean."""
-    if not _finite(summary.get("mean")):
+    if not is_number(summary.get("mean")):
         return False
     half = summary.get("half_width")
-    err = 100 * half if _finite(half) else None
+    err = 100 * half if is_number(half) else None
     xy, kw = ((100 * summary["mean"], pos), {"xerr": err}) if horizontal else ((pos, 100 * summary["mean"]),
                                                                               {"yerr": err})
     ax.errorbar(*xy, **kw, fmt=marker, color=color, mfc=color if filled else "white", ms=7, capsize=4, zorder=3)
@@ -187,7 +184,7 @@ def plot_layer_swaps(numbers: dict, path: Path, title: str) -> Path:
                             color=DIVERGED_COLOR, va="center", fontsize=8)
         _mean_ci(ax_acc, i - 0.2, v["final_val_acc"], color, "s", False, horizontal=True)
         d = diffs.get(name)
-        if d is not None and _finite(d.get("mean_difference")):
+        if d is not None and is_number(d.get("mean_difference")):
             m, lo, hi = (100 * d[k] for k in ("mean_difference", "ci95_low", "ci95_high"))
             c = "C3" if d["verdict"] == "real" else "0.55"
             ax_d.errorbar(m, i, xerr=[[m - lo], [hi - m]] if math.isfinite(lo) else None, fmt="o", color=c, ms=7,
@@ -246,10 +243,10 @@ def plot_block_finals(numbers: dict, sizes: dict, path: Path, title: str) -> Pat
                             ha="center", fontsize=8)
         for k, row in enumerate(r for r in numbers["differences"] if r["setting"] == setting and r["b"] == ref):
             d = row["test_acc"]
-            if not _finite(d.get("mean_difference")):
+            if not is_number(d.get("mean_difference")):
                 continue
             pos = blocks.index(row["a"]) + off
-            m, lo, hi = (100 * d[k] if _finite(d.get(k)) else np.nan for k in ("mean_difference", "ci95_low",
+            m, lo, hi = (100 * d[k] if is_number(d.get(k)) else np.nan for k in ("mean_difference", "ci95_low",
                                                                                 "ci95_high"))
             color = "C3" if d["verdict"] == "real" else "0.5"
             ax_d.errorbar(pos, m, yerr=None if np.isnan(lo) else [[m - lo], [hi - m]], fmt=markers[setting],
@@ -290,8 +287,8 @@ def plot_stability(numbers: dict, path: Path, title: str) -> Path:
         shift = 1.0 + 0.04 * (k - (n_b - 1) / 2)      # side by side on the log axis
         x = np.asarray([p["lr"] for p in pts], dtype=float) * shift
         acc = [p["final_val_acc"] for p in pts]
-        mean = np.asarray([100 * a["mean"] if _finite(a["mean"]) else np.nan for a in acc])
-        half = np.asarray([100 * a["half_width"] if _finite(a.get("half_width")) else 0.0 for a in acc])
+        mean = np.asarray([100 * a["mean"] if is_number(a["mean"]) else np.nan for a in acc])
+        half = np.asarray([100 * a["half_width"] if is_number(a.get("half_width")) else 0.0 for a in acc])
         ax_acc.errorbar(x, mean, yerr=half, fmt="-o", ms=4, capsize=3, color=color, label=name)
         bad = [xx for xx, p in zip(x, pts) if p["unstable"]]
         if bad:
@@ -307,8 +304,8 @@ def plot_stability(numbers: dict, path: Path, title: str) -> Path:
             ax_g.errorbar(x, med, yerr=[np.nan_to_num(med - lo), np.nan_to_num(hi - med)], fmt="-o", ms=4, capsize=3,
                           color=color, label=name)
         sp = [p["loss_spike_steps"][rise] for p in pts]
-        ax_sp.errorbar(x, [np.nan if not _finite(s["mean"]) else s["mean"] for s in sp],
-                       yerr=[0.0 if not _finite(s.get("half_width")) else s["half_width"] for s in sp],
+        ax_sp.errorbar(x, [np.nan if not is_number(s["mean"]) else s["mean"] for s in sp],
+                       yerr=[0.0 if not is_number(s.get("half_width")) else s["half_width"] for s in sp],
                        fmt="-o", ms=4, capsize=3, color=color, label=name)
     handles = ax_acc.get_legend_handles_labels()[0]
     if any_unstable:
