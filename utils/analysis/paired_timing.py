@@ -104,6 +104,31 @@ def _spread(v: Sequence[float]) -> dict:
     return {"median": q50, "q25": q25, "q75": q75, "min": float(np.min(v)), "max": float(np.max(v)), "n": len(v)}
 
 
+def _check(candidates: dict, repeats: int, warmup: int) -> None:
+    if not candidates:
+        raise ValueError("nothing to time")
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be >= 1 and warmup >= 0")
+
+
+def _rounds(names: Sequence[str], call: Callable[[str], None], device: torch.device, repeats: int, warmup: int,
+            what: str, batch: int) -> dict:
+    """``call(name)`` for every name in the rotating order of :func:`rotated`, ``warmup`` untimed
+    rounds then ``repeats`` timed ones; the ms per round, and their spread per name as ``what``."""
+    rounds: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(warmup + repeats):
+        for name in rotated(names, r):
+            t0 = time.perf_counter()
+            call(name)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if r >= warmup:
+                rounds[name].append(1000.0 * (time.perf_counter() - t0))
+    return {"rounds_ms": rounds, what: {n: _spread(v) for n, v in rounds.items()},
+            "images_per_s": {n: _spread([1000.0 * batch / t for t in v]) for n, v in rounds.items()},
+            "repeats": repeats, "warmup": warmup, "batch": batch}
+
+
 def time_training_steps(models: "dict[str, nn.Module]", x: Tensor, y: Tensor, *, repeats: int = 7, warmup: int = 2,
                         autocast: Callable[[], ContextManager] = nullcontext, lr: float = 0.01) -> dict:
     """Wall time of one training step of each model, measured side by side in rotating rounds.
@@ -120,36 +145,19 @@ def time_training_steps(models: "dict[str, nn.Module]", x: Tensor, y: Tensor, *,
     Raises:
         ValueError: no models, ``repeats`` < 1 or ``warmup`` < 0.
     """
-    if not models:
-        raise ValueError("models is empty")
-    if repeats < 1 or warmup < 0:
-        raise ValueError("repeats must be >= 1 and warmup >= 0")
-    names = list(models)
-    opts = {n: torch.optim.SGD(models[n].parameters(), lr=lr, momentum=0.9) for n in names}
+    _check(models, repeats, warmup)
+    opts = {n: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9) for n, m in models.items()}
 
-    def step(name: str) -> float:
+    def step(name: str) -> None:
         m, opt = models[name], opts[name]
         m.train()
-        t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with autocast():
             loss = nn.functional.cross_entropy(m(x), y)
         loss.backward()
         opt.step()
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
-        return 1000.0 * (time.perf_counter() - t0)
 
-    rounds: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(warmup + repeats):
-        for name in rotated(names, r):
-            t = step(name)
-            if r >= warmup:
-                rounds[name].append(t)
-    batch = int(x.shape[0])
-    return {"rounds_ms": rounds, "step_ms": {n: _spread(v) for n, v in rounds.items()},
-            "images_per_s": {n: _spread([1000.0 * batch / t for t in v]) for n, v in rounds.items()},
-            "repeats": repeats, "warmup": warmup, "batch": batch}
+    return _rounds(list(models), step, x.device, repeats, warmup, "step_ms", int(x.shape[0]))
 
 
 @torch.inference_mode()
@@ -167,24 +175,9 @@ def time_forward(modules: "dict[str, nn.Module]", x: Tensor, *, repeats: int = 7
     Raises:
         ValueError: no modules, ``repeats`` < 1 or ``warmup`` < 0.
     """
-    if not modules:
-        raise ValueError("modules is empty")
-    if repeats < 1 or warmup < 0:
-        raise ValueError("repeats must be >= 1 and warmup >= 0")
-    names = list(modules)
-    rounds: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(warmup + repeats):
-        for name in rotated(names, r):
-            t0 = time.perf_counter()
-            modules[name](x)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize()
-            if r >= warmup:
-                rounds[name].append(1000.0 * (time.perf_counter() - t0))
-    batch = int(x.shape[0])
-    return {"rounds_ms": rounds, "forward_ms": {n: _spread(v) for n, v in rounds.items()},
-            "images_per_s": {n: _spread([1000.0 * batch / t for t in v]) for n, v in rounds.items()},
-            "repeats": repeats, "warmup": warmup, "batch": batch}
+    _check(modules, repeats, warmup)
+    return _rounds(list(modules), lambda name: modules[name](x), x.device, repeats, warmup, "forward_ms",
+                   int(x.shape[0]))
 
 
 def paired_ratios(rounds_ms: "dict[str, Sequence[float]]", reference: str) -> dict:
