@@ -36,15 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
-
 from models.cnn_models import BasicBlock, ResNet, SimpleCNN
 from models.fc_models import FullyConnectedNet
 from utils import visualization_utils as viz
-from utils.analysis.classification import classification_summary
 from utils.analysis.protocol import Selection, check_disjoint, final_seeds, pilot_seeds, select_bracketed
-from utils.comparison_utils import (by_variant, convergence_of, difference_with_verdict, grad_rms_of, json_safe,
-                                    variant_key, variant_numbers)
+from utils.comparison_utils import by_variant, convergence_of, json_safe
 from utils.engine.cli import apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli, setup_logging
 from utils.engine.data import DatasetSplits
 from utils.engine.executors import Executor, executor_from_args
@@ -55,8 +51,8 @@ from utils.engine.records import RunRecord, write_summary
 from utils.engine.runner import ExperimentRun, run_experiment
 from utils.engine.runtime import resolve_runtime
 from utils.studies.cnn_vs_fc import figures
-from utils.studies.cnn_vs_fc.numbers import (PFLOP_CONVENTION, effective_lr_curve, mean_score, paired_difference,
-                                             per_seed_summary, pilot_table, ratio_over_seeds, training_pflop)
+from utils.studies.cnn_vs_fc.numbers import (calibration_numbers, differences_of, effective_lr_curve, mean_score,
+                                             per_seed_summary, pilot_table, ratio_over_seeds, run_numbers, variants_of)
 from utils.studies.cnn_vs_fc.probes import paired_timing, shuffled_splits, test_calibration, weights_before_norm
 
 log = logging.getLogger("cnn_vs_fc")
@@ -137,7 +133,6 @@ RESNET_REGULARISERS = {"dropout": {"dropout": 0.2}, "weight_decay": {"weight_dec
 MLP_GRIDS = {"dropout": (0.1, 0.2, 0.4), "weight_decay": (1e-4, 5e-4, 2.5e-3), "label_smoothing": (0.05, 0.1, 0.2)}
 VALID_STRENGTH = {"dropout": (0.0, 1.0), "label_smoothing": (0.0, 1.0), "weight_decay": (0.0, math.inf)}
 REGULARISER_ORDER = ("dropout", "weight_decay", "augment", "label_smoothing", "all")
-COMPARED = ("test_acc", "gap", "final_val_acc", "test_loss")
 CALIBRATION_FILE = "calibration.json"
 
 
@@ -203,49 +198,6 @@ def seeded(specs: Sequence[ModelSpec], seeds: Sequence[int]) -> list[ModelSpec]:
 def in_range(regulariser: str, value: float) -> bool:
     lo, hi = VALID_STRENGTH[regulariser]
     return lo < value < hi
-
-
-# ------------------------------------------------------------------------------ per-run numbers
-def run_numbers(r: RunRecord, extra: dict | None = None) -> dict:
-    """Per-run numbers beyond the variant summaries: errors, gap, plateau verdicts, gradient
-    scale per layer, compute."""
-    if not r.completed:
-        return {"status": r.status, "diverged_at": r.diverged_at}
-    rms = grad_rms_of(r)
-    return {**classification_summary(r.labels, r.predictions, r.class_names), "test_acc": r.test_acc,
-            "test_loss": r.test_loss, "final_gap": r.summary.gap, "convergence": convergence_of(r),
-            "training_pflop": training_pflop(r),
-            "grad_rms_median": (np.median(np.asarray(rms["rms"]), axis=0).tolist() if rms["rms"] else None),
-            "grad_layers": rms["names"], **(extra or {})}
-
-
-def variants_of(records: Sequence[RunRecord]) -> dict:
-    out = {}
-    for (g, v), runs in by_variant(records).items():
-        done = [r for r in runs if r.completed]
-        out[variant_key(g, v)] = {**variant_numbers(runs), "training_pflop": (float(np.mean(
-            [training_pflop(r) for r in done])) if done else None), "pflop_convention": PFLOP_CONVENTION}
-    return out
-
-
-def differences_of(records: Sequence[RunRecord], pairs: Sequence[tuple[tuple, tuple]]) -> dict:
-    groups = by_variant(records)
-    return {f"{variant_key(*a)} vs {variant_key(*b)}": difference_with_verdict(groups[a], groups[b], COMPARED)
-            for a, b in pairs if a in groups and b in groups}
-
-
-def calibration_numbers(records: Sequence[RunRecord], cal: dict[str, dict],
-                        pairs: Sequence[tuple[tuple, tuple]]) -> dict:
-    """Test-set ECE and over-confidence per variant over seeds, and paired differences."""
-    groups = by_variant(records)
-    per = {k: {"ece": {r.seed: cal[r.model]["ece"] for r in runs if r.model in cal},
-               "overconfidence": {r.seed: cal[r.model]["overconfidence"] for r in runs if r.model in cal}}
-           for k, runs in groups.items()}
-    return {"variants": {variant_key(*k): {m: per_seed_summary(v) for m, v in p.items()} for k, p in per.items()},
-            "differences": {f"{variant_key(*a)} vs {variant_key(*b)}": {
-                m: paired_difference(per[a][m], per[b][m]) for m in ("ece", "overconfidence")}
-                for a, b in pairs if a in per and b in per},
-            "method": "top-1 confidence, 15 equal-width bins, test set scored as the run's test accuracy (flip TTA)"}
 
 
 # ------------------------------------------------------------------------------------- study

@@ -91,3 +91,24 @@ def fake_record(model: str = "mlp", *, net: str = "mlp", epochs: int = 4, seed: 
         summary=None)  # type: ignore[arg-type]
     record.summary = summarise(record)
     return record
+
+
+def interrupted_at(build, step: int) -> type:
+    """A ``ModelSpec`` build whose net is ``build(cfg)`` but raises ``KeyboardInterrupt`` (Ctrl-C) at
+    its ``step``-th training forward. The count is shared by every net it builds, so the same spec
+    run again resumes and goes through."""
+    calls = {"n": 0}
+
+    class Interrupting(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.net = build(cfg)
+
+        def forward(self, x):
+            if self.training:
+                calls["n"] += 1
+                if calls["n"] == step:
+                    raise KeyboardInterrupt
+            return self.net(x)
+
+    return Interrupting

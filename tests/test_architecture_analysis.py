@@ -23,6 +23,7 @@ from utils.studies.architecture.numbers import DepthDesign
 from utils.studies.architecture.selection import tune_and_run
 from utils.analysis.erf import (effective_receptive_field, erf_growth, erf_vs_flat_box, flat_box, last_map_before_pool,
                        mass_within)
+from utils.engine.invocation import runs_cost
 from utils.engine.model_stats import count_parameters
 from tests.fakes import fake_record
 from utils.analysis.receptive_field import layer_specs_from_module, receptive_field
@@ -320,7 +321,7 @@ def test_every_run_diverged_is_reported_and_nothing_crashes(tmp_path):
     assert d["answers"]["plain_degrades"] == "no complete pair to compare"
     assert d["variants"]["plain/8"]["diverged"] == 2 and d["variants"]["plain/8"]["final_train_acc"]["n"] == 0
     json.dumps(d, allow_nan=False)                 # strict JSON: NaN written as null
-    timing = numbers.timing_summary(records)
+    timing = runs_cost(records)
     assert timing["runs"] == 8 and timing["train_share"] == pytest.approx(0.8)
     assert "no complete pair" in numbers.depth_markdown({**d, "lr_selection": {}})
     kernels = [fake_record(f"k{k}", group="kernel_size", variant=k, status="diverged") for k in ("3x3", "5x5")]

@@ -14,6 +14,7 @@ from torch import nn
 
 from models.cnn_models import SimpleCNN
 from tests.data_files import class_pattern_images
+from tests.fakes import interrupted_at
 from utils.engine.checkpoints import load_checkpoint, save_checkpoint
 from utils.engine.data import ArrayDataset, BatchLoader, DatasetSplits
 from utils.engine.experiment import ExperimentConfig, ModelSpec
@@ -124,21 +125,7 @@ def test_an_interrupted_gpu_run_resumes_from_its_checkpoint(tmp_path):
     """Interrupted in epoch 2 of 2, resumed from the epoch-1 checkpoint: it completes, with the
     first epoch's curve points of the checkpoint kept, and leaves no checkpoint behind."""
     runtime = _runtime("fp32")
-    calls = {"n": 0}
-
-    class Interrupting(nn.Module):
-        def __init__(self, cfg):
-            super().__init__()
-            self.net = _cnn(cfg)
-
-        def forward(self, x):
-            if self.training:
-                calls["n"] += 1
-                if calls["n"] == 7:     # 5 steps per epoch: inside epoch 2
-                    raise KeyboardInterrupt
-            return self.net(x)
-
-    spec = ModelSpec("cnn", Interrupting)
+    spec = ModelSpec("cnn", interrupted_at(_cnn, 7))     # 5 steps per epoch: inside epoch 2
     with pytest.raises(KeyboardInterrupt):
         run_experiment("cuda", [spec], _splits(), CFG, runtime, tmp_path)
     ckpt = tmp_path / "cuda" / "checkpoints" / "cnn.pt"

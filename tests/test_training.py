@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from tests.data_files import class_pattern_images
+from tests.fakes import interrupted_at
 from utils.engine.data import ArrayDataset, DatasetSplits
 from utils.engine.experiment import ExperimentConfig, ModelSpec
 from utils.engine.errors import OutputError
@@ -158,21 +159,7 @@ def test_interrupted_run_resumes_to_the_same_final_metrics(runtime, tmp_path, ca
     cfg = CFG.replace(epochs=3, dropout=0.2)
     reference = run_experiment("ref", [ModelSpec("tiny", _tiny_cnn)], _splits(), cfg, runtime, tmp_path).records[0]
 
-    state = {"calls": 0, "interrupt_at": 17}   # 7 steps per epoch: interrupted inside epoch 3
-
-    class Interrupting(nn.Module):
-        def __init__(self, cfg):
-            super().__init__()
-            self.net = _tiny_cnn(cfg)
-
-        def forward(self, x):
-            if self.training:
-                state["calls"] += 1
-                if state["calls"] == state["interrupt_at"]:
-                    raise KeyboardInterrupt
-            return self.net(x)
-
-    spec = ModelSpec("tiny", Interrupting)
+    spec = ModelSpec("tiny", interrupted_at(_tiny_cnn, 17))   # 7 steps per epoch: inside epoch 3
     with pytest.raises(KeyboardInterrupt):
         run_experiment("ref2", [spec], _splits(), cfg, runtime, tmp_path)
     ckpt = tmp_path / "ref2" / "checkpoints" / "tiny.pt"

@@ -24,6 +24,15 @@ from utils.engine.records import RunRecord
 INVOCATIONS_DIR = "invocations"
 
 
+def runs_cost(records: Sequence[RunRecord]) -> dict:
+    """Training and wall seconds of ``records`` as each run recorded them where it was made, and the
+    share in training steps (budget bookkeeping, never a speed comparison: those come from the
+    paired benchmark)."""
+    train = sum(r.timing.get("train_s") or 0.0 for r in records)
+    total = sum(r.timing.get("total_s") or 0.0 for r in records)
+    return {"runs": len(records), "train_s": train, "total_s": total, "train_share": train / total if total else None}
+
+
 @dataclass
 class ExperimentCost:
     """One experiment of a leg. ``train_s``: training seconds of the runs trained in this call;

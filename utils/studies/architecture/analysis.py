@@ -27,6 +27,7 @@ from utils.comparison_utils import by_variant, json_safe, variant_key
 from utils.engine.data import BatchLoader, DatasetSplits
 from utils.engine.experiment import ExperimentConfig, ModelSpec
 from utils.engine.files import atomic_write_text, write_json
+from utils.engine.invocation import runs_cost
 from utils.engine.model_stats import conv_layer_costs
 from utils.engine.records import RunRecord
 from utils.engine.runtime import Runtime
@@ -199,7 +200,7 @@ def analyse_kernels(run, specs: Sequence[ModelSpec], matching: dict, reference: 
            "variants": numbers.erf_numbers(rows), "per_run": rows}
     analysis = write_analysis(out_dir, {
         "param_matching": {k: v for k, v in matching.items() if k != "variants"}, "divergence": divergence,
-        "timing": numbers.timing_summary(run.records), "over_seeds": numbers.kernel_numbers(run.records, reference),
+        "timing": runs_cost(run.records), "over_seeds": numbers.kernel_numbers(run.records, reference),
         "erf": erf, "variants": table}, numbers.kernel_markdown)
 
     title = data_title(data)
@@ -261,7 +262,7 @@ def analyse_depth(tuned: Sequence[Tuned], controls: Sequence[RunRecord], models:
             feature_stats[key] = numbers.feature_map_summary(per_seed)
     depth = numbers.depth_numbers(finals, design)
     analysis = write_analysis(out_dir, {
-        "divergence": divergence, "timing": numbers.timing_summary(finals),
+        "divergence": divergence, "timing": runs_cost(finals),
         "lr_selection": {t.key: t.as_dict() for t in tuned}, **depth,
         "gradient_flow": numbers.gradient_flow_numbers(finals, main_path, design.depth_of),
         "zero_init_gamma": numbers.gamma_numbers(gamma_runs, gamma_groups),
@@ -325,7 +326,7 @@ def analyse_nobn(tuned: Sequence[Tuned], reference: Sequence[RunRecord], pairs: 
     analysis = write_analysis(out_dir, {
         "divergence": divergence, "lr_selection": {t.key: t.as_dict() for t in tuned}, **ctrl,
         "gradient_flow": numbers.gradient_flow_numbers(runs, main_path),
-        "timing": {"pilots": numbers.timing_summary(pilots), "finals": numbers.timing_summary(finals)}},
+        "timing": {"pilots": runs_cost(pilots), "finals": runs_cost(finals)}},
         numbers.nobn_markdown)
     title = data_title(data)
     depth_figures.plot_lr_pilots(analysis["lr_selection"], labels, plots / f"{prefix}pilots.png",

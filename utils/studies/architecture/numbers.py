@@ -39,14 +39,6 @@ def divergence_report(records: Sequence[RunRecord]) -> dict:
             "all_diverged": bool(records) and len(diverged) == len(records)}
 
 
-def timing_summary(records: Sequence[RunRecord]) -> dict:
-    """Wall time of runs and the share spent in training steps (budget bookkeeping, never a speed
-    comparison: those come from the paired benchmark)."""
-    train = sum(r.timing.get("train_s") or 0.0 for r in records)
-    total = sum(r.timing.get("total_s") or 0.0 for r in records)
-    return {"runs": len(records), "train_s": train, "total_s": total, "train_share": train / total if total else None}
-
-
 def first_seed(records: Sequence[RunRecord]) -> list[RunRecord]:
     """One run per variant: the lowest seed of each (group, variant), in first-seen order."""
     best: dict[Key, RunRecord] = {}

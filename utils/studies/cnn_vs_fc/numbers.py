@@ -1,6 +1,7 @@
 """Task 1's numbers from run records (pure functions): training compute, the shared-lr choice,
-the effective learning rate of BatchNorm-ed layers, and comparisons of per-run measurements that
-are not record fields (calibration)."""
+the effective learning rate of BatchNorm-ed layers, comparisons of per-run measurements that are
+not record fields (calibration), and the per-run / per-variant / difference tables of the
+experiments' ``analysis.json``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import numpy as np
 
 from utils.analysis.compute import FLOP_CONVENTION, training_flop
 from utils.analysis.statistics import difference, seed_summary
-from utils.comparison_utils import verdict
+from utils.analysis.classification import classification_summary
+from utils.comparison_utils import (by_variant, convergence_of, difference_with_verdict, grad_rms_of, variant_key,
+                                    variant_numbers, verdict)
 from utils.engine.experiment import ExperimentConfig
 from utils.engine.records import RunRecord
 from utils.training_utils import lr_factor
@@ -95,3 +98,50 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> dict:
     seeds = sorted(set(a) & set(b))
     d = difference([a[s] for s in seeds], [b[s] for s in seeds], paired=True)
     return {**d.as_dict(), "n_pairs_dropped": len(set(a) ^ set(b)), "verdict": verdict(d)}
+
+
+# ------------------------------------------------------------------------- runs and variants
+#: the metrics every task-1 difference between variants is read on
+COMPARED = ("test_acc", "gap", "final_val_acc", "test_loss")
+
+
+def run_numbers(r: RunRecord, extra: dict | None = None) -> dict:
+    """Per-run numbers beyond the variant summaries: errors, gap, plateau verdicts, gradient
+    scale per layer, compute."""
+    if not r.completed:
+        return {"status": r.status, "diverged_at": r.diverged_at}
+    rms = grad_rms_of(r)
+    return {**classification_summary(r.labels, r.predictions, r.class_names), "test_acc": r.test_acc,
+            "test_loss": r.test_loss, "final_gap": r.summary.gap, "convergence": convergence_of(r),
+            "training_pflop": training_pflop(r),
+            "grad_rms_median": (np.median(np.asarray(rms["rms"]), axis=0).tolist() if rms["rms"] else None),
+            "grad_layers": rms["names"], **(extra or {})}
+
+
+def variants_of(records: Sequence[RunRecord]) -> dict:
+    out = {}
+    for (g, v), runs in by_variant(records).items():
+        done = [r for r in runs if r.completed]
+        out[variant_key(g, v)] = {**variant_numbers(runs), "training_pflop": (float(np.mean(
+            [training_pflop(r) for r in done])) if done else None), "pflop_convention": PFLOP_CONVENTION}
+    return out
+
+
+def differences_of(records: Sequence[RunRecord], pairs: Sequence[tuple[tuple, tuple]]) -> dict:
+    groups = by_variant(records)
+    return {f"{variant_key(*a)} vs {variant_key(*b)}": difference_with_verdict(groups[a], groups[b], COMPARED)
+            for a, b in pairs if a in groups and b in groups}
+
+
+def calibration_numbers(records: Sequence[RunRecord], cal: dict[str, dict],
+                        pairs: Sequence[tuple[tuple, tuple]]) -> dict:
+    """Test-set ECE and over-confidence per variant over seeds, and paired differences."""
+    groups = by_variant(records)
+    per = {k: {"ece": {r.seed: cal[r.model]["ece"] for r in runs if r.model in cal},
+               "overconfidence": {r.seed: cal[r.model]["overconfidence"] for r in runs if r.model in cal}}
+           for k, runs in groups.items()}
+    return {"variants": {variant_key(*k): {m: per_seed_summary(v) for m, v in p.items()} for k, p in per.items()},
+            "differences": {f"{variant_key(*a)} vs {variant_key(*b)}": {
+                m: paired_difference(per[a][m], per[b][m]) for m in ("ece", "overconfidence")}
+                for a, b in pairs if a in per and b in per},
+            "method": "top-1 confidence, 15 equal-width bins, test set scored as the run's test accuracy (flip TTA)"}
