@@ -17,7 +17,8 @@ import homework_cnn_vs_fc_comparison as task1
 import homework_custom_layers_experiments as task3
 from tests.data_files import write_fake_cifar_folder, write_fake_mnist
 from utils.engine.cli import UsageError, build_parser, load_data, prepare_output_dirs, run_cli
-from utils.engine.runtime import threads_from_env
+from utils.engine import runtime as runtime_module
+from utils.engine.runtime import has_native_bf16, resolve_runtime, threads_from_env
 
 SCRIPTS = {"task1": task1, "task2": task2, "task3": task3}
 
@@ -88,6 +89,26 @@ def test_every_script_validates_the_environment(script, tmp_path, capsys, monkey
     monkeypatch.setenv("HOMEWORK_THREADS", "two")
     code = run_cli(SCRIPTS[script].main, ["--results-dir", str(tmp_path / "r"), "--profile", "quick"])
     assert code == 2 and "HOMEWORK_THREADS" in _single_error_line(capsys)
+
+
+@pytest.mark.parametrize("flags, native", [({"avx2", "fma"}, False), ({"avx512f", "avx512_vnni"}, False),
+                                          ({"avx512f", "avx512_bf16"}, True), ({"amx_tile", "amx_bf16"}, True)])
+def test_native_bf16_needs_the_instructions_not_only_avx512(flags, native):
+    assert has_native_bf16(flags) is native
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_takes_bf16_only_where_the_cpu_has_it_natively(native, monkeypatch):
+    # oneDNN emulates bf16 on any AVX-512 CPU; auto must not pick the slower emulation.
+    monkeypatch.setattr(runtime_module, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(runtime_module, "has_native_bf16", lambda flags=None: native)
+    threads = torch.get_num_threads()
+    try:
+        assert resolve_runtime("cpu", "auto").precision == ("bf16" if native else "fp32")
+        assert resolve_runtime("cpu", "bf16").precision == "bf16"      # asked for: emulation is allowed
+        assert resolve_runtime("cpu", "fp32").precision == "fp32"
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_thread_count_from_env(monkeypatch):

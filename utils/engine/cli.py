@@ -113,7 +113,8 @@ def build_parser(description: str, experiments: Sequence[str], default_plots: st
                    help=f"seed for data subsets and order, initialisation and augmentation (0 .. {MAX_SEED})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto = bf16 autocast + channels_last where the hardware supports bf16")
+                   help="auto = bf16 autocast where the hardware has bf16 instructions (GPU, AVX512_BF16, AMX), "
+                        "else fp32; bf16 also runs oneDNN's slower emulation on other AVX-512 CPUs")
     p.add_argument("--train-subset", type=positive_int, default=None, help="stratified training subset size")
     p.add_argument("--test-subset", type=positive_int, default=None, help="stratified test subset size")
     p.add_argument("--val-size", type=positive_int, default=None,
