@@ -75,6 +75,8 @@ class Profile:
     mlp_seeds: int
     resnet_single_regularisers: bool   # dropout / weight decay / label smoothing alone on the ResNet
     eval_points: int = 40        # >= 40: the v3 plateau verdict reads >= 8 points in the last 20 %
+    pilot_eval_points: int = 8   # a pilot reports its final validation accuracy (on all validation images)
+    train_eval_samples: int | None = None   # caps the configs' clean-train curve images (None: theirs)
     timing_batch: int = 256
     timing_repeats: int = 7
     train_subset: int | None = None
@@ -103,11 +105,15 @@ class Profile:
 # full (~13 h): 30-epoch CIFAR at 5 seeds with each regulariser alone on the ResNet, 8-epoch
 #   pilots, a 12-epoch shuffle control, a 60-epoch MLP ablation with 2 pilot seeds per grid point.
 # quick: every experiment on small subsets, 1-2 epochs, 2 seeds (a smoke test, not a result).
+#   3 evaluation points (2 for pilots) on 200 clean training images: at 10 points and 2,000 images
+#   evaluation took ~85 % of the profile; measured on a 2-core AVX-512 Xeon without bf16 (fp32),
+#   6.2 min before the cut, 2.4 min after (CIFAR JPEGs already decoded; decoding once adds ~35 s).
 PROFILES = {
     "quick": Profile(mnist_epochs=1, mnist_seeds=2, cifar_epochs=1, cifar_seeds=2, pilot_epochs=1, pilot_seeds=1,
                      shuffled_epochs=1, shuffled_seeds=2, mlp_epochs=2, mlp_pilot_epochs=1, mlp_pilot_seeds=1,
-                     mlp_seeds=2, resnet_single_regularisers=False, eval_points=10, timing_batch=16,
-                     timing_repeats=5, train_subset=1000, test_subset=500, val_size=500),
+                     mlp_seeds=2, resnet_single_regularisers=False, eval_points=3, pilot_eval_points=2,
+                     train_eval_samples=200, timing_batch=16, timing_repeats=3, train_subset=1000, test_subset=500,
+                     val_size=500),
     "standard": Profile(mnist_epochs=4, mnist_seeds=3, cifar_epochs=16, cifar_seeds=3, pilot_epochs=3, pilot_seeds=1,
                         shuffled_epochs=3, shuffled_seeds=3, mlp_epochs=20, mlp_pilot_epochs=8, mlp_pilot_seeds=1,
                         mlp_seeds=5, resnet_single_regularisers=False),
@@ -124,7 +130,6 @@ MNIST_CONFIG = ExperimentConfig(batch_size=128, lr=0.05, train_eval_samples=2000
 CIFAR_CONFIG = ExperimentConfig(batch_size=256, lr=0.4, warmup_fraction=0.15, flip_tta=True, train_eval_samples=2000,
                                 val_eval_samples=2000, eval_batch_size=256)
 LR_GRID = (0.2, 0.4, 0.8)
-PILOT_EVAL_POINTS = 8    # a pilot reports its final validation accuracy (on all validation images)
 # The ResNet's regularisers at standard strengths (weight decay 5e-4 and label smoothing 0.1 as in
 # the usual CIFAR ResNet recipes; dropout before the classifier; crop + flip augmentation).
 RESNET_REGULARISERS = {"dropout": {"dropout": 0.2}, "weight_decay": {"weight_decay": 5e-4},
@@ -230,8 +235,11 @@ class Study:
         return d.image_shape[0], d.image_shape[1], d.num_classes
 
     def config(self, base: ExperimentConfig, epochs: int, **changes) -> ExperimentConfig:
-        cfg = apply_cli_overrides(base.replace(epochs=epochs, eval_points=self.profile.eval_points), self.args)
-        return cfg.replace(**changes)
+        p = self.profile
+        cfg = apply_cli_overrides(base.replace(epochs=epochs, eval_points=p.eval_points), self.args).replace(**changes)
+        if p.train_eval_samples is not None:
+            cfg = cfg.replace(train_eval_samples=min(cfg.train_eval_samples, p.train_eval_samples))
+        return cfg
 
     def run(self, experiment: str, specs: Sequence[ModelSpec], data: DatasetSplits, cfg: ExperimentConfig,
             title: str, keep_models: bool = False) -> ExperimentRun:
@@ -335,7 +343,7 @@ def pilot_specs(in_ch: int, size: int, classes: int, lrs: Sequence[float], seeds
 def select_lr(study: Study) -> float:
     """The shared lr: the bracketing grid over the three models' mean final validation accuracy."""
     data, p = study.dataset("cifar10"), study.profile
-    cfg = study.config(CIFAR_CONFIG, p.pilot_epochs, eval_points=PILOT_EVAL_POINTS, val_eval_samples=None)
+    cfg = study.config(CIFAR_CONFIG, p.pilot_epochs, eval_points=p.pilot_eval_points, val_eval_samples=None)
     seeds = pilot_seeds(p.pilot_seeds)
     points: list[float] = []
     records: list[RunRecord] = []
@@ -448,7 +456,7 @@ def select_strengths(study: Study, fc: Callable, data: DatasetSplits, lr: float)
     accuracy. A grid point outside the regulariser's valid range (dropout or label smoothing >= 1)
     is not run and scores None (never the winner)."""
     p = study.profile
-    cfg = study.config(CIFAR_CONFIG, p.mlp_pilot_epochs, lr=lr, eval_points=PILOT_EVAL_POINTS, val_eval_samples=None)
+    cfg = study.config(CIFAR_CONFIG, p.mlp_pilot_epochs, lr=lr, eval_points=p.pilot_eval_points, val_eval_samples=None)
     seeds = pilot_seeds(p.mlp_pilot_seeds)
     done: dict[str, list[float]] = {reg: [] for reg in MLP_GRIDS}
     records: list[RunRecord] = []
