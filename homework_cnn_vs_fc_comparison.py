@@ -76,7 +76,7 @@ class Profile:
     resnet_single_regularisers: bool   # dropout / weight decay / label smoothing alone on the ResNet
     eval_points: int = 40        # >= 40: the v3 plateau verdict reads >= 8 points in the last 20 %
     pilot_eval_points: int = 8   # a pilot reports its final validation accuracy (on all validation images)
-    train_eval_samples: int | None = None   # caps the configs' clean-train curve images (None: theirs)
+    train_eval_samples: int | None = None   # clean-train curve images of every run (None: each config's)
     timing_batch: int = 256
     timing_repeats: int = 7
     train_subset: int | None = None
@@ -105,7 +105,8 @@ class Profile:
 # full (~13 h): 30-epoch CIFAR at 5 seeds with each regulariser alone on the ResNet, 8-epoch
 #   pilots, a 12-epoch shuffle control, a 60-epoch MLP ablation with 2 pilot seeds per grid point.
 # quick: every experiment on small subsets, 1-2 epochs, 2 seeds (a smoke test, not a result).
-#   3 evaluation points (2 for pilots) on 200 clean training images: at 10 points and 2,000 images
+#   3 evaluation points (2 for pilots) on 200 clean training images and 3 timing rounds (a smoke
+#   test of the paired benchmark, not a speed result): at 10 points and 2,000 images
 #   evaluation took ~85 % of the profile; measured on a 2-core AVX-512 Xeon without bf16 (fp32),
 #   6.2 min before the cut, 2.4 min after (CIFAR JPEGs already decoded; decoding once adds ~35 s).
 PROFILES = {
@@ -238,7 +239,7 @@ class Study:
         p = self.profile
         cfg = apply_cli_overrides(base.replace(epochs=epochs, eval_points=p.eval_points), self.args).replace(**changes)
         if p.train_eval_samples is not None:
-            cfg = cfg.replace(train_eval_samples=min(cfg.train_eval_samples, p.train_eval_samples))
+            cfg = cfg.replace(train_eval_samples=p.train_eval_samples)
         return cfg
 
     def run(self, experiment: str, specs: Sequence[ModelSpec], data: DatasetSplits, cfg: ExperimentConfig,

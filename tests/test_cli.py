@@ -101,7 +101,7 @@ def test_native_bf16_needs_the_instructions_not_only_avx512(flags, native):
 def test_auto_precision_takes_bf16_only_where_the_cpu_has_it_natively(native, monkeypatch):
     # oneDNN emulates bf16 on any AVX-512 CPU; auto must not pick the slower emulation.
     monkeypatch.setattr(runtime_module, "cpu_supports_bf16", lambda: True)
-    monkeypatch.setattr(runtime_module, "has_native_bf16", lambda flags=None: native)
+    monkeypatch.setattr(runtime_module, "cpu_capabilities", lambda: {"bf16_native": native})
     threads = torch.get_num_threads()
     try:
         assert resolve_runtime("cpu", "auto").precision == ("bf16" if native else "fp32")

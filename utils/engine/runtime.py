@@ -54,15 +54,15 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def has_native_bf16(flags: "set[str] | None" = None) -> bool:
-    """The CPU has bf16 instructions (AVX512_BF16 or AMX-BF16), not only oneDNN's emulation.
+def has_native_bf16(flags: "set[str]") -> bool:
+    """``/proc/cpuinfo`` ``flags`` name bf16 instructions (AVX512_BF16 or AMX-BF16), not only the
+    AVX-512 that oneDNN's emulation needs.
 
     oneDNN also accepts bf16 on AVX-512 CPUs without them (an Ice Lake Xeon, say), where it converts
-    in software: measured on such a 2-core Xeon, a ResNet-20 training step (batch 128) took 560 ms
-    under bf16 autocast and 340 ms in fp32. So ``auto`` precision asks for the instructions.
+    in software: measured on such a 2-core Xeon with :func:`utils.analysis.paired_timing.time_training_steps`,
+    a ResNet-20 training step (batch 128) took 560 ms under bf16 autocast and 340 ms in fp32. So
+    ``auto`` precision asks for the instructions.
     """
-    if flags is None:
-        flags = {f for f, present in cpu_capabilities()["flags"].items() if present}
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
@@ -119,7 +119,7 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", threads: int 
     bf16_ok = torch.cuda.is_bf16_supported() if dev.type == "cuda" else cpu_supports_bf16()
     if precision == "bf16" and not bf16_ok:
         raise RuntimeUnavailable(f"--precision bf16 was requested but {dev.type} has no bf16 support")
-    bf16_fast = bf16_ok and (dev.type == "cuda" or has_native_bf16())
+    bf16_fast = bf16_ok and (dev.type == "cuda" or cpu_capabilities()["bf16_native"])
     prec = "bf16" if precision == "bf16" or (precision == "auto" and bf16_fast) else "fp32"
     # channels_last (NHWC) lets oneDNN / cuDNN pick their fastest conv kernels (measured on the
     # 2-core AVX2 CPU: results/benchmarks/levers.json, variant "nchw").
