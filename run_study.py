@@ -3,12 +3,15 @@
     python run_study.py --data-dir ./data            # standard profile (the committed results)
     python run_study.py --profile quick              # every step end to end on small subsets
     python run_study.py --force                      # retrain everything, even finished models
+    python run_study.py --tasks 2                    # only task 2's script (one task per session)
 
 Each script runs in its own process (its own log, its own exit code). The wall time of every
 script and of the whole study is written to ``results/study_run.json`` (with the machine it ran on
 and whether finished models were skipped), the training compute of its runs to
 ``results/study_compute.json`` (``utils/report/compute.py``), then README.md and docs/*.md are re-rendered from ``results/``.
 A failing script stops the study with its exit code; the timings so far are still written.
+A study longer than a session is run a task at a time (``--tasks``): the scripts resume, but a
+comparison must train on one machine, and the machine may differ between sessions.
 The study holds the results folder's lock (``utils/engine/lock.py``) from start to end, and its
 scripts write under it; a second study or script on the same folder stops at once (exit 2).
 Ctrl-C or SIGTERM stops it too: the script in progress saves its finished models and exits, the
@@ -42,6 +45,7 @@ from utils.engine.runtime import resolve_runtime, threads_from_env
 ROOT = Path(__file__).resolve().parent
 SCRIPTS = ("homework_cnn_vs_fc_comparison.py", "homework_cnn_architecture_analysis.py",
            "homework_custom_layers_experiments.py")
+TASKS = dict(enumerate(SCRIPTS, start=1))     # the assignment's task number -> its script
 SIGINT_GRACE_S = 10     # a script that did not get the Ctrl-C itself (sent to run_study alone) gets it then
 STOP_TIMEOUT_S = 120    # an interrupted script still running after this is killed
 
@@ -98,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", default=None,
                    help="passed to every script (default: results, or results/<profile> for quick/full)")
     p.add_argument("--force", action="store_true", help="retrain models whose finished results exist")
+    p.add_argument("--tasks", nargs="+", type=int, choices=sorted(TASKS), default=sorted(TASKS), metavar="N",
+                   help="run only these tasks' scripts, in task order (default: 1 2 3); a study that spans "
+                        "sessions runs whole tasks per session, so every comparison trains on one machine")
     p.add_argument("--no-readme", action="store_true", help="do not re-render README.md and docs/*.md at the end")
     args = p.parse_args(argv)
 
@@ -113,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         common += ["--data-dir", args.data_dir]
     if args.force:
         common.append("--force")
-    record = {"profile": args.profile, "force": args.force, "started": dt.datetime.now().isoformat(timespec="seconds"),
+    record = {"profile": args.profile, "force": args.force, "tasks": sorted(set(args.tasks)), "started": dt.datetime.now().isoformat(timespec="seconds"),
               "git_commit": git_commit(), "runtime": runtime.describe(), "cpu_count": os.cpu_count(),
               "torch_threads": torch.get_num_threads(), "scripts": [], "total_wall_s": None, "status": "running"}
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_study(args: argparse.Namespace, common: list[str], record: dict, results: Path,
                env: dict[str, str]) -> int:
-    code, interrupted = _run_scripts(common, record, args.profile, results, env)
+    code, interrupted = _run_scripts([TASKS[t] for t in record["tasks"]], common, record, args.profile, results, env)
     try:
         write_json(results / "study_run.json", {**record, "earlier_runs": _earlier_runs(results / "study_run.json")})
         write_study_compute(results)
@@ -168,14 +175,14 @@ def script_cost(results: Path, script: str, started: str) -> dict:
             "cpu_flags": [leg["runtime"]["cpu_capabilities"]["flags"] for leg in legs[-1:]]}
 
 
-def _run_scripts(common: list[str], record: dict, profile: str, results: Path,
+def _run_scripts(scripts: list[str], common: list[str], record: dict, profile: str, results: Path,
                  env: dict[str, str]) -> tuple[int, bool]:
-    """Run the scripts in turn (in environment ``env``), filling ``record``; ``(last exit code, whether
+    """Run ``scripts`` in turn (in environment ``env``), filling ``record``; ``(last exit code, whether
     interrupted)``."""
     t_start = time.perf_counter()
     code, interrupted = 0, False
     try:
-        for script in SCRIPTS:
+        for script in scripts:
             t0 = time.perf_counter()
             print(f"== {script} ({profile})", flush=True)
             code, interrupted = run_script(ROOT / script, common, env)

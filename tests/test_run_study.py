@@ -130,3 +130,22 @@ def test_interrupt_between_scripts_is_recorded(tmp_path, monkeypatch, capsys):
     assert record["status"] == "interrupted" and [s["script"] for s in record["scripts"]] == [calls[0]]
     assert "Traceback" not in capsys.readouterr().err
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers   # restored
+
+
+def test_tasks_runs_only_the_chosen_scripts_in_task_order(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(run_study, "run_script", lambda path, args, env=None: (calls.append(path.name), (0, False))[1])
+    assert run_cli(run_study.main, ["--results-dir", str(tmp_path / "r"), "--no-readme", "--tasks", "3", "1"]) == 0
+    assert calls == [run_study.SCRIPTS[0], run_study.SCRIPTS[2]]
+    record = json.loads((tmp_path / "r" / "study_run.json").read_text())
+    assert record["tasks"] == [1, 3] and [s["script"] for s in record["scripts"]] == calls
+    assert record["status"] == "completed"
+
+
+@pytest.mark.parametrize("argv", [["--tasks", "4"], ["--tasks"], ["--tasks", "two"]])
+def test_unknown_tasks_are_refused_before_anything_runs(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(run_study, "run_script", lambda *a, **k: pytest.fail("a script ran"))
+    with pytest.raises(SystemExit) as exc:
+        run_cli(run_study.main, ["--results-dir", str(tmp_path / "r"), *argv])
+    assert exc.value.code == 2 and "--tasks" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
