@@ -94,7 +94,9 @@ class Profile:
     erf_canvases: int             # canvases (each tiles x tiles test images) averaged for the ERF
     erf_tiles: int
     feature_images: int           # test images of the feature-map statistics, per seed
-    eval_points: int = 40         # evaluations per run: >= 8 in the last 20 % for the plateau verdict
+    eval_points: int = 12         # evenly spaced evaluations of a final run (its curves) ...
+    plateau_points: int = 10      # ... and those of the plateau verdict's window (last 20 %; >= 8)
+    pilot_eval_points: int = 4    # a pilot is read at its end only, on every validation image
     curve_val_samples: int | None = 2000   # validation images of the depth/no-BN curves (None: all)
     train_eval_samples: int = ARCH_TRAIN_EVAL_SAMPLES   # fixed training images of the clean-train curves
 
@@ -107,23 +109,27 @@ PROFILES = {
     "quick": Profile(train_subset=1000, test_subset=300, val_size=300, kernel_width=16, kernel_epochs=1,
                      kernel_seeds=2, depth_epochs=1, depths=(8, 20), depth_seeds=2, lr_grid=(0.05, 0.1),
                      nobn_lr_grid=(0.01, 0.03), grid_extensions=1, erf_canvases=8, erf_tiles=3,
-                     feature_images=64, eval_points=3, curve_val_samples=None, train_eval_samples=200),
+                     feature_images=64, eval_points=3, plateau_points=0, pilot_eval_points=2, curve_val_samples=None,
+                     train_eval_samples=200),
     # Cost, from the committed bf16 runs (results/architecture_analysis/**: timing.train_s of 780
     # steps at batch 128 on the 2-core AVX-512-bf16 EPYC): seconds per step plain-3/5/8 0.020/0.017/
     # 0.030, ResNet-8 0.034, plain-20 / ResNet-20 0.076 / 0.079, plain-44 / ResNet-44 0.162 / 0.167,
     # no-BN 20-layer nets ~0.065; kernel nets 0.023 (3x3) / 0.029 (5x5, 7x7) / ~0.04 (1x1+3x3).
-    # Evaluation: 40 points x (2000 val + 1000 train images) + the 10k test set once ~ +28 % on a
-    # 936-step run (measured: 12 points x 3000 images cost 12 % of 780 steps); the kernel study's
-    # 40 x (5000 + 1000) ~ +65 %.
+    # Evaluation (measured: 12 points x 3000 images cost 12 % of 780 steps): 40 evenly spaced points
+    # x (2000 val + 1000 train) + the 10k test set once would add ~28 % to a 936-step run; a final
+    # run's 19 points (12 evenly spaced, 10 in the plateau window) add ~14 %, a pilot's 4 points on
+    # all 5,000 validation images ~7 %; the kernel study's 19 x (5000 + 1000) ~31 %.
     #   depth   12 epochs = 936 steps (10 epochs left plain-44 climbing +5.5 pp): the 8 nets of one
-    #           seed 0.583 s/step x 936 x 1.28 = 700 s; 3 pilot lrs + ~4 extensions (~340 s)
-    #           + 3 final seeds = 6 x 700 + 340 = 4540 s; zero-init ResNet-20 3 x 94 s = 280 s
-    #   no-BN   4 nets x (3 pilots + ~1.25 extensions + 3 finals) x 936 steps x 0.07 x 1.28 ~ 2450 s
+    #           seed 0.583 s/step x 936 = 546 s of training; 3 pilot lrs + ~4 extensions (~310 s)
+    #           at x1.07 = 2040 s, 3 final seeds at x1.14 = 1870 s; zero-init ResNet-20 3 x 85 s
+    #   no-BN   4 nets x 936 steps x 0.07 s: (3 pilots + ~1.25 extensions) x 1.07 + 3 finals x 1.14
+    #           ~ 2110 s
     #   kernel  5 seeds (cheap and close: protocol.seeds_needed) x 4 nets x 780 steps x 0.122/4 s
-    #           x 1.65 ~ 790 s
+    #           x 1.31 ~ 630 s
     #   ERF on 64 canvases (init + trained, 20 nets), feature maps on 256 images x 27 nets, init
     #   study, figures ~ 5 min
-    # => ~8360 s ~ 139 min on bf16 (within 150). On the AVX2-only fp32 CPU it is 2.5-3x that.
+    # => ~7200 s ~ 120 min on bf16 (within 150; 40 evenly spaced points everywhere: ~139). On the
+    # AVX2-only fp32 CPU it is 2.5-3x that.
     "standard": Profile(train_subset=10_000, test_subset=None, val_size=5000, kernel_width=32, kernel_epochs=10,
                         kernel_seeds=5, depth_epochs=12, depths=(8, 20, 44), depth_seeds=3,
                         lr_grid=(0.05, 0.1, 0.2), nobn_lr_grid=(0.003, 0.01, 0.03), grid_extensions=3,
@@ -309,6 +315,12 @@ class Context:
         return train
 
 
+def pilot_config(cfg: ExperimentConfig, profile: Profile) -> ExperimentConfig:
+    """A selection run's config: only its final validation accuracy chooses (``val_score``), so a
+    few evenly spaced points, no plateau window, and every validation image."""
+    return cfg.replace(eval_points=profile.pilot_eval_points, plateau_points=0, val_eval_samples=None)
+
+
 @dataclass
 class DepthRuns:
     tuned: list[Tuned]
@@ -328,7 +340,7 @@ def run_depth(ctx: Context, cfg: ExperimentConfig, profile: Profile, keep_models
     specs = depth_base_specs(profile.depths, in_ch, classes)
     models: dict[str, nn.Module] = {}
     tuned = tune_and_run(specs, profile.lr_grid, profile.depth_seeds,
-                         ctx.trainer("depth_pilots", cfg, f"Depth: lr pilots ({title})", False),
+                         ctx.trainer("depth_pilots", pilot_config(cfg, profile), f"Depth: lr pilots ({title})", False),
                          ctx.trainer("depth", cfg, f"Depth: plain vs residual ({title})", keep_models, models),
                          profile.grid_extensions)
     zero_depth = profile.depths[len(profile.depths) // 2]
@@ -358,7 +370,8 @@ def run_nobn(ctx: Context, cfg: ExperimentConfig, profile: Profile) -> dict:
     for init, spec in nobn_base_specs(in_ch, classes):
         part = cfg.replace(init=init)
         tuned += tune_and_run([spec], profile.nobn_lr_grid, profile.depth_seeds,
-                              ctx.trainer("depth_nobn_pilots", part, f"No-BN lr pilots ({title})", False),
+                              ctx.trainer("depth_nobn_pilots", pilot_config(part, profile), f"No-BN lr pilots ({title})",
+                                          False),
                               ctx.trainer("depth_nobn", part, f"Without normalisation ({title})", False),
                               profile.grid_extensions)
     finals = [r for t in tuned for r in t.finals]
@@ -472,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("profile %s, dataset %s, runtime %s", args.profile, args.dataset, runtime.describe())
     calls = InvocationLog(dirs.results, Path(__file__).stem, args.profile, runtime.describe(), args.only)
     data = load_data(args, dirs, args.dataset, profile.train_subset, profile.test_subset, profile.val_size)
-    cfg = apply_cli_overrides(ARCH_CONFIG.replace(eval_points=profile.eval_points,
+    cfg = apply_cli_overrides(ARCH_CONFIG.replace(eval_points=profile.eval_points, plateau_points=profile.plateau_points,
                                                   train_eval_samples=profile.train_eval_samples), args)
     kernel_cfg = cfg.replace(epochs=args.epochs or profile.kernel_epochs, val_eval_samples=None)
     depth_cfg = cfg.replace(epochs=args.epochs or profile.depth_epochs, val_eval_samples=profile.curve_val_samples)

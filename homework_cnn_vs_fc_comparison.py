@@ -74,8 +74,9 @@ class Profile:
     mlp_pilot_seeds: int
     mlp_seeds: int
     resnet_single_regularisers: bool   # dropout / weight decay / label smoothing alone on the ResNet
-    eval_points: int = 40        # >= 40: the v3 plateau verdict reads >= 8 points in the last 20 %
-    pilot_eval_points: int = 8   # a pilot reports its final validation accuracy (on all validation images)
+    eval_points: int = 12        # evenly spaced evaluations of a final run (its curves) ...
+    plateau_points: int = 10     # ... and those of the plateau verdict's window (last 20 %; >= 8)
+    pilot_eval_points: int = 4   # a pilot reports its final validation accuracy (on all validation images)
     train_eval_samples: int | None = None   # clean-train curve images of every run (None: each config's)
     timing_batch: int = 256
     timing_repeats: int = 7
@@ -89,15 +90,17 @@ class Profile:
 # (31-44 s across runs), the MLP at ~2.3 s; one evaluation point (2,000 validation images with
 # flip TTA + 2,000 clean train images, batch 256) costs ~1.2 s for the ResNet, ~0.1 s for the MLP
 # (the committed runs' evaluation share, batch 1000, scaled by the batch-256 speed-up measured in
-# ExperimentConfig.eval_batch_size's note). So a 16-epoch ResNet run with 40 points is ~10.3 min,
-# a 3-epoch pilot (8 points on all 5,000 validation images) ~2.2 min, a 20-epoch MLP run ~55 s.
-# standard (~152 min; epoch times alone vary +-15 %):
-#   mnist         3 seeds x 3 models x 4 epochs                                    ~4 min
-#   cifar_lr      3 grid points x 3 models x 3 epochs, 1 pilot seed               ~14 min
-#                 (+4.6 min per point a bracketing extension adds)
-#   cifar         (none, all four, augmentation) ResNet x 3 seeds + MLP x 3, 16 ep ~94 min
-#   shuffled      3 seeds x (ResNet, MLP on shuffled pixels, MLP on originals), 3 ep ~10 min
-#   mlp_ablation  9 strength pilots x 8 epochs + 6 variants x 5 seeds x 20 epochs ~29 min
+# ExperimentConfig.eval_batch_size's note). A final run is evaluated at 19 points (12 evenly
+# spaced, 10 in the plateau window, 3 of them shared; 40 evenly spaced ones cost 25 s more per
+# ResNet run for the same 8+ window points), a pilot at 4 on all 5,000 validation images (~2.9 s
+# each). So a 16-epoch ResNet run is ~9.9 min, a 3-epoch pilot ~2.0 min, a 20-epoch MLP run ~50 s.
+# standard (~146 min; epoch times alone vary +-15 %):
+#   mnist         3 seeds x 3 models x 4 epochs                                  ~3.5 min
+#   cifar_lr      3 grid points x 3 models x 3 epochs, 1 pilot seed               ~13 min
+#                 (+4.2 min per point a bracketing extension adds)
+#   cifar         (none, all four, augmentation) ResNet x 3 seeds + MLP x 3, 16 ep ~90 min
+#   shuffled      3 seeds x (ResNet, MLP on shuffled pixels, MLP on originals), 3 ep ~9 min
+#   mlp_ablation  9 strength pilots x 8 epochs + 6 variants x 5 seeds x 20 epochs ~28 min
 #   paired timing, calibration passes                                              ~1 min
 # The compute goes where conclusions are close: 5 seeds for the MLP ablation (effects of ~1 pp),
 # 3 where a difference is tens of pp (CNN vs MLP, shuffled vs not); the ResNet's other regularisers
@@ -112,7 +115,7 @@ class Profile:
 PROFILES = {
     "quick": Profile(mnist_epochs=1, mnist_seeds=2, cifar_epochs=1, cifar_seeds=2, pilot_epochs=1, pilot_seeds=1,
                      shuffled_epochs=1, shuffled_seeds=2, mlp_epochs=2, mlp_pilot_epochs=1, mlp_pilot_seeds=1,
-                     mlp_seeds=2, resnet_single_regularisers=False, eval_points=3, pilot_eval_points=2,
+                     mlp_seeds=2, resnet_single_regularisers=False, eval_points=3, plateau_points=0, pilot_eval_points=2,
                      train_eval_samples=200, timing_batch=16, timing_repeats=3, train_subset=1000, test_subset=500,
                      val_size=500),
     "standard": Profile(mnist_epochs=4, mnist_seeds=3, cifar_epochs=16, cifar_seeds=3, pilot_epochs=3, pilot_seeds=1,
@@ -237,10 +240,17 @@ class Study:
 
     def config(self, base: ExperimentConfig, epochs: int, **changes) -> ExperimentConfig:
         p = self.profile
-        cfg = apply_cli_overrides(base.replace(epochs=epochs, eval_points=p.eval_points), self.args).replace(**changes)
+        cfg = apply_cli_overrides(base.replace(epochs=epochs, eval_points=p.eval_points, plateau_points=p.plateau_points),
+                                  self.args).replace(**changes)
         if p.train_eval_samples is not None:
             cfg = cfg.replace(train_eval_samples=p.train_eval_samples)
         return cfg
+
+    def pilot_config(self, base: ExperimentConfig, epochs: int, **changes) -> ExperimentConfig:
+        """A selection run's config: only its final validation accuracy (on every validation image)
+        is read, so a few evenly spaced points and no plateau window."""
+        return self.config(base, epochs, eval_points=self.profile.pilot_eval_points, plateau_points=0,
+                           val_eval_samples=None, **changes)
 
     def run(self, experiment: str, specs: Sequence[ModelSpec], data: DatasetSplits, cfg: ExperimentConfig,
             title: str, keep_models: bool = False) -> ExperimentRun:
@@ -344,7 +354,7 @@ def pilot_specs(in_ch: int, size: int, classes: int, lrs: Sequence[float], seeds
 def select_lr(study: Study) -> float:
     """The shared lr: the bracketing grid over the three models' mean final validation accuracy."""
     data, p = study.dataset("cifar10"), study.profile
-    cfg = study.config(CIFAR_CONFIG, p.pilot_epochs, eval_points=p.pilot_eval_points, val_eval_samples=None)
+    cfg = study.pilot_config(CIFAR_CONFIG, p.pilot_epochs)
     seeds = pilot_seeds(p.pilot_seeds)
     points: list[float] = []
     records: list[RunRecord] = []
@@ -457,7 +467,7 @@ def select_strengths(study: Study, fc: Callable, data: DatasetSplits, lr: float)
     accuracy. A grid point outside the regulariser's valid range (dropout or label smoothing >= 1)
     is not run and scores None (never the winner)."""
     p = study.profile
-    cfg = study.config(CIFAR_CONFIG, p.mlp_pilot_epochs, lr=lr, eval_points=p.pilot_eval_points, val_eval_samples=None)
+    cfg = study.pilot_config(CIFAR_CONFIG, p.mlp_pilot_epochs, lr=lr)
     seeds = pilot_seeds(p.mlp_pilot_seeds)
     done: dict[str, list[float]] = {reg: [] for reg in MLP_GRIDS}
     records: list[RunRecord] = []

@@ -80,7 +80,7 @@ class Profile:
     test_subset: int | None
     seeds: int                # final seeds of every layer variant and of every block at each lr
     pilot_seeds: int          # pilot seeds of every (block, lr) of the sweep
-    eval_points: int          # validation curve points of a final run (>= 40: 8 in the plateau window)
+    eval_points: int          # evenly spaced validation curve points of a final run ...
     pilot_eval_points: int    # of a pilot (only its final validation accuracy chooses)
     val_eval_samples: int | None
     train_eval_samples: int
@@ -93,41 +93,43 @@ class Profile:
     min_train_acc: float = 0.2   # a completed run below it (2x chance) never learned: unstable
     more_seeds_when_close: bool = True   # protocol.seeds_needed: 5 seeds where 3 straddle zero and runs are cheap
     val_size: int = 5000      # held out of the training set; every curve is read on it
+    plateau_points: int = 10  # ... and a final run's points in the plateau verdict's window (last 20 %; >= 8)
 
 
 PROFILES = {
     "quick": Profile(layers_epochs=1, blocks_epochs=1, train_subset=600, test_subset=200, seeds=2, pilot_seeds=1,
                      eval_points=3, pilot_eval_points=2, val_eval_samples=None, train_eval_samples=200, speed_batch=8,
                      net_batch=16, speed_repeats=2, grad_sample_every=2, lr_cap=2.5, min_train_acc=0.0,
-                     more_seeds_when_close=False, val_size=200),
+                     more_seeds_when_close=False, val_size=200, plateau_points=0),
     # quick: a smoke test of every code path (4 steps learn nothing, so only divergence is unstable)
     # Standard: 10,000 stratified training images, 6 epochs (468 steps) for the layer swaps and for
     # every block run, 3 final seeds per variant, 3 pilot seeds per (block, lr); finals evaluated at
-    # 40 points (8 in the v3 plateau window) on 1,000 validation / 500 train images, pilots at 10;
-    # the test set once, on a 5,000-image stratified subset.
+    # 19 points (12 evenly spaced, 10 in the v3 plateau window) on 1,000 validation / 500 train
+    # images, pilots at 4 (only the last chooses); the test set once, on a 5,000-image subset.
     # Cost on the 2-core AVX-512-bf16 EPYC, from the committed bf16 runs (results/custom_layers:
     # timing.train_s of 9-epoch runs on 10k images: 0.96 s per MFLOP/image for basic-block nets,
     # 1.0 for pre-activation, 1.43 for bottleneck nets; evaluation ~6,000 img/s):
     #   one 6-epoch run: basic / preact (81.6 MFLOPs) ~55 s, wide (78.9) ~53 s, bottleneck (83.1)
-    #   ~80 s of training; + ~6 s evaluation (pilot) or ~12 s (final)  -> pilot ~67 s, final ~73 s.
+    #   ~80 s of training; + ~2.5 s evaluation (pilot) or ~6 s (final)  -> pilot ~64 s, final ~67 s.
     #   pilots: 4 blocks x 3 seeds x ~4 lrs trained to the end (grid 0.16/0.4/1.0 + one bracketing or
-    #     upward point) = 48 x 67 s = 54 min, + ~18 unstable runs at 2.5-16 (a diverged run stops
+    #     upward point) = 48 x 64 s = 51 min, + ~18 unstable runs at 2.5-16 (a diverged run stops
     #     early; ~40 % of a run on average) = 8 min;
     #   finals: 4 blocks x 3 seeds at their own lr + the shared lr where it differs (~2 of 4 blocks)
-    #     = 18 x 73 s = 22 min; where a block's 3-seed difference to basic straddles zero, 2 more seeds
-    #     of it and of basic (protocol.seeds_needed; a run is under 2 min): up to 16 runs, 19 min;
-    #   layers: 9 variants x 3 seeds x 6 epochs = 27 runs, 8.9 min of training (committed) + 40-point
-    #     evaluation ~3 min = 12 min; speed: 2 precisions x (10 layer cases + 15 nets) x 15 rounds ~3 min
-    #   => ~100-110 min expected; worst case ~150 min (no block unstable below the cap: 36 more
-    #     full-length pilots, 40 min, and every comparison close).
+    #     = 18 x 67 s = 20 min; where a block's 3-seed difference to basic straddles zero, 2 more seeds
+    #     of it and of basic (protocol.seeds_needed; a run is under 2 min): up to 16 runs, 18 min;
+    #   layers: 9 variants x 3 seeds x 6 epochs = 27 runs, 8.9 min of training (committed) + 19-point
+    #     evaluation ~1.5 min = 10.5 min; speed: 2 precisions x (10 layer cases + 15 nets) x 15 rounds
+    #     ~3 min
+    #   => ~93-103 min expected; worst case ~142 min (no block unstable below the cap: 36 more
+    #     full-length pilots, 38 min, and every comparison close).
     # 9 epochs for the blocks would cost ~1.45x in the sweep (~140-190 min): over the budget, so the
     # block study trains 6 epochs, pilots and finals alike.
     "standard": Profile(layers_epochs=6, blocks_epochs=6, train_subset=10_000, test_subset=5000, seeds=3,
-                        pilot_seeds=3, eval_points=40, pilot_eval_points=10, val_eval_samples=1000,
+                        pilot_seeds=3, eval_points=12, pilot_eval_points=4, val_eval_samples=1000,
                         train_eval_samples=500, speed_batch=128, net_batch=128, speed_repeats=15,
                         grad_sample_every=5),
     "full": Profile(layers_epochs=15, blocks_epochs=20, train_subset=None, test_subset=None, seeds=5, pilot_seeds=3,
-                    eval_points=40, pilot_eval_points=10, val_eval_samples=None, train_eval_samples=2000,
+                    eval_points=12, pilot_eval_points=4, val_eval_samples=None, train_eval_samples=2000,
                     speed_batch=128, net_batch=128, speed_repeats=15, grad_sample_every=20),
 }
 
@@ -372,7 +374,7 @@ class BlockContext:
 def run_block_sweep(ctx: BlockContext, profile: Profile, cfg: ExperimentConfig, plots
                     ) -> tuple[block_study.SweepResult, dict]:
     """The pilots (lr selection + stability) through the runner; their analysis and figures."""
-    pilot_cfg = cfg.replace(eval_points=profile.pilot_eval_points)
+    pilot_cfg = cfg.replace(eval_points=profile.pilot_eval_points, plateau_points=0)
     experiment = f"{SUBDIR}/blocks_sweep"
     seen: list[RunRecord] = []
 
@@ -491,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
             data = load_data(args, dirs, "cifar10", profile.train_subset, profile.test_subset, profile.val_size)
             classes = data.num_classes
             source = f"{data.source}, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test"
-            base = BASE_CONFIG.replace(eval_points=profile.eval_points, val_eval_samples=profile.val_eval_samples,
+            base = BASE_CONFIG.replace(eval_points=profile.eval_points, plateau_points=profile.plateau_points,
+                                       val_eval_samples=profile.val_eval_samples,
                                        train_eval_samples=profile.train_eval_samples,
                                        grad_sample_every=profile.grad_sample_every)
         if "layers" in todo:

@@ -34,7 +34,7 @@ from utils.engine.data_files import load_dataset, resolve_data_dir
 from utils.engine.experiment import ExperimentConfig
 from utils.engine.files import write_json
 from utils.engine.runtime import resolve_runtime, threads_from_env
-from utils.training_utils import evaluate, lr_factor, measure_inference, train_model
+from utils.training_utils import evaluate, lr_factor, train_model
 from utils.engine.data import BatchLoader
 
 log = logging.getLogger("bench")
@@ -100,6 +100,17 @@ def textbook_inference(model: nn.Module, data: DatasetSplits, batch: int = 512) 
     return seen / (time.perf_counter() - t0)
 
 
+@torch.inference_mode()
+def engine_inference(model: nn.Module, data: DatasetSplits, runtime, batch: int = 512) -> float:
+    """The engine's evaluation pass over the test set (pre-decoded tensors, the runtime's precision
+    and memory format), in images/s: what :func:`textbook_inference` does the textbook way."""
+    loader = BatchLoader(data.test, batch, data.mean, data.std, device=runtime.device,
+                         channels_last=runtime.channels_last)
+    t0 = time.perf_counter()
+    evaluate(model, loader, runtime)
+    return len(data.test) / (time.perf_counter() - t0)
+
+
 def engine_train(spec, data: DatasetSplits, cfg: ExperimentConfig, runtime, n_images: int) -> tuple[float, nn.Module]:
     # one evaluation point on small subsets: the benchmark times the training epoch itself
     rec, model = train_model(spec, data, cfg.replace(epochs=1, train_eval_samples=100, val_eval_samples=100,
@@ -122,9 +133,7 @@ def bench_one(label: str, spec, data: DatasetSplits, cfg: ExperimentConfig, runt
     best_workers = max(text, key=lambda w: statistics.median(text[w]))
     tb = statistics.median(text[best_workers])
     en = statistics.median(eng)
-    loader = BatchLoader(data.test, 512, data.mean, data.std, device=runtime.device,
-                         channels_last=runtime.channels_last)
-    eng_inf = measure_inference(model, loader, runtime)["throughput_img_s"]
+    eng_inf = engine_inference(model, data, runtime)
     tb_inf = textbook_inference(spec.build(cfg).float(), data)
     return {"model": label, "params": sum(p.numel() for p in model.parameters()), "forward_mflops": flops / 1e6,
             "batch_size": cfg.batch_size, "images_per_repeat": n_images, "repeats": repeats,

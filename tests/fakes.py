@@ -84,7 +84,6 @@ def fake_record(model: str = "mlp", *, net: str = "mlp", epochs: int = 4, seed: 
         flops_per_image=int(1e5 * (1 + seed)), history=history, epoch_time_s=[time_s / n_ep] * n_ep,
         timing={"train_s": time_s, "total_s": 1.25 * time_s, "eval_and_other_s": 0.25 * time_s, "train_share": 0.8},
         test_loss=None if diverged else 1.6 / epochs, test_acc=None if diverged else round(300 * acc) / 300,
-        inference={} if diverged else {"latency_ms_batch1": 0.4 + seed, "throughput_img_s": 5000.0 / (1 + seed)},
         grad_stats=GradStats(names=weights, step=steps, l2=l2.tolist(), mean_abs=(l2 / 10).tolist()),
         step_loss=list(np.linspace(2.3, 0.5, 10 * n_ep)),
         predictions=None if diverged else preds.tolist(), labels=labels.tolist(), class_names=CLASSES,

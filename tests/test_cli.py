@@ -16,6 +16,7 @@ from benchmarks import bench_levers, bench_training
 import homework_cnn_vs_fc_comparison as task1
 import homework_custom_layers_experiments as task3
 from tests.data_files import write_fake_cifar_folder, write_fake_mnist
+from utils.analysis.statistics import MIN_WINDOW_POINTS
 from utils.engine.cli import UsageError, build_parser, load_data, prepare_output_dirs, run_cli
 from utils.engine import runtime as runtime_module
 from utils.engine.runtime import has_native_bf16, resolve_runtime, threads_from_env
@@ -109,6 +110,22 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_has_it_natively(native, mo
         assert resolve_runtime("cpu", "fp32").precision == "fp32"
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("script", [task1, task2, task3], ids=["task1", "task2", "task3"])
+def test_reported_runs_give_the_plateau_verdict_its_points_and_pilots_none(script):
+    for name in ("standard", "full"):
+        p = script.PROFILES[name]
+        assert p.plateau_points >= MIN_WINDOW_POINTS, name
+        assert p.pilot_eval_points < p.eval_points, name      # a pilot is read at its end only
+    assert script.PROFILES["quick"].plateau_points == 0        # a smoke test: 3 points, no verdict
+
+
+def test_task2_pilots_are_read_on_every_validation_image_without_a_plateau_window():
+    p = task2.PROFILES["standard"]
+    cfg = task2.ARCH_CONFIG.replace(eval_points=p.eval_points, plateau_points=p.plateau_points, val_eval_samples=2000)
+    pilot = task2.pilot_config(cfg, p)
+    assert (pilot.eval_points, pilot.plateau_points, pilot.val_eval_samples) == (p.pilot_eval_points, 0, None)
 
 
 def test_thread_count_from_env(monkeypatch):
@@ -258,6 +275,9 @@ def test_task1_quick_profile_end_to_end(tmp_path, fake_data_dir):
     assert reg["config"]["lr"] == lr["chosen_lr"] and lr["chosen_lr"] in lr["selection"]["grid"]
     assert {r["seed"] for r in map(lambda p: json.loads(p.read_text()),
                                    (results / "cifar_lr_pilots").glob("pilot_*.json"))} == {1000}
+    pilot = json.loads(next((results / "cifar_lr_pilots").glob("pilot_*.json")).read_text())["config"]
+    assert ((pilot["eval_points"], pilot["plateau_points"], pilot["val_eval_samples"])
+            == (task1.PROFILES["quick"].pilot_eval_points, 0, None))
     ablation = json.loads((results / "mlp_ablation" / "analysis.json").read_text())
     assert set(ablation["chosen"]) == {"dropout", "weight_decay", "label_smoothing"}
     assert ablation["effective_lr"]["layers"] and ablation["calibration"]["variants"]["mlp_ablation/none"]["ece"]["n"]

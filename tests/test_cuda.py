@@ -59,7 +59,6 @@ def test_a_run_trains_and_evaluates_on_the_gpu(precision):
     assert len(record.history.val_acc) == CFG.eval_points and all(math.isfinite(v) for v in record.step_loss)
     assert record.history.train_loss[-1] < record.history.train_loss[0]
     assert record.test_acc is not None and len(record.predictions) == 60
-    assert record.inference["throughput_img_s"] > 0
     weight = _conv_weight(model)
     assert weight.is_cuda and weight.is_contiguous(memory_format=torch.channels_last)
 

@@ -34,7 +34,7 @@ def _assert_png(path) -> None:
 
 
 RECORD_FIGURES = [viz.plot_learning_curves, viz.plot_generalisation_gap, viz.plot_accuracy_vs_cost,
-                  viz.plot_parameter_breakdown, viz.plot_timing, viz.plot_confusion_matrices,
+                  viz.plot_parameter_breakdown, viz.plot_confusion_matrices,
                   viz.plot_gradient_flow]
 
 

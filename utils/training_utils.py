@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from models.init import InitRecord, init_weights
+from utils.analysis.statistics import PLATEAU_WINDOW
 from utils.engine.checkpoints import load_checkpoint, restore_rng, save_checkpoint
 from utils.engine.gradients import weight_tensor_names
 from utils.engine.model_stats import count_flops, count_parameters
@@ -65,41 +66,6 @@ def evaluate(model: nn.Module, loader: BatchLoader, runtime: Runtime, flip_tta: 
         preds.append(pred.cpu())
     n = len(loader.ds)
     return Evaluation(loss_sum / n, correct / n, torch.cat(preds))
-
-
-# A run's own inference numbers: one measurement on whatever else the machine was doing, so a
-# description of the run, not evidence for a speed comparison (benchmarks/ and
-# utils.analysis.paired_timing measure those, interleaved and repeated).
-INFERENCE_BATCH = 512
-INFERENCE_REPEATS = 5
-LATENCY_SAMPLES = 30
-WARMUP_CALLS = 2          # first calls pay for allocation and kernel selection
-LATENCY_WARMUP_CALLS = 5  # batch-1 calls take a few more to settle
-
-
-@torch.inference_mode()
-def measure_inference(model: nn.Module, loader: BatchLoader, runtime: Runtime, batch: int = INFERENCE_BATCH,
-                      repeats: int = INFERENCE_REPEATS, latency_samples: int = LATENCY_SAMPLES) -> dict:
-    """Batch-1 latency (median ms) and large-batch throughput (median images/s), after warm-up."""
-    model.eval()
-    x_all = loader.normalise(loader.ds.images[:max(batch, latency_samples)])
-    big = x_all[:batch]
-
-    def timed(x: Tensor) -> float:
-        t0 = time.perf_counter()
-        model(x)
-        runtime.sync()
-        return time.perf_counter() - t0
-
-    with runtime.autocast():
-        for _ in range(WARMUP_CALLS):
-            model(big)
-        throughput = big.shape[0] / float(np.median([timed(big) for _ in range(repeats)]))
-        for i in range(LATENCY_WARMUP_CALLS):
-            model(x_all[i:i + 1])
-        latency = [timed(x_all[i:i + 1]) for i in range(latency_samples)]
-    return {"latency_ms_batch1": 1000 * float(np.median(latency)), "throughput_img_s": throughput,
-            "throughput_batch": int(big.shape[0])}
 
 
 # ------------------------------------------------------------------------------ optimisation
@@ -238,13 +204,22 @@ def make_loaders(data: DatasetSplits, cfg: ExperimentConfig, runtime: Runtime) -
                    BatchLoader(data.test, cfg.eval_batch_size, data.mean, data.std, **where))
 
 
-def eval_schedule(steps_per_epoch: int, epochs: int, points: int) -> dict[int, set[int]]:
+def eval_schedule(steps_per_epoch: int, epochs: int, points: int, plateau_points: int = 0) -> dict[int, set[int]]:
     """Which batches (1-based, per epoch index) end an evaluation segment: ``points`` evenly spaced
-    over the run's steps, the last one at the very end."""
+    over the run's steps, the last one at the very end. With ``plateau_points`` > 1 the plateau
+    verdict's window (:func:`~utils.analysis.statistics.convergence_verdict`: steps ``>= last -
+    PLATEAU_WINDOW * (last - first)``) holds exactly that many instead, evenly spaced from its start
+    to the last step (all of its steps where it has fewer)."""
     total = steps_per_epoch * epochs
-    at = sorted({max(1, round(total * k / points)) for k in range(1, points + 1)})
+    at = {max(1, round(total * k / points)) for k in range(1, points + 1)}
+    if plateau_points > 1:      # one is the run's last step, always evaluated
+        first = min(at)
+        start = max(first, math.ceil(total - PLATEAU_WINDOW * (total - first)))
+        tail = (set(range(start, total + 1)) if total - start < plateau_points else
+                {start + round((total - start) * k / (plateau_points - 1)) for k in range(plateau_points)})
+        at = {step for step in at if step < start} | tail     # the window's points: evenly spaced, exactly these
     out: dict[int, set[int]] = {e: set() for e in range(epochs)}
-    for step in at:
+    for step in sorted(at):
         out[(step - 1) // steps_per_epoch].add((step - 1) % steps_per_epoch + 1)
     return out
 
@@ -322,7 +297,7 @@ def train_model(spec: ModelSpec, data: DatasetSplits, base_cfg: ExperimentConfig
                        train_eval_loss=tr.loss, train_eval_acc=tr.acc, val_loss=va.loss, val_acc=va.acc,
                        lr=t.scheduler.get_last_lr()[0], train_time_s=done)
 
-    schedule = eval_schedule(steps_per_epoch, cfg.epochs, cfg.eval_points)
+    schedule = eval_schedule(steps_per_epoch, cfg.epochs, cfg.eval_points, cfg.plateau_points)
     t.step = start_epoch * steps_per_epoch
     status, diverged_at = "completed", None
     for epoch in range(start_epoch, cfg.epochs):
@@ -344,7 +319,6 @@ def train_model(spec: ModelSpec, data: DatasetSplits, base_cfg: ExperimentConfig
 
     completed = status == "completed"
     test = evaluate(model, loaders.test, runtime, flip_tta=cfg.flip_tta) if completed else None
-    inference = measure_inference(model, loaders.test, runtime) if completed else {}
     total_s = time.perf_counter() - wall0
     train_s = float(sum(epoch_times))
     record = RunRecord(
@@ -356,7 +330,7 @@ def train_model(spec: ModelSpec, data: DatasetSplits, base_cfg: ExperimentConfig
         timing={"train_s": train_s, "total_s": total_s, "eval_and_other_s": total_s - train_s,
                 "train_share": train_s / total_s if total_s > 0 else None},
         test_loss=test.loss if test else None, test_acc=test.acc if test else None,
-        inference=inference, grad_stats=t.grads, step_loss=t.step_loss,
+        grad_stats=t.grads, step_loss=t.step_loss,
         predictions=test.preds.tolist() if test else None, labels=data.test.labels.tolist(),
         class_names=list(data.class_names), summary=None)  # type: ignore[arg-type]
     record.summary = summarise(record)

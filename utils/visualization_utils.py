@@ -298,25 +298,6 @@ def plot_parameter_breakdown(records: Sequence[RunRecord], path: Path, title: st
     return save_figure(fig, path)
 
 
-@styled
-def plot_timing(records: Sequence[RunRecord], path: Path, title: str) -> Path:
-    """Training time per epoch, batch-1 latency and large-batch throughput per model."""
-    done = [r for r in records if r.inference]
-    names = [r.model for r in done]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), layout="constrained")
-    vals = (([r.summary.epoch_time_s for r in done], "seconds per training epoch"),
-            ([r.inference["latency_ms_batch1"] for r in done], "latency, batch of 1 (ms)"),
-            ([r.inference["throughput_img_s"] for r in done], "inference throughput (images/s)"))
-    for ax, (v, label) in zip(axes, vals):
-        ax.bar(names, v, color=palette(len(done))[:len(done)])
-        ax.set(ylabel=label)
-        ax.tick_params(axis="x", rotation=20)
-        for i, x in enumerate(v):
-            ax.annotate(f"{x:,.3g}", (i, x), ha="center", va="bottom", fontsize=8)
-    fig.suptitle(title)
-    return save_figure(fig, path)
-
-
 # ------------------------------------------------------------------------------- confusions
 def error_counts(labels: Sequence[int], predictions: Sequence[int], n_classes: int) -> np.ndarray:
     """Confusion counts ``(true, predicted)`` with the diagonal (the correct answers) set to 0."""

@@ -278,20 +278,22 @@ class ConvergenceVerdict:
         return asdict(self)
 
 
+PLATEAU_WINDOW = 0.2     # the verdict reads the last 20 % of a run, in steps
 MIN_WINDOW_POINTS = 8
 ANNEAL_RATIO = 1.5
 
 
-def convergence_verdict(steps: Sequence[float], values: Sequence[float], window: float = 0.2, tol: float = 0.005,
-                        higher_is_better: bool = True, min_points: int = MIN_WINDOW_POINTS,
+def convergence_verdict(steps: Sequence[float], values: Sequence[float], window: float = PLATEAU_WINDOW,
+                        tol: float = 0.005, higher_is_better: bool = True, min_points: int = MIN_WINDOW_POINTS,
                         lr: Sequence[float] | None = None) -> ConvergenceVerdict:
     """Had the curve ``values`` (at ``steps``) plateaued by its end? The rule (protocol v3):
 
     1. The final window is the points with ``step >= s_last - window * (s_last - s_first)``
        (the last 20 % of the run, in steps).
     2. Fewer than ``min_points`` (8) points in that window -> ``"too_short"``: a line through 3
-       points is the noise of 3 evaluations, not a verdict (a 20 % window needs ``eval_points >=
-       36``-40 per run). Non-finite values -> ``"not_finite"``.
+       points is the noise of 3 evaluations, not a verdict (evenly spaced, a 20 % window needs
+       ``eval_points >= 36``-40 per run; ``ExperimentConfig.plateau_points`` places them in the
+       window instead). Non-finite values -> ``"not_finite"``.
     3. A least-squares line through the window; ``gain = slope * span`` (signed: positive is
        better) and its standard error ``se = se(slope) * span`` from the fit's residuals.
     4. ``gain > tol and gain > 2 se`` -> "still_improving"; ``gain < -tol and gain < -2 se`` ->

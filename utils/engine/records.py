@@ -20,7 +20,7 @@ import numpy as np
 from utils.engine.files import atomic_write_text
 from utils.engine.markdown import markdown_table
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class RecordFormatError(ValueError):
@@ -100,8 +100,6 @@ class Summary:
     train_time_s: float | None = None
     epoch_time_s: float | None = None
     train_share: float | None = None
-    latency_ms_batch1: float | None = None
-    throughput_img_s: float | None = None
 
 
 @dataclass
@@ -130,7 +128,6 @@ class RunRecord:
     timing: dict                      # train_s, eval_s, total_s, train_share of this run's wall time
     test_loss: float | None           # the test set, evaluated once at the end (None if diverged)
     test_acc: float | None
-    inference: dict                   # latency / throughput; {} if the run diverged
     grad_stats: GradStats
     step_loss: list[float]            # training loss of every optimisation step (spikes, stability)
     predictions: list[int] | None     # test-set predictions
@@ -176,8 +173,7 @@ def summarise(record: RunRecord) -> Summary:
             final_val_loss=h.val_loss[-1], gap=h.train_eval_acc[-1] - h.val_acc[-1],
             train_time_s=record.timing.get("train_s"),
             epoch_time_s=float(np.mean(record.epoch_time_s)) if record.epoch_time_s else None)
-    inference = {k: v for k, v in record.inference.items() if k in ("latency_ms_batch1", "throughput_img_s")}
-    return dataclasses.replace(out, **inference)
+    return out
 
 
 # ------------------------------------------------------------------------------ summary tables
@@ -211,8 +207,6 @@ def summary_markdown(summaries: Sequence[Summary]) -> str:
         rows.append([
             f"{s.model}{status}", f"{s.params:,}", f"{s.mflops:.1f}", _pct(s.final_train_acc), _pct(s.final_val_acc),
             _pct(s.test_acc), "–" if s.gap is None else f"{100 * s.gap:+.2f} pp",
-            "–" if s.train_time_s is None else f"{s.train_time_s:.0f} s",
-            "–" if s.latency_ms_batch1 is None else f"{s.latency_ms_batch1:.2f} ms",
-            "–" if s.throughput_img_s is None else f"{s.throughput_img_s:,.0f} img/s"])
+            "–" if s.train_time_s is None else f"{s.train_time_s:.0f} s"])
     return markdown_table(["model", "params", "MFLOPs/img", "train acc (clean)", "val acc", "test acc",
-                           "gap train−val", "train time", "latency b=1", "throughput"], rows)
+                           "gap train−val", "train time"], rows)
