@@ -105,7 +105,8 @@ PROFILES = {
     # Every experiment on 1000 training images, 1 epoch: a smoke test of the whole pipeline (2
     # final seeds and a 2-point grid with one extension, so selection, extension and pairing run).
     # 3 evaluation points on 200 clean training images (evaluation, not training, was ~80 % of the
-    # profile at 8 points and 1,000): 8.3 -> 3.7 min on a 2-core AVX-512 Xeon without bf16 (fp32).
+    # profile at 8 points and 1,000) and no per-run inference timing: 8.3 -> 2.3 min measured on a
+    # 2-core AVX-512 Xeon without bf16 (fp32; run_study --profile quick, 7.2 min for all three).
     "quick": Profile(train_subset=1000, test_subset=300, val_size=300, kernel_width=16, kernel_epochs=1,
                      kernel_seeds=2, depth_epochs=1, depths=(8, 20), depth_seeds=2, lr_grid=(0.05, 0.1),
                      nobn_lr_grid=(0.01, 0.03), grid_extensions=1, erf_canvases=8, erf_tiles=3,

@@ -110,8 +110,9 @@ class Profile:
 # quick: every experiment on small subsets, 1-2 epochs, 2 seeds (a smoke test, not a result).
 #   3 evaluation points (2 for pilots) on 200 clean training images and 3 timing rounds (a smoke
 #   test of the paired benchmark, not a speed result): at 10 points and 2,000 images
-#   evaluation took ~85 % of the profile; measured on a 2-core AVX-512 Xeon without bf16 (fp32),
-#   6.2 min before the cut, 2.4 min after (CIFAR JPEGs already decoded; decoding once adds ~35 s).
+#   evaluation took ~85 % of the profile, and each run's own inference timing (now gone) ~1/3 of
+#   the rest; measured on a 2-core AVX-512 Xeon without bf16 (fp32), 6.2 min before the cuts,
+#   2.2 min after (CIFAR JPEGs already decoded; decoding them once adds ~35 s).
 PROFILES = {
     "quick": Profile(mnist_epochs=1, mnist_seeds=2, cifar_epochs=1, cifar_seeds=2, pilot_epochs=1, pilot_seeds=1,
                      shuffled_epochs=1, shuffled_seeds=2, mlp_epochs=2, mlp_pilot_epochs=1, mlp_pilot_seeds=1,
