@@ -128,19 +128,23 @@ def test_regularisers_and_strength_ranges():
     assert in_range("weight_decay", 10.0)
 
 
-def test_paired_timing_measures_every_model_in_turns():
+def test_paired_timing_measures_every_model_in_turns(tmp_path):
     runtime = resolve_runtime("cpu", "fp32")
     builds = {"mlp": lambda: deep_fc(3 * 8 * 8, 10)(ExperimentConfig()),
               "tiny": lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10))}
     out = paired_timing(builds, (3, 8, 8), runtime, batch=4, repeats=3, warmup=1)
     assert out["reference"] == "mlp" and out["repeats"] == 3
     for m in builds:
-        for what in ("train_step", "inference"):
+        for what, rounds in (("train_step", 3), ("inference", 3), ("latency", out["latency_repeats"])):
             t = out["models"][m][what]
-            assert t["ms"]["n"] == 3 and t["ms"]["min"] <= t["ms"]["median"] <= t["ms"]["max"]
+            assert t["ms"]["n"] == rounds and t["ms"]["min"] <= t["ms"]["median"] <= t["ms"]["max"]
             assert t["images_per_s"]["median"] > 0
+    assert out["latency_repeats"] > 3
+    latency = out["models"]["tiny"]["latency"]
+    assert latency["images_per_s"]["median"] == pytest.approx(1000 / latency["ms"]["median"])   # one image a call
     ref = out["models"]["mlp"]
-    assert all(ref[w]["ratio_to_reference"]["median"] == 1.0 for w in ("train_step", "inference"))
+    assert all(ref[w]["ratio_to_reference"]["median"] == 1.0 for w in ("train_step", "inference", "latency"))
+    assert figures.plot_paired_timing(out, tmp_path / "timing.png", "t").exists()
 
 
 def test_task_figures_draw(tmp_path):

@@ -116,13 +116,14 @@ def plot_accuracy_vs_compute(variants: Mapping[str, dict], path: Path, title: st
 
 @styled
 def plot_paired_timing(timing: dict, path: Path, title: str) -> Path:
-    """Median time of one training step and inference throughput per model (quartiles over the
-    interleaved rounds), from :func:`utils.studies.cnn_vs_fc.probes.paired_timing`."""
+    """Median time of one training step, inference throughput and batch-1 latency per model
+    (quartiles over the interleaved rounds), from :func:`utils.studies.cnn_vs_fc.probes.paired_timing`."""
     models = list(timing["models"])
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), layout="constrained")
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.3), layout="constrained")
     for ax, what, key, label in (
             (axes[0], "train_step", "ms", f"training step, ms per batch of {timing['batch']}"),
-            (axes[1], "inference", "images_per_s", f"inference, images/s (batch {timing['batch']})")):
+            (axes[1], "inference", "images_per_s", f"inference, images/s (batch {timing['batch']})"),
+            (axes[2], "latency", "ms", f"latency, ms per image (batch 1, {timing['latency_repeats']} rounds)")):
         for i, (color, m) in enumerate(zip(palette(len(models)), models)):
             t = timing["models"][m][what][key]
             mid, lo, hi = t["median"], t["q25"], t["q75"]

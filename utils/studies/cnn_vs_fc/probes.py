@@ -86,12 +86,16 @@ def weights_before_norm(model: nn.Module) -> list[str]:
 
 
 # -------------------------------------------------------------------------------- paired timing
+LATENCY_ROUND_FACTOR = 3   # batch-1 calls are short and noisy: three times the rounds of the batch timings
+
+
 def paired_timing(builds: Mapping[str, Callable[[], nn.Module]], image_shape: tuple[int, int, int],
                   runtime: Runtime, batch: int, repeats: int, warmup: int = 2) -> dict:
-    """Training step and inference (forward, eval mode) of the models, measured side by side in
-    rotating rounds (:mod:`utils.analysis.paired_timing`) on one random batch, in the precision the
-    runs train in (the runtime's autocast). Per model and kind: the spread of ms per batch and of
-    images/s over the rounds, and the per-round ratio to the first model (the paired statistic)."""
+    """Training step, inference (forward, eval mode) and batch-1 latency of the models, measured
+    side by side in rotating rounds (:mod:`utils.analysis.paired_timing`) on one random batch (its
+    first image for the latency), in the precision the runs train in (the runtime's autocast). Per
+    model and kind: the spread of ms per call and of images/s over the rounds, and the per-round
+    ratio to the first model (the paired statistic)."""
     torch.manual_seed(0)
     models = {}
     for name, build in builds.items():
@@ -106,15 +110,15 @@ def paired_timing(builds: Mapping[str, Callable[[], nn.Module]], image_shape: tu
         m.eval()
     with runtime.autocast():
         infer = time_forward(models, x, repeats=repeats, warmup=warmup)
+        latency = time_forward(models, x[:1], repeats=LATENCY_ROUND_FACTOR * repeats, warmup=warmup + 3)
     first = next(iter(models))
-    ratios = {"train_step": paired_ratios(train["rounds_ms"], first),
-              "inference": paired_ratios(infer["rounds_ms"], first)}
-    out = {name: {"train_step": {"ms": train["step_ms"][name], "images_per_s": train["images_per_s"][name],
-                                 "ratio_to_reference": ratios["train_step"][name]},
-                  "inference": {"ms": infer["forward_ms"][name], "images_per_s": infer["images_per_s"][name],
-                                "ratio_to_reference": ratios["inference"][name]}}
+    timed = {"train_step": (train, "step_ms"), "inference": (infer, "forward_ms"), "latency": (latency, "forward_ms")}
+    out = {name: {kind: {"ms": t[ms][name], "images_per_s": t["images_per_s"][name],
+                         "ratio_to_reference": paired_ratios(t["rounds_ms"], first)[name]}
+                  for kind, (t, ms) in timed.items()}
            for name in models}
     return {"models": out, "reference": first, "batch": batch, "repeats": repeats, "warmup": warmup,
+            "latency_repeats": LATENCY_ROUND_FACTOR * repeats,
             "runtime": runtime.describe(),
             "method": "interleaved rounds in rotating order, one process, the training precision; median and "
                       "quartiles of the rounds; ratios per round to the reference, then their median"}
