@@ -29,6 +29,7 @@ cifar_shuffled_reference,mlp_ablation_pilots,mlp_ablation}/`` (a JSON per run, s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import sys
@@ -74,6 +75,7 @@ class Profile:
     mlp_pilot_seeds: int
     mlp_seeds: int
     resnet_single_regularisers: bool   # dropout / weight decay / label smoothing alone on the ResNet
+    mlp_budget_seeds: int = 3    # the budget control: MLP_BUDGET_VARIANTS at MLP_BUDGET_FACTOR x mlp_epochs
     eval_points: int = 12        # evenly spaced evaluations of a final run (its curves) ...
     plateau_points: int = 10     # ... and those of the plateau verdict's window (last 20 %; >= 8)
     pilot_eval_points: int = 4   # a pilot reports its final validation accuracy (on all validation images)
@@ -94,13 +96,14 @@ class Profile:
 # spaced, 10 in the plateau window, 3 of them shared; 40 evenly spaced ones cost 25 s more per
 # ResNet run for the same 8+ window points), a pilot at 4 on all 5,000 validation images (~2.9 s
 # each). So a 16-epoch ResNet run is ~9.9 min, a 3-epoch pilot ~2.0 min, a 20-epoch MLP run ~50 s.
-# standard (~146 min; epoch times alone vary +-15 %):
+# standard (~150 min; epoch times alone vary +-15 %; no per-run inference timing: -2 min):
 #   mnist         3 seeds x 3 models x 4 epochs                                  ~3.5 min
 #   cifar_lr      3 grid points x 3 models x 3 epochs, 1 pilot seed               ~13 min
 #                 (+4.2 min per point a bracketing extension adds)
 #   cifar         (none, all four, augmentation) ResNet x 3 seeds + MLP x 3, 16 ep ~90 min
 #   shuffled      3 seeds x (ResNet, MLP on shuffled pixels, MLP on originals), 3 ep ~9 min
 #   mlp_ablation  9 strength pilots x 8 epochs + 6 variants x 5 seeds x 20 epochs ~28 min
+#                 + budget control: all four at 40 epochs x 3 seeds                 ~6 min
 #   paired timing, calibration passes                                              ~1 min
 # The compute goes where conclusions are close: 5 seeds for the MLP ablation (effects of ~1 pp),
 # 3 where a difference is tens of pp (CNN vs MLP, shuffled vs not); the ResNet's other regularisers
@@ -116,7 +119,7 @@ class Profile:
 PROFILES = {
     "quick": Profile(mnist_epochs=1, mnist_seeds=2, cifar_epochs=1, cifar_seeds=2, pilot_epochs=1, pilot_seeds=1,
                      shuffled_epochs=1, shuffled_seeds=2, mlp_epochs=2, mlp_pilot_epochs=1, mlp_pilot_seeds=1,
-                     mlp_seeds=2, resnet_single_regularisers=False, eval_points=3, plateau_points=0, pilot_eval_points=2,
+                     mlp_seeds=2, resnet_single_regularisers=False, mlp_budget_seeds=2, eval_points=3, plateau_points=0, pilot_eval_points=2,
                      train_eval_samples=200, timing_batch=16, timing_repeats=3, train_subset=1000, test_subset=500,
                      val_size=500),
     "standard": Profile(mnist_epochs=4, mnist_seeds=3, cifar_epochs=16, cifar_seeds=3, pilot_epochs=3, pilot_seeds=1,
@@ -140,6 +143,16 @@ LR_GRID = (0.2, 0.4, 0.8)
 RESNET_REGULARISERS = {"dropout": {"dropout": 0.2}, "weight_decay": {"weight_decay": 5e-4},
                        "augment": {"augment": True}, "label_smoothing": {"label_smoothing": 0.1}}
 # The MLP ablation's strength grids (bracketed on validation; augmentation is on/off: crop + flip).
+# The budget control of the MLP ablation. A budget probe (benchmarks/mlp_budget_probe.py, one seed,
+# fp32; results/probes/mlp_budget.json) found the regularised MLPs still improving at 20 epochs: over
+# the last 20 % of the run all four gained +4.0 pp validation accuracy (SE 0.3), augmentation alone
+# +2.1 pp (SE 0.4); at 40 epochs all four still gained +4.2 pp, augmentation alone +1.2 pp (SE 0.5),
+# and test accuracy rose 56.4 -> 59.0 % (all four) and 59.6 -> 61.1 % (augmentation). So "a
+# regulariser costs x pp at 20 epochs" partly measures the budget. All four at twice the budget,
+# paired by seed with all four at the ablation's budget, measures how much (the other variants are
+# not re-run: cost; of the two probed, all four was the further from flat).
+MLP_BUDGET_VARIANTS = ("all",)
+MLP_BUDGET_FACTOR = 2
 MLP_GRIDS = {"dropout": (0.1, 0.2, 0.4), "weight_decay": (1e-4, 5e-4, 2.5e-3), "label_smoothing": (0.05, 0.1, 0.2)}
 VALID_STRENGTH = {"dropout": (0.0, 1.0), "label_smoothing": (0.0, 1.0), "weight_decay": (0.0, math.inf)}
 REGULARISER_ORDER = ("dropout", "weight_decay", "augment", "label_smoothing", "all")
@@ -536,12 +549,13 @@ def run_mlp_ablation(study: Study) -> None:
                                                                  per_seed("none", "final_weight_norm_rel"))}}
     convergence = {v: {c: [convergence_of(r).get(c, {}).get("status") for r in runs]
                        for c in ("val_acc", "train_eval_acc")} for (_, v), runs in by.items()}
+    budget = run_mlp_budget_control(study, [v for v in variants if v.variant in MLP_BUDGET_VARIANTS], data, cfg, recs)
     numbers = {"lr": lr, "epochs": cfg.epochs, "strengths": {k: s.as_dict() for k, s in sel.items()},
                "chosen": {k: v[k] for k, v in chosen.items()}, "augment": "on/off: random crop (pad 4) + flip",
                "runs": {r.model: run_numbers(r, {"calibration": cal.get(r.model)}) for r in recs},
                "variants": variants_of(recs), "differences": differences_of(recs, pairs),
                "calibration": calibration_numbers(recs, cal, pairs), "effective_lr": effective,
-               "convergence": convergence}
+               "convergence": convergence, "budget_control": budget}
     write_json(study.dirs.results / "mlp_ablation" / "analysis.json", json_safe(numbers))
     study.numbers["mlp_ablation"] = numbers
     figures.plot_effective_lr({v: [eff[r.model] for r in by.get(("mlp_ablation", v), []) if eff.get(r.model)]
@@ -550,6 +564,22 @@ def run_mlp_ablation(study: Study) -> None:
     figures.plot_reliability({v: [cal[r.model] for r in by.get(("mlp_ablation", v), []) if r.model in cal]
                               for v in ("none", "label_smoothing")}, study.plot("mlp_label_smoothing_calibration.png"),
                              "CIFAR-10 MLP: calibration on the test set")
+
+
+def run_mlp_budget_control(study: Study, variants: Sequence[ModelSpec], data: DatasetSplits, cfg: ExperimentConfig,
+                           ablation: Sequence[RunRecord]) -> dict:
+    """``variants`` at MLP_BUDGET_FACTOR x the ablation's epochs (final seeds 0.., disjoint from the
+    pilots), each paired by seed with itself at the ablation's budget: what a longer budget still gains."""
+    longer = study.config(CIFAR_CONFIG, MLP_BUDGET_FACTOR * cfg.epochs, lr=cfg.lr)
+    specs = seeded([dataclasses.replace(v, name=v.name.replace("mlp_", "mlp_budget_", 1), group="mlp_budget")
+                    for v in variants], final_seeds(study.profile.mlp_budget_seeds))
+    recs = study.run("mlp_ablation_budget", specs, data, longer,
+                     f"CIFAR-10 MLP budget control, {longer.epochs} vs {cfg.epochs} epochs ({source_of(data)})").records
+    check_disjoint(recs, study.pilots)
+    pairs = [(("mlp_budget", v.variant), ("mlp_ablation", v.variant)) for v in variants]
+    return {"epochs": longer.epochs, "ablation_epochs": cfg.epochs, "variants": variants_of(recs),
+            "differences": differences_of([*recs, *ablation], pairs),
+            "convergence": {r.model: convergence_of(r) for r in recs}}
 
 
 def ablation_figure(study: Study) -> None:

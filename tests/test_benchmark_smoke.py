@@ -27,3 +27,18 @@ def test_eval_batch_benchmark_smoke(capsys):
     assert eval_batch.main(["--smoke"]) == 0
     out = capsys.readouterr().out
     assert "ResNet (bottleneck)" in out and "batch 4" in out
+
+
+@pytest.mark.e2e
+def test_mlp_budget_probe_smoke(fake_data_dir, tmp_path, caplog):
+    from benchmarks import mlp_budget_probe
+
+    caplog.set_level("INFO")
+    out = tmp_path / "out"
+    assert mlp_budget_probe.main(["--smoke", "--data-dir", str(fake_data_dir), "--cache-dir", str(tmp_path),
+                                  "--out", str(out)]) == 0
+    assert not out.exists()                                   # smoke writes nothing
+    for name in ("probe_mlp_augment_1ep", "probe_mlp_augment_2ep", "probe_mlp_all_1ep", "probe_mlp_all_2ep"):
+        assert name in caplog.text
+    from utils.analysis.protocol import final_seeds, pilot_seeds
+    assert mlp_budget_probe.PROBE_SEED not in {*final_seeds(5), *pilot_seeds(5)}   # never in a comparison

@@ -281,6 +281,11 @@ def test_task1_quick_profile_end_to_end(tmp_path, fake_data_dir):
     ablation = json.loads((results / "mlp_ablation" / "analysis.json").read_text())
     assert set(ablation["chosen"]) == {"dropout", "weight_decay", "label_smoothing"}
     assert ablation["effective_lr"]["layers"] and ablation["calibration"]["variants"]["mlp_ablation/none"]["ece"]["n"]
+    budget = ablation["budget_control"]
+    assert budget["epochs"] == 2 * budget["ablation_epochs"] == 2 * ablation["epochs"]
+    assert budget["differences"]["mlp_budget/all vs mlp_ablation/all"]["test_acc"]["n"] == 2   # paired by seed
+    longer = json.loads((results / "mlp_ablation_budget" / "mlp_budget_all_seed1.json").read_text())
+    assert longer["config"]["epochs"] == budget["epochs"] and longer["config_overrides"]["augment"]
     dropout = json.loads((results / "mlp_ablation" / "mlp_dropout_seed0.json").read_text())
     assert dropout["config"]["dropout"] == ablation["chosen"]["dropout"]
     cifar = json.loads((results / "cifar_comparison" / "analysis.json").read_text())
