@@ -115,3 +115,31 @@ def test_interval_formats():
     assert report.FORMATS["diff"](welch) == "+10.00 pp (95 % CI +5.00 to +15.00, n=3 and 2, df=2.46; real)"
     one_seed = {**d, "ci95_low": float("nan"), "verdict": "not enough seeds to tell"}
     assert "no interval" in report.FORMATS["diff"](one_seed)
+
+
+def test_live_pages_hold_no_reading_markers():
+    """A ``<!-- READ: -->`` marker stands for a sentence still to be written: staged templates only."""
+    for template, page in report.PAGES:
+        assert report.READ_MARKER not in template.read_text(), f"{template.name} is live but holds a READ marker"
+
+
+def test_staged_problems_name_each_gap(tmp_path, monkeypatch):
+    (tmp_path / "results" / "exp").mkdir(parents=True)
+    (tmp_path / "results" / "exp" / "analysis.json").write_text(json.dumps({"acc": 0.5}))
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    for name in ("drawn_and_linked.png", "drawn_only.png"):
+        (plots / name).write_bytes(b"png")
+    staged = tmp_path / "page.md"
+    staged.write_text("{{exp/analysis:acc|pct}} {{exp/analysis:gone|pct}} {{other/analysis:x}}\n"
+                      "![a](../plots/task/drawn_and_linked.png) ![b](../plots/task/linked_only.png)\n"
+                      "![c](../plots/elsewhere/drawn_only.png)\n")
+    monkeypatch.setitem(report.STAGED, staged, "task")
+    problems = report.staged_problems(staged, tmp_path / "results", plots)
+    assert len(problems) == 4
+    assert "'exp/analysis:gone'" in problems[0] and "other/analysis.json does not exist" in problems[1]
+    assert problems[2:] == ["links linked_only.png, which the run did not draw",
+                            "does not link drawn_only.png, which the run drew"]   # another folder's link is not it
+    staged.write_text("{{exp/analysis:acc|pct}} ![a](../plots/task/drawn_and_linked.png) "
+                      "![b](../plots/task/drawn_only.png)")
+    assert report.staged_problems(staged, tmp_path / "results", plots) == []

@@ -13,6 +13,14 @@ Keys may index lists (``history.test_acc.-1``) and contain dots (``params.per_la
 
     python -m utils.report.readme            # rewrite README.md and every page
     python -m utils.report.readme --check    # exit 1 if a page is stale (and name it)
+
+A task page redesigned for results that its standard run has not produced yet is *staged*:
+``docs/templates/staged/<page>.md``, listed in ``STAGED``, rendered by no command, and checked by the
+task's end-to-end test against the run it makes (``staged_problems``: every placeholder resolves, every
+figure it links is drawn, every figure drawn is linked). Where a sentence must read numbers that do
+not exist yet it holds a ``<!-- READ: ... -->`` marker saying what it must say. When the standard run
+lands, the staged template replaces the live one and its markers become sentences; a live page never
+holds a marker (``tests/test_readme_consistency.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +47,14 @@ PAGES: list[tuple[Path, Path]] = [
     (TEMPLATES / "methods.md", ROOT / "docs" / "methods.md"),
 ]
 TEMPLATE, README = PAGES[0]
+STAGED_DIR = TEMPLATES / "staged"
+#: staged template -> the plots folder (under ``plots/``) of the script whose results it reads
+STAGED: dict[Path, str] = {
+    STAGED_DIR / "task1_cnn_vs_fc.md": "cnn_vs_fc",
+    STAGED_DIR / "task2_architecture.md": "architecture_analysis",
+    STAGED_DIR / "task3_custom_layers.md": "custom_layers",
+}
+READ_MARKER = "<!-- READ:"
 PLACEHOLDER = re.compile(r"\{\{\s*([^}|]+?)\s*(?:\|\s*(\w+)\s*)?\}\}")
 
 FORMATS: dict[str, Callable[[Any], str]] = {
@@ -142,6 +158,33 @@ def render(template: str, results_dir: Path) -> str:
         return FORMATS[fmt](lookup(results_dir, ref))
 
     return PLACEHOLDER.sub(substitute, template)
+
+
+def unresolved(template: str, results_dir: Path) -> list[str]:
+    """Every placeholder of ``template`` that ``results_dir`` cannot resolve, each with why."""
+    problems = []
+    for m in PLACEHOLDER.finditer(template):
+        try:
+            render(m.group(0), results_dir)
+        except (KeyError, OSError, TypeError, ValueError) as exc:   # ReportError is a KeyError
+            problems.append(f"{m.group(0)}: {exc.args[0] if exc.args else type(exc).__name__}")
+    return problems
+
+
+def figure_links(template: str, folder: str) -> set[str]:
+    """The file names of the figures under ``plots/<folder>/`` that ``template`` shows."""
+    return set(re.findall(rf"!\[[^\]]*\]\(\.\./plots/{re.escape(folder)}/([^)\s/]+\.png)\)", template))
+
+
+def staged_problems(template: Path, results_dir: Path, plots_dir: Path) -> list[str]:
+    """What keeps a staged page from reading a run whose results are in ``results_dir`` and whose
+    figures are in ``plots_dir``: unresolved placeholders, figures linked but not drawn, figures drawn
+    but not linked."""
+    text = template.read_text()
+    linked, drawn = figure_links(text, STAGED[template]), {p.name for p in plots_dir.glob("*.png")}
+    return ([*unresolved(text, results_dir)]
+            + [f"links {name}, which the run did not draw" for name in sorted(linked - drawn)]
+            + [f"does not link {name}, which the run drew" for name in sorted(drawn - linked)])
 
 
 def render_all(results_dir: Path | None = None) -> dict[Path, str]:
