@@ -43,6 +43,7 @@ from utils.analysis.stability import (divergence_frontier, grad_norm_stats, grad
 from utils.engine.model_stats import count_parameters
 from utils.engine.records import GradStats, History, summarise
 from utils.studies.custom_layers import blocks as study
+from utils.report import readme as report
 from utils.studies.custom_layers import figures as plots_blocks
 from utils.studies.custom_layers.speed import Autocast, paired_ratio, speed_cases
 
@@ -217,6 +218,25 @@ def test_sweep_stops_at_the_cap_and_never_chooses_an_unstable_lr():
     assert r.own["a"] is None and r.shared is None and r.notes
 
 
+def test_an_lr_too_small_to_learn_is_not_the_stability_frontier():
+    """The lowest lr never learns (unstable below the good region): the upward search and the
+    frontier start from the chosen lr, so the frontier is the diverging lr above it."""
+    diverging, _ = _fake_sweep({"a": 0.4}, {"a": 2.5})
+
+    def run_points(points):
+        out = diverging(points)
+        for (b, lr) in points:
+            if lr < 0.1:        # final clean-train accuracy 7.5 %: never learned
+                out[(b, lr)] = [_rec(f"{b}_lr{lr:g}", b, s, 0.1, group="pilot", lr=lr) for s in (1000, 1001, 1002)]
+        return out
+    r = study.run_sweep(["a"], [0.064, 0.16, 0.4], run_points, lr_cap=16.0, min_train_acc=0.2)
+    assert r.own["a"].winner == 0.4 and r.upward["a"]["stopped"] == "unstable pilot found"
+    assert sorted(lr for (_, lr) in r.runs)[-1] == 2.5          # searched up to the diverging lr
+    a = study.sweep_numbers(r)["blocks"]["a"]
+    assert a["frontier_searched_from_lr"] == 0.4 and a["frontier"]["frontier"] == 2.5
+    assert a["highest_stable_lr"] == 1.0 and a["points"][0]["did_not_learn"] == 3
+
+
 # ------------------------------------------------------------------------------- analyses
 def test_finals_numbers_against_a_hand_computation():
     val = {"basic": (0.60, 0.62, 0.65), "wide": (0.66, 0.70, 0.69)}
@@ -316,6 +336,38 @@ def test_every_analysis_survives_an_experiment_in_which_every_run_diverged(tmp_p
     plots_blocks.plot_stability(sn, tmp_path / "stability.png", "t")
     plots_blocks.plot_loss_at_lr({}, tmp_path / "loss.png", "t")
     assert all((tmp_path / f"{n}.png").stat().st_size > 2000 for n in ("swaps", "stability", "loss"))
+
+
+def _legends(monkeypatch, plot, *args) -> list[list[str]]:
+    """The legend texts of each panel of the figure ``plot(*args)`` draws."""
+    figs = []
+    monkeypatch.setattr(plots_blocks, "save_figure", lambda fig, path: figs.append(fig) or path)
+    plot(*args)
+    return [[t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else [] for ax in figs[0].axes]
+
+
+def test_stability_legend_names_only_what_each_panel_draws(monkeypatch, tmp_path):
+    """A block with no finite accuracy is named by its crosses ("no stable lr"), not by an empty line;
+    a panel with nothing drawn (no gradient sample after step 0) has no legend."""
+    def run_points(points):
+        return {(b, lr): [_diverged_before_any_evaluation(_rec(f"{b}_lr{lr:g}", b, 1000, 0.5, lr=lr,
+                                                               status="diverged"))] for b, lr in points}
+    sn = study.sweep_numbers(study.run_sweep(["basic", "wide"], [1e29, 1e30], run_points, 1e31, 0.2))
+    acc, grad, spikes = _legends(monkeypatch, plots_blocks.plot_stability, sn, tmp_path / "s.png", "t")
+    assert acc == ["basic: no stable lr", "wide: no stable lr", "an unstable run at this lr"]
+    assert grad == [] and spikes == ["basic", "wide"]     # spike counts up to the divergence exist
+    run_points, _ = _fake_sweep({"basic": 0.4, "wide": 1.0}, {"basic": 2.5, "wide": 6.25})
+    sn = study.sweep_numbers(study.run_sweep(["basic", "wide"], [0.16, 0.4, 1.0], run_points, 16.0, 0.2))
+    acc, grad, spikes = _legends(monkeypatch, plots_blocks.plot_stability, sn, tmp_path / "s.png", "t")
+    assert acc == ["basic", "wide", "an unstable run at this lr"] and spikes == ["basic", "wide"]
+
+
+def test_training_cost_legend_does_not_call_every_net_custom(monkeypatch, tmp_path):
+    ratio = {"median": 1.2, "q25": 1.1, "q75": 1.3}
+    training = {"fp32": {"nets": {"base": {"ratio_vs_base": ratio}, "act_swish": {"ratio_vs_base": ratio},
+                                  "act_swish_autograd": {"ratio_vs_base": ratio}}}}
+    [texts] = _legends(monkeypatch, plots_blocks.plot_training_cost, training, tmp_path / "c.png", "t")
+    assert texts == ["fp32: the net as trained", "fp32: its custom layers under autograd"]
 
 
 # ------------------------------------------------------------------------------------- speed
@@ -442,6 +494,8 @@ def test_cli_quick_end_to_end(fake_cifar_folder, tmp_path):
     for name in ("layer_speed", "layers_training_cost", "layers_swap_summary", "blocks_stability",
                  "blocks_loss_at_highest_stable_lr", "blocks_finals"):
         assert (plots / f"{name}.png").stat().st_size > 10_000, name
+    # the page staged for the standard run reads this run: every number resolves, every figure is linked
+    assert report.staged_problems(report.STAGED_DIR / "task3_custom_layers.md", results, plots) == []
     # a second run reuses every finished model and the speed measurements (no retraining)
     before = {p: p.stat().st_mtime_ns for d in ("blocks", "blocks_sweep") for p in (out / d).glob("*_seed*.json")}
     assert hw.main(args + ["--only", "speed", "blocks"]) == 0

@@ -46,13 +46,6 @@ def test_record_figures_write_a_png(figure, records, tmp_path):
     assert not list(tmp_path.glob(".*.tmp")), "the temp file of the atomic write is left behind"
 
 
-def test_grouped_record_figures_write_pngs(records, tmp_path):
-    groups = {"mlp": [fake_record("mlp", seed=s) for s in range(3)],
-              "cnn": [fake_record("cnn", net="cnn", seed=s, acc=0.9) for s in range(2)]}
-    groups["diverged"] = [fake_record("mlp_lr_high", status="diverged", lr=1.0)]
-    _assert_png(plots_blocks.plot_seed_bands(groups, tmp_path / "bands.png", "t"))
-
-
 def test_array_figures_write_pngs(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(40, 3, 16, 16), dtype=np.uint8)

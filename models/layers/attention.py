@@ -338,8 +338,7 @@ class CBAM(nn.Module):
         kernel_size: spatial-attention kernel (odd).
         use_channel, use_spatial: enable each stage (at least one).
         pool_types: the channel stage's descriptors; the default ``("avg", "max")`` is CBAM's,
-            ``("avg",)`` gives squeeze-and-excitation followed by spatial attention (this
-            package's ``CBAM`` before it was made CBAM's).
+            ``("avg",)`` gives squeeze-and-excitation followed by spatial attention.
 
     Raises:
         ValueError: neither stage, or an invalid argument of an enabled stage (see the stages).

@@ -63,7 +63,8 @@ def pilot_score(runs: Sequence[RunRecord], min_train_acc: float) -> float | None
 def run_sweep(blocks: Sequence[str], grid: Sequence[float], run_points: RunPoints, lr_cap: float,
               min_train_acc: float, max_added: int = MAX_GRID_EXTENSIONS) -> SweepResult:
     """Choose each block's lr and the shared lr on pilots, then extend each block upwards (ratio of
-    the grid's two top values) until a pilot is unstable or the next lr would pass ``lr_cap``."""
+    the grid's two top values) until a pilot above its :func:`frontier_floor` is unstable or the
+    next lr would pass ``lr_cap``."""
     runs: dict[Point, list[RunRecord]] = {}
 
     def ensure(points: list[Point]) -> None:
@@ -108,9 +109,13 @@ def run_sweep(blocks: Sequence[str], grid: Sequence[float], run_points: RunPoint
     upward: dict[str, dict] = {}
     for b in blocks:
         added = []
+        floor = frontier_floor(b, own, runs, min_train_acc)
         while True:
             lrs = sorted(lr for (blk, lr) in runs if blk == b)
-            if any(is_unstable(r, min_train_acc) for lr in lrs for r in runs[(b, lr)]):
+            if floor is None:
+                upward[b] = {"stopped": "no stable lr to search above", "added": added}
+                break
+            if any(is_unstable(r, min_train_acc) for lr in lrs if lr > floor for r in runs[(b, lr)]):
                 upward[b] = {"stopped": "unstable pilot found", "added": added}
                 break
             nxt = float(f"{lrs[-1] * step:.4g}")
@@ -120,6 +125,18 @@ def run_sweep(blocks: Sequence[str], grid: Sequence[float], run_points: RunPoint
             ensure([(b, nxt)])
             added.append(nxt)
     return SweepResult(runs, own, shared, upward, lr_cap, min_train_acc, notes)
+
+
+def frontier_floor(block: str, own: Mapping[str, Selection | None], runs: Mapping[Point, Sequence[RunRecord]],
+                   min_train_acc: float) -> float | None:
+    """The lr above which ``block``'s stability frontier is sought: its own chosen lr, else its
+    lowest lr with every pilot stable, else None. An lr too small to learn (unstable *below* the
+    good region) is not the frontier the sweep asks for."""
+    if own.get(block) is not None:
+        return own[block].winner
+    stable = sorted(lr for (b, lr), rs in runs.items()
+                    if b == block and not any(is_unstable(r, min_train_acc) for r in rs))
+    return stable[0] if stable else None
 
 
 # ------------------------------------------------------------------------------ sweep numbers
@@ -146,10 +163,13 @@ def point_numbers(runs: Sequence[RunRecord], min_train_acc: float) -> dict:
                      | {"spike_steps": {k: s["spikes"]["by_rise"][k]["steps"] for k in rises}} for s in stab]}
 
 
-def highest_stable_lr(points: Sequence[dict]) -> float | None:
-    """The largest lr below the first one with an unstable run at which every run is stable."""
+def highest_stable_lr(points: Sequence[dict], floor: float | None = None) -> float | None:
+    """The largest lr at which every run is stable, counting up from ``floor`` (see
+    :func:`frontier_floor`; None: from the lowest lr) to the first lr with an unstable run."""
     stable = None
     for p in sorted(points, key=lambda p: p["lr"]):
+        if floor is not None and p["lr"] < floor:
+            continue
         if p["unstable"]:
             break
         stable = p["lr"]
@@ -158,19 +178,22 @@ def highest_stable_lr(points: Sequence[dict]) -> float | None:
 
 def sweep_numbers(result: SweepResult) -> dict:
     """The sweep as ``analysis.json`` numbers: per block every lr (:func:`point_numbers`), the
-    frontier (first lr with an unstable run; the NaN-only frontier too) and the highest stable lr;
+    frontier (first lr with an unstable run at or above :func:`frontier_floor`; the NaN-only
+    frontier too) and the highest stable lr;
     each block's lr selection and the shared one, with their grids, scores, edges and caps."""
     blocks = {}
     for b in result.own:
         lrs = sorted(lr for (blk, lr) in result.runs if blk == b)
         points = [point_numbers(result.runs[(b, lr)], result.min_train_acc) for lr in lrs]
-        recs = [r for lr in lrs for r in result.runs[(b, lr)]]
+        floor = frontier_floor(b, result.own, result.runs, result.min_train_acc)
+        recs = [r for lr in lrs if floor is None or lr >= floor for r in result.runs[(b, lr)]]
         unstable = divergence_frontier([r.config["lr"] for r in recs],
                                        [is_unstable(r, result.min_train_acc) for r in recs])
         nan_only = divergence_frontier([r.config["lr"] for r in recs], [not r.completed for r in recs])
         sel = result.own[b]
         blocks[b] = {"points": points, "frontier": unstable.as_dict(), "nan_frontier": nan_only.as_dict(),
-                     "highest_stable_lr": highest_stable_lr(points), "upward": result.upward.get(b),
+                     "frontier_searched_from_lr": floor,
+                     "highest_stable_lr": highest_stable_lr(points, floor), "upward": result.upward.get(b),
                      "own_lr": None if sel is None else sel.as_dict()}
     all_runs = result.records()
     bad = sum(not r.completed for r in all_runs)

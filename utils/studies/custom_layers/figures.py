@@ -20,7 +20,6 @@ import numpy as np
 from matplotlib import ticker
 from matplotlib.lines import Line2D
 
-from utils.analysis.statistics import curve_band
 from utils.comparison_utils import is_number
 from utils.visualization_utils import palette, plain_minor_log_labels, save_figure, styled
 from utils.engine.records import RunRecord
@@ -92,50 +91,15 @@ def plot_training_cost(training: dict[str, dict], path: Path, title: str) -> Pat
                             fmt=markers.get(precision, "o"), color=color, mfc=color if filled else "white", ms=6,
                             capsize=3)
         handles.append(Line2D([], [], marker=markers.get(precision, "o"), color=color, ls="",
-                              label=f"{precision}{' autocast' if precision == 'bf16' else ''}: custom net"))
+                              label=f"{precision}{' autocast' if precision == 'bf16' else ''}: the net as trained"))
         if any(n.endswith("_autograd") for n in nets):
             handles.append(Line2D([], [], marker=markers.get(precision, "o"), color=color, mfc="white", ls="",
-                                  label=f"{precision}: its autograd twin"))
+                                  label=f"{precision}: its custom layers under autograd"))
     ax.axvline(1, color="k", lw=0.8)
     ax.set_yticks(range(len(names)), names)
     ax.set_ylim(len(names) - 0.5, -0.6)
     ax.set(xlabel="time of one training batch / base CNN's (median of paired rounds, bar 25-75 %)", title=title)
     ax.legend(handles=handles, fontsize=8, loc="lower right")
-    return save_figure(fig, path)
-
-
-def _band(ax, x, band: dict, color, label: str, scale: float = 1.0) -> None:
-    mean, lo, hi = (scale * np.asarray(band[k], dtype=float) for k in ("mean", "min", "max"))
-    ax.plot(x[:len(mean)], mean, "-o", ms=3, color=color, label=label)
-    ax.fill_between(x[:len(mean)], lo, hi, color=color, alpha=0.2)
-
-
-@styled
-def plot_seed_bands(groups: dict[str, Sequence[RunRecord]], path: Path, title: str) -> Path:
-    """Train loss, validation loss and validation accuracy along training: mean line and min-max
-    band over seeds, one colour per group (``groups``: label -> the records of its seeds). A
-    diverged run's curve stops where it diverged; a group without any curve point is named in the
-    legend as diverged."""
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6), layout="constrained")
-    keys = (("train_loss", "training loss (running mean)", 1.0),
-            ("val_loss", "validation loss (cross-entropy)", 1.0), ("val_acc", "validation accuracy (%)", 100.0))
-    for color, (label, runs) in zip(palette(len(groups)), groups.items()):
-        bad = sum(not r.completed for r in runs)
-        name = f"{label} (n={len(runs)}" + (f", {bad} diverged)" if bad else ")")
-        with_curves = [r for r in runs if r.history.epoch]
-        for ax, (key, ylabel, scale) in zip(axes, keys):
-            ax.set(xlabel="epoch", ylabel=ylabel)
-            if not with_curves:
-                ax.plot([], [], "x", color=color, label=name + ": no curve")
-                continue
-            band = curve_band([getattr(r.history, key) for r in with_curves])
-            x = np.asarray(max((r.history.epoch for r in with_curves), key=len), dtype=float)
-            _band(ax, x, band, color, name, scale)
-    for ax, t in zip(axes, ("Training loss", "Validation loss", "Validation accuracy")):
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-        ax.legend(fontsize=8)
-        ax.set_title(t)
-    fig.suptitle(title)
     return save_figure(fig, path)
 
 
@@ -281,7 +245,7 @@ def plot_stability(numbers: dict, path: Path, title: str) -> Path:
     lrs = sorted({p["lr"] for b in blocks.values() for p in b["points"]})
     n_b = max(len(blocks), 1)
     rise = f"{numbers['spike_definition']['rises_percent'][0]:g}"
-    any_unstable = any_grad = False
+    any_unstable = any_grad = any_spikes = False
     for k, (color, (name, b)) in enumerate(zip(palette(n_b), blocks.items())):
         pts = b["points"]
         shift = 1.0 + 0.04 * (k - (n_b - 1) / 2)      # side by side on the log axis
@@ -289,12 +253,14 @@ def plot_stability(numbers: dict, path: Path, title: str) -> Path:
         acc = [p["final_val_acc"] for p in pts]
         mean = np.asarray([100 * a["mean"] if is_number(a["mean"]) else np.nan for a in acc])
         half = np.asarray([100 * a["half_width"] if is_number(a.get("half_width")) else 0.0 for a in acc])
-        ax_acc.errorbar(x, mean, yerr=half, fmt="-o", ms=4, capsize=3, color=color, label=name)
+        finite = np.isfinite(mean).any()
+        if finite:      # a block unstable at every lr gets its legend entry from its crosses
+            ax_acc.errorbar(x, mean, yerr=half, fmt="-o", ms=4, capsize=3, color=color, label=name)
         bad = [xx for xx, p in zip(x, pts) if p["unstable"]]
         if bad:
             any_unstable = True
             ax_acc.scatter(bad, np.full(len(bad), 0.04), transform=ax_acc.get_xaxis_transform(), marker="x", s=60,
-                           color=color, zorder=5)
+                           color=color, zorder=5, label=None if finite else f"{name}: no stable lr")
         g = [p["grad_rms"] for p in pts]
         med = np.asarray([np.nan if q["p50"] is None else q["p50"] for q in g], dtype=float)
         lo = np.asarray([np.nan if q["p10"] is None else q["p10"] for q in g], dtype=float)
@@ -304,9 +270,11 @@ def plot_stability(numbers: dict, path: Path, title: str) -> Path:
             ax_g.errorbar(x, med, yerr=[np.nan_to_num(med - lo), np.nan_to_num(hi - med)], fmt="-o", ms=4, capsize=3,
                           color=color, label=name)
         sp = [p["loss_spike_steps"][rise] for p in pts]
-        ax_sp.errorbar(x, [np.nan if not is_number(s["mean"]) else s["mean"] for s in sp],
-                       yerr=[0.0 if not is_number(s.get("half_width")) else s["half_width"] for s in sp],
-                       fmt="-o", ms=4, capsize=3, color=color, label=name)
+        sp_mean = np.asarray([np.nan if not is_number(s["mean"]) else s["mean"] for s in sp], dtype=float)
+        if np.isfinite(sp_mean).any():
+            any_spikes = True
+            ax_sp.errorbar(x, sp_mean, yerr=[0.0 if not is_number(s.get("half_width")) else s["half_width"] for s in sp],
+                           fmt="-o", ms=4, capsize=3, color=color, label=name)
     handles = ax_acc.get_legend_handles_labels()[0]
     if any_unstable:
         handles.append(Line2D([], [], marker="x", color="0.3", ls="", label="an unstable run at this lr"))
@@ -319,7 +287,8 @@ def plot_stability(numbers: dict, path: Path, title: str) -> Path:
         ax_g.legend(fontsize=8)
     ax_sp.set(ylabel="spike steps per run", title=f"Loss spikes (> {rise} % above the mean of the previous "
               f"{numbers['spike_definition']['window_steps']} steps)")
-    ax_sp.legend(fontsize=8)
+    if any_spikes:
+        ax_sp.legend(fontsize=8)
     for ax in (ax_acc, ax_g, ax_sp):
         ax.set_xscale("log")
         ax.set_xlabel("peak learning rate (log scale)")

@@ -85,7 +85,7 @@ def speed_cases(c: int) -> list[SpeedCase]:
                   functools.partial(aconv, weight_standardization=True, channel_gate=True), std_conv),
         SpeedCase("ChannelAttention (SE)", f"reduction {SE_REDUCTION}", lambda: ChannelAttention(c, SE_REDUCTION),
                   lambda: autograd_reference(ChannelAttention(c, SE_REDUCTION)), None),
-        SpeedCase("CBAM", f"SE r={SE_REDUCTION} + 7x7 spatial", lambda: CBAM(c, SE_REDUCTION),
+        SpeedCase("CBAM", f"avg+max channel r={SE_REDUCTION} + 7x7 spatial", lambda: CBAM(c, SE_REDUCTION),
                   lambda: autograd_reference(CBAM(c, SE_REDUCTION)), None),
         SpeedCase("Swish", "beta = 1 fixed (= SiLU)", lambda: Swish(1.0, learnable=False),
                   lambda: autograd_reference(Swish(1.0, learnable=False)), nn.SiLU, same_as_standard=True),
