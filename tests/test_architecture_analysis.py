@@ -16,6 +16,7 @@ import homework_cnn_architecture_analysis as arch
 from models.cnn_models import KernelSizeCNN, PlainCNN, ResNet
 from utils.comparison_utils import NO_PAIRS, json_safe
 from utils.studies.architecture import numbers
+from utils.report import readme as report
 from utils.studies.architecture import figures as plots_architecture
 from utils.studies.architecture import depth_figures as plots_depth
 from utils.studies.architecture.analysis import activation_stats, canvas_images, main_path_convs, residual_end_params
@@ -492,6 +493,8 @@ def test_cli_quick_end_to_end(fake_cifar_folder, tmp_path):
                 "depth_feature_map_stats", "depth_feature_maps", "depth_nobn_pilots", "depth_nobn_summary",
                 "depth_nobn_gradient_ratio", "init_study"):
         assert (plots / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    # the page staged for the standard run reads this run: every number resolves, every figure is linked
+    assert report.staged_problems(report.STAGED_DIR / "task2_architecture.md", root.parent, plots) == []
 
 
 @pytest.mark.e2e
