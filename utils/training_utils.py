@@ -127,8 +127,9 @@ def train_one_epoch(t: Trainer, loader: BatchLoader, desc: str, eval_after: set[
     (whose time is not counted). Returns the epoch's training seconds. Raises
     :class:`TrainingDiverged` on a non-finite loss or gradient norm."""
     t.model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    correct = torch.zeros((), dtype=torch.long)
+    # accumulated where the batches live, so a GPU step never waits for a copy to the host
+    loss_sum = torch.zeros((), dtype=torch.float64, device=t.runtime.device)
+    correct = torch.zeros((), dtype=torch.long, device=t.runtime.device)
     seen, train_s, t0 = 0, 0.0, time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, disable=None, mininterval=1.0)
     try:
