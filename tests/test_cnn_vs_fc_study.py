@@ -163,6 +163,45 @@ def test_task_figures_draw(tmp_path):
     assert figures.plot_accuracy_vs_compute(v, tmp_path / "c.png", "t").exists()
 
 
+def _figure(monkeypatch, module, plot, *args, **kwargs):
+    """The figure ``plot(*args)`` draws, caught before it is saved and closed."""
+    figs = []
+    monkeypatch.setattr(module, "save_figure", lambda fig, path: figs.append(fig) or path)
+    plot(*args, **kwargs)
+    return figs[0]
+
+
+def test_accuracy_vs_compute_dodges_equal_compute_and_draws_the_target(monkeypatch, tmp_path):
+    """The ResNet with and without regularisers costs the same PFLOP: their points must not sit on
+    one another, and the target accuracy is a line of its own in the legend."""
+    t = {"mean": 0.8, "half_width": 0.01, "n": 3}
+    v = {"resnet/none": {"training_pflop": 0.5, "test_acc": t}, "resnet/all": {"training_pflop": 0.5, "test_acc": t},
+         "mlp/none": {"training_pflop": 0.01, "test_acc": {**t, "mean": 0.55}}}
+    fig = _figure(monkeypatch, figures, figures.plot_accuracy_vs_compute, v, tmp_path / "c.png", "t", target=0.88)
+    ax = fig.axes[0]
+    xs = sorted({round(float(line.get_xdata()[0]), 6) for line in ax.get_lines() if len(line.get_xdata()) == 1})
+    assert len(xs) == 3 and xs[0] == 0.01 and all(0.45 < x < 0.55 for x in xs[1:]), xs
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "target 88 %" in labels and len(labels) == 4
+    assert any(line.get_linestyle() == "--" and set(line.get_ydata()) == {88.0} for line in ax.get_lines())
+
+
+def test_gradient_rms_puts_nets_of_different_depth_on_one_relative_axis(monkeypatch, tmp_path):
+    recs = [fake_record("mlp"), fake_record("resnet")]
+    fig = _figure(monkeypatch, figures, figures.plot_gradient_rms, recs, tmp_path / "g.png", "t")
+    lines = [line for line in fig.axes[0].get_lines() if len(line.get_xdata())]
+    assert lines and all(line.get_xdata()[0] == 0 and line.get_xdata()[-1] == 1 for line in lines)
+    assert "relative depth" in fig.axes[0].get_xlabel()
+
+
+def test_regularisation_ablation_legend_sits_outside_the_panels(monkeypatch, tmp_path):
+    d = {"mean_difference": 0.01, "ci95_low": -0.005, "ci95_high": 0.02}
+    rows = {"dropout": {"MLP": {"test_acc": d, "gap": d}, "ResNet": {"test_acc": d, "gap": d}}}
+    fig = _figure(monkeypatch, figures, figures.plot_regularisation_ablation, rows, tmp_path / "a.png", "t")
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["MLP", "ResNet"]
+
+
 def test_reliability_figure_draws(tmp_path):
     from utils.analysis.classification import calibration
 

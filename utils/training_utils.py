@@ -310,10 +310,13 @@ def train_model(spec: ModelSpec, data: DatasetSplits, base_cfg: ExperimentConfig
             status, diverged_at = "diverged", {"epoch": epoch + 1, "step": t.step, "reason": str(exc)}
             log.warning("%s/%s diverged at epoch %d step %d: %s", experiment, spec.name, epoch + 1, t.step, exc)
             break
-        if history.val_acc:
+        if schedule[epoch] and history.val_acc:
             log.info("%s/%s epoch %d/%d: train loss %.4f | val loss %.4f acc %.4f | %.1fs", experiment, spec.name,
                      epoch + 1, cfg.epochs, history.train_loss[-1], history.val_loss[-1], history.val_acc[-1],
                      epoch_times[-1])
+        else:   # no evaluation point in this epoch: repeating the last one would read as a stalled run
+            log.info("%s/%s epoch %d/%d: trained, not evaluated | %.1fs", experiment, spec.name,
+                     epoch + 1, cfg.epochs, epoch_times[-1])
         if checkpoint_path is not None and epoch + 1 < cfg.epochs:
             save_checkpoint(checkpoint_path, config_hash, model, optimizer, t.scheduler, history, t.grads,
                             epoch + 1, extra={"epoch_time_s": epoch_times, "step_loss": t.step_loss})

@@ -317,13 +317,14 @@ def plot_confusion_matrices(records: Sequence[RunRecord], path: Path, title: str
     fig, axes = plt.subplots(1, n, figsize=(6.2 * n + 1, 5.8), squeeze=False, layout="constrained")
     errors = [error_counts(r.labels, r.predictions, len(r.class_names)) for r in done]
     vmax = max(1, max(int(e.max()) for e in errors))
-    cmap = plt.get_cmap("Reds").with_extremes(bad="0.88")    # bad = the masked diagonal
+    # bad = the masked diagonal; under = the zero cells (vmin sits between 0 and 1 error), blank
+    cmap = plt.get_cmap("Reds").with_extremes(bad="0.88", under="white")
     im = None
     for ax, r, err in zip(axes[0], done, errors):
         classes, k = r.class_names, len(r.class_names)
         labels, preds = np.asarray(r.labels), np.asarray(r.predictions)
         shown = np.ma.masked_where(np.eye(k, dtype=bool), err.astype(float))
-        im = ax.imshow(shown, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+        im = ax.imshow(shown, cmap=cmap, vmin=0.5, vmax=vmax, interpolation="nearest")
         for i in range(k):
             n_true = int((labels == i).sum())
             acc = 100 * float((preds[labels == i] == i).mean()) if n_true else float("nan")

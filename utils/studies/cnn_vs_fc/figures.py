@@ -68,7 +68,9 @@ def plot_regularisation_ablation(rows: Mapping[str, Mapping[str, dict | None]], 
         ax.set(xlabel=xlabel)
     axes[0].set_yticks(range(len(rows)), [REGULARISER_LABELS.get(k, k) for k in rows])
     axes[0].invert_yaxis()
-    axes[0].legend(title="model (vs itself unregularised)", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, title="model (vs itself unregularised)", fontsize=8, loc="outside lower center",
+               ncols=len(models))
     fig.suptitle(title)
     return save_figure(fig, path)
 
@@ -85,7 +87,7 @@ def plot_effective_lr(curves: Mapping[str, Sequence[dict]], path: Path, title: s
         epoch = np.asarray(runs[0]["epoch"][:n])
         for ax, key in ((ax_w, "weight_norm_rel"), (ax_e, "effective_lr")):
             arr = np.asarray([c[key][:n] for c in runs])
-            ax.plot(epoch, arr.mean(axis=0), color=color, label=f"{variant.replace('_', ' ')} (n={len(runs)})")
+            ax.plot(epoch, arr.mean(axis=0), "o-", ms=3, color=color, label=f"{variant.replace('_', ' ')} (n={len(runs)})")
             ax.fill_between(epoch, arr.min(axis=0), arr.max(axis=0), color=color, alpha=0.2, lw=0)
     ax_w.set(xlabel="epoch", ylabel="‖w‖ / ‖w at init‖ (geometric mean over layers)",
              title="Weight norm of the layers before BatchNorm")
@@ -98,18 +100,28 @@ def plot_effective_lr(curves: Mapping[str, Sequence[dict]], path: Path, title: s
 
 
 @styled
-def plot_accuracy_vs_compute(variants: Mapping[str, dict], path: Path, title: str) -> Path:
-    """Mean test accuracy (95 % interval, n seeds) of each variant against its training compute."""
+def plot_accuracy_vs_compute(variants: Mapping[str, dict], path: Path, title: str,
+                             target: float | None = None) -> Path:
+    """Mean test accuracy (95 % interval, n seeds) of each variant against its training compute,
+    and the target accuracy as a dashed line. Variants at the same compute (the ResNet with and
+    without regularisers: same net, same epochs) are dodged sideways so none hides another."""
     fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
     items = [(k, v) for k, v in variants.items() if is_number(v.get("training_pflop")) and v["test_acc"].get("n")]
+    same = {}
+    for key, v in items:
+        same.setdefault(round(float(np.log10(v["training_pflop"])), 3), []).append(key)
     for (color, marker), (key, v) in zip(color_markers(len(items)), items):
+        group = same[round(float(np.log10(v["training_pflop"])), 3)]
+        dodge = 10 ** (0.025 * (group.index(key) - (len(group) - 1) / 2))
         t = v["test_acc"]
         half = 100 * t["half_width"] if is_number(t.get("half_width")) else 0.0
-        ax.errorbar(v["training_pflop"], 100 * t["mean"], yerr=half, fmt=marker, color=color, capsize=3, ms=8,
-                    mec="k", mew=0.5, label=f"{key} (n={t['n']})")
+        ax.errorbar(v["training_pflop"] * dodge, 100 * t["mean"], yerr=half, fmt=marker, color=color, capsize=3,
+                    ms=8, mec="k", mew=0.5, label=f"{key} (n={t['n']})")
+    if target is not None:
+        ax.axhline(100 * target, color="k", ls="--", lw=1, label=f"target {100 * target:g} %")
     ax.set_xscale("log")
-    ax.set(xlabel="training compute (PFLOP: 3 × forward FLOPs × images seen)", ylabel="test accuracy (%)",
-           title=title)
+    ax.set(xlabel="training compute (PFLOP: 3 × forward FLOPs × images seen; equal compute dodged sideways)",
+           ylabel="test accuracy (%)", title=title)
     ax.legend(fontsize=8, loc="best")
     return save_figure(fig, path)
 
@@ -131,25 +143,27 @@ def plot_paired_timing(timing: dict, path: Path, title: str) -> Path:
             ax.annotate(f" {mid:,.0f}" if mid >= 100 else f" {mid:.3g}", (i, mid), va="center", fontsize=8)
         ax.set_xticks(range(len(models)), models, rotation=15)
         ax.set(ylabel=label, yscale="log")
-    fig.suptitle(f"{title} ({timing['repeats']} interleaved rounds, median and quartiles; "
-                 f"{timing['runtime'].get('precision')})")
+    fig.suptitle(f"{title} (median and quartiles over interleaved rounds: {timing['repeats']} for training "
+                 f"and inference, {timing['latency_repeats']} for latency; {timing['runtime'].get('precision')})")
     return save_figure(fig, path)
 
 
 @styled
 def plot_gradient_rms(records: Sequence[RunRecord], path: Path, title: str) -> Path:
-    """Per-parameter gradient scale ``||g|| / sqrt(numel)`` of each weight tensor (input layer
-    first), median over the sampled training steps, one line per model (comparable across layers
-    and models, unlike raw norms of tensors of different sizes)."""
+    """Per-parameter gradient scale ``||g|| / sqrt(numel)`` of each weight tensor, median over the
+    sampled training steps, one line per model against relative depth (first weight layer 0, last
+    1), so nets with different layer counts share an axis (RMS, unlike raw norms of tensors of
+    different sizes, is comparable across layers and models)."""
     fig, ax = plt.subplots(figsize=(9, 4.6), layout="constrained")
-    for color, r in zip(palette(len(records)), records):
+    for (color, marker), r in zip(color_markers(len(records)), records):
         rms = grad_rms_of(r)
         if not rms["rms"]:
             continue
         med = np.nanmedian(np.asarray(rms["rms"], dtype=float), axis=0)
-        ax.plot(np.arange(1, med.size + 1), med, "o-", ms=4, color=color, label=f"{r.label} ({med.size} layers)")
-    ax.set(yscale="log", xlabel="weight layer (input → output)", ylabel="gradient RMS per parameter",
-           title=title)
+        depth = np.linspace(0, 1, med.size) if med.size > 1 else np.zeros(1)
+        ax.plot(depth, med, "-", marker=marker, ms=4, color=color, label=f"{r.label} ({med.size} weight layers)")
+    ax.set(yscale="log", xlabel="relative depth of the weight layer (0 = input layer, 1 = classifier)",
+           ylabel="gradient RMS per parameter", title=title)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
