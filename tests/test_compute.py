@@ -48,3 +48,13 @@ def test_report_counts_run_records_only_outside_superseded_and_other_profiles(tm
     assert len(list(run_dicts(tmp_path))) == 2
     out = write_study_compute(tmp_path)
     assert json.loads((tmp_path / OUTPUT).read_text()) == json.loads(json.dumps(out)) and out["runs"] == 2
+
+
+def test_study_compute_splits_by_experiment_with_the_runs_whole_wall_time():
+    runs = [{**_run(1e6, 10, 8, 2.0), "experiment": "a", "timing": {"train_s": 2.0, "total_s": 3.0}},
+            {**_run(1e6, 10, 8, 4.0), "experiment": "a", "timing": {"train_s": 4.0, "total_s": 5.5}},
+            {**_run(1e6, 10, 8, 1.0), "experiment": "b"}]
+    by = study_compute(runs)["by_experiment"]
+    assert set(by) == {"a", "b"} and by["a"]["runs"] == 2
+    assert by["a"]["train_s"] == pytest.approx(6.0) and by["a"]["total_s"] == pytest.approx(8.5)
+    assert by["b"]["total_s"] == 0.0

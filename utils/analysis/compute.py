@@ -64,12 +64,14 @@ class ComputeTotals:
     steps: int = 0
     training_flop: float = 0.0
     train_s: float = 0.0
+    total_s: float = 0.0   # the runs' whole wall time where they ran: training, evaluation, set-up
 
-    def add(self, flop: float, steps: int, train_s: float) -> None:
+    def add(self, flop: float, steps: int, train_s: float, total_s: float = 0.0) -> None:
         self.runs += 1
         self.steps += steps
         self.training_flop += flop
         self.train_s += train_s
+        self.total_s += total_s
 
     def as_dict(self) -> dict:
         return {**asdict(self), "training_pflop": self.training_flop / 1e15,
@@ -80,16 +82,20 @@ def study_compute(runs: Iterable[Mapping]) -> dict:
     """Totals of run records given as their JSON dicts (``flops_per_image``, ``history.step``,
     ``config.batch_size``, ``timing.train_s``, ``runtime.precision``: fields of every record
     schema), overall and per precision, with the GPU estimate of the whole."""
-    total, by_precision = ComputeTotals(), {}
+    total, by_precision, by_experiment = ComputeTotals(), {}, {}
     for r in runs:
         step = (r.get("history") or {}).get("step") or [0]
         steps = int(step[-1])
         flop = training_flop(r.get("flops_per_image") or 0, steps, int(r["config"]["batch_size"]))
-        train_s = float((r.get("timing") or {}).get("train_s") or 0.0)
-        total.add(flop, steps, train_s)
-        by_precision.setdefault(str((r.get("runtime") or {}).get("precision")), ComputeTotals()).add(flop, steps,
-                                                                                                     train_s)
+        timing = r.get("timing") or {}
+        cost = (flop, steps, float(timing.get("train_s") or 0.0), float(timing.get("total_s") or 0.0))
+        total.add(*cost)
+        by_precision.setdefault(str((r.get("runtime") or {}).get("precision")), ComputeTotals()).add(*cost)
+        by_experiment.setdefault(str(r.get("experiment")), ComputeTotals()).add(*cost)
     return {"convention": FLOP_CONVENTION, **total.as_dict(),
             "by_precision": {k: v.as_dict() for k, v in sorted(by_precision.items())},
+            # what each experiment's runs cost where they were made, over every session they spanned
+            # (an invocation's legs count only the runs trained in that call)
+            "by_experiment": {k: v.as_dict() for k, v in sorted(by_experiment.items())},
             "gpu_estimate": gpu_time_estimate(total.training_flop, total.steps),
             "gpu_estimate_note": "estimated from FLOPs and optimizer steps under the stated assumptions, not measured"}

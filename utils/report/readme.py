@@ -50,7 +50,6 @@ TEMPLATE, README = PAGES[0]
 STAGED_DIR = TEMPLATES / "staged"
 #: staged template -> the plots folder (under ``plots/``) of the script whose results it reads
 STAGED: dict[Path, str] = {
-    STAGED_DIR / "task1_cnn_vs_fc.md": "cnn_vs_fc",
     STAGED_DIR / "task2_architecture.md": "architecture_analysis",
     STAGED_DIR / "task3_custom_layers.md": "custom_layers",
 }
@@ -176,12 +175,13 @@ def figure_links(template: str, folder: str) -> set[str]:
     return set(re.findall(rf"!\[[^\]]*\]\(\.\./plots/{re.escape(folder)}/([^)\s/]+\.png)\)", template))
 
 
-def staged_problems(template: Path, results_dir: Path, plots_dir: Path) -> list[str]:
-    """What keeps a staged page from reading a run whose results are in ``results_dir`` and whose
-    figures are in ``plots_dir``: unresolved placeholders, figures linked but not drawn, figures drawn
-    but not linked."""
+def staged_problems(template: Path, results_dir: Path, plots_dir: Path, folder: str | None = None) -> list[str]:
+    """What keeps a page from reading a run whose results are in ``results_dir`` and whose figures are
+    in ``plots_dir``: unresolved placeholders, figures linked but not drawn, figures drawn but not
+    linked. ``folder``: the page's plots folder under ``plots/`` (default: a staged page's, from
+    :data:`STAGED`; a live page's end-to-end test names its own)."""
     text = template.read_text()
-    linked, drawn = figure_links(text, STAGED[template]), {p.name for p in plots_dir.glob("*.png")}
+    linked, drawn = figure_links(text, folder or STAGED[template]), {p.name for p in plots_dir.glob("*.png")}
     return ([*unresolved(text, results_dir)]
             + [f"links {name}, which the run did not draw" for name in sorted(linked - drawn)]
             + [f"does not link {name}, which the run drew" for name in sorted(drawn - linked)])
