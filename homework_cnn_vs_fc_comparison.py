@@ -96,7 +96,13 @@ class Profile:
 # spaced, 10 in the plateau window, 3 of them shared; 40 evenly spaced ones cost 25 s more per
 # ResNet run for the same 8+ window points), a pilot at 4 on all 5,000 validation images (~2.9 s
 # each). So a 16-epoch ResNet run is ~9.9 min, a 3-epoch pilot ~2.0 min, a 20-epoch MLP run ~50 s.
-# standard (~150 min; epoch times alone vary +-15 %; no per-run inference timing: -2 min):
+# Measured (results/study_compute.json by_experiment, run time incl. evaluation) on a 2-core AMX
+# Xeon, bf16, 2026-12-03/04: mnist 4.1, cifar_lr 19.7 (one extension), cifar 111.9 (ResNet runs
+# 11-12 min, not 9.9), shuffled 9.1, mlp_ablation 5.1 + 31.9 + budget 9.3 = ~191 min: over the
+# 150-min budget on that CPU. Cutting back means fewer CIFAR epochs, which the 88 % target (not
+# reached at 16) argues against; what to drop instead is an open choice (e.g. the shuffle control's
+# ResNet or the ablation's fifth seed).
+# standard (estimated ~150 min on the EPYC; epoch times alone vary +-15 %):
 #   mnist         3 seeds x 3 models x 4 epochs                                  ~3.5 min
 #   cifar_lr      3 grid points x 3 models x 3 epochs, 1 pilot seed               ~13 min
 #                 (+4.2 min per point a bracketing extension adds)
