@@ -269,7 +269,12 @@ def test_task1_quick_profile_end_to_end(tmp_path, fake_data_dir):
         assert analysis["differences"] and all(d["test_acc"]["verdict"] for d in analysis["differences"].values())
         assert all(d["test_acc"]["n"] == 2 for d in analysis["differences"].values())
     shuffled = json.loads((results / "cifar_shuffled" / "shuffled_residual_cnn_seed0.json").read_text())
-    assert "shuffled" in shuffled["data"]["source"]
+    assert "shuffled" in shuffled["data"]["source"] and shuffled["config"]["flip_tta"] is False
+    original = json.loads((results / "cifar_shuffled_reference" / "original_residual_cnn_seed1.json").read_text())
+    assert original["config"]["epochs"] == shuffled["config"]["epochs"] and "shuffled" not in original["data"]["source"]
+    control = json.loads((results / "cifar_shuffled" / "analysis.json").read_text())
+    assert control["advantage_change"]["n"] == 2 and control["advantage_change"]["verdict"]
+    assert "original/resnet vs original/mlp" in control["differences"]
     reg = json.loads((results / "cifar_comparison" / "residual_cnn_regularised_seed0.json").read_text())
     assert reg["config"]["augment"] and reg["config_overrides"]["weight_decay"] > 0
     assert (reg["group"], reg["variant"]) == ("resnet", "all")

@@ -19,7 +19,7 @@ from utils.engine.data import ArrayDataset, DatasetSplits
 from utils.engine.experiment import ExperimentConfig
 from utils.engine.runtime import resolve_runtime
 from utils.studies.cnn_vs_fc import figures
-from utils.studies.cnn_vs_fc.numbers import (effective_lr_curve, mean_score, paired_difference, pilot_table,
+from utils.studies.cnn_vs_fc.numbers import (advantage_change, effective_lr_curve, mean_score, paired_difference, pilot_table,
                                              ratio_over_seeds, training_pflop)
 from utils.studies.cnn_vs_fc.probes import paired_timing, permute_pixels, pixel_permutation, shuffled_splits, \
     weights_before_norm
@@ -209,3 +209,24 @@ def test_reliability_figure_draws(tmp_path):
     conf = rng.uniform(0.1, 1, 500)
     cal = [calibration(conf, rng.random(500) < conf ** 2)]
     assert figures.plot_reliability({"none": cal, "label_smoothing": cal}, tmp_path / "r.png", "t").exists()
+
+
+def test_advantage_change_is_the_difference_of_the_two_paired_differences():
+    labels = [0, 1] * 20
+
+    def runs(group, variant, right):   # right[seed]: how many of the 40 test images the run gets right (the first k)
+        out = []
+        for seed, k in enumerate(right):
+            r = fake_record(group=group, variant=variant, seed=seed)
+            r.labels, r.predictions = labels, [y if i < k else 1 - y for i, y in enumerate(labels)]
+            r.test_acc = k / len(labels)
+            out.append(r)
+        return out
+
+    out = advantage_change(runs("s", "cnn", [20, 20, 30]), runs("s", "mlp", [20, 20, 20]),
+                           runs("o", "cnn", [40, 40, 40]), runs("o", "mlp", [20, 20, 20]))
+    # (cnn - mlp) shuffled: 0, 0, 0.25; original: 0.5 each -> change -0.5, -0.5, -0.25
+    assert out["n"] == 3 and out["mean_difference"] == pytest.approx(-5 / 12)
+    assert out["ci95_high"] < 0 and out["verdict"] == "real"
+    missing = advantage_change(runs("s", "cnn", [20]), [], runs("o", "cnn", [40]), runs("o", "mlp", [20]))
+    assert missing["n"] == 0 and "missing" in missing["verdict"]
