@@ -12,9 +12,10 @@ Experiments (``--only``; an experiment that needs the shared CIFAR-10 lr gets it
   cifar         deep FC (7 linear layers) vs residual CNN vs the same residual CNN with all four
                 regularisers, one config; and the ResNet ablation: augmentation alone (and, in the
                 full profile, each other regulariser alone).
-  shuffled      the MLP's ceiling: the MLP and the residual CNN on pixel-shuffled CIFAR-10 (one
-                fixed permutation of the pixel positions for every image), plus the MLP on the
-                original pixels at the same budget (an MLP cannot tell the two apart).
+  shuffled      what locality is worth: the MLP and the residual CNN on pixel-shuffled CIFAR-10
+                (one fixed permutation of the pixel positions for every image) and on the original
+                pixels at the same budget, no flip test-time augmentation; the change of the CNN's
+                advantage gets its own paired interval (an MLP cannot tell the two apart).
   mlp_ablation  the regularisation ablation on the MLP with its own, longer budget: a strength
                 per regulariser chosen on validation by a bracketing grid (pilot seeds), then the
                 final seeds of none / each alone / all four; effective learning rate of the
@@ -23,8 +24,9 @@ Experiments (``--only``; an experiment that needs the shared CIFAR-10 lr gets it
 Validation chooses, test reports (``utils/analysis/protocol.py``): every choice reads pilot runs'
 validation accuracy, the test set is evaluated once at the end of each run; pilots never serve as
 final seeds. Writes ``results/{mnist_comparison,cifar_lr_pilots,cifar_comparison,cifar_shuffled,
-cifar_shuffled_reference,mlp_ablation_pilots,mlp_ablation}/`` (a JSON per run, summary.csv/md, analysis.json) and
-``plots/cnn_vs_fc/*.png``.
+cifar_shuffled_reference,mlp_ablation_pilots,mlp_ablation,mlp_ablation_budget}/`` (a JSON per run,
+summary.csv/md, analysis.json) and ``plots/cnn_vs_fc/*.png``; session state and run helpers live in
+``utils/studies/cnn_vs_fc/study.py``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import dataclasses
 import logging
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -42,20 +44,20 @@ from models.fc_models import FullyConnectedNet
 from utils import visualization_utils as viz
 from utils.analysis.protocol import Selection, check_disjoint, final_seeds, pilot_seeds, select_bracketed
 from utils.comparison_utils import by_variant, convergence_of, json_safe
-from utils.engine.cli import apply_cli_overrides, build_parser, load_data, prepare_output_dirs, run_cli, setup_logging
+from utils.engine.cli import build_parser, prepare_output_dirs, run_cli, setup_logging
 from utils.engine.data import DatasetSplits
-from utils.engine.executors import Executor, executor_from_args
+from utils.engine.executors import executor_from_args
 from utils.engine.experiment import REGULARISATION_FIELDS, ExperimentConfig, ModelSpec
-from utils.engine.files import read_json, write_json
-from utils.engine.invocation import ExperimentCost, InvocationLog
-from utils.engine.records import RunRecord, write_summary
-from utils.engine.runner import ExperimentRun, run_experiment
+from utils.engine.files import write_json
+from utils.engine.invocation import InvocationLog
+from utils.engine.records import RunRecord
 from utils.engine.runtime import resolve_runtime
 from utils.studies.cnn_vs_fc import figures
 from utils.studies.cnn_vs_fc.numbers import (advantage_change, calibration_numbers, differences_of, effective_lr_curve,
                                              mean_score, per_seed_summary, pilot_table, ratio_over_seeds, run_numbers,
                                              variants_of)
-from utils.studies.cnn_vs_fc.probes import paired_timing, shuffled_splits, test_calibration, weights_before_norm
+from utils.studies.cnn_vs_fc.probes import paired_timing, shuffled_splits, weights_before_norm
+from utils.studies.cnn_vs_fc.study import Study, epochs, source_of
 
 log = logging.getLogger("cnn_vs_fc")
 EXPERIMENTS = ("mnist", "cifar_lr", "cifar", "shuffled", "mlp_ablation")
@@ -164,7 +166,6 @@ MLP_BUDGET_FACTOR = 2
 MLP_GRIDS = {"dropout": (0.1, 0.2, 0.4), "weight_decay": (1e-4, 5e-4, 2.5e-3), "label_smoothing": (0.05, 0.1, 0.2)}
 VALID_STRENGTH = {"dropout": (0.0, 1.0), "label_smoothing": (0.0, 1.0), "weight_decay": (0.0, math.inf)}
 REGULARISER_ORDER = ("dropout", "weight_decay", "augment", "label_smoothing", "all")
-CALIBRATION_FILE = "calibration.json"
 
 
 def merged(regs: dict[str, dict]) -> dict:
@@ -229,107 +230,6 @@ def seeded(specs: Sequence[ModelSpec], seeds: Sequence[int]) -> list[ModelSpec]:
 def in_range(regulariser: str, value: float) -> bool:
     lo, hi = VALID_STRENGTH[regulariser]
     return lo < value < hi
-
-
-# ------------------------------------------------------------------------------------- study
-@dataclass
-class Study:
-    """One call of the script: its options, output folders, runtime, profile, the loaded data
-    and what its experiments produced in memory (so experiments share runs through the runner,
-    never through each other's files)."""
-
-    args: object
-    dirs: object
-    runtime: object
-    profile: Profile
-    data: dict[str, DatasetSplits] = field(default_factory=dict)
-    lr: float | None = None
-    lr_selection: Selection | None = None
-    pilots: list[RunRecord] = field(default_factory=list)
-    numbers: dict[str, dict] = field(default_factory=dict)
-    executor: Executor | None = None
-    cost: ExperimentCost | None = None    # the invocation log's entry of the experiment being run
-
-    def dataset(self, name: str) -> DatasetSplits:
-        if name not in self.data:
-            p = self.profile
-            self.data[name] = load_data(self.args, self.dirs, name, p.train_subset, p.test_subset, p.val_size)
-        return self.data[name]
-
-    def shape(self, name: str) -> tuple[int, int, int]:
-        d = self.dataset(name)
-        return d.image_shape[0], d.image_shape[1], d.num_classes
-
-    def config(self, base: ExperimentConfig, epochs: int, **changes) -> ExperimentConfig:
-        p = self.profile
-        cfg = apply_cli_overrides(base.replace(epochs=epochs, eval_points=p.eval_points, plateau_points=p.plateau_points),
-                                  self.args).replace(**changes)
-        if p.train_eval_samples is not None:
-            cfg = cfg.replace(train_eval_samples=p.train_eval_samples)
-        return cfg
-
-    def pilot_config(self, base: ExperimentConfig, epochs: int, **changes) -> ExperimentConfig:
-        """A selection run's config: only its final validation accuracy (on every validation image)
-        is read, so a few evenly spaced points and no plateau window."""
-        return self.config(base, epochs, eval_points=self.profile.pilot_eval_points, plateau_points=0,
-                           val_eval_samples=None, **changes)
-
-    def run(self, experiment: str, specs: Sequence[ModelSpec], data: DatasetSplits, cfg: ExperimentConfig,
-            title: str, keep_models: bool = False) -> ExperimentRun:
-        run = run_experiment(experiment, specs, data, cfg, self.runtime, self.dirs.results, force=self.args.force,
-                             title=title, keep_models=keep_models, executor=self.executor)
-        self.count(run)
-        return run
-
-    def count(self, run: ExperimentRun) -> None:
-        if self.cost is not None:
-            self.cost.add(run.records, run.trained)
-
-    def calibrations(self, experiment: str, specs: Sequence[ModelSpec], records: Sequence[RunRecord],
-                     data: DatasetSplits, cfg: ExperimentConfig, title: str) -> dict[str, dict]:
-        """Test-set calibration of each completed run, measured once on its trained model and kept
-        in ``<experiment>/calibration.json`` (keyed by the run's config hash), so re-deriving the
-        analysis never needs the weights again; a run not measured yet has its final weights
-        loaded by the runner (retrained only if they are gone)."""
-        path = self.dirs.results / experiment / CALIBRATION_FILE
-        cache = {} if self.args.force else (read_json(path) or {})
-        done = {r.model: r for r in records if r.completed}
-        todo = [s for s in specs
-                if s.name in done and cache.get(s.name, {}).get("config_hash") != done[s.name].config_hash]
-        if todo:
-            run = run_experiment(experiment, todo, data, cfg, self.runtime, self.dirs.results, keep_models=True,
-                                 executor=self.executor)
-            self.count(run)
-            for r in run.records:
-                if r.completed:
-                    cache[r.model] = {"config_hash": r.config_hash,
-                                      **test_calibration(run.models[r.model], data, cfg, self.runtime)}
-            write_json(path, cache)
-            # the runner's summary tables were just written for the re-loaded runs only
-            write_summary(records, self.dirs.results / experiment, title)
-        return {m: {k: v for k, v in cache[m].items() if k != "config_hash"} for m in done if m in cache}
-
-    def shared_lr(self) -> float:
-        """The CIFAR-10 lr of every model (``--lr`` replaces the choice)."""
-        if self.lr is None:
-            if self.args.lr is not None:
-                self.lr = self.args.lr
-                log.info("CIFAR-10 lr %g from --lr (no pilots)", self.lr)
-            else:
-                self.lr = select_lr(self)
-        return self.lr
-
-    def plot(self, name: str) -> Path:
-        return self.dirs.plots / name
-
-
-def epochs(n: int) -> str:
-    """``"1 epoch"``, ``"16 epochs"``: for figure titles."""
-    return f"{n} epoch{'s' * (n != 1)}"
-
-
-def source_of(data: DatasetSplits) -> str:
-    return f"{data.source}, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test"
 
 
 # ------------------------------------------------------------------------------------ mnist
@@ -492,6 +392,8 @@ def run_shuffled(study: Study) -> None:
             "epochs": study.numbers["cifar"]["target"]["epochs"],
             "resnet/none vs mlp/none": study.numbers["cifar"]["differences"].get("resnet/none vs mlp/none")}
     write_json(study.dirs.results / "cifar_shuffled" / "analysis.json", json_safe(numbers))
+    figures.plot_shuffle_control(numbers["variants"], study.plot("cifar_shuffled_control.png"),
+                                 f"CIFAR-10 with shuffled pixel positions ({epochs(cfg.epochs)}, no flip TTA)")
 
 
 # ----------------------------------------------------------------------------- mlp_ablation
@@ -635,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     dirs = prepare_output_dirs(args)
     setup_logging(dirs.results / "cnn_vs_fc_comparison.log", args.verbose)
     runtime = resolve_runtime(args.device, args.precision)
-    study = Study(args, dirs, runtime, PROFILES[args.profile], executor=executor_from_args(args))
+    study = Study(args, dirs, runtime, PROFILES[args.profile], choose_lr=select_lr,
+                  executor=executor_from_args(args))
     log.info("profile %s, runtime %s", args.profile, runtime.describe())
     with InvocationLog(dirs.results, Path(__file__).stem, args.profile, runtime.describe(), args.only) as calls:
         for name in args.only or EXPERIMENTS:

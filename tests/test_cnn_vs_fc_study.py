@@ -202,6 +202,20 @@ def test_regularisation_ablation_legend_sits_outside_the_panels(monkeypatch, tmp
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["MLP", "ResNet"]
 
 
+def test_shuffle_control_plots_each_cell_at_its_interval_and_skips_cells_not_run(monkeypatch, tmp_path):
+    def acc(mean):
+        return {"test_acc": {"mean": mean, "ci95_low": mean - 0.01, "ci95_high": mean + 0.02}}
+    v = {"original/mlp": acc(0.54), "shuffled/mlp": acc(0.545), "original/resnet": acc(0.77)}
+    fig = _figure(monkeypatch, figures, figures.plot_shuffle_control, v, tmp_path / "s.png", "t")
+    ax = fig.axes[0]
+    points = sorted(round(float(x), 3) for line in ax.get_lines()     # the dots, not the interval caps
+                    if line.get_marker() not in (None, "None", "", "|") for x in line.get_xdata())
+    assert points == [54.0, 54.5, 77.0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["original pixels", "pixels shuffled"]
+    caps = sorted(round(float(x), 3) for c in ax.collections for seg in c.get_segments() for x, _ in seg)
+    assert min(caps) == 53.0 and max(caps) == 79.0     # the interval is drawn, asymmetric as given
+
+
 def test_reliability_figure_draws(tmp_path):
     from utils.analysis.classification import calibration
 

@@ -1,6 +1,6 @@
 """Task 1's own figures: the shared-lr choice, the regularisation ablation (Δ test accuracy and
 Δ train-validation gap with 95 % intervals), weight decay's effective learning rate, accuracy vs
-training compute, the paired timing and the per-parameter gradient scale per layer."""
+training compute, the paired timing, the per-parameter gradient scale per layer and the shuffled-pixel control."""
 
 from __future__ import annotations
 
@@ -192,4 +192,34 @@ def plot_reliability(calibrations: Mapping[str, Sequence[dict]], path: Path, tit
     ax.set(xlabel="mean confidence in the bin (%)", ylabel="accuracy in the bin (%)", xlim=(0, 100), ylim=(0, 100),
            title=title)
     ax.legend(fontsize=8, loc="upper left")
+    return save_figure(fig, path)
+
+
+SHUFFLE_MODELS = {"mlp": "MLP", "resnet": "residual CNN"}
+SHUFFLE_PIXELS = {"original": "original pixels", "shuffled": "pixels shuffled"}
+
+
+@styled
+def plot_shuffle_control(variants: Mapping[str, dict], path: Path, title: str) -> Path:
+    """Test accuracy with its 95 % interval of each model (rows) on the original and on the
+    shuffled pixels (markers); ``variants`` is keyed ``<pixels>/<model>``. A cell not run is left out."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.4), layout="constrained")
+    offsets = {p: (i - 0.5) * 0.2 for i, p in enumerate(SHUFFLE_PIXELS)}
+    for (color, marker), (pixels, label) in zip(color_markers(len(SHUFFLE_PIXELS)), SHUFFLE_PIXELS.items()):
+        xs, ys, lo, hi = [], [], [], []
+        for y, model in enumerate(SHUFFLE_MODELS):
+            acc = (variants.get(f"{pixels}/{model}") or {}).get("test_acc") or {}
+            if not is_number(acc.get("mean")):
+                continue
+            mean = 100 * acc["mean"]
+            xs.append(mean)
+            ys.append(y + offsets[pixels])
+            lo.append(mean - 100 * acc["ci95_low"] if is_number(acc.get("ci95_low")) else 0.0)
+            hi.append(100 * acc["ci95_high"] - mean if is_number(acc.get("ci95_high")) else 0.0)
+        if xs:
+            ax.errorbar(xs, ys, xerr=[lo, hi], fmt=marker, color=color, capsize=3, ms=7, label=label)
+    ax.set_yticks(range(len(SHUFFLE_MODELS)), list(SHUFFLE_MODELS.values()))
+    ax.invert_yaxis()
+    ax.set(xlabel="test accuracy (%, 95 % interval over seeds and test images)", title=title)
+    ax.legend(fontsize=8, loc="best")
     return save_figure(fig, path)
