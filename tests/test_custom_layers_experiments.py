@@ -494,8 +494,9 @@ def test_cli_quick_end_to_end(fake_cifar_folder, tmp_path):
     for name in ("layer_speed", "layers_training_cost", "layers_swap_summary", "blocks_stability",
                  "blocks_loss_at_highest_stable_lr", "blocks_finals"):
         assert (plots / f"{name}.png").stat().st_size > 10_000, name
-    # the page staged for the standard run reads this run: every number resolves, every figure is linked
-    assert report.staged_problems(report.STAGED_DIR / "task3_custom_layers.md", results, plots) == []
+    # the task-3 page reads this run: every number resolves, every figure is linked
+    assert report.staged_problems(report.TEMPLATES / "task3_custom_layers.md", results, plots,
+                                  folder="custom_layers") == []
     # a second run reuses every finished model and the speed measurements (no retraining)
     before = {p: p.stat().st_mtime_ns for d in ("blocks", "blocks_sweep") for p in (out / d).glob("*_seed*.json")}
     assert hw.main(args + ["--only", "speed", "blocks"]) == 0

@@ -51,7 +51,6 @@ STAGED_DIR = TEMPLATES / "staged"
 #: staged template -> the plots folder (under ``plots/``) of the script whose results it reads
 STAGED: dict[Path, str] = {
     STAGED_DIR / "task2_architecture.md": "architecture_analysis",
-    STAGED_DIR / "task3_custom_layers.md": "custom_layers",
 }
 READ_MARKER = "<!-- READ:"
 PLACEHOLDER = re.compile(r"\{\{\s*([^}|]+?)\s*(?:\|\s*(\w+)\s*)?\}\}")
