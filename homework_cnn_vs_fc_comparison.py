@@ -537,8 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     dirs = prepare_output_dirs(args)
     setup_logging(dirs.results / "cnn_vs_fc_comparison.log", args.verbose)
     runtime = resolve_runtime(args.device, args.precision)
-    study = Study(args, dirs, runtime, PROFILES[args.profile], choose_lr=select_lr,
-                  executor=executor_from_args(args))
+    study = Study(args, dirs, runtime, PROFILES[args.profile], select_lr, executor=executor_from_args(args))
     log.info("profile %s, runtime %s", args.profile, runtime.describe())
     with InvocationLog(dirs.results, Path(__file__).stem, args.profile, runtime.describe(), args.only) as calls:
         for name in args.only or EXPERIMENTS:

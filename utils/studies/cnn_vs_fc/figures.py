@@ -40,6 +40,17 @@ def plot_lr_selection(numbers: dict, path: Path, title: str) -> Path:
     return save_figure(fig, path)
 
 
+def _pp_errorbar(d: Mapping, mean_key: str) -> tuple[float, float, float] | None:
+    """``d[mean_key]`` in pp with the lengths of its 95 % interval's lower and upper arms (0 where an
+    end is missing), or None when there is no mean to draw."""
+    if not d or not is_number(d.get(mean_key)):
+        return None
+    mean = 100 * d[mean_key]
+    low = 100 * d["ci95_low"] if is_number(d.get("ci95_low")) else mean
+    high = 100 * d["ci95_high"] if is_number(d.get("ci95_high")) else mean
+    return mean, mean - low, high - mean
+
+
 @styled
 def plot_regularisation_ablation(rows: Mapping[str, Mapping[str, dict | None]], path: Path, title: str) -> Path:
     """One row per regulariser; left Δ test accuracy, right Δ (clean train − validation) gap, both
@@ -53,16 +64,12 @@ def plot_regularisation_ablation(rows: Mapping[str, Mapping[str, dict | None]], 
         for (color, marker), m in zip(color_markers(len(models)), models):
             ys, xs, lo, hi = [], [], [], []
             for y, (reg, r) in enumerate(rows.items()):
-                d = (r.get(m) or {}).get(metric)
-                if not d or not is_number(d.get("mean_difference")):
+                bar = _pp_errorbar((r.get(m) or {}).get(metric), "mean_difference")
+                if bar is None:
                     continue
-                mean = 100 * d["mean_difference"]
-                low = 100 * d["ci95_low"] if is_number(d.get("ci95_low")) else mean
-                high = 100 * d["ci95_high"] if is_number(d.get("ci95_high")) else mean
                 ys.append(y + offsets[m])
-                xs.append(mean)
-                lo.append(mean - low)
-                hi.append(high - mean)
+                for values, v in zip((xs, lo, hi), bar):
+                    values.append(v)
             ax.errorbar(xs, ys, xerr=[lo, hi], fmt=marker, color=color, capsize=3, ms=7, label=m)
         ax.axvline(0, color="k", lw=0.8)
         ax.set(xlabel=xlabel)
@@ -208,14 +215,12 @@ def plot_shuffle_control(variants: Mapping[str, dict], path: Path, title: str) -
     for (color, marker), (pixels, label) in zip(color_markers(len(SHUFFLE_PIXELS)), SHUFFLE_PIXELS.items()):
         xs, ys, lo, hi = [], [], [], []
         for y, model in enumerate(SHUFFLE_MODELS):
-            acc = (variants.get(f"{pixels}/{model}") or {}).get("test_acc") or {}
-            if not is_number(acc.get("mean")):
+            bar = _pp_errorbar((variants.get(f"{pixels}/{model}") or {}).get("test_acc"), "mean")
+            if bar is None:
                 continue
-            mean = 100 * acc["mean"]
-            xs.append(mean)
             ys.append(y + offsets[pixels])
-            lo.append(mean - 100 * acc["ci95_low"] if is_number(acc.get("ci95_low")) else 0.0)
-            hi.append(100 * acc["ci95_high"] - mean if is_number(acc.get("ci95_high")) else 0.0)
+            for values, v in zip((xs, lo, hi), bar):
+                values.append(v)
         if xs:
             ax.errorbar(xs, ys, xerr=[lo, hi], fmt=marker, color=color, capsize=3, ms=7, label=label)
     ax.set_yticks(range(len(SHUFFLE_MODELS)), list(SHUFFLE_MODELS.values()))

@@ -33,7 +33,7 @@ class Study:
     dirs: object
     runtime: object
     profile: object       # the script's Profile: subsets, validation size, evaluation points
-    choose_lr: Callable[[Study], float] | None = None   # the CIFAR-10 lr selection (the cifar_lr pilots)
+    choose_lr: Callable[[Study], float]   # the CIFAR-10 lr selection (the cifar_lr pilots)
     data: dict[str, DatasetSplits] = field(default_factory=dict)
     lr: float | None = None
     lr_selection: Selection | None = None
