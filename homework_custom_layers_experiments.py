@@ -58,6 +58,7 @@ from utils.engine.executors import Executor, executor_from_args
 from utils.engine.experiment import ExperimentConfig, ModelSpec
 from utils.engine.files import atomic_write_text, make_dir, write_json
 from utils.engine.invocation import ExperimentCost, InvocationLog, runs_cost
+from utils.engine.landing import keeps_landed_analysis, write_landing
 from utils.engine.model_stats import count_flops, count_parameters, relative_param_gap, solve_width_for_params
 from utils.engine.records import RunRecord, write_summary
 from utils.engine.runner import ExperimentRun, run_experiment
@@ -502,14 +503,22 @@ def main(argv: list[str] | None = None) -> int:
         if "layers" in todo:
             with calls.experiment("layers") as cost:
                 cfg = apply_cli_overrides(base.replace(epochs=profile.layers_epochs), args)
-                run = run_experiment(f"{SUBDIR}/layers", layer_specs(classes, profile.seeds), data, cfg, runtime,
-                                     dirs.results, force=args.force, keep_models=True,
-                                     title=f"CIFAR-10 layer swaps ({source})", executor=executor)
-                cost.add(run.records, run.trained)
-                numbers = layers_numbers(run.records, {name: learned_scalars(m) for name, m in run.models.items()})
-                write_analysis(numbers, layers_markdown(numbers), out_dir / "layers", "layers")
-                block_plots.plot_layer_swaps(numbers, dirs.plots / "layers_swap_summary.png",
-                                             f"CIFAR-10, one layer of the base CNN swapped at a time ({source})")
+
+                def layer_runs(keep_models: bool) -> ExperimentRun:
+                    run = run_experiment(f"{SUBDIR}/layers", layer_specs(classes, profile.seeds), data, cfg, runtime,
+                                         dirs.results, force=args.force, keep_models=keep_models,
+                                         title=f"CIFAR-10 layer swaps ({source})", executor=executor)
+                    cost.add(run.records, run.trained)
+                    return run
+
+                # the learned scalars need the trained models: kept as landed where their weights are gone
+                if args.force or not keeps_landed_analysis(out_dir / "layers", layer_runs(False).records, dirs.results):
+                    run = layer_runs(True)
+                    numbers = layers_numbers(run.records, {name: learned_scalars(m) for name, m in run.models.items()})
+                    write_analysis(numbers, layers_markdown(numbers), out_dir / "layers", "layers")
+                    block_plots.plot_layer_swaps(numbers, dirs.plots / "layers_swap_summary.png",
+                                                 f"CIFAR-10, one layer of the base CNN swapped at a time ({source})")
+                    write_landing(out_dir / "layers", run.records)
         if {"blocks_sweep", "blocks"} & set(todo):
             cfg = apply_cli_overrides(base.replace(epochs=profile.blocks_epochs), args)
             ctx = BlockContext(data, runtime, dirs.results, args.force, classes, block_units(classes), source,

@@ -37,6 +37,16 @@ def test_a_leg_counts_only_the_runs_trained_in_the_call(tmp_path):
     assert ", 1 runs trained, " in log.describe() and log.describe().endswith("% of the time in their training")
 
 
+def test_a_run_read_twice_in_one_experiment_is_counted_once(tmp_path):
+    records = _records([10.0, 20.0])
+    with InvocationLog(tmp_path, "script", "quick", RUNTIME) as log:
+        with log.experiment("a") as cost:
+            cost.add(records, trained=["m0"])             # first pass: m0 trains
+            cost.add(records, trained=[])                 # second pass reads both back
+    (exp,) = read_legs(tmp_path / "invocations" / "script.json")[0]["experiments"]
+    assert (exp["runs"], exp["trained"], exp["train_s"], exp["train_s_all"]) == (2, 1, 10.0, 30.0)
+
+
 def test_legs_are_appended_and_an_interrupted_call_is_kept(tmp_path):
     with InvocationLog(tmp_path, "s", "standard", RUNTIME):
         pass

@@ -36,23 +36,43 @@ def runs_cost(records: Sequence[RunRecord]) -> dict:
 @dataclass
 class ExperimentCost:
     """One experiment of a leg. ``train_s``: training seconds of the runs trained in this call;
-    ``train_s_all``: of every run the experiment used (re-used ones carry their original cost)."""
+    ``train_s_all``: of every run the experiment used (re-used ones carry their original cost). A
+    run is counted once however many batches name it (an experiment may read its runs twice: first
+    without their models, to see whether its landed analysis still stands, then with them)."""
 
     experiment: str
     wall_s: float = 0.0
-    runs: int = 0
-    trained: int = 0
-    train_s: float = 0.0
-    train_s_all: float = 0.0
+    # (experiment folder, model) -> (trained in this call, its training seconds)
+    _runs: dict[tuple[str, str], tuple[bool, float]] = field(default_factory=dict, repr=False)
 
     def add(self, records: Sequence[RunRecord], trained: Sequence[str]) -> None:
         """Count ``records`` (one experiment's, possibly several batches of them); ``trained``:
         the names of those trained in this call."""
         new = set(trained)
-        self.runs += len(records)
-        self.trained += sum(r.model in new for r in records)
-        self.train_s += sum(r.timing.get("train_s") or 0.0 for r in records if r.model in new)
-        self.train_s_all += sum(r.timing.get("train_s") or 0.0 for r in records)
+        for r in records:
+            key = (r.experiment, r.model)
+            before = self._runs.get(key, (False, 0.0))[0]
+            self._runs[key] = (before or r.model in new, r.timing.get("train_s") or 0.0)
+
+    @property
+    def runs(self) -> int:
+        return len(self._runs)
+
+    @property
+    def trained(self) -> int:
+        return sum(t for t, _ in self._runs.values())
+
+    @property
+    def train_s(self) -> float:
+        return sum(s for t, s in self._runs.values() if t)
+
+    @property
+    def train_s_all(self) -> float:
+        return sum(s for _, s in self._runs.values())
+
+    def as_dict(self) -> dict:
+        return {"experiment": self.experiment, "wall_s": self.wall_s, "runs": self.runs, "trained": self.trained,
+                "train_s": self.train_s, "train_s_all": self.train_s_all}
 
 
 @dataclass
@@ -73,7 +93,8 @@ class Leg:
         return sum(e.train_s for e in self.experiments)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "train_s": self.train_s,
+        return {**{k: v for k, v in asdict(self).items() if k != "experiments"},
+                "experiments": [e.as_dict() for e in self.experiments], "train_s": self.train_s,
                 "train_share": self.train_s / self.wall_s if self.wall_s > 0 else None,
                 "trained": sum(e.trained for e in self.experiments)}
 
