@@ -24,8 +24,8 @@ Experiments (``--only``); every one follows protocol v3 (``utils/analysis/protoc
           Kaiming init, each at an lr chosen on validation from a bracketing grid by pilots with the
           finals' budget, 3 final seeds; compared with the BN nets of the depth study, which it
           gets through the runner (trained there, or reused when finished).
-  init    gradients at initialisation, no training: first/last conv gradient-norm ratio and per-layer
-          norms of plain nets (PyTorch default init, Kaiming, Kaiming + BN) and BN ResNets at depths
+  init    gradients at initialisation, no training: first/last conv gradient ratio and per-layer
+          gradients (per-parameter RMS) of plain nets (PyTorch default init, Kaiming, Kaiming + BN) and BN ResNets at depths
           8/20/56 on one fixed batch of 256 training images, several seeds, beside the
           variance-propagation prediction (``utils.analysis.signal_propagation``). Seconds of CPU.
 
@@ -58,6 +58,7 @@ from utils.engine.executors import Executor, executor_from_args
 from utils.engine.experiment import ExperimentConfig, ModelSpec
 from utils.engine.files import write_json
 from utils.engine.invocation import ExperimentCost, InvocationLog
+from utils.engine.landing import keeps_landed_analysis, write_landing
 from utils.engine.model_stats import (count_parameters, relative_param_gap, solve_width_for_params,
                                       within_tolerance)
 from utils.engine.records import RunRecord, write_summary
@@ -130,10 +131,18 @@ PROFILES = {
     #   ERF on 64 canvases (init + trained, 20 nets), feature maps on 256 images x 27 nets, init
     #   study, figures ~ 5 min
     # => ~7200 s ~ 120 min on bf16 (within 150; 40 evenly spaced points everywhere: ~139). On the
-    # AVX2-only fp32 CPU it is 2.5-3x that.
+    # AVX2-only fp32 CPU it is 2.5-3x that. On the 2-core AMX Xeon (bf16) the same nets run 1.34x
+    # slower (task 3's ResNet-20, the depth study's resnet20: 0.106 s/step with gradient samples,
+    # results/custom_layers/blocks/basic_*), and a first standard run there, interrupted and lost
+    # with its checkout, spent 104 min on the kernel study and the depth pilots alone: top-edge
+    # winners of a 0.05/0.1/0.2 grid cost extensions (ResNet-44's reached 0.4 and then 0.8, on
+    # validation), each a whole 936-step run. The grid is therefore centred one step higher, 0.1/0.2/0.4
+    # (He et al.'s 0.1 its low edge; a low-edge winner still extends downwards), which saves one
+    # pilot per net wherever the winner is >= 0.2: expected ~150 min on the Xeon. Each experiment
+    # lands on its own (utils/engine/landing.py), so a run that outlasts a session loses nothing.
     "standard": Profile(train_subset=10_000, test_subset=None, val_size=5000, kernel_width=32, kernel_epochs=10,
                         kernel_seeds=5, depth_epochs=12, depths=(8, 20, 44), depth_seeds=3,
-                        lr_grid=(0.05, 0.1, 0.2), nobn_lr_grid=(0.003, 0.01, 0.03), grid_extensions=3,
+                        lr_grid=(0.1, 0.2, 0.4), nobn_lr_grid=(0.003, 0.01, 0.03), grid_extensions=3,
                         erf_canvases=64, erf_tiles=3, feature_images=256),
     "full": Profile(train_subset=None, test_subset=None, val_size=5000, kernel_width=48, kernel_epochs=30,
                     kernel_seeds=5, depth_epochs=30, depths=(20, 32, 56), depth_seeds=3, lr_grid=(0.05, 0.1, 0.2),
@@ -330,6 +339,10 @@ class DepthRuns:
     design: DepthDesign
     specs: list[ModelSpec]
 
+    def records(self) -> list[RunRecord]:
+        """Every run the depth analysis reads: pilots, finals and the zero-init control."""
+        return [r for t in self.tuned for r in (*t.pilots, *t.finals)] + self.zero_init
+
 
 def run_depth(ctx: Context, cfg: ExperimentConfig, profile: Profile, keep_models: bool = True) -> DepthRuns:
     """The depth study through the runner (cached per invocation, so the no-BN control reuses it):
@@ -428,9 +441,10 @@ def run_init_experiment(data: DatasetSplits, profile: InitStudyProfile, results_
     summary = summarise_init_study(rows)
     wall = time.perf_counter() - t0
     write_json(results_dir / f"{name}.json", {
-        "description": "gradient norms at initialisation, one forward/backward per net in train mode (mean "
-                       "cross-entropy), no training; ratio = ||dL/dW first conv|| / ||dL/dW last conv|| along the "
-                       "main path; prediction and its two readings: utils/analysis/signal_propagation.py",
+        "description": "gradients at initialisation, one forward/backward per net in train mode (mean "
+                       "cross-entropy), no training; ratio = rms(dL/dW first conv) / rms(dL/dW last conv) along "
+                       "the main path, rms = ||g|| / sqrt(numel) (whole-tensor norms in rows.grad_norms); "
+                       "prediction and its two readings: utils/analysis/signal_propagation.py",
         "data": data.describe(), "batch": {"images": n, "split": "train", "index_seed": 0},
         "regimes": {r: {"description": REGIME_SPECS[r].description, "init_scheme": REGIME_SPECS[r].scheme,
                         "batchnorm": REGIME_SPECS[r].norm, "residual": REGIME_SPECS[r].residual,
@@ -448,29 +462,38 @@ def run_init_experiment(data: DatasetSplits, profile: InitStudyProfile, results_
 
 
 # ------------------------------------------------------------------------------------- main
-def run_kernel(ctx: Context, cfg: ExperimentConfig, profile: Profile) -> dict:
-    in_ch, classes, title = ctx.data.image_shape[0], ctx.data.num_classes, data_title(ctx.data)
+def run_kernel(ctx: Context, cfg: ExperimentConfig, profile: Profile) -> dict | None:
+    """The kernel study and its analysis; None when its landed analysis is kept (``utils.engine.landing``)."""
+    in_ch, classes = ctx.data.image_shape[0], ctx.data.num_classes
+    title = f"Kernel size at equal parameters ({data_title(ctx.data)})"
     experiment = f"kernel_size{ctx.suffix}"
     matching = match_kernel_widths(profile.kernel_width, in_ch, classes)
     write_json(ctx.results / experiment / "param_matching.json", matching)
     specs = kernel_specs(matching, in_ch, classes, profile.kernel_seeds)
+    if not ctx.force and keeps_landed_analysis(ctx.results / experiment,
+                                               ctx.trainer("kernel_size", cfg, title, False)(specs), ctx.results):
+        return None
     models: dict[str, nn.Module] = {}
-    records = ctx.trainer("kernel_size", cfg, f"Kernel size at equal parameters ({title})", True, models)(specs)
-    run = ExperimentRun(records, models)
-    return analyse_kernels(run, specs, matching, (KERNEL_GROUP, KERNEL_REFERENCE), ctx.data, ctx.runtime,
-                           ctx.results / experiment, ctx.plots, f"{experiment}_", profile.erf_canvases,
-                           profile.erf_tiles)
+    records = ctx.trainer("kernel_size", cfg, title, True, models)(specs)
+    numbers = analyse_kernels(ExperimentRun(records, models), specs, matching, (KERNEL_GROUP, KERNEL_REFERENCE),
+                              ctx.data, ctx.runtime, ctx.results / experiment, ctx.plots, f"{experiment}_",
+                              profile.erf_canvases, profile.erf_tiles)
+    write_landing(ctx.results / experiment, records)
+    return numbers
 
 
-def run_depth_experiment(ctx: Context, cfg: ExperimentConfig, profile: Profile) -> dict:
+def run_depth_experiment(ctx: Context, cfg: ExperimentConfig, profile: Profile) -> dict | None:
+    """The depth study and its analysis; None when its landed analysis is kept (``utils.engine.landing``)."""
+    folder = ctx.results / f"depth{ctx.suffix}"
+    if not ctx.force and keeps_landed_analysis(folder, run_depth(ctx, cfg, profile, keep_models=False).records(),
+                                               ctx.results):
+        return None
     depth = run_depth(ctx, cfg, profile)
     zero_key = depth.design.controls[0]
-    experiment = f"depth{ctx.suffix}"
-    return analyse_depth(depth.tuned, depth.zero_init, depth.models, depth.design, [zero_key], ctx.data, ctx.runtime,
-                         ctx.results / experiment, ctx.plots, f"{experiment}_", profile.feature_images)
-
-
-# the folders of each experiment's training runs (the init study trains nothing)
+    numbers = analyse_depth(depth.tuned, depth.zero_init, depth.models, depth.design, [zero_key], ctx.data,
+                            ctx.runtime, folder, ctx.plots, f"depth{ctx.suffix}_", profile.feature_images)
+    write_landing(folder, depth.records())
+    return numbers
 
 
 def main(argv: list[str] | None = None) -> int:

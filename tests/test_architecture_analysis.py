@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -495,6 +496,26 @@ def test_cli_quick_end_to_end(fake_cifar_folder, tmp_path):
         assert (plots / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     # the page staged for the standard run reads this run: every number resolves, every figure is linked
     assert report.staged_problems(report.STAGED_DIR / "task2_architecture.md", root.parent, plots) == []
+
+
+@pytest.mark.e2e
+@pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning")
+def test_a_landed_analysis_is_kept_on_a_checkout_without_the_weights(fake_cifar_folder, tmp_path):
+    # weights are never committed: a fresh checkout must not retrain finished runs to redo an analysis
+    code, root, plots = _run_quick(fake_cifar_folder, tmp_path, "--only", "kernel", "depth")
+    assert code == 0
+    landed = {sub: (root / sub / "analysis.json").read_bytes() for sub in ("kernel_size", "depth")}
+    figure = (plots / "kernel_size_erf_init_vs_trained.png").read_bytes()
+    for folder in list(root.rglob("checkpoints")):
+        shutil.rmtree(folder)
+    assert _run_quick(fake_cifar_folder, tmp_path, "--only", "kernel", "depth")[0] == 0
+    first, second = json.loads((root.parent / "invocations" / "homework_cnn_architecture_analysis.json"
+                                ).read_text())["legs"]
+    assert second["trained"] == 0 and first["trained"] > 0
+    assert [e["runs"] for e in second["experiments"]] == [e["runs"] for e in first["experiments"]]
+    assert {sub: (root / sub / "analysis.json").read_bytes() for sub in landed} == landed
+    assert (plots / "kernel_size_erf_init_vs_trained.png").read_bytes() == figure
+    assert (root / "architecture_analysis.log").read_text().count("is kept as written") == 2
 
 
 @pytest.mark.e2e

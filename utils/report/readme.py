@@ -20,7 +20,9 @@ task's end-to-end test against the run it makes (``staged_problems``: every plac
 figure it links is drawn, every figure drawn is linked). Where a sentence must read numbers that do
 not exist yet it holds a ``<!-- READ: ... -->`` marker saying what it must say. When the standard run
 lands, the staged template replaces the live one and its markers become sentences; a live page never
-holds a marker (``tests/test_readme_consistency.py``).
+holds a marker (``tests/test_readme_consistency.py``). A run longer than a session lands experiment by
+experiment (``utils/engine/landing.py``): each experiment's results and figures are committed when its
+analysis is written, its figures linked from the staged page until that page goes live.
 """
 
 from __future__ import annotations
