@@ -78,8 +78,9 @@ def test_regimes_use_the_init_they_name(regime, scheme, std_of_fan_in, has_bn):
 def test_kaiming_prediction_is_the_hand_derivation():
     # depth 8: stem 3->16 at 32x32 and last conv 64->64 at 8x8; Var[grad] at the stem's output is
     # (64/16) / (2^2 * 2^2) = 1/4 of the last conv's (two stride-2 width doublings); E[x^2] = 1.
-    first = 16 * 3 * 9 * 32 * 32 * 0.25
-    last = 64 * 64 * 9 * 8 * 8 * 1.0
+    # Per-parameter RMS: positions x Var[grad] x E[x^2], whatever the tensor's size.
+    first = 32 * 32 * 0.25
+    last = 8 * 8 * 1.0
     assert predicted_log10_ratio("kaiming", 8) == pytest.approx(0.5 * math.log10(first / last), abs=1e-12)
 
 
@@ -125,10 +126,13 @@ def test_bn_and_residual_regimes_give_finite_ratios(regime):
     x, y = _batch()
     model, _ = _built(regime, 20)
     m = gradient_norms_at_init(model, x, y)
-    norms = np.asarray(m["grad_norms"])
+    norms, rms = np.asarray(m["grad_norms"]), np.asarray(m["grad_rms"])
     assert norms.shape == (19,) and np.all(np.isfinite(norms)) and np.all(norms > 0)
     assert math.isfinite(m["ratio_first_last_conv"]) and math.isfinite(m["ratio_first_classifier"])
-    assert m["ratio_first_last_conv"] == pytest.approx(norms[0] / norms[-1])
+    numel = np.array([conv.weight.numel() for _, conv in main_path_convs(model)])
+    assert rms == pytest.approx(norms / np.sqrt(numel))                 # per-parameter RMS, not the L2 norm
+    assert m["ratio_first_last_conv"] == pytest.approx(rms[0] / rms[-1])
+    assert m["ratio_first_last_conv"] != pytest.approx(norms[0] / norms[-1])   # 3x16x9 vs 64x64x9 entries
     assert len(m["forward_mean_square"]) == 19 and all(v > 0 for v in m["forward_mean_square"])
     assert not any(c._forward_hooks for _, c in main_path_convs(model))     # hooks removed
 

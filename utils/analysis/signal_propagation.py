@@ -2,17 +2,20 @@
 
 Regimes (:data:`REGIME_SPECS`) on the CIFAR ResNet-(6n+2) layout (stem + 3 stages of 2n 3x3 convs,
 stride 2 where the width grows, GAP, linear; depth 8/20/56: n = 1/3/9). Measured and predicted:
-``R = ||dL/dW first conv|| / ||dL/dW last conv||`` along the main path (shortcut projections left
-out; the classifier too, as its gradient depends on how confident the random net's outputs are,
-which no variance argument covers: its ratio is recorded beside R).
+``R = rms(dL/dW first conv) / rms(dL/dW last conv)`` along the main path, with the per-parameter
+RMS ``||g|| / sqrt(numel)`` (the scale an optimiser step sees; whole-tensor norms of a 432-entry and a
+36,864-entry tensor are not comparable), shortcut projections left out, and the classifier too, as its
+gradient depends on how confident the random net's outputs are, which no variance argument covers (its
+ratio is recorded beside R). Whole-tensor norms are kept in every row (``grad_norms``).
 
 Prediction (He et al. 2015, "Delving deep into rectifiers", Sec. 2.2). Conv ``l``: weight variance
 ``v``, fan_in ``n = 9 c_in``, input ``x = relu(y)`` of a symmetric ``y``. Forward ``E[y_l^2] = n v
 E[x_{l-1}^2] + Var[b]``, ``E[x^2] = E[y^2]/2``; backward ``Var[dx_{l-1}] = (9 c_out / s^2) v Var[dy_l]``
 (stride ``s``: an input pixel feeds ``9/s^2`` outputs), ``Var[dy] = Var[dx]/2``. Weight gradients
 with independent terms: ``||dL/dW_l||^2 ~ numel * positions * Var[dy_l] * E[x_{l-1}^2]`` (after BN
-only the batch variance of ``x`` counts: BN's backward has zero mean per channel); in R the batch
-size and the loss's gradient cancel. Per conv:
+only the batch variance of ``x`` counts: BN's backward has zero mean per channel), so ``rms_l^2 ~
+positions * Var[dy_l] * E[x_{l-1}^2]``; in R the batch size and the loss's gradient cancel. Per conv
+(gains of the RMS, which equal those of the norm wherever the width is constant):
 
 * ``pytorch_default``: weights and biases ``U(+-1/sqrt(n))``, ``v = Var[b] = 1/(3n)``: backward
   gain ``(c_out/c_in)/(6 s^2)``, i.e. log10 R falls ~0.39 per conv. The forward signal does not
@@ -107,8 +110,8 @@ def main_path_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
 
 def gradient_norms_at_init(model: nn.Module, images: Tensor, labels: Tensor) -> dict:
     """One forward/backward (train mode, mean cross-entropy): per main-path conv the weight-gradient
-    L2 norm and the mean square of its output (He's forward "variance" E[y^2]), the classifier's
-    norm and the first/last ratios."""
+    L2 norm, its per-parameter RMS and the mean square of its output (He's forward "variance"
+    E[y^2]), the classifier's, and the first/last ratios of the RMS."""
     convs = main_path_convs(model)
     classifier, mean_square = [m for m in model.modules() if isinstance(m, nn.Linear)][-1], []
     hooks = [m.register_forward_hook(lambda _m, _i, out: mean_square.append(float(out.detach().pow(2).mean())))
@@ -121,10 +124,13 @@ def gradient_norms_at_init(model: nn.Module, images: Tensor, labels: Tensor) -> 
         for h in hooks:
             h.remove()
     norms, head = [float(m.weight.grad.norm()) for _, m in convs], float(classifier.weight.grad.norm())
-    return {"layers": [name for name, _ in convs], "grad_norms": norms, "classifier_grad_norm": head,
+    rms = [n / math.sqrt(m.weight.numel()) for n, (_, m) in zip(norms, convs)]
+    head_rms = head / math.sqrt(classifier.weight.numel())
+    return {"layers": [name for name, _ in convs], "grad_norms": norms, "grad_rms": rms,
+            "classifier_grad_norm": head, "classifier_grad_rms": head_rms,
             "forward_mean_square": mean_square, "loss": float(loss.detach()),
-            "ratio_first_last_conv": float(first_last_ratio([norms])[0]),
-            "ratio_first_classifier": float(first_last_ratio([[norms[0], head]])[0])}
+            "ratio_first_last_conv": float(first_last_ratio([rms])[0]),
+            "ratio_first_classifier": float(first_last_ratio([[rms[0], head_rms]])[0])}
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -150,20 +156,20 @@ def _conv(c_in: int, c_out: int, stride: int, size_in: int, scheme: str) -> _Con
 
 def predicted_profile(regime: str, depth: int, widths: Sequence[int] = (16, 32, 64), in_channels: int = 3,
                       image_size: int = 32, relu_mean: bool = True) -> tuple[list[float], list[float]]:
-    """Per main-path conv, the module docstring's predicted ``log10(||dL/dW_l|| / ||dL/dW_last conv||)``
+    """Per main-path conv, the module docstring's predicted ``log10(rms(dL/dW_l) / rms(dL/dW_last conv))``
     and ``E[y_l^2]``. ``relu_mean=False``: He's zero-mean reading (BN's batch variance of a ReLU
     output taken as its second moment; changes only the BN regimes)."""
     spec, n = _spec(regime), convs_per_stage(depth)
     profile = _residual_profile if spec.residual else _plain_profile
     convs, sq, g, inputs = profile(spec, n, widths, in_channels, image_size, relu_mean)
-    # weight-gradient energy ~ numel * positions * Var[grad at conv output] * (second moment of its input)
-    log_norm = 0.5 * np.log10([c.c_in * c.c_out * 9 * c.size_out ** 2 * gi * ai for c, gi, ai in zip(convs, g, inputs)])
-    return (log_norm - log_norm[-1]).tolist(), sq
+    # weight-gradient energy per parameter ~ positions * Var[grad at conv output] * (second moment of its input)
+    log_rms = 0.5 * np.log10([c.size_out ** 2 * gi * ai for c, gi, ai in zip(convs, g, inputs)])
+    return (log_rms - log_rms[-1]).tolist(), sq
 
 
 def predicted_log10_ratio(regime: str, depth: int, widths: Sequence[int] = (16, 32, 64), in_channels: int = 3,
                           image_size: int = 32, relu_mean: bool = True) -> float:
-    """Predicted ``log10(||dL/dW first conv|| / ||dL/dW last conv||)`` (module docstring)."""
+    """Predicted ``log10(rms(dL/dW first conv) / rms(dL/dW last conv))`` (module docstring)."""
     return predicted_profile(regime, depth, widths, in_channels, image_size, relu_mean)[0][0]
 
 
@@ -221,8 +227,9 @@ def _residual_profile(spec: RegimeSpec, n: int, widths: Sequence[int], in_channe
 # ---------------------------------------------------------------------------------- study
 @dataclass
 class InitStudyRow:
-    """One net: first/last-conv gradient ratio measured and predicted (ReLU-mean and zero-mean
-    readings); per main-path conv its gradient norm and mean square output (measured, predicted)."""
+    """One net: first/last-conv gradient-RMS ratio measured and predicted (ReLU-mean and zero-mean
+    readings); per main-path conv its gradient RMS and norm and its mean square output (measured,
+    predicted)."""
     regime: str
     depth: int
     seed: int
@@ -231,10 +238,11 @@ class InitStudyRow:
     measured_ratio: float
     predicted_ratio: float
     predicted_ratio_zero_mean: float
-    measured_ratio_classifier: float      # ||grad first conv|| / ||grad classifier||
+    measured_ratio_classifier: float      # rms(grad first conv) / rms(grad classifier)
     loss: float
     layers: list[str] = field(default_factory=list)
-    grad_norms: list[float] = field(default_factory=list)
+    grad_rms: list[float] = field(default_factory=list)        # per-parameter RMS ||g|| / sqrt(numel)
+    grad_norms: list[float] = field(default_factory=list)      # whole-tensor L2 norms
     forward_mean_square: list[float] = field(default_factory=list)
     predicted_forward_mean_square: list[float] = field(default_factory=list)
     predicted_log10_relative_grad: list[float] = field(default_factory=list)
@@ -260,8 +268,8 @@ def run_init_study(images: Tensor, labels: Tensor, depths: Sequence[int], regime
             m = gradient_norms_at_init(model.to(dtype), images.to(dtype), labels)
             rows.append(InitStudyRow(regime, depth, seed, record.scheme, str(dtype).removeprefix("torch."),
                                      m["ratio_first_last_conv"], 10 ** pred_grad[0], 10 ** zero_mean,
-                                     m["ratio_first_classifier"], m["loss"], m["layers"], m["grad_norms"],
-                                     m["forward_mean_square"], pred_square, pred_grad))
+                                     m["ratio_first_classifier"], m["loss"], m["layers"], m["grad_rms"],
+                                     m["grad_norms"], m["forward_mean_square"], pred_square, pred_grad))
     return rows
 
 
@@ -273,7 +281,7 @@ def _log10(values: Sequence[float]) -> np.ndarray:
 def summarise_init_study(rows: Sequence[InitStudyRow]) -> list[dict]:
     """Per (regime, depth), in order of appearance: ``seed_summary`` of log10 of the measured ratio
     (mean, 95 % interval) with its min/max over seeds, the predictions, and the mean per-layer
-    profile ``log10(||grad conv|| / ||grad last conv||)`` beside the predicted one."""
+    profile ``log10(rms(grad conv) / rms(grad last conv))`` beside the predicted one."""
     groups: dict[tuple[str, int], list[InitStudyRow]] = {}
     for r in rows:
         groups.setdefault((r.regime, r.depth), []).append(r)
@@ -281,7 +289,7 @@ def summarise_init_study(rows: Sequence[InitStudyRow]) -> list[dict]:
     for (regime, depth), rs in groups.items():
         log_r = _log10([r.measured_ratio for r in rs])
         ok = log_r[np.isfinite(log_r)]
-        profiles = np.stack([_log10(r.grad_norms) - _log10(r.grad_norms[-1:]) for r in rs])
+        profiles = np.stack([_log10(r.grad_rms) - _log10(r.grad_rms[-1:]) for r in rs])
         out.append({"regime": regime, "depth": depth, "seeds": [r.seed for r in rs],
                     "log10_ratio": seed_summary(log_r).as_dict(),
                     "log10_ratio_min": float(ok.min()) if ok.size else math.nan,

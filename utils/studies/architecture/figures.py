@@ -137,10 +137,10 @@ INIT_REGIME_LABELS = {"pytorch_default": "plain, PyTorch default init", "kaiming
 def plot_init_study(summary: Sequence[dict], path: Path, title: str) -> Path:
     """Gradients at initialisation, measured vs predicted (``utils.analysis.signal_propagation``).
 
-    ``summary``: rows of ``summarise_init_study``. Left: ``||grad first conv|| / ||grad last conv||``
+    ``summary``: rows of ``summarise_init_study``. Left: ``rms(grad first conv) / rms(grad last conv)``
     against depth per regime, measured (mean of log10 over seeds, bars = min-max) and predicted
     (solid: ReLU-mean reading; dashed + band: He's zero-mean reading, where it differs). Middle:
-    per-layer gradient norm relative to the last conv at each regime's largest depth, measured
+    per-layer gradient RMS relative to the last conv at each regime's largest depth, measured
     (solid) and predicted (dashed). Right: the same without regimes spanning more than 4 decades.
     """
     regimes = list(dict.fromkeys(s["regime"] for s in summary))
@@ -168,8 +168,8 @@ def plot_init_study(summary: Sequence[dict], path: Path, title: str) -> Path:
     ax.axhline(1, color="grey", lw=0.8)
     depths = sorted({s["depth"] for s in summary})
     ax.set(yscale="log", xticks=depths, xlabel="depth (weighted layers: convs + classifier)",
-           ylabel="‖∂L/∂W first conv‖ / ‖∂L/∂W last conv‖ (log scale)",
-           title="First/last conv gradient ratio at init\n(points: measured mean, bars: min–max over seeds)")
+           ylabel="RMS ∂L/∂W first conv / RMS ∂L/∂W last conv (log scale)",
+           title="First/last conv gradient RMS ratio at init\n(points: measured mean, bars: min–max over seeds)")
     ax.legend(fontsize=8, loc="lower left")
     for ax, shown, what in ((axes[1], regimes, "all regimes"), (axes[-1], zoom, "zoom")):
         if ax is axes[-1] and n_panels == 2:
@@ -184,8 +184,8 @@ def plot_init_study(summary: Sequence[dict], path: Path, title: str) -> Path:
         ax.plot([], [], "k--", label="predicted (ReLU-mean reading)")
         ax.axhline(1, color="grey", lw=0.8)
         ax.set(yscale="log", xlabel="conv layer along the main path (1 = first, input side)",
-               ylabel="‖∂L/∂W conv l‖ / ‖∂L/∂W last conv‖ (log scale)",
-               title=f"Per-layer gradient norm at init, deepest nets ({what})")
+               ylabel="RMS ∂L/∂W conv l / RMS ∂L/∂W last conv (log scale)",
+               title=f"Per-layer gradient RMS at init, deepest nets ({what})")
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         if ax is not axes[1]:       # the zoom spans a few decades: label 1-2-5, plain numbers
             ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
