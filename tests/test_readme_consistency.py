@@ -119,6 +119,10 @@ def test_interval_formats():
     assert report.FORMATS["diff"](welch) == "+10.00 pp (95 % CI +5.00 to +15.00, n=3 and 2, df=2.46; real)"
     one_seed = {**d, "ci95_low": float("nan"), "verdict": "not enough seeds to tell"}
     assert "no interval" in report.FORMATS["diff"](one_seed)
+    # plain numbers (ratios, pixels) keep their scale and carry no unit
+    assert report.FORMATS["ci_f3"]({"n": 5, "mean": 0.8487, "half_width": 0.0046}) == "0.849 ± 0.005 (n=5, df=4)"
+    ratio = {**d, "mean_difference": -0.025, "ci95_low": -0.03, "ci95_high": -0.02, "df": 4.0, "n": 5}
+    assert report.FORMATS["diff_f3"](ratio) == "-0.025 (95 % CI -0.030 to -0.020, n=5, df=4; real)"
 
 
 def test_live_pages_hold_no_reading_markers():

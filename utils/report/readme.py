@@ -73,6 +73,9 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "ci": lambda v: _ci(v),                      # a SeedSummary dict of fractions: "mean ± half-width %"
     "diff": lambda v: _diff(v),                  # a Difference dict (+ verdict) of fractions
     "cipp": lambda v: _ci(v, unit="pp"),         # the same for a difference of fractions (e.g. a gap)
+    "ci_f3": lambda v: _ci(v, unit="", scale=1, digits=3),      # a SeedSummary of a plain number (a ratio)
+    "diff_f2": lambda v: _diff(v, unit="", scale=1, digits=2),  # a Difference of plain numbers
+    "diff_f3": lambda v: _diff(v, unit="", scale=1, digits=3),
     "raw": str,
 }
 
@@ -81,12 +84,14 @@ def _finite(v: Any) -> bool:
     return v is not None and v == v and v not in (float("inf"), float("-inf"))
 
 
-def _ci(s: dict, unit: str = "%") -> str:
-    """A mean over seeds; its Student-t interval has df = n - 1, stated with n."""
-    sign = "+" if unit == "pp" else ""
+def _ci(s: dict, unit: str = "%", scale: float = 100, digits: int = 2) -> str:
+    """A mean over seeds; its Student-t interval has df = n - 1, stated with n. ``scale`` and ``unit``:
+    fractions as % (default) or pp; ``scale=1, unit=""`` for a plain number such as a ratio."""
+    sign, u = ("+" if unit == "pp" else ""), (f" {unit}" if unit else "")
+    mean = f"{scale * s['mean']:{sign}.{digits}f}"
     if not _finite(s["half_width"]):   # one seed: no interval
-        return f"{100 * s['mean']:{sign}.2f} {unit} (n={s['n']})"
-    return f"{100 * s['mean']:{sign}.2f} ± {100 * s['half_width']:.2f} {unit} (n={s['n']}, df={s['n'] - 1})"
+        return f"{mean}{u} (n={s['n']})"
+    return f"{mean} ± {scale * s['half_width']:.{digits}f}{u} (n={s['n']}, df={s['n'] - 1})"
 
 
 def _n_of(d: dict) -> str:
@@ -97,13 +102,15 @@ def _n_of(d: dict) -> str:
     return str(n_a) if n_a == n_b or d.get("paired") else f"{n_a} and {n_b}"
 
 
-def _diff(d: dict) -> str:
+def _diff(d: dict, unit: str = "pp", scale: float = 100, digits: int = 2) -> str:
+    """A Difference with its interval, n, df and verdict; fractions in pp by default."""
+    u, f = (f" {unit}" if unit else ""), f"+.{digits}f"
     if not _finite(d["ci95_low"]):
-        return (f"{100 * d['mean_difference']:+.2f} pp (n={_n_of(d)}, no interval: "
+        return (f"{scale * d['mean_difference']:{f}}{u} (n={_n_of(d)}, no interval: "
                 f"{d.get('verdict', 'too few seeds')})")
     df = f", df={d['df']:.3g}" if _finite(d.get("df")) else ""
-    return (f"{100 * d['mean_difference']:+.2f} pp (95 % CI {100 * d['ci95_low']:+.2f} to "
-            f"{100 * d['ci95_high']:+.2f}, n={_n_of(d)}{df}; {d.get('verdict', '')})")
+    return (f"{scale * d['mean_difference']:{f}}{u} (95 % CI {scale * d['ci95_low']:{f}} to "
+            f"{scale * d['ci95_high']:{f}}, n={_n_of(d)}{df}; {d.get('verdict', '')})")
 
 
 class ReportError(KeyError):
