@@ -125,6 +125,14 @@ def test_interval_formats():
     assert report.FORMATS["diff_f3"](ratio) == "-0.025 (95 % CI -0.030 to -0.020, n=5, df=4; real)"
 
 
+def test_null_values_render_as_not_available(tmp_path):
+    """A value the analysis stored as null (too few points to fit) reads "n/a" in every format."""
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "analysis.json").write_text(json.dumps({"gain": None, "acc": 0.5}))
+    text = "{{exp/analysis:gain|pp}} and {{exp/analysis:gain}} beside {{exp/analysis:acc|pct}}"
+    assert report.render(text, tmp_path) == "n/a and n/a beside 50.00 %"
+
+
 def test_live_pages_hold_no_reading_markers():
     """A ``<!-- READ: -->`` marker stands for a sentence still to be written: staged templates only."""
     for template, page in report.PAGES:

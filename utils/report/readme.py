@@ -57,6 +57,8 @@ STAGED: dict[Path, str] = {
 READ_MARKER = "<!-- READ:"
 PLACEHOLDER = re.compile(r"\{\{\s*([^}|]+?)\s*(?:\|\s*(\w+)\s*)?\}\}")
 
+#: what a page shows for a value stored as null (not computable from that run)
+NOT_AVAILABLE = "n/a"
 FORMATS: dict[str, Callable[[Any], str]] = {
     "pct": lambda v: f"{100 * v:.2f} %",        # a fraction as a percentage
     "pct1": lambda v: f"{100 * v:.1f} %",
@@ -162,7 +164,10 @@ def render(template: str, results_dir: Path) -> str:
             return results_table(results_dir, ref[len("table:"):])
         if fmt not in FORMATS:
             raise ReportError(f"unknown format {fmt!r} in {m.group(0)}")
-        return FORMATS[fmt](lookup(results_dir, ref))
+        value = lookup(results_dir, ref)
+        # a quantity the analysis could not compute (e.g. a fitted gain over too few points) is stored
+        # as null: the page says so instead of failing on it
+        return NOT_AVAILABLE if value is None else FORMATS[fmt](value)
 
     return PLACEHOLDER.sub(substitute, template)
 
