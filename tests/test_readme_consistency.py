@@ -108,6 +108,19 @@ def test_placeholders_resolve_and_format(tmp_path):
         report.render("{{exp/nofile:x}}", tmp_path)
 
 
+def test_a_key_can_be_read_from_the_same_file(tmp_path):
+    """``[path]`` names a key by another value of the file, so a page can read "the deepest net" of
+    whichever depths a profile ran; a missing inner path fails like any other."""
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "a.json").write_text(json.dumps({
+        "pairs": [{"b": "plain/8"}, {"b": "plain/44"}],
+        "variants": {"plain/8": {"acc": 0.9}, "plain/44": {"acc": 0.5}}}))
+    assert report.render("{{exp/a:variants.[pairs.-1.b].acc|pct}}", tmp_path) == "50.00 %"
+    assert report.render("{{exp/a:variants.[pairs.0.b].acc|pct}}", tmp_path) == "90.00 %"
+    with pytest.raises(report.ReportError, match="pairs.5.b"):
+        report.render("{{exp/a:variants.[pairs.5.b].acc|pct}}", tmp_path)
+
+
 def test_interval_formats():
     ci = {"n": 2, "mean": 0.8512, "half_width": 0.0123}
     assert report.FORMATS["ci"](ci) == "85.12 ± 1.23 % (n=2, df=1)"

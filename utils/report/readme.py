@@ -119,14 +119,12 @@ class ReportError(KeyError):
     pass
 
 
-def lookup(results_dir: Path, ref: str) -> Any:
-    """The value ``ref`` = ``<file under results, no .json>:<dotted key path>`` points at."""
-    file_part, _, key_path = ref.partition(":")
-    path = results_dir / f"{file_part}.json"
-    try:
-        value: Any = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ReportError(f"{path} does not exist (placeholder {ref!r})") from None
+#: a key given by another value of the same file: ``variants.[residual_vs_plain.-1.b].test_acc`` reads the
+#: variant that the last residual-vs-plain pair names, so a page can name "the deepest net" of any profile
+INDIRECT = re.compile(r"\[([^\[\]]+)\]")
+
+
+def _walk(value: Any, key_path: str, where: str) -> Any:
     parts = [k for k in key_path.split(".") if k]
     while parts:
         if isinstance(value, list):
@@ -134,7 +132,7 @@ def lookup(results_dir: Path, ref: str) -> Any:
                 value, parts = value[int(parts[0])], parts[1:]
                 continue
             except (IndexError, ValueError):
-                raise ReportError(f"{path} has no key path {key_path!r} (placeholder {ref!r})") from None
+                raise ReportError(f"{where} has no key path {key_path!r}") from None
         # keys may contain dots themselves (module names such as "net.1"): longest match first
         for n in range(len(parts), 0, -1):
             key = ".".join(parts[:n])
@@ -142,8 +140,22 @@ def lookup(results_dir: Path, ref: str) -> Any:
                 value, parts = value[key], parts[n:]
                 break
         else:
-            raise ReportError(f"{path} has no key path {key_path!r} (placeholder {ref!r})")
+            raise ReportError(f"{where} has no key path {key_path!r}")
     return value
+
+
+def lookup(results_dir: Path, ref: str) -> Any:
+    """The value ``ref`` = ``<file under results, no .json>:<dotted key path>`` points at; a segment
+    ``[<dotted key path>]`` is replaced by the value at that path of the same file (:data:`INDIRECT`)."""
+    file_part, _, key_path = ref.partition(":")
+    path = results_dir / f"{file_part}.json"
+    try:
+        root: Any = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ReportError(f"{path} does not exist (placeholder {ref!r})") from None
+    where = f"{path} (placeholder {ref!r})"
+    key_path = INDIRECT.sub(lambda m: str(_walk(root, m.group(1), where)), key_path)
+    return _walk(root, key_path, where)
 
 
 def results_table(results_dir: Path, experiment: str) -> str:
