@@ -144,6 +144,8 @@ def test_null_values_render_as_not_available(tmp_path):
     (tmp_path / "exp" / "analysis.json").write_text(json.dumps({"gain": None, "acc": 0.5}))
     text = "{{exp/analysis:gain|pp}} and {{exp/analysis:gain}} beside {{exp/analysis:acc|pct}}"
     assert report.render(text, tmp_path) == "n/a and n/a beside 50.00 %"
+    empty = {"n": 0, "mean": None, "half_width": None}
+    assert report.FORMATS["ci_f3"](empty) == report.FORMATS["ci"](empty) == "n/a (n=0)"
 
 
 def test_live_pages_hold_no_reading_markers():

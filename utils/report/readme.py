@@ -51,9 +51,7 @@ PAGES: list[tuple[Path, Path]] = [
 TEMPLATE, README = PAGES[0]
 STAGED_DIR = TEMPLATES / "staged"
 #: staged template -> the plots folder (under ``plots/``) of the script whose results it reads
-STAGED: dict[Path, str] = {
-    STAGED_DIR / "task2_architecture.md": "architecture_analysis",
-}
+STAGED: dict[Path, str] = {}
 READ_MARKER = "<!-- READ:"
 PLACEHOLDER = re.compile(r"\{\{\s*([^}|]+?)\s*(?:\|\s*(\w+)\s*)?\}\}")
 
@@ -90,6 +88,8 @@ def _ci(s: dict, unit: str = "%", scale: float = 100, digits: int = 2) -> str:
     """A mean over seeds; its Student-t interval has df = n - 1, stated with n. ``scale`` and ``unit``:
     fractions as % (default) or pp; ``scale=1, unit=""`` for a plain number such as a ratio."""
     sign, u = ("+" if unit == "pp" else ""), (f" {unit}" if unit else "")
+    if s["mean"] is None:              # no seed had the quantity (e.g. no gradient sample after step 0)
+        return f"{NOT_AVAILABLE} (n={s['n']})"
     mean = f"{scale * s['mean']:{sign}.{digits}f}"
     if not _finite(s["half_width"]):   # one seed: no interval
         return f"{mean}{u} (n={s['n']})"
