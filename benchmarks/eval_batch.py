@@ -6,7 +6,8 @@
 Evaluation is a forward pass in eval mode under ``torch.inference_mode`` with the engine's runtime
 (channels_last, bf16 autocast where the CPU has bf16). Each net of tasks 2 and 3 is timed on a fixed
 random batch of ``--images`` images cut into batches of each size, sizes in turns (order rotated
-each repeat), medians reported. Why it matters: on a 2-core CPU the activations of 1000 images
+each repeat); per net and size the median img/s and the paired speed-up against the first size
+(per-round ratios: median, quartiles, extremes over the rounds). Why it matters: on a 2-core CPU the activations of 1000 images
 overflow the caches, and the fixed per-run evaluation decides whether >= 80 % of a script's wall
 time goes to training steps.
 """
@@ -29,7 +30,7 @@ from models.cnn_models import (BasicBlock, BottleneckBlock, PlainCNN, ResNet, Sw
 from utils.engine.cli import check_writable, positive_int, run_cli
 from utils.engine.files import write_json
 from utils.engine.runtime import Runtime, resolve_runtime, threads_from_env
-from utils.analysis.paired_timing import rotated
+from utils.analysis.paired_timing import paired_ratios, rotated
 
 log = logging.getLogger("eval_batch")
 BATCH_SIZES = (1000, 512, 256, 128)
@@ -75,8 +76,16 @@ def main(argv: list[str] | None = None) -> int:
             for b in rotated(sizes, r):
                 timings[b].append(images_per_second(net, x, b, runtime))
         median = {b: statistics.median(v) for b, v in timings.items()}
-        rows.append({"model": name, "img_s": median, "vs_first": {b: median[b] / median[sizes[0]] for b in sizes}})
-        print(f"{name:22s} " + "  ".join(f"batch {b}: {median[b]:8.0f} img/s ({median[b] / median[sizes[0]]:.2f}x)"
+        # the paired statistic: per-round speed-ups against the first size (same round, same drift)
+        times = {b: [1.0 / v for v in timings[b]] for b in sizes}
+        speedup = {b: {k: (1.0 / v if k in ("median", "q25", "q75", "min", "max") else v)
+                       for k, v in ratio.items()} for b, ratio in paired_ratios(times, sizes[0]).items()}
+        for r in speedup.values():     # the inverse swaps the quartiles and the extremes
+            r["q25"], r["q75"], r["min"], r["max"] = r["q75"], r["q25"], r["max"], r["min"]
+        rows.append({"model": name, "img_s": median, "vs_first": {b: speedup[b]["median"] for b in sizes},
+                     "speedup_vs_first": speedup})
+        print(f"{name:22s} " + "  ".join(f"batch {b}: {median[b]:8.0f} img/s (x{speedup[b]['median']:.2f}, "
+                                          f"quartiles {speedup[b]['q25']:.2f}-{speedup[b]['q75']:.2f})"
                                           for b in sizes))
     print(f"runtime: {runtime.describe()}")
     if not args.smoke:

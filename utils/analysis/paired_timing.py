@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["rotated", "time_forward_backward", "time_training_steps", "time_forward", "paired_ratios",
+__all__ = ["rotated", "spread", "time_forward_backward", "time_training_steps", "time_forward", "paired_ratios",
            "MIN_REPEATS"]
 
 MIN_REPEATS = 5     # a speed claim rests on at least this many alternating rounds
@@ -99,7 +99,8 @@ def time_forward_backward(
 
 
 
-def _spread(v: Sequence[float]) -> dict:
+def spread(v: Sequence[float]) -> dict:
+    """Median, quartiles, extremes and count of ``v`` (the spread every timing reports)."""
     q25, q50, q75 = (float(q) for q in np.percentile(v, [25, 50, 75]))
     return {"median": q50, "q25": q25, "q75": q75, "min": float(np.min(v)), "max": float(np.max(v)), "n": len(v)}
 
@@ -124,8 +125,8 @@ def _rounds(names: Sequence[str], call: Callable[[str], None], device: torch.dev
                 torch.cuda.synchronize()
             if r >= warmup:
                 rounds[name].append(1000.0 * (time.perf_counter() - t0))
-    return {"rounds_ms": rounds, what: {n: _spread(v) for n, v in rounds.items()},
-            "images_per_s": {n: _spread([1000.0 * batch / t for t in v]) for n, v in rounds.items()},
+    return {"rounds_ms": rounds, what: {n: spread(v) for n, v in rounds.items()},
+            "images_per_s": {n: spread([1000.0 * batch / t for t in v]) for n, v in rounds.items()},
             "repeats": repeats, "warmup": warmup, "batch": batch}
 
 
@@ -196,5 +197,5 @@ def paired_ratios(rounds_ms: "dict[str, Sequence[float]]", reference: str) -> di
         arr = np.asarray(v, dtype=np.float64)
         if arr.shape != ref.shape:
             raise ValueError(f"{name}: {arr.size} rounds, the reference has {ref.size}")
-        out[name] = _spread((arr / ref).tolist())
+        out[name] = spread((arr / ref).tolist())
     return out
