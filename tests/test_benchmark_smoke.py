@@ -42,3 +42,26 @@ def test_mlp_budget_probe_smoke(fake_data_dir, tmp_path, caplog):
         assert name in caplog.text
     from utils.analysis.protocol import final_seeds, pilot_seeds
     assert mlp_budget_probe.PROBE_SEED not in {*final_seeds(5), *pilot_seeds(5)}   # never in a comparison
+
+
+@pytest.mark.e2e
+def test_depth_budget_probe_smoke(fake_data_dir, tmp_path, caplog):
+    from benchmarks import depth_budget_probe as probe
+    from utils.analysis.protocol import final_seeds, pilot_seeds
+    from utils.engine.files import read_json
+
+    caplog.set_level("INFO")
+    out = tmp_path / "out"
+    assert probe.main(["--smoke", "--data-dir", str(fake_data_dir), "--cache-dir", str(tmp_path), "--out", str(out)]) == 0
+    assert not out.exists()                                   # smoke writes nothing
+    deeper, shallower = probe.probe_pair(read_json(probe.STUDY))
+    assert deeper != shallower and f"{deeper} − {shallower} at 1 epochs" in caplog.text
+    assert not set(probe.PROBE_SEEDS) & {*final_seeds(5), *pilot_seeds(5)}   # never in a comparison
+
+
+def test_depth_budget_probe_needs_the_study(tmp_path):
+    from benchmarks import depth_budget_probe as probe
+    from utils.engine.cli import UsageError
+
+    with pytest.raises(UsageError, match="does not exist"):
+        probe.main(["--smoke", "--study", str(tmp_path / "missing.json"), "--data-dir", str(tmp_path)])

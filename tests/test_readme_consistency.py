@@ -121,6 +121,17 @@ def test_a_key_can_be_read_from_the_same_file(tmp_path):
         report.render("{{exp/a:variants.[pairs.5.b].acc|pct}}", tmp_path)
 
 
+def test_probe_placeholders_read_the_committed_results(tmp_path, monkeypatch):
+    """A design probe is committed once, not written by a script's run: a page's check against a fresh
+    run reads ``probes/`` placeholders from the committed results, and still fails on a missing key."""
+    (tmp_path / "root" / "results" / "probes").mkdir(parents=True)
+    (tmp_path / "root" / "results" / "probes" / "x.json").write_text(json.dumps({"gain": 0.5}))
+    monkeypatch.setattr(report, "ROOT", tmp_path / "root")
+    (tmp_path / "run").mkdir()
+    assert report.unresolved("{{probes/x:gain|pct}}", tmp_path / "run") == []
+    assert len(report.unresolved("{{probes/x:gone|pct}} {{exp/a:b}}", tmp_path / "run")) == 2
+
+
 def test_interval_formats():
     ci = {"n": 2, "mean": 0.8512, "half_width": 0.0123}
     assert report.FORMATS["ci"](ci) == "85.12 ± 1.23 % (n=2, df=1)"

@@ -3,7 +3,8 @@
     python -m utils.report.compute            # (re)write it from results/
 
 ``run_study.py`` writes it after the scripts, before README is rendered. Runs kept for the record
-outside the study's design (folders named ``superseded``), archived studies (``archive``) and the
+outside the study's design (folders named ``superseded``), design probes (``probes``), archived
+studies (``archive``) and the
 other profiles' folders (``results/quick``, ``results/full``) are not counted: they are not part of a
 standard re-run.
 """
@@ -21,7 +22,7 @@ from utils.engine.files import read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = "study_compute.json"
-SKIPPED_FOLDERS = {"superseded", "archive", *(p for p in PROFILES if p != "standard")}
+SKIPPED_FOLDERS = {"superseded", "archive", "probes", *(p for p in PROFILES if p != "standard")}
 
 
 def run_dicts(results: Path) -> Iterator[dict]:
