@@ -43,7 +43,7 @@ from models.cnn_models import BasicBlock, ResNet, SimpleCNN
 from models.fc_models import FullyConnectedNet
 from utils import visualization_utils as viz
 from utils.analysis.protocol import Selection, check_disjoint, final_seeds, pilot_seeds, select_bracketed
-from utils.comparison_utils import by_variant, convergence_of, json_safe
+from utils.comparison_utils import advantage_change, by_variant, convergence_of, json_safe
 from utils.engine.cli import build_parser, prepare_output_dirs, run_cli, setup_logging
 from utils.engine.data import DatasetSplits
 from utils.engine.executors import executor_from_args
@@ -53,7 +53,7 @@ from utils.engine.invocation import InvocationLog
 from utils.engine.records import RunRecord
 from utils.engine.runtime import resolve_runtime
 from utils.studies.cnn_vs_fc import figures
-from utils.studies.cnn_vs_fc.numbers import (advantage_change, calibration_numbers, differences_of, effective_lr_curve,
+from utils.studies.cnn_vs_fc.numbers import (calibration_numbers, differences_of, effective_lr_curve,
                                              mean_score, per_seed_summary, pilot_table, ratio_over_seeds, run_numbers,
                                              variants_of)
 from utils.studies.cnn_vs_fc.probes import paired_timing, shuffled_splits, weights_before_norm

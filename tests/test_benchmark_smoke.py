@@ -65,3 +65,30 @@ def test_depth_budget_probe_needs_the_study(tmp_path):
 
     with pytest.raises(UsageError, match="does not exist"):
         probe.main(["--smoke", "--study", str(tmp_path / "missing.json"), "--data-dir", str(tmp_path)])
+
+
+@pytest.mark.e2e
+def test_bottleneck_probe_smoke(fake_data_dir, tmp_path, caplog):
+    from benchmarks import bottleneck_probe as probe
+    from utils.analysis.protocol import final_seeds, pilot_seeds
+
+    caplog.set_level("INFO")
+    out = tmp_path / "out"
+    assert probe.main(["--smoke", "--data-dir", str(fake_data_dir), "--cache-dir", str(tmp_path), "--out", str(out)]) == 0
+    assert not out.exists()                                   # smoke writes nothing
+    for name in ("zero-init − standard init", "bottleneck − basic, short", "bottleneck − basic, long"):
+        assert name in caplog.text
+    assert not set(probe.PROBE_SEEDS) & {*final_seeds(5), *pilot_seeds(5)}   # never in a comparison
+
+
+def test_bottleneck_probe_design():
+    """One factor at a time: the init pair differs only in zero-init, each budget pair only in the block."""
+    from benchmarks import bottleneck_probe as probe
+
+    runs = probe.probe_runs(6)
+    assert len(runs) == 5 and len({(r.block, r.epochs, r.zero_init) for r in runs.values()}) == 5
+    init = [r for r in runs.values() if r.block == probe.BLOCK and r.epochs == 6]
+    assert sorted(r.zero_init for r in init) == [False, True]
+    for e in (6, 12):
+        pair = [r for r in runs.values() if r.epochs == e and not r.zero_init]
+        assert sorted(r.block for r in pair) == sorted([probe.BLOCK, probe.REFERENCE])

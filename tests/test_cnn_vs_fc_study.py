@@ -15,11 +15,12 @@ from homework_cnn_vs_fc_comparison import deep_fc, in_range, merged, RESNET_REGU
 from models.fc_models import FullyConnectedNet
 from tests.fakes import fake_record
 from utils.analysis.protocol import select_bracketed
+from utils.comparison_utils import advantage_change
 from utils.engine.data import ArrayDataset, DatasetSplits
 from utils.engine.experiment import ExperimentConfig
 from utils.engine.runtime import resolve_runtime
 from utils.studies.cnn_vs_fc import figures
-from utils.studies.cnn_vs_fc.numbers import (advantage_change, effective_lr_curve, mean_score, paired_difference, pilot_table,
+from utils.studies.cnn_vs_fc.numbers import (effective_lr_curve, mean_score, paired_difference, pilot_table,
                                              ratio_over_seeds, training_pflop)
 from utils.studies.cnn_vs_fc.probes import paired_timing, permute_pixels, pixel_permutation, shuffled_splits, \
     weights_before_norm

@@ -178,6 +178,25 @@ def difference_with_verdict(a: Sequence[RunRecord], b: Sequence[RunRecord], metr
     return out
 
 
+def advantage_change(a: Sequence[RunRecord], b: Sequence[RunRecord], a_ref: Sequence[RunRecord],
+                     b_ref: Sequence[RunRecord]) -> dict:
+    """How much the test-accuracy advantage of ``a`` over ``b`` changes from the reference condition
+    to the treated one: ``(a - b) - (a_ref - b_ref)``, on seeds where all four ran to the end, with
+    the paired bootstrap over seeds and test images of the per-image differences (the four share
+    their test images: e.g. a fixed pixel permutation keeps each image's index and label). Negative: the
+    treatment shrinks a's advantage. Without test predictions for all four: no interval."""
+    seeds = set.intersection(*({r.seed for r in runs if r.completed} for runs in (a, b, a_ref, b_ref)))
+    rows = [sorted((r for r in runs if r.seed in seeds), key=lambda r: r.seed) for runs in (a, b, a_ref, b_ref)]
+    correct = test_correct([r for runs in rows for r in runs]) if seeds else None
+    if correct is None:
+        return {"n": len(seeds), "verdict": NO_PAIRS}
+    k = len(seeds)
+    ca, cb, cra, crb = (correct[i * k:(i + 1) * k] for i in range(4))
+    n_all = len({r.seed for runs in (a, b, a_ref, b_ref) for r in runs})
+    d = paired_bootstrap(ca - cb, cra - crb, n_pairs_dropped=n_all - k)
+    return {**d.as_dict(), "verdict": verdict(d)}
+
+
 def convergence_of(record: RunRecord) -> dict:
     """Protocol-v3 plateau verdicts of a run's validation and clean-train accuracy curves, computed
     from ``record.history`` (the engine stores curves, analyses judge them)."""

@@ -11,10 +11,10 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from utils.analysis.compute import FLOP_CONVENTION, training_flop
-from utils.analysis.statistics import difference, paired_bootstrap, seed_summary
+from utils.analysis.statistics import difference, seed_summary
 from utils.analysis.classification import classification_summary
-from utils.comparison_utils import (NO_PAIRS, by_variant, convergence_of, difference_with_verdict, grad_rms_of,
-                                    test_correct, variant_key, variant_numbers, verdict)
+from utils.comparison_utils import (by_variant, convergence_of, difference_with_verdict, grad_rms_of, variant_key,
+                                    variant_numbers, verdict)
 from utils.engine.experiment import ExperimentConfig
 from utils.engine.records import RunRecord
 from utils.training_utils import lr_factor
@@ -131,25 +131,6 @@ def differences_of(records: Sequence[RunRecord], pairs: Sequence[tuple[tuple, tu
     groups = by_variant(records)
     return {f"{variant_key(*a)} vs {variant_key(*b)}": difference_with_verdict(groups[a], groups[b], COMPARED)
             for a, b in pairs if a in groups and b in groups}
-
-
-def advantage_change(a: Sequence[RunRecord], b: Sequence[RunRecord], a_ref: Sequence[RunRecord],
-                     b_ref: Sequence[RunRecord]) -> dict:
-    """How much the test-accuracy advantage of ``a`` over ``b`` changes from the reference condition
-    to the treated one: ``(a - b) - (a_ref - b_ref)``, on seeds where all four ran to the end, with
-    the paired bootstrap over seeds and test images of the per-image differences (the four share
-    their test images: a fixed pixel permutation keeps each image's index and label). Negative: the
-    treatment shrinks a's advantage. Without test predictions for all four: no interval."""
-    seeds = set.intersection(*({r.seed for r in runs if r.completed} for runs in (a, b, a_ref, b_ref)))
-    rows = [sorted((r for r in runs if r.seed in seeds), key=lambda r: r.seed) for runs in (a, b, a_ref, b_ref)]
-    correct = test_correct([r for runs in rows for r in runs]) if seeds else None
-    if correct is None:
-        return {"n": len(seeds), "verdict": NO_PAIRS}
-    k = len(seeds)
-    ca, cb, cra, crb = (correct[i * k:(i + 1) * k] for i in range(4))
-    n_all = len({r.seed for runs in (a, b, a_ref, b_ref) for r in runs})
-    d = paired_bootstrap(ca - cb, cra - crb, n_pairs_dropped=n_all - k)
-    return {**d.as_dict(), "verdict": verdict(d)}
 
 
 def calibration_numbers(records: Sequence[RunRecord], cal: dict[str, dict],
