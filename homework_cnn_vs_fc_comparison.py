@@ -148,6 +148,7 @@ MNIST_CONFIG = ExperimentConfig(batch_size=128, lr=0.05, train_eval_samples=2000
 CIFAR_CONFIG = ExperimentConfig(batch_size=256, lr=0.4, warmup_fraction=0.15, flip_tta=True, train_eval_samples=2000,
                                 val_eval_samples=2000, eval_batch_size=256)
 LR_GRID = (0.2, 0.4, 0.8)
+TARGET_TEST_ACC = 0.88   # the regularised ResNet's goal (issue: task 1 v3), read on the mean over final seeds
 # The ResNet's regularisers at standard strengths (weight decay 5e-4 and label smoothing 0.1 as in
 # the usual CIFAR ResNet recipes; dropout before the classifier; crop + flip augmentation).
 RESNET_REGULARISERS = {"dropout": {"dropout": 0.2}, "weight_decay": {"weight_decay": 5e-4},
@@ -330,12 +331,13 @@ def run_cifar(study: Study) -> None:
                            study.runtime, p.timing_batch, p.timing_repeats)
     variants = variants_of(recs)
     reg = variants.get("resnet/all", {}).get("test_acc", {})
+    reached = reg.get("mean") is not None and reg["mean"] >= TARGET_TEST_ACC
     numbers = {"lr": lr, "lr_selection": study.lr_selection.as_dict() if study.lr_selection else "from --lr",
                "runs": {r.model: run_numbers(r, {"calibration": cal.get(r.model)}) for r in recs},
                "variants": variants, "differences": differences_of(recs, pairs),
                "calibration": calibration_numbers(recs, cal, pairs), "timing": timing,
-               "target": {"model": "resnet/all", "test_acc_target": 0.88, "mean": reg.get("mean"), "n": reg.get("n"),
-                          "reached": bool(reg.get("mean") is not None and reg["mean"] >= 0.88),
+               "target": {"model": "resnet/all", "test_acc_target": TARGET_TEST_ACC, "mean": reg.get("mean"),
+                          "n": reg.get("n"), "reached": bool(reached),
                           "training_pflop": variants.get("resnet/all", {}).get("training_pflop"),
                           "epochs": cfg.epochs},
                "regularisers": RESNET_REGULARISERS}

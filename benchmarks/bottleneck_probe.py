@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.smoke:
         write_json(out / "bottleneck.json", result)
-    for name, d in (("zero-init − standard init", result["init"]), ("bottleneck − basic, short", result["budget"]["short"]),
+    for name, d in (("zero-init − standard init", result["init"]),
+                    ("bottleneck − basic, short", result["budget"]["short"]),
                     ("bottleneck − basic, long", result["budget"]["long"])):
         t = d["test_acc"]
         log.info("%s: test acc %+.2f pp [%+.2f, %+.2f] (%s)", name, 100 * t["mean_difference"],

@@ -92,3 +92,16 @@ def test_bottleneck_probe_design():
     for e in (6, 12):
         pair = [r for r in runs.values() if r.epochs == e and not r.zero_init]
         assert sorted(r.block for r in pair) == sorted([probe.BLOCK, probe.REFERENCE])
+
+
+@pytest.mark.e2e
+def test_resnet_budget_probe_smoke(fake_data_dir, tmp_path, caplog):
+    from benchmarks import resnet_budget_probe as probe
+    from utils.analysis.protocol import final_seeds, pilot_seeds
+
+    caplog.set_level("INFO")
+    out = tmp_path / "out"
+    assert probe.main(["--smoke", "--data-dir", str(fake_data_dir), "--cache-dir", str(tmp_path), "--out", str(out)]) == 0
+    assert not out.exists()                                   # smoke writes nothing
+    assert f"{probe.MODEL} at 1 epochs" in caplog.text and "88 % target" in caplog.text
+    assert not set(probe.PROBE_SEEDS) & {*final_seeds(5), *pilot_seeds(5)}   # never in a comparison

@@ -1,0 +1,102 @@
+"""Budget probe: does task 1's regularised ResNet reach its 88 % target with more epochs?
+
+    python -m benchmarks.resnet_budget_probe --data-dir ./data    # writes results/probes/resnet_budget.json
+    python -m benchmarks.resnet_budget_probe --smoke --data-dir D  # tiny, for CI: checks it runs, writes nothing
+
+The CIFAR-10 comparison (``homework_cnn_vs_fc_comparison.py``, standard profile) ends with the regularised
+ResNet below ``TARGET_TEST_ACC`` at ``cifar_epochs`` and still improving (no final run plateaued). This
+probe trains the same model, recipe, split and shared lr (``lr`` of
+``results/cifar_comparison/analysis.json``; not re-tuned for the longer schedule) for ``--epochs``
+instead, over ``PROBE_SEEDS``: neither pilot (1000+k) nor final (0, 1, ...) seeds, so no probe run
+enters the study. It reports the test accuracy over seeds against the target, each run's plateau
+verdicts and the training PFLOP, beside the study's numbers at its budget. Before any training it checks
+that its config differs from the study's run only in epochs and seed. Run records go to
+``results/probes/resnet_budget/`` (the runner resumes and skips finished runs); a probe is outside the
+study's design and its standard-profile budget (``utils/report/compute.py`` does not count it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import homework_cnn_vs_fc_comparison as task1
+from utils.comparison_utils import convergence_of, summarise_runs
+from utils.engine.cli import VAL_SEED, UsageError, cache_dir_from, check_writable, positive_int, run_cli
+from utils.engine.data_files import load_dataset, resolve_data_dir
+from utils.engine.files import read_json, write_json
+from utils.engine.runner import run_experiment
+from utils.engine.runtime import resolve_runtime, threads_from_env
+from utils.studies.cnn_vs_fc.numbers import training_pflop
+
+log = logging.getLogger("resnet_budget_probe")
+PROBE_SEEDS = (2000, 2001, 2002)
+STUDY = Path(__file__).resolve().parents[1] / "results" / "cifar_comparison" / "analysis.json"
+MODEL = "residual_cnn_regularised"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=None, help="default: $HOMEWORK_DATA_DIR, else ./data")
+    p.add_argument("--cache-dir", default=None, help="default: $HOMEWORK_CACHE_DIR, else ./data/cache")
+    p.add_argument("--study", default=str(STUDY), help="the CIFAR-10 comparison's analysis.json (its lr)")
+    p.add_argument("--epochs", type=positive_int, default=24, help="the probe's budget (the study's: 16)")
+    p.add_argument("--out", default="results/probes")
+    p.add_argument("--smoke", action="store_true", help="1 epoch on 600 images (CI): writes nothing")
+    args = p.parse_args(argv)
+    runtime = resolve_runtime(threads=threads_from_env())
+    data_dir, cache_dir = resolve_data_dir(args.data_dir), cache_dir_from(args.cache_dir)
+    if not Path(args.study).is_file():
+        raise UsageError(f"--study {args.study} does not exist; run homework_cnn_vs_fc_comparison.py first")
+    study = read_json(Path(args.study))
+    out = Path(args.out)
+    if not args.smoke:
+        check_writable("output", out)
+    records_dir = Path(tempfile.mkdtemp()) if args.smoke else out   # smoke writes nothing under --out
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    profile = task1.PROFILES["standard"]
+    data = load_dataset("cifar10", data_dir, cache_dir=cache_dir)
+    data = data.with_validation(min(profile.val_size, len(data.train) // 5), seed=VAL_SEED)
+    if args.smoke:
+        data = data.subsample(600, 200, seed=0)
+    epochs = 1 if args.smoke else args.epochs
+    cfg = task1.CIFAR_CONFIG.replace(lr=study["lr"], epochs=epochs, eval_points=profile.eval_points,
+                                     plateau_points=profile.plateau_points)
+    spec = next(s for s in task1.headline_specs(*data.image_shape[:2], data.num_classes) if s.name == MODEL)
+    reference = read_json(Path(args.study).parent / f"{MODEL}_seed0.json")
+    mine = {**dataclasses.asdict(spec.config_for(cfg)), "epochs": reference["config"]["epochs"], "seed": 0}
+    if not args.smoke and (reference["data"] != data.describe() or reference["config"] != mine):
+        raise UsageError(f"the probe's data or config differ from {MODEL}'s in {args.study} in more than epochs "
+                         "and seed: it would not compare like with like")
+    seeds = PROBE_SEEDS[:1] if args.smoke else PROBE_SEEDS
+    named = [dataclasses.replace(spec, name=f"probe_{MODEL}_{epochs}ep", group="probe").with_seed(k) for k in seeds]
+    runs = run_experiment("resnet_budget", named, data, cfg, runtime, records_dir,
+                          title=f"Regularised ResNet budget probe ({epochs} epochs)").records
+    summary = summarise_runs(runs)
+    mean = summary["test_acc"].get("mean")
+    result = {
+        "question": f"does the regularised ResNet reach {task1.TARGET_TEST_ACC:.0%} test accuracy with more epochs?",
+        "epochs": epochs, "study_epochs": study["target"]["epochs"], "seeds": list(seeds), "data": data.describe(),
+        "lr": study["lr"], "target": task1.TARGET_TEST_ACC,
+        "reached": bool(mean is not None and mean >= task1.TARGET_TEST_ACC),
+        "training_pflop": sum(training_pflop(r) for r in runs) / len(runs) if runs else None,
+        "variant": {**summary, "convergence": [convergence_of(r) for r in runs]},
+        "study": {"test_acc": study["variants"]["resnet/all"]["test_acc"], "target": study["target"]},
+        "rule": "mean test accuracy over the probe seeds against the target, with its 95 % interval (bootstrap "
+                "over seeds and test images); the study's runs used other seeds, so no paired difference",
+    }
+    if not args.smoke:
+        write_json(out / "resnet_budget.json", result)
+    t = summary["test_acc"]
+    log.info("%s at %d epochs: test acc %.2f %% [%.2f, %.2f] (n=%d) against the %.0f %% target", MODEL, epochs,
+             100 * (t.get("mean") or float("nan")), 100 * (t.get("ci95_low") or float("nan")),
+             100 * (t.get("ci95_high") or float("nan")), t.get("n", 0), 100 * task1.TARGET_TEST_ACC)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, interrupted_message="interrupted: probe stopped; finished runs are kept"))
