@@ -121,6 +121,24 @@ def test_a_key_can_be_read_from_the_same_file(tmp_path):
         report.render("{{exp/a:variants.[pairs.5.b].acc|pct}}", tmp_path)
 
 
+def test_a_list_entry_is_named_by_its_fields(tmp_path):
+    """``<field=value,...>`` picks the one entry of a list of records with those fields, so a page
+    names a comparison by what it compares, not by where the analysis happened to put it."""
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "a.json").write_text(json.dumps({"differences": [
+        {"setting": "own", "a": "wide", "b": "basic", "d": 0.01},
+        {"setting": "shared", "a": "wide", "b": "basic", "d": 0.02},
+        {"setting": "own", "a": "kernel_size/1x1+3x3", "b": "v.1", "d": 0.03}]}))
+    assert report.render("{{exp/a:differences.<setting=shared,a=wide,b=basic>.d|pp}}", tmp_path) == "+2.00 pp"
+    assert report.render("{{exp/a:differences.<a=kernel_size/1x1+3x3,b=v.1>.d|pp}}", tmp_path) == "+3.00 pp"
+    with pytest.raises(report.ReportError, match="matches 2 entries"):
+        report.render("{{exp/a:differences.<a=wide,b=basic>.d}}", tmp_path)
+    with pytest.raises(report.ReportError, match="matches 0 entries"):
+        report.render("{{exp/a:differences.<a=deep,b=basic>.d}}", tmp_path)
+    with pytest.raises(report.ReportError, match="field=value"):
+        report.render("{{exp/a:differences.<wide>.d}}", tmp_path)
+
+
 def test_probe_placeholders_read_the_committed_results(tmp_path, monkeypatch):
     """A design probe is committed once, not written by a script's run: a page's check against a fresh
     run reads ``probes/`` placeholders from the committed results, and still fails on a missing key."""
@@ -130,6 +148,11 @@ def test_probe_placeholders_read_the_committed_results(tmp_path, monkeypatch):
     (tmp_path / "run").mkdir()
     assert report.unresolved("{{probes/x:gain|pct}}", tmp_path / "run") == []
     assert len(report.unresolved("{{probes/x:gone|pct}} {{exp/a:b}}", tmp_path / "run")) == 2
+
+
+def test_standard_errors_render_unsigned():
+    assert report.FORMATS["pp"](0.0076) == "+0.76 pp"
+    assert report.FORMATS["pp_abs"](0.0076) == "0.76 pp"
 
 
 def test_interval_formats():

@@ -9,7 +9,9 @@ template, resolved from a results file, so pages and results cannot drift apart
 * ``{{table:mnist_comparison}}`` -> the standard results table of every model JSON in that folder
   (in the order of the folder's ``summary.csv``).
 
-Keys may index lists (``history.test_acc.-1``) and contain dots (``params.per_layer.net.1``). Formats: see ``FORMATS``.
+Keys may index lists by position (``history.test_acc.-1``) or, for a list of records, by the fields
+that name an entry (``differences.<a=wide,b=basic>.test_acc``: the one entry whose ``a`` is ``wide`` and
+whose ``b`` is ``basic``), and contain dots (``params.per_layer.net.1``). Formats: see ``FORMATS``.
 
     python -m utils.report.readme            # rewrite README.md and every page
     python -m utils.report.readme --check    # exit 1 if a page is stale (and name it)
@@ -61,6 +63,7 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "pct": lambda v: f"{100 * v:.2f} %",        # a fraction as a percentage
     "pct1": lambda v: f"{100 * v:.1f} %",
     "pp": lambda v: f"{100 * v:+.2f} pp",       # a difference of fractions, in percentage points
+    "pp_abs": lambda v: f"{100 * v:.2f} pp",    # a magnitude in percentage points (a standard error), unsigned
     "int": lambda v: f"{int(round(v)):,}",
     "f1": lambda v: f"{v:.1f}",
     "f2": lambda v: f"{v:.2f}",
@@ -124,10 +127,49 @@ class ReportError(KeyError):
 INDIRECT = re.compile(r"\[([^\[\]]+)\]")
 
 
+#: a list entry named by its fields: ``<a=wide,b=basic>`` (see the module docstring)
+SELECTOR = re.compile(r"<([^<>]*)>")
+
+
+def _key_parts(key_path: str) -> list[str]:
+    """``key_path`` split at its dots, a selector ``<...>`` kept whole (its values may hold dots)."""
+    parts, rest = [], key_path
+    while rest:
+        if rest.startswith("<"):
+            end = rest.find(">")
+            if end < 0:
+                return parts + [rest]
+            parts.append(rest[:end + 1])
+            rest = rest[end + 1:].lstrip(".")
+        else:
+            head, _, rest = rest.partition(".")
+            if head:
+                parts.append(head)
+    return parts
+
+
+def _select(entries: list, selector: str, key_path: str, where: str) -> Any:
+    """The one entry of ``entries`` whose fields equal the selector's ``field=value`` pairs."""
+    criteria = {}
+    for pair in SELECTOR.fullmatch(selector).group(1).split(","):
+        field_name, eq, wanted = pair.partition("=")
+        if not eq or not field_name.strip():
+            raise ReportError(f"{where}: selector {selector!r} needs field=value pairs")
+        criteria[field_name.strip()] = wanted.strip()
+    hits = [e for e in entries if isinstance(e, dict)
+            and all(k in e and str(e[k]) == v for k, v in criteria.items())]
+    if len(hits) != 1:
+        raise ReportError(f"{where}: {selector!r} in key path {key_path!r} matches {len(hits)} entries, not one")
+    return hits[0]
+
+
 def _walk(value: Any, key_path: str, where: str) -> Any:
-    parts = [k for k in key_path.split(".") if k]
+    parts = _key_parts(key_path)
     while parts:
         if isinstance(value, list):
+            if SELECTOR.fullmatch(parts[0]):
+                value, parts = _select(value, parts[0], key_path, where), parts[1:]
+                continue
             try:
                 value, parts = value[int(parts[0])], parts[1:]
                 continue
