@@ -1,16 +1,19 @@
-"""Budget probe: does task 1's regularised ResNet reach its 88 % target with more epochs?
+"""Budget probe: do task 1's three CIFAR-10 models, with one recipe, reach the 88 % target with more epochs?
 
     python -m benchmarks.resnet_budget_probe --data-dir ./data    # writes results/probes/resnet_budget.json
     python -m benchmarks.resnet_budget_probe --smoke --data-dir D  # tiny, for CI: checks it runs, writes nothing
 
 The CIFAR-10 comparison (``homework_cnn_vs_fc_comparison.py``, standard profile) ends with the regularised
 ResNet below ``TARGET_TEST_ACC`` at ``cifar_epochs`` and still improving (no final run plateaued). This
-probe trains the same model, recipe, split and shared lr (``lr`` of
-``results/cifar_comparison/analysis.json``; not re-tuned for the longer schedule) for ``--epochs``
-instead, over ``PROBE_SEEDS``: neither pilot (1000+k) nor final (0, 1, ...) seeds, so no probe run
-enters the study. It reports the test accuracy over seeds against the target, each run's plateau
-verdicts and the training PFLOP, beside the study's numbers at its budget. Before any training it checks
-that its config differs from the study's run only in epochs and seed. Run records go to
+probe trains the headline's three models (``MODELS``: deep FC, residual CNN, regularised residual CNN)
+with the same recipe, split and shared lr (``lr`` of ``results/cifar_comparison/analysis.json``; not
+re-tuned for the longer schedule) for ``--epochs`` instead, over ``PROBE_SEEDS``: neither pilot
+(1000+k) nor final (0, 1, ...) seeds, so no probe run enters the study. It reports, per model, the test
+accuracy over seeds, each run's plateau verdicts and the training PFLOP; the regularised ResNet's mean
+against the target; and the headline's differences at the probe's budget, paired by seed (the probe's
+runs share seeds and machine). Before any training it checks that each model's config differs from the
+study's run only in epochs and seed. Runs are seed-major (a stopped probe has every model at its first
+seeds). Run records go to
 ``results/probes/resnet_budget/`` (the runner resumes and skips finished runs); a probe is outside the
 study's design and its standard-profile budget (``utils/report/compute.py`` does not count it).
 """
@@ -25,18 +28,22 @@ import tempfile
 from pathlib import Path
 
 import homework_cnn_vs_fc_comparison as task1
-from utils.comparison_utils import convergence_of, summarise_runs
+from utils.comparison_utils import difference_with_verdict, variant_key, variant_numbers
 from utils.engine.cli import VAL_SEED, UsageError, cache_dir_from, check_writable, positive_int, run_cli
 from utils.engine.data_files import load_dataset, resolve_data_dir
 from utils.engine.files import read_json, write_json
 from utils.engine.runner import run_experiment
 from utils.engine.runtime import resolve_runtime, threads_from_env
-from utils.studies.cnn_vs_fc.numbers import training_pflop
+from utils.studies.cnn_vs_fc.numbers import COMPARED, training_pflop
 
 log = logging.getLogger("resnet_budget_probe")
 PROBE_SEEDS = (2000, 2001, 2002)
 STUDY = Path(__file__).resolve().parents[1] / "results" / "cifar_comparison" / "analysis.json"
-MODEL = "residual_cnn_regularised"
+MODELS = ("deep_fc", "residual_cnn", "residual_cnn_regularised")   # the headline's three, as named there
+MODEL = MODELS[-1]                                                     # the one the target is read on
+# the headline's differences (a - b) the probe re-measures at its budget
+PAIRS = (("residual_cnn", "deep_fc"), ("residual_cnn_regularised", "residual_cnn"),
+         ("residual_cnn_regularised", "deep_fc"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,32 +73,49 @@ def main(argv: list[str] | None = None) -> int:
     epochs = 1 if args.smoke else args.epochs
     cfg = task1.CIFAR_CONFIG.replace(lr=study["lr"], epochs=epochs, eval_points=profile.eval_points,
                                      plateau_points=profile.plateau_points)
-    spec = next(s for s in task1.headline_specs(*data.image_shape[:2], data.num_classes) if s.name == MODEL)
-    reference = read_json(Path(args.study).parent / f"{MODEL}_seed0.json")
-    mine = {**dataclasses.asdict(spec.config_for(cfg)), "epochs": reference["config"]["epochs"], "seed": 0}
-    if not args.smoke and (reference["data"] != data.describe() or reference["config"] != mine):
-        raise UsageError(f"the probe's data or config differ from {MODEL}'s in {args.study} in more than epochs "
-                         "and seed: it would not compare like with like")
+    specs = {s.name: s for s in task1.headline_specs(*data.image_shape[:2], data.num_classes) if s.name in MODELS}
+    if not args.smoke:
+        for name, spec in specs.items():
+            reference = read_json(Path(args.study).parent / f"{name}_seed0.json")
+            mine = {**dataclasses.asdict(spec.config_for(cfg)), "epochs": reference["config"]["epochs"], "seed": 0}
+            if reference["data"] != data.describe() or reference["config"] != mine:
+                raise UsageError(f"the probe's data or config differ from {name}'s in {args.study} in more than "
+                                 "epochs and seed: it would not compare like with like")
     seeds = PROBE_SEEDS[:1] if args.smoke else PROBE_SEEDS
-    named = [dataclasses.replace(spec, name=f"probe_{MODEL}_{epochs}ep", group="probe").with_seed(k) for k in seeds]
-    runs = run_experiment("resnet_budget", named, data, cfg, runtime, records_dir,
-                          title=f"Regularised ResNet budget probe ({epochs} epochs)").records
-    summary = summarise_runs(runs)
-    mean = summary["test_acc"].get("mean")
+    named = {name: [dataclasses.replace(spec, name=f"probe_{name}_{epochs}ep", group="probe").with_seed(k)
+                    for k in seeds] for name, spec in specs.items()}
+    order = [(name, i) for i in range(len(seeds)) for name in MODELS]              # seed-major
+    jobs = [named[name][i] for name, i in order]
+    records = run_experiment("resnet_budget", jobs, data, cfg, runtime, records_dir,
+                             title=f"CIFAR-10 headline budget probe ({epochs} epochs)").records
+    runs = {name: [r for (owner, _), r in zip(order, records) if owner == name] for name in MODELS}
+    variants = {name: {**variant_numbers(rs), "training_pflop": sum(training_pflop(r) for r in rs) / len(rs)}
+                for name, rs in runs.items()}
+    mean = variants[MODEL]["test_acc"].get("mean")
     result = {
-        "question": f"does the regularised ResNet reach {task1.TARGET_TEST_ACC:.0%} test accuracy with more epochs?",
+        "question": f"do the headline's models, with one recipe, reach {task1.TARGET_TEST_ACC:.0%} test accuracy "
+                    f"(the regularised ResNet) with more epochs, and do its differences hold?",
         "epochs": epochs, "study_epochs": study["target"]["epochs"], "seeds": list(seeds), "data": data.describe(),
-        "lr": study["lr"], "target": task1.TARGET_TEST_ACC,
+        "lr": study["lr"], "target": task1.TARGET_TEST_ACC, "target_model": MODEL, "models": list(MODELS),
         "reached": bool(mean is not None and mean >= task1.TARGET_TEST_ACC),
-        "training_pflop": sum(training_pflop(r) for r in runs) / len(runs) if runs else None,
-        "variant": {**summary, "convergence": [convergence_of(r) for r in runs]},
-        "study": {"test_acc": study["variants"]["resnet/all"]["test_acc"], "target": study["target"]},
-        "rule": "mean test accuracy over the probe seeds against the target, with its 95 % interval (bootstrap "
-                "over seeds and test images); the study's runs used other seeds, so no paired difference",
+        "variants": variants,
+        "differences": {f"{a} vs {b}": difference_with_verdict(runs[a], runs[b], COMPARED) for a, b in PAIRS},
+        "study": {"test_acc": {name: study["variants"][variant_key(s.group, s.variant)]["test_acc"]
+                               for name, s in specs.items()},
+                  "differences": {f"{a} vs {b}": study["differences"][
+                      f"{variant_key(specs[a].group, specs[a].variant)} vs {variant_key(specs[b].group, specs[b].variant)}"
+                  ]["test_acc"] for a, b in PAIRS
+                      if f"{variant_key(specs[a].group, specs[a].variant)} vs "
+                         f"{variant_key(specs[b].group, specs[b].variant)}" in study["differences"]},
+                  "target": study["target"]},
+        "rule": "per model: mean test accuracy over the probe seeds with its 95 % interval (bootstrap over seeds and "
+                "test images), the target read on the regularised ResNet's mean; differences paired by seed "
+                "(paired bootstrap over seeds and test images); the study's runs used other seeds and another "
+                "machine, so probe and study are compared side by side, not paired",
     }
     if not args.smoke:
         write_json(out / "resnet_budget.json", result)
-    t = summary["test_acc"]
+    t = variants[MODEL]["test_acc"]
     log.info("%s at %d epochs: test acc %.2f %% [%.2f, %.2f] (n=%d) against the %.0f %% target", MODEL, epochs,
              100 * (t.get("mean") or float("nan")), 100 * (t.get("ci95_low") or float("nan")),
              100 * (t.get("ci95_high") or float("nan")), t.get("n", 0), 100 * task1.TARGET_TEST_ACC)
