@@ -28,13 +28,13 @@ import tempfile
 from pathlib import Path
 
 import homework_cnn_vs_fc_comparison as task1
-from utils.comparison_utils import difference_with_verdict, variant_key, variant_numbers
+from utils.comparison_utils import difference_with_verdict, variant_key
 from utils.engine.cli import VAL_SEED, UsageError, cache_dir_from, check_writable, positive_int, run_cli
 from utils.engine.data_files import load_dataset, resolve_data_dir
 from utils.engine.files import read_json, write_json
 from utils.engine.runner import run_experiment
 from utils.engine.runtime import resolve_runtime, threads_from_env
-from utils.studies.cnn_vs_fc.numbers import COMPARED, training_pflop
+from utils.studies.cnn_vs_fc.numbers import COMPARED, variant_entry
 
 log = logging.getLogger("resnet_budget_probe")
 PROBE_SEEDS = (2000, 2001, 2002)
@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     records = run_experiment("resnet_budget", jobs, data, cfg, runtime, records_dir,
                              title=f"CIFAR-10 headline budget probe ({epochs} epochs)").records
     runs = {name: [r for (owner, _), r in zip(order, records) if owner == name] for name in MODELS}
-    variants = {name: {**variant_numbers(rs), "training_pflop": sum(training_pflop(r) for r in rs) / len(rs)}
-                for name, rs in runs.items()}
+    variants = {name: variant_entry(rs) for name, rs in runs.items()}
+    in_study = {name: variant_key(s.group, s.variant) for name, s in specs.items()}   # the study's analysis keys
     mean = variants[MODEL]["test_acc"].get("mean")
     result = {
         "question": f"do the headline's models, with one recipe, reach {task1.TARGET_TEST_ACC:.0%} test accuracy "
@@ -100,13 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         "reached": bool(mean is not None and mean >= task1.TARGET_TEST_ACC),
         "variants": variants,
         "differences": {f"{a} vs {b}": difference_with_verdict(runs[a], runs[b], COMPARED) for a, b in PAIRS},
-        "study": {"test_acc": {name: study["variants"][variant_key(s.group, s.variant)]["test_acc"]
-                               for name, s in specs.items()},
-                  "differences": {f"{a} vs {b}": study["differences"][
-                      f"{variant_key(specs[a].group, specs[a].variant)} vs {variant_key(specs[b].group, specs[b].variant)}"
-                  ]["test_acc"] for a, b in PAIRS
-                      if f"{variant_key(specs[a].group, specs[a].variant)} vs "
-                         f"{variant_key(specs[b].group, specs[b].variant)}" in study["differences"]},
+        "study": {"test_acc": {name: study["variants"][key]["test_acc"] for name, key in in_study.items()},
+                  "differences": {f"{a} vs {b}": d["test_acc"] for a, b in PAIRS
+                                  if (d := study["differences"].get(f"{in_study[a]} vs {in_study[b]}"))},
                   "target": study["target"]},
         "rule": "per model: mean test accuracy over the probe seeds with its 95 % interval (bootstrap over seeds and "
                 "test images), the target read on the regularised ResNet's mean; differences paired by seed "

@@ -118,13 +118,16 @@ def run_numbers(r: RunRecord, extra: dict | None = None) -> dict:
             "grad_layers": rms["names"], **(extra or {})}
 
 
+def variant_entry(runs: Sequence[RunRecord]) -> dict:
+    """One variant's numbers over its seeds (:func:`variant_numbers`) and its mean training compute
+    per finished run."""
+    done = [r for r in runs if r.completed]
+    return {**variant_numbers(runs), "training_pflop": (float(np.mean([training_pflop(r) for r in done]))
+                                                        if done else None), "pflop_convention": PFLOP_CONVENTION}
+
+
 def variants_of(records: Sequence[RunRecord]) -> dict:
-    out = {}
-    for (g, v), runs in by_variant(records).items():
-        done = [r for r in runs if r.completed]
-        out[variant_key(g, v)] = {**variant_numbers(runs), "training_pflop": (float(np.mean(
-            [training_pflop(r) for r in done])) if done else None), "pflop_convention": PFLOP_CONVENTION}
-    return out
+    return {variant_key(g, v): variant_entry(runs) for (g, v), runs in by_variant(records).items()}
 
 
 def differences_of(records: Sequence[RunRecord], pairs: Sequence[tuple[tuple, tuple]]) -> dict:
